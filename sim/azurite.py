@@ -60,7 +60,7 @@ class Azurite:
             f"BlobEndpoint={self.account_url(account)};"
         )
 
-    def start(self, timeout: float = 30.0) -> "Azurite":
+    def start(self, timeout: float = 30.0) -> Azurite:
         if not AZURITE_BIN.exists():
             raise RuntimeError(f"{AZURITE_BIN} is missing: run `make install` (npm install) first")
         self.port = self.port or free_port()

@@ -11,8 +11,9 @@ import json
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 Clock = Callable[[], float]
@@ -22,7 +23,7 @@ class Handler(BaseHTTPRequestHandler):
     """Base request handler: JSON/form helpers, quiet logging, HTTP/1.1 keep-alive."""
 
     protocol_version = "HTTP/1.1"
-    server: "SimServer"
+    server: SimServer
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass  # the simulators never print requests: bodies carry tokens
@@ -96,7 +97,7 @@ class SimServer(ThreadingHTTPServer):
     def base_url(self) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}"
 
-    def start(self) -> "SimServer":
+    def start(self) -> SimServer:
         self._thread = threading.Thread(target=self.serve_forever, name=type(self).__name__, daemon=True)
         self._thread.start()
         return self

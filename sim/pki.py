@@ -51,7 +51,7 @@ def issue_certificate(
     org: str | None = None,
 ) -> x509.Certificate:
     """Issue a certificate; self-signed when no issuer is given."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     not_before = not_before or now - dt.timedelta(minutes=5)
     not_after = not_after or now + dt.timedelta(days=365)
     subject = _name(common_name, org)
@@ -79,7 +79,8 @@ def issue_certificate(
             except ValueError:
                 alt.append(x509.DNSName(n))
         builder = builder.add_extension(x509.SubjectAlternativeName(alt), critical=False)
-        builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        eku = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH])
+        builder = builder.add_extension(eku, critical=False)
     return builder.sign(issuer_key or subject_key, hashes.SHA256())
 
 

@@ -1,0 +1,120 @@
+"""The relay's error tree: one root, a few kinds that carry data and a remediation hint.
+
+    RelayError
+    ├── ConfigError            settings missing or malformed (lists every problem at once)
+    ├── SigningKeyError        the Maskinporten key cannot be read or is unusable (Key Vault, PEM, JWK, PFX)
+    ├── TokenError             a token request was refused or failed
+    │   ├── MaskinportenError  Skyporten (Maskinporten) refused the grant: OAuth error + MP-nnn code
+    │   └── EntraError         Entra ID refused the exchange: AADSTS code
+    ├── GatewayError           Bane NOR's gateway or storage refused a request (401/403/400/413/404)
+    ├── NameRejected           a source name or extension Bane NOR would refuse (recorded, never retried)
+    └── DeliveryError          a copy failed (source changed, destination conflict, verification failed)
+
+Every message names the cause and the fix; none ever contains a key, grant, assertion or token.
+"""
+
+from __future__ import annotations
+
+
+class RelayError(Exception):
+    """Root of every error the relay raises on purpose.
+
+    `hint` says what to do about it (which setting, which portal step); `transient` tells the caller
+    whether a later retry may succeed without anyone changing anything.
+    """
+
+    transient = False
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} Fix: {self.hint}" if self.hint else self.message
+
+
+class ConfigError(RelayError):
+    """One or more settings are missing or malformed; `problems` lists each (setting, message)."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {name}: {text}" for name, text in self.problems)
+        super().__init__(f"{len(self.problems)} setting problem(s):\n{lines}")
+
+
+class SigningKeyError(RelayError):
+    """The Maskinporten signing key cannot be loaded or used."""
+
+    def __init__(self, message: str, *, hint: str | None = None, transient: bool = False) -> None:
+        super().__init__(message, hint=hint)
+        self.transient = transient
+
+
+class TokenError(RelayError):
+    """A token request failed. `trust_chain` is True: no file is to blame for it."""
+
+    trust_chain = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        status: int | None = None,
+        error: str | None = None,
+        code: str | None = None,
+        transient: bool = False,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+        self.error = error
+        self.code = code
+        self.transient = transient
+
+
+class MaskinportenError(TokenError):
+    """Skyporten (Maskinporten) refused or failed a token request; `code` is the MP-nnn code if any."""
+
+
+class EntraError(TokenError):
+    """Entra ID refused the client-assertion exchange; `code` is the AADSTS code (e.g. "AADSTS70021")."""
+
+
+class GatewayError(RelayError):
+    """Bane NOR's gateway or storage refused a request."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        status: int | None = None,
+        error_code: str | None = None,
+        blob: str | None = None,
+        transient: bool = False,
+        trust_chain: bool = False,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+        self.error_code = error_code
+        self.blob = blob
+        self.transient = transient
+        self.trust_chain = trust_chain
+
+
+class NameRejected(RelayError):
+    """A source path cannot be delivered under Bane NOR's naming rules; never retried."""
+
+    def __init__(self, source_name: str, reason: str, *, hint: str | None = None) -> None:
+        super().__init__(f"{source_name!r} cannot be delivered: {reason}", hint=hint)
+        self.source_name = source_name
+        self.reason = reason
+
+
+class DeliveryError(RelayError):
+    """Copying one export failed; `transient` says whether a retry may help."""
+
+    def __init__(self, message: str, *, hint: str | None = None, transient: bool = True) -> None:
+        super().__init__(message, hint=hint)
+        self.transient = transient
