@@ -1,0 +1,415 @@
+"""The one settings object: read every app setting once, validate, explain.
+
+`Settings.load()` reads the environment (Azure app settings, `local.settings.json` under `func start`, or
+`.local/settings.env` from the local stack), applies the Bane NOR environment preset, and reports *all*
+problems at once as a `ConfigError`, each naming the setting and the fix. Nothing else reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+
+DEFAULT_SCOPE = "banenor:payloadmanager.storage"
+DEFAULT_API_VERSION = "2025-01-05"  # Bane NOR's examples and API description pin it (PROTOCOL.md 4)
+DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
+MAX_REQUEST_BYTES = 100 * 1000 * 1000  # the gateway's limit is "100 MB per request" (PROTOCOL.md 4)
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Environment:
+    """One of Bane NOR's environments and the Skyporten environment it pairs with (PROTOCOL.md 1 and 4)."""
+
+    name: str
+    skyporten_issuer: str
+    gateway_url: str
+    storage_audience: str
+
+    @property
+    def token_endpoint(self) -> str:
+        return self.skyporten_issuer + "/token"
+
+
+# The Skyporten issuers have no trailing slash (unlike ordinary Maskinporten): PROTOCOL.md section 1.
+_SKY_TEST = "https://test.sky.maskinporten.no"
+_SKY_PROD = "https://sky.maskinporten.no"
+ENVIRONMENTS: dict[str, Environment] = {
+    # dev pairs with Skyporten test: open in PROTOCOL.md, so MASKINPORTEN_ISSUER can override it.
+    "dev": Environment(
+        "dev", _SKY_TEST, "https://dev.api.apps.banenor.no/payload-manager/v1",
+        "https://bnplmextnwestdev.blob.core.windows.net",
+    ),
+    "test": Environment(
+        "test", _SKY_TEST, "https://test.api.apps.banenor.no/payload-manager/v1",
+        "https://bnplmextnwesttest.blob.core.windows.net",
+    ),
+    "prod": Environment(
+        "prod", _SKY_PROD, "https://api.banenor.no/payload-manager/v1",
+        "https://bnplmextnwestprod.blob.core.windows.net",
+    ),
+}
+
+SIGNING_KEY_SOURCES = ("keyvault-secret", "keyvault-certificate", "keyvault-key", "file")
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_CONTAINER = re.compile(r"^[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting the relay uses, validated. Field names mirror the app setting names."""
+
+    environment: str
+    maskinporten_issuer: str
+    maskinporten_token_endpoint: str
+    banenor_storage_url: str
+    banenor_storage_audience: str
+    maskinporten_client_id: str
+    maskinporten_scope: str
+    maskinporten_resource: str | None
+    maskinporten_resource_form: str
+    maskinporten_key_id: str | None
+    signing_key_source: str
+    key_vault_url: str | None
+    signing_key_name: str | None
+    signing_key_file: str | None
+    banenor_tenant_id: str
+    banenor_client_id: str
+    banenor_authority_host: str
+    banenor_container: str
+    banenor_directory: str
+    banenor_storage_api_version: str
+    export_storage_connection_string: str | None
+    export_storage_service_uri: str | None
+    export_container: str
+    ledger_container: str
+    archive_container: str
+    copy_mode: str
+    after_delivery: str
+    max_attempts: int
+    name_policy: str
+    allowed_extensions: frozenset[str]
+    folder_mode: str
+    destination_template: str
+    block_size: int
+    parallelism: int
+    single_put_limit: int
+    sync_concurrency: int
+    sync_prefix: str
+    sync_suffix: str
+    ca_bundle: str | None
+    key_cache_seconds: int
+    federation_retry_seconds: int
+    # Which settings each value came from (preset, default or set), for `doctor`.
+    origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate; raises `ConfigError` listing every problem."""
+        return _Reader(os.environ if env is None else env).read()
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(setting, value, origin) rows for display; values here are never secret."""
+        rows = []
+        for f in fields(self):
+            if f.name == "origins":
+                continue
+            value = getattr(self, f.name)
+            if f.name == "export_storage_connection_string" and value:
+                value = _redact_connection_string(value)
+            if isinstance(value, frozenset):
+                value = ",".join(sorted(value))
+            rows.append((f.name.upper(), "" if value is None else str(value), self.origins.get(f.name, "")))
+        return rows
+
+
+def _redact_connection_string(value: str) -> str:
+    return re.sub(r"(AccountKey|SharedAccessSignature)=[^;]*", r"\1=[secure]", value)
+
+
+def is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Reader:
+    """Collects problems while reading so that all of them are reported in one error."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.problems: list[tuple[str, str]] = []
+        self.origins: dict[str, str] = {}
+
+    def raw(self, name: str) -> str | None:
+        value = self.env.get(name)
+        if value is None:
+            return None
+        value = value.strip()
+        return value or None
+
+    def problem(self, name: str, text: str) -> None:
+        self.problems.append((name, text))
+
+    def text(self, name: str, default: str | None = None, required: bool = False, hint: str = "") -> str | None:
+        value = self.raw(name)
+        self.origins[name.lower()] = "set" if value is not None else "default"
+        if value is None and required:
+            self.problem(name, f"is required. {hint}".strip())
+        return value if value is not None else default
+
+    def choice(self, name: str, options: tuple[str, ...], default: str) -> str:
+        value = self.text(name, default) or default
+        if value not in options:
+            self.problem(name, f"is {value!r}; use one of {', '.join(options)}.")
+            return default
+        return value
+
+    def integer(self, name: str, default: int, low: int, high: int) -> int:
+        value = self.text(name)
+        if value is None:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            self.problem(name, f"is {value!r}; use a whole number from {low} to {high}.")
+            return default
+        if not low <= number <= high:
+            self.problem(name, f"is {number}; use a whole number from {low} to {high}.")
+            return default
+        return number
+
+    def size(self, name: str, default: int, low: int, high: int) -> int:
+        """A byte size given as bytes or with a MiB suffix (`8MiB`)."""
+        value = self.text(name)
+        if value is None:
+            return default
+        m = re.fullmatch(r"(\d+)\s*(MiB|KiB|B)?", value)
+        if not m:
+            self.problem(name, f"is {value!r}; use bytes or a size like 8MiB.")
+            return default
+        number = int(m.group(1)) * {"MiB": MIB, "KiB": 1024, "B": 1, None: 1}[m.group(2)]
+        if not low <= number <= high:
+            self.problem(name, f"is {number} bytes; use {low} to {high} bytes (the gateway takes 100 MB per request).")
+            return default
+        return number
+
+    def url(self, name: str, value: str | None) -> str | None:
+        """HTTPS everywhere; plain HTTP only for loopback hosts (the local stack)."""
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.netloc:
+            self.problem(name, f"is {value!r}, not an absolute URL; use https://host/...")
+        elif parts.scheme == "http" and not is_loopback(parts.hostname):
+            self.problem(name, f"uses plain http to {parts.hostname}; only https is allowed outside loopback.")
+        return value
+
+    def guid(self, name: str, value: str | None, what: str) -> None:
+        if value is not None and not _GUID.match(value):
+            self.problem(name, f"is {value!r}, not a GUID; {what}")
+
+    def read(self) -> Settings:
+        env_name = self.text("BANENOR_ENVIRONMENT", required=True, hint="Use dev, test or prod.")
+        preset = ENVIRONMENTS.get(env_name or "")
+        if env_name is not None and preset is None:
+            self.problem("BANENOR_ENVIRONMENT", f"is {env_name!r}; use dev, test or prod.")
+        preset = preset or ENVIRONMENTS["test"]
+
+        def preset_value(name: str, value: str) -> str:
+            override = self.raw(name)
+            self.origins[name.lower()] = "set" if override else f"preset {preset.name}"
+            return override or value
+
+        issuer = self.url("MASKINPORTEN_ISSUER", preset_value("MASKINPORTEN_ISSUER", preset.skyporten_issuer))
+        if issuer and issuer.endswith("/"):
+            self.problem(
+                "MASKINPORTEN_ISSUER",
+                f"is {issuer!r}: the Skyporten issuer has no trailing slash; Skyporten refuses the grant "
+                "with MP-110 'Invalid JWT claim aud'. Remove the slash.",
+            )
+        default_endpoint = (issuer or preset.skyporten_issuer).rstrip("/") + "/token"
+        token_endpoint = self.url(
+            "MASKINPORTEN_TOKEN_ENDPOINT", preset_value("MASKINPORTEN_TOKEN_ENDPOINT", default_endpoint)
+        )
+        storage_url = self.url("BANENOR_STORAGE_URL", preset_value("BANENOR_STORAGE_URL", preset.gateway_url))
+        audience = preset_value("BANENOR_STORAGE_AUDIENCE", preset.storage_audience).rstrip("/")
+        self.url("BANENOR_STORAGE_AUDIENCE", audience)
+        if urlsplit(audience).hostname == "storage.azure.com":
+            self.problem(
+                "BANENOR_STORAGE_AUDIENCE",
+                "is https://storage.azure.com: Bane NOR's gateway routes on the token audience and needs the "
+                "external account itself, e.g. https://bnplmextnwesttest.blob.core.windows.net.",
+            )
+
+        client_id = self.text(
+            "MASKINPORTEN_CLIENT_ID", required=True,
+            hint="The client id of your Maskinporten integration in Samarbeidsportalen (test and prod differ).",
+        )
+        scope = self.text("MASKINPORTEN_SCOPE", DEFAULT_SCOPE) or DEFAULT_SCOPE
+        if len(scope.split()) != 1 or "," in scope:
+            self.problem(
+                "MASKINPORTEN_SCOPE",
+                f"is {scope!r}: send exactly one scope ({DEFAULT_SCOPE}); Skyporten appends the scope to the "
+                "token's subject, and Bane NOR's federated credential matches that one scope only.",
+            )
+        resource = self.text("MASKINPORTEN_RESOURCE")
+        if resource is not None:
+            self.url("MASKINPORTEN_RESOURCE", resource) if "://" in resource else None
+        resource_form = self.choice("MASKINPORTEN_RESOURCE_FORM", ("string", "array"), "string")
+        key_id = self.text("MASKINPORTEN_KEY_ID")
+
+        source = self.choice("SIGNING_KEY_SOURCE", SIGNING_KEY_SOURCES, "keyvault-secret")
+        vault_url = self.url("KEY_VAULT_URL", self.text("KEY_VAULT_URL"))
+        key_name = self.text("SIGNING_KEY_NAME")
+        key_file = self.text("SIGNING_KEY_FILE")
+        if source.startswith("keyvault"):
+            if vault_url is None:
+                self.problem("KEY_VAULT_URL", f"is required with SIGNING_KEY_SOURCE={source}; "
+                             "use https://<vault-name>.vault.azure.net.")
+            if key_name is None:
+                self.problem("SIGNING_KEY_NAME", f"is required with SIGNING_KEY_SOURCE={source}: the name of "
+                             "the secret, certificate or key in Key Vault.")
+        elif key_file is None:
+            self.problem("SIGNING_KEY_FILE", "is required with SIGNING_KEY_SOURCE=file (development only).")
+        elif not Path(key_file).is_file():
+            self.problem("SIGNING_KEY_FILE", f"{key_file!r} does not exist or is not a file.")
+        if source != "keyvault-certificate" and key_id is None:
+            self.problem(
+                "MASKINPORTEN_KEY_ID",
+                "is required: the kid of the key registered on your Maskinporten integration "
+                "(Samarbeidsportalen > your integration > Keys). Only an enterprise certificate "
+                "(SIGNING_KEY_SOURCE=keyvault-certificate) goes without one.",
+            )
+
+        tenant = self.text("BANENOR_TENANT_ID", required=True, hint="Bane NOR gives you its tenant id.")
+        self.guid("BANENOR_TENANT_ID", tenant, "ask Bane NOR for its Entra tenant id.")
+        mi_client = self.text(
+            "BANENOR_CLIENT_ID", required=True,
+            hint="The client id of the managed identity Bane NOR created for your organisation.",
+        )
+        self.guid(
+            "BANENOR_CLIENT_ID", mi_client,
+            "use the managed identity's client id (not its object/principal id) from Bane NOR.",
+        )
+        authority = self.url(
+            "BANENOR_AUTHORITY_HOST", self.text("BANENOR_AUTHORITY_HOST", DEFAULT_AUTHORITY)
+        ) or DEFAULT_AUTHORITY
+        container = self.text(
+            "BANENOR_CONTAINER", required=True, hint="The container Bane NOR gave you, e.g. integration-dev."
+        )
+        if container is not None and not _CONTAINER.match(container):
+            self.problem("BANENOR_CONTAINER", f"is {container!r}, not a valid container name.")
+        directory = (self.text("BANENOR_DIRECTORY", "") or "").strip("/")
+        api_version = self.text("BANENOR_STORAGE_API_VERSION", DEFAULT_API_VERSION) or DEFAULT_API_VERSION
+
+        export_conn = self.text("EXPORT_STORAGE")
+        export_uri = self.url("EXPORT_STORAGE__blobServiceUri", self.text("EXPORT_STORAGE__blobServiceUri"))
+        if export_conn is None and export_uri is None:
+            self.problem(
+                "EXPORT_STORAGE",
+                "is required: set EXPORT_STORAGE__blobServiceUri=https://<account>.blob.core.windows.net "
+                "(identity-based, Azure) or EXPORT_STORAGE to a connection string (local stack).",
+            )
+        export_container = self.text("EXPORT_CONTAINER", "exports") or "exports"
+        ledger_container = self.text("LEDGER_CONTAINER", "relay-ledger") or "relay-ledger"
+        archive_container = self.text("ARCHIVE_CONTAINER", "exports-archive") or "exports-archive"
+        for name, value in (("EXPORT_CONTAINER", export_container), ("LEDGER_CONTAINER", ledger_container),
+                            ("ARCHIVE_CONTAINER", archive_container)):
+            if not _CONTAINER.match(value):
+                self.problem(name, f"is {value!r}, not a valid container name (3-63 of a-z, 0-9, -).")
+
+        copy_mode = self.choice("COPY_MODE", ("auto", "stream", "server"), "auto")
+        after = self.choice("AFTER_DELIVERY", ("keep", "archive", "delete"), "keep")
+        max_attempts = self.integer("MAX_ATTEMPTS", 5, 1, 100)
+        name_policy = self.choice("NAME_POLICY", ("sanitize", "strict"), "sanitize")
+        folder_mode = self.choice("FOLDER_MODE", ("keep", "flatten"), "keep")
+        template = self.text("DESTINATION_TEMPLATE", "{path}") or "{path}"
+        ext_raw = self.text("ALLOWED_EXTENSIONS")
+        if ext_raw is None:
+            from .naming import BANENOR_EXTENSIONS
+
+            extensions = frozenset(BANENOR_EXTENSIONS)
+        else:
+            extensions = frozenset(e.strip().lstrip(".").lower() for e in ext_raw.split(",") if e.strip())
+            if not extensions:
+                self.problem("ALLOWED_EXTENSIONS", "is empty; leave it unset for Bane NOR's list.")
+        block_size = self.size("BLOCK_SIZE", 8 * MIB, 256 * 1024, MAX_REQUEST_BYTES)
+        parallelism = self.integer("PARALLELISM", 4, 1, 32)
+        single_put = self.size("SINGLE_PUT_LIMIT", 8 * MIB, 0, MAX_REQUEST_BYTES)
+        sync_concurrency = self.integer("SYNC_CONCURRENCY", 8, 1, 64)
+        ca_bundle = self.text("REQUESTS_CA_BUNDLE")
+        if ca_bundle is not None and not Path(ca_bundle).is_file():
+            self.problem("REQUESTS_CA_BUNDLE", f"{ca_bundle!r} does not exist; unset it in Azure.")
+
+        if self.problems:
+            raise ConfigError(self.problems)
+        assert env_name and client_id and tenant and mi_client and container and issuer and token_endpoint
+        assert storage_url
+        return Settings(
+            environment=env_name,
+            maskinporten_issuer=issuer,
+            maskinporten_token_endpoint=token_endpoint,
+            banenor_storage_url=storage_url.rstrip("/"),
+            banenor_storage_audience=audience,
+            maskinporten_client_id=client_id,
+            maskinporten_scope=scope,
+            maskinporten_resource=resource,
+            maskinporten_resource_form=resource_form,
+            maskinporten_key_id=key_id,
+            signing_key_source=source,
+            key_vault_url=vault_url,
+            signing_key_name=key_name,
+            signing_key_file=key_file,
+            banenor_tenant_id=tenant,
+            banenor_client_id=mi_client,
+            banenor_authority_host=authority.rstrip("/"),
+            banenor_container=container,
+            banenor_directory=directory,
+            banenor_storage_api_version=api_version,
+            export_storage_connection_string=export_conn,
+            export_storage_service_uri=export_uri,
+            export_container=export_container,
+            ledger_container=ledger_container,
+            archive_container=archive_container,
+            copy_mode=copy_mode,
+            after_delivery=after,
+            max_attempts=max_attempts,
+            name_policy=name_policy,
+            allowed_extensions=extensions,
+            folder_mode=folder_mode,
+            destination_template=template,
+            block_size=block_size,
+            parallelism=parallelism,
+            single_put_limit=single_put,
+            sync_concurrency=sync_concurrency,
+            sync_prefix=self.text("SYNC_PREFIX", "") or "",
+            sync_suffix=self.text("SYNC_SUFFIX", "") or "",
+            ca_bundle=ca_bundle,
+            key_cache_seconds=self.integer("SIGNING_KEY_CACHE_SECONDS", 300, 0, 86400),
+            federation_retry_seconds=self.integer("FEDERATION_RETRY_SECONDS", 300, 0, 3600),
+            origins=self.origins,
+        )
+
+
+def read_env_file(path: str | Path) -> dict[str, str]:
+    """Parse `KEY=value` lines (the local stack's `.local/settings.env`)."""
+    values: dict[str, str] = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values

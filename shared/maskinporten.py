@@ -1,0 +1,318 @@
+"""Skyporten (Maskinporten) token client: JWT grant (RFC 7523), token request, cache, retries.
+
+Building the grant and the form is pure (`grant_claims`, `encode_jwt`); `MaskinportenClient.get_token()`
+sends it, caches the token until `min(sent_at + expires_in, exp) - margin`, lets exactly one of many
+concurrent callers refresh it, retries what is transient and turns refusals into one clear error.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import random
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import requests
+
+from .errors import MaskinportenError
+from .signing import SigningKeyProvider, b64url
+
+log = logging.getLogger(__name__)
+
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"  # RFC 7523 section 2.1
+GRANT_LIFETIME = 100  # seconds; Maskinporten refuses exp - iat > 120 s (MP-130)
+
+# MP-nnn codes -> (what it means, what to fix). Kept as data: Digdir adds codes. PROTOCOL.md section 1.
+MP_CODES: dict[str, tuple[str, str]] = {
+    "MP-100": ("the client was not found or the assertion is invalid",
+               "check MASKINPORTEN_CLIENT_ID: the client id of the integration in this environment "
+               "(test and prod are separate registrations)"),
+    "MP-110": ("the grant's aud is not the Skyporten issuer",
+               "set BANENOR_ENVIRONMENT to the right environment, or MASKINPORTEN_ISSUER to exactly "
+               "https://test.sky.maskinporten.no or https://sky.maskinporten.no (no trailing slash)"),
+    "MP-120": ("the certificate is invalid",
+               "the enterprise certificate is wrong, expired or not trusted: import a valid one into Key Vault"),
+    "MP-121": ("the signing key has expired",
+               "self-service keys expire a year after upload: register a new key in Samarbeidsportalen, "
+               "store it in Key Vault and set MASKINPORTEN_KEY_ID to its kid"),
+    "MP-123": ("the x5c header is invalid", "x5c must be a JSON array of base64 DER certificates"),
+    "MP-124": ("the signature does not verify with the key registered under this kid",
+               "MASKINPORTEN_KEY_ID names a different key than the one in Key Vault: register this key's "
+               "public JWK on the integration, or set the kid of the stored key"),
+    "MP-130": ("the grant is expired or issued in the future (clock skew over 10 s)",
+               "fix the clock (NTP) of the machine running the relay"),
+    "MP-012": ("the grant's jti was used before", "never resend a grant; this is a bug if it repeats"),
+    "MP-200": ("the scope is not on the client",
+               "add banenor:payloadmanager.storage to the integration in Samarbeidsportalen"),
+    "MP-201": ("the scope is not on the client",
+               "add banenor:payloadmanager.storage to the integration in Samarbeidsportalen"),
+    "MP-250": ("your organisation has not been granted the scope in this environment",
+               "ask Bane NOR to grant banenor:payloadmanager.storage to your organisation number"),
+}
+OAUTH_HINTS: dict[str, str] = {
+    "invalid_client": MP_CODES["MP-100"][1],
+    "invalid_grant": "check MASKINPORTEN_KEY_ID, the key in Key Vault and the environment (MASKINPORTEN_ISSUER)",
+    "invalid_scope": MP_CODES["MP-200"][1],
+    "unauthorized_client": "the integration may not use this grant or scope: check it in Samarbeidsportalen",
+    "unsupported_grant_type": "the token endpoint is not a Maskinporten one: check MASKINPORTEN_TOKEN_ENDPOINT",
+    "invalid_request": "the request was malformed: check MASKINPORTEN_TOKEN_ENDPOINT and MASKINPORTEN_RESOURCE",
+}
+_MP_CODE = re.compile(r"\bMP-\d{3}\b")
+
+
+@dataclass(frozen=True)
+class GrantRequest:
+    """What a grant asks for; also the cache key (scope, resource)."""
+
+    audience: str  # the Skyporten issuer, byte for byte
+    client_id: str
+    scope: str
+    resource: str | None = None
+    resource_form: str = "string"
+
+
+def grant_claims(request: GrantRequest, now: float, jti: str) -> dict[str, Any]:
+    """The grant's claims, exactly those Maskinporten documents (others give invalid_grant)."""
+    iat = int(now)
+    claims: dict[str, Any] = {
+        "aud": request.audience,  # = issuer; a trailing slash gives MP-110
+        "iss": request.client_id,  # the integration's client id
+        "scope": request.scope,  # exactly one scope: Skyporten appends it to `sub`
+        "iat": iat,
+        "exp": iat + GRANT_LIFETIME,  # at most 120 s after iat
+        "jti": jti,  # unique per grant; reuse gives MP-012
+    }
+    if request.resource:
+        # The documented form is open (string vs array): MASKINPORTEN_RESOURCE_FORM chooses.
+        claims["resource"] = request.resource if request.resource_form == "string" else [request.resource]
+    return claims
+
+
+def encode_jwt(header: dict[str, Any], claims: dict[str, Any], sign: Callable[[bytes], bytes]) -> str:
+    """JWS compact serialisation (RFC 7515): base64url(header).base64url(claims).base64url(signature)."""
+    signing_input = (
+        b64url(json.dumps(header, separators=(",", ":")).encode())
+        + "."
+        + b64url(json.dumps(claims, separators=(",", ":")).encode())
+    )
+    return signing_input + "." + b64url(sign(signing_input.encode("ascii")))
+
+
+def decode_unverified(token: str) -> dict[str, Any]:
+    """The claims of a JWT, NOT verified: only for caching and diagnostics (sub/aud/exp)."""
+    try:
+        payload = token.split(".")[1]
+        return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return {}
+
+
+class SkyportenToken:
+    """An access token and when it stops being usable. The repr never shows the token."""
+
+    def __init__(self, access_token: str, expires_at: float, scope: str, claims: dict[str, Any]) -> None:
+        self.access_token = access_token
+        self.expires_at = expires_at
+        self.scope = scope
+        self.claims = claims
+
+    def __repr__(self) -> str:
+        return f"SkyportenToken(scope={self.scope!r}, expires_at={self.expires_at:.0f}, token=[secure])"
+
+
+class MaskinportenClient:
+    """Gets Skyporten tokens for one integration; thread-safe, cached per (scope, resource)."""
+
+    def __init__(
+        self,
+        request: GrantRequest,
+        token_endpoint: str,
+        keys: SigningKeyProvider,
+        *,
+        session: requests.Session | None = None,
+        verify: str | bool = True,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        margin: float = 30.0,
+        max_retries: int = 3,
+        timeout: float = 30.0,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.request = request
+        self.token_endpoint = token_endpoint
+        self.keys = keys
+        self.session = session or requests.Session()
+        self.verify = verify
+        self.clock = clock
+        self.sleep = sleep
+        self.margin = margin
+        self.max_retries = max_retries
+        self.timeout = timeout
+        self.jitter = jitter
+        self._lock = threading.Lock()
+        self._cache: dict[tuple[str, str | None], SkyportenToken] = {}
+        self.requests_sent = 0
+        self.last_response_date: float | None = None  # the server's Date header, for clock checks
+
+    # -- the public surface ---------------------------------------------------------------------------
+    def get_token(self, force: bool = False) -> SkyportenToken:
+        """A token valid for at least the refresh margin. Raises `MaskinportenError` when refused."""
+        cache_key = (self.request.scope, self.request.resource)
+        with self._lock:
+            cached = self._cache.get(cache_key)
+            if cached is not None and not force and not self._needs_refresh(cached):
+                return cached
+            token = self._fetch()
+            self._cache[cache_key] = token
+            return token
+
+    def invalidate(self) -> None:
+        """Forget cached tokens (Entra said the assertion expired: AADSTS700024)."""
+        with self._lock:
+            self._cache.clear()
+
+    def _needs_refresh(self, token: SkyportenToken) -> bool:
+        # Refresh `margin` seconds before the end, but never use more than half the lifetime as margin.
+        lifetime = token.expires_at - token.claims.get("iat", token.expires_at - 2 * self.margin)
+        margin = min(self.margin, max(lifetime, 0) / 2)
+        return self.clock() >= token.expires_at - margin
+
+    # -- one request, with retries ------------------------------------------------------------------
+    def build_grant(self) -> str:
+        key = self.keys.get()
+        claims = grant_claims(self.request, self.clock(), str(uuid.uuid4()))
+        return encode_jwt(key.header(), claims, key.sign)
+
+    def _fetch(self) -> SkyportenToken:
+        clock_retry_used = False
+        attempt = 0
+        while True:
+            attempt += 1
+            grant = self.build_grant()  # a fresh grant (new jti) for every request: MP-012
+            sent_at = self.clock()
+            try:
+                response = self.session.post(
+                    self.token_endpoint,
+                    data={"grant_type": JWT_BEARER, "assertion": grant},
+                    headers={"Accept": "application/json"},
+                    timeout=self.timeout,
+                    verify=self.verify,
+                )
+            except requests.RequestException as exc:
+                self.requests_sent += 1
+                if attempt <= self.max_retries:
+                    self._backoff(attempt, None)
+                    continue
+                raise MaskinportenError(
+                    f"Skyporten token endpoint {self.token_endpoint} is unreachable ({type(exc).__name__}).",
+                    hint="check MASKINPORTEN_TOKEN_ENDPOINT and outbound network access",
+                    transient=True,
+                ) from None
+            self.requests_sent += 1
+            self._note_date(response)
+            if response.status_code == 200:
+                return self._parse_success(response, sent_at)
+            if (response.status_code >= 500 or response.status_code == 429) and attempt <= self.max_retries:
+                self._backoff(attempt, response.headers.get("Retry-After"))
+                continue
+            error = self._parse_error(response)
+            if error.code == "MP-130" and not clock_retry_used:
+                # Clock skew or a slow path: one retry with a fresh grant, and a warning (PROTOCOL.md 1).
+                clock_retry_used = True
+                log.warning("Skyporten says the grant was expired or from the future (MP-130): check the clock; "
+                            "retrying once with a fresh grant")
+                continue
+            raise error
+
+    def _backoff(self, attempt: int, retry_after: str | None) -> None:
+        delay = min(8.0, 0.5 * 2 ** (attempt - 1)) * (0.5 + self.jitter() / 2)
+        if retry_after:
+            try:
+                delay = min(30.0, float(retry_after))
+            except ValueError:
+                pass
+        log.warning("Skyporten token request failed; retry %d in %.1f s", attempt, delay)
+        self.sleep(delay)
+
+    def _note_date(self, response: requests.Response) -> None:
+        date = response.headers.get("Date")
+        if date:
+            try:
+                self.last_response_date = parsedate_to_datetime(date).timestamp()
+            except (TypeError, ValueError):
+                pass
+
+    def _parse_success(self, response: requests.Response, sent_at: float) -> SkyportenToken:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("access_token"), str):
+            raise MaskinportenError(
+                f"Skyporten answered 200 without an access_token ({_describe_body(response)}).",
+                hint="check MASKINPORTEN_TOKEN_ENDPOINT: it must be the Skyporten token endpoint",
+                status=200,
+            )
+        access_token = body["access_token"]
+        claims = decode_unverified(access_token)
+        try:
+            expires_in = float(body.get("expires_in", 0))
+        except (TypeError, ValueError):
+            expires_in = 0.0
+        expires_at = sent_at + expires_in if expires_in > 0 else float(claims.get("exp", sent_at))
+        if isinstance(claims.get("exp"), int | float):
+            expires_at = min(expires_at, float(claims["exp"]))  # valid until min(sent_at + expires_in, exp)
+        claims.setdefault("iat", sent_at)
+        log.info("Skyporten token issued: scope=%s expires_in=%s", body.get("scope", self.request.scope),
+                 body.get("expires_in"))
+        return SkyportenToken(access_token, expires_at, body.get("scope", self.request.scope), claims)
+
+    def _parse_error(self, response: requests.Response) -> MaskinportenError:
+        status = response.status_code
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or "error" not in body:
+            return MaskinportenError(
+                f"Skyporten answered HTTP {status} without an OAuth error ({_describe_body(response)}).",
+                hint="check MASKINPORTEN_TOKEN_ENDPOINT; a proxy or the wrong host may be answering",
+                status=status, transient=status >= 500,
+            )
+        error = str(body.get("error"))
+        description = str(body.get("error_description") or "")[:500]
+        match = _MP_CODE.search(description)
+        code = match.group(0) if match else None
+        meaning, fix = MP_CODES.get(code or "", (None, OAUTH_HINTS.get(error, "see docs/troubleshooting.md")))
+        text = f"Skyporten refused the token request: {error}"
+        if meaning:
+            text += f" ({code}: {meaning})"
+        text += f". Skyporten said: {description!r}" if description else "."
+        return MaskinportenError(text, hint=fix, status=status, error=error, code=code,
+                                 transient=status >= 500 or status == 429)
+
+
+def _describe_body(response: requests.Response) -> str:
+    ctype = response.headers.get("Content-Type", "no content type")
+    size = len(response.content or b"")
+    return f"{ctype}, {size} bytes" if size else "empty body"
+
+
+def client_from_settings(settings: Any, keys: SigningKeyProvider, **kwargs: Any) -> MaskinportenClient:
+    request = GrantRequest(
+        audience=settings.maskinporten_issuer,
+        client_id=settings.maskinporten_client_id,
+        scope=settings.maskinporten_scope,
+        resource=settings.maskinporten_resource,
+        resource_form=settings.maskinporten_resource_form,
+    )
+    kwargs.setdefault("verify", settings.ca_bundle or True)
+    return MaskinportenClient(request, settings.maskinporten_token_endpoint, keys, **kwargs)

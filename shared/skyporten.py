@@ -1,0 +1,315 @@
+"""The Bane NOR half of the chain: the Entra exchange as an azure-core TokenCredential, and the storage client.
+
+`BaneNorCredential` hands the Skyporten token to azure-identity's `ClientAssertionCredential` as the client
+assertion (Entra in Bane NOR's tenant, the managed identity Bane NOR created) and turns AADSTS refusals into
+clear errors from a table kept as data. `banenor_service_client` is the one place that builds the
+`BlobServiceClient` for Bane NOR's payload manager gateway. PROTOCOL.md sections 2-4.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import EntraError, GatewayError, RelayError
+from .maskinporten import MaskinportenClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AadstsEntry:
+    meaning: str
+    fix: str
+    kind: str = "fatal"  # "fatal" | "federation" (retried for a window) | "expired" (refetch once) | "transient"
+
+
+_ISSUER_HINT = "check that MASKINPORTEN_ISSUER is the Skyporten issuer Bane NOR trusts (test vs prod)"
+
+# AADSTS codes -> meaning, fix and how to react. Kept as data: Microsoft changes codes (PROTOCOL.md 3).
+AADSTS: dict[int, AadstsEntry] = {
+    70021: AadstsEntry(
+        "no federated credential on the managed identity matches the Skyporten token",
+        "ask Bane NOR to check the federated credential: issuer, subject and audience must equal the values "
+        "shown (exact, case-sensitive). Right after onboarding, wait a few minutes for it to propagate.",
+        "federation"),
+    700211: AadstsEntry(
+        "no federated credential matches the token's issuer",
+        "test vs prod mix-up or a trailing slash: the credential's issuer must be exactly MASKINPORTEN_ISSUER",
+        "federation"),
+    700212: AadstsEntry(
+        "no federated credential matches the token's audience",
+        "the Skyporten token's audience differs from the credential's: check MASKINPORTEN_RESOURCE with Bane NOR",
+        "federation"),
+    700213: AadstsEntry(
+        "no federated credential matches the token's subject",
+        "the subject must be 0192:<your org no>;banenor:payloadmanager.storage: check the organisation number "
+        "Bane NOR registered and that MASKINPORTEN_SCOPE is that one scope",
+        "federation"),
+    700024: AadstsEntry(
+        "the client assertion (Skyporten token) is outside its valid time",
+        "check the clock of the machine running the relay (NTP)", "expired"),
+    700016: AadstsEntry(
+        "the client id is not an application in Bane NOR's tenant",
+        "BANENOR_CLIENT_ID must be the managed identity's client id (not its object/principal id), and "
+        "BANENOR_TENANT_ID Bane NOR's tenant"),
+    90002: AadstsEntry("the tenant does not exist", "check BANENOR_TENANT_ID (a GUID Bane NOR gives you)"),
+    70011: AadstsEntry("the scope is invalid", "check BANENOR_STORAGE_AUDIENCE (the external account URL)"),
+    500011: AadstsEntry(
+        "the resource (storage audience) is not in Bane NOR's tenant",
+        "check BANENOR_STORAGE_AUDIENCE, e.g. https://bnplmextnwesttest.blob.core.windows.net"),
+    50027: AadstsEntry(
+        "the client assertion is not a valid JWT",
+        "the relay must send the Skyporten access token, whole; check MASKINPORTEN_TOKEN_ENDPOINT"),
+    50013: AadstsEntry("the assertion failed signature validation", _ISSUER_HINT),
+    700027: AadstsEntry("the client assertion failed signature validation", _ISSUER_HINT),
+    53003: AadstsEntry("blocked by Conditional Access in Bane NOR's tenant", "escalate to Bane NOR"),
+    90024: AadstsEntry("Entra ID is temporarily unavailable", "retry later", "transient"),
+    90055: AadstsEntry("Entra ID throttled the request", "retry later", "transient"),
+}
+_AADSTS_CODE = re.compile(r"AADSTS(\d+)")
+_ECHO = re.compile(r"Assertion (Issuer|Subject|Audience): '([^']*)'")
+
+
+def aadsts_code(text: str) -> int | None:
+    match = _AADSTS_CODE.search(text)
+    return int(match.group(1)) if match else None
+
+
+def entra_error(exc: Exception, assertion_claims: dict[str, Any], settings_view: dict[str, str]) -> EntraError:
+    """One clear EntraError for an azure-identity ClientAuthenticationError (never quotes a token)."""
+    text = str(getattr(exc, "message", None) or exc)
+    code = aadsts_code(text)
+    entry = AADSTS.get(code or -1)
+    if code is None and "temporarily_unavailable" in text:
+        entry = AadstsEntry("Entra ID is temporarily unavailable", "retry later", "transient")
+    label = f"AADSTS{code}" if code else "no AADSTS code"
+    message = f"Entra ID in Bane NOR's tenant refused the token exchange ({label}"
+    message += f": {entry.meaning})." if entry else ")."
+    if entry is not None and entry.kind == "federation":
+        seen = dict(_ECHO.findall(text))
+        message += (
+            " The Skyporten token carried"
+            f" issuer={seen.get('Issuer', assertion_claims.get('iss'))!r},"
+            f" subject={seen.get('Subject', assertion_claims.get('sub'))!r},"
+            f" audience={seen.get('Audience', assertion_claims.get('aud'))!r};"
+            f" the federated credential on managed identity {settings_view.get('client_id')!r} must have exactly"
+            f" issuer={settings_view.get('issuer')!r},"
+            f" subject={assertion_claims.get('sub')!r}, audience={assertion_claims.get('aud')!r}."
+        )
+    description = _entra_description(text)
+    if description:
+        message += f" Entra said: {description}"
+    return EntraError(
+        message,
+        hint=entry.fix if entry else "see docs/troubleshooting.md for the AADSTS code",
+        error="invalid_client" if "invalid_client" in text else None,
+        code=label if code else None,
+        transient=bool(entry and entry.kind == "transient"),
+    )
+
+
+def _entra_description(text: str) -> str:
+    # Keep Entra's own sentence (it carries trace and correlation ids), bounded; it never holds the token.
+    match = re.search(r"AADSTS\d+:.*", text, re.S)
+    return (match.group(0) if match else "").strip().replace("\n", " ")[:600]
+
+
+class BaneNorCredential:
+    """azure-core TokenCredential for Bane NOR's tenant: Skyporten token -> Entra -> storage token.
+
+    One lock makes concurrent callers share one exchange. AADSTS70021-family refusals (a new federated
+    credential propagating) are retried with backoff for `federation_retry_seconds`; AADSTS700024 drops
+    the cached Skyporten token and retries once. Raises `EntraError`, `MaskinportenError` or
+    `SigningKeyError` (not azure-core errors, so the storage SDK does not retry them for a minute).
+    """
+
+    REFRESH_MARGIN = 300.0  # as azure-identity: refresh from five minutes before expiry
+
+    def __init__(
+        self,
+        tenant_id: str,
+        client_id: str,
+        skyporten: MaskinportenClient,
+        *,
+        authority: str = "https://login.microsoftonline.com",
+        federation_retry_seconds: float = 300.0,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        ca_bundle: str | None = None,
+        inner: Any = None,
+    ) -> None:
+        self.tenant_id = tenant_id
+        self.client_id = client_id
+        self.skyporten = skyporten
+        self.federation_retry_seconds = federation_retry_seconds
+        self.clock = clock
+        self.sleep = sleep
+        self._lock = threading.Lock()
+        self._cache: dict[tuple[str, ...], Any] = {}
+        self._federation_failing_since: float | None = None
+        self.exchanges = 0
+        self._last_assertion_claims: dict[str, Any] = {}
+        if inner is None:
+            from azure.identity import ClientAssertionCredential
+
+            kwargs: dict[str, Any] = {"authority": authority, "retry_total": 2}
+            if ca_bundle:
+                kwargs["connection_verify"] = ca_bundle
+            inner = ClientAssertionCredential(tenant_id, client_id, self._assertion, **kwargs)
+        self._inner = inner
+
+    def __repr__(self) -> str:
+        return f"BaneNorCredential(tenant_id={self.tenant_id!r}, client_id={self.client_id!r})"
+
+    def _assertion(self) -> str:
+        # Called by azure-identity for every exchange: hand it a Skyporten token that is still valid.
+        token = self.skyporten.get_token()
+        self._last_assertion_claims = token.claims
+        return token.access_token
+
+    # azure-core's TokenCredential and SupportsTokenInfo protocols
+    def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        from azure.core.credentials import AccessToken
+
+        info = self._get(scopes, kwargs)
+        return AccessToken(info.token, int(info.expires_on))
+
+    def get_token_info(self, *scopes: str, options: Any = None) -> Any:
+        return self._get(scopes, dict(options or {}))
+
+    def close(self) -> None:
+        close = getattr(self._inner, "close", None)
+        if close:
+            close()
+
+    def _get(self, scopes: tuple[str, ...], kwargs: dict[str, Any]) -> Any:
+        with self._lock:
+            cached = self._cache.get(scopes)
+            if cached is not None and self.clock() < cached.expires_on - self.REFRESH_MARGIN:
+                return cached
+            info = self._exchange(scopes, kwargs)
+            self._cache[scopes] = info
+            return info
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+    def _exchange(self, scopes: tuple[str, ...], kwargs: dict[str, Any]) -> Any:
+        from azure.core.credentials import AccessTokenInfo
+        from azure.core.exceptions import ClientAuthenticationError
+
+        refetched = False
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                self.exchanges += 1
+                if hasattr(self._inner, "get_token_info"):
+                    result = self._inner.get_token_info(*scopes, options=kwargs or None)
+                else:  # pragma: no cover - older azure-identity
+                    token = self._inner.get_token(*scopes, **kwargs)
+                    result = AccessTokenInfo(token.token, token.expires_on)
+                self._federation_failing_since = None
+                return result
+            except ClientAuthenticationError as exc:
+                error = entra_error(exc, self._last_assertion_claims, {
+                    "client_id": self.client_id, "issuer": self.skyporten.request.audience,
+                })
+                entry = AADSTS.get(aadsts_code(str(exc)) or -1)
+                kind = entry.kind if entry else ("transient" if error.transient else "fatal")
+                if kind == "expired" and not refetched:
+                    refetched = True
+                    log.warning("Entra says the Skyporten token is outside its valid time (AADSTS700024): "
+                                "fetching a new one and retrying once; check the clock")
+                    self.skyporten.invalidate()
+                    continue
+                if kind == "federation" and self._federation_retry_due(attempt):
+                    continue
+                raise error from None
+
+    def _federation_retry_due(self, attempt: int) -> bool:
+        """Back off and retry while a fresh federated credential may still be propagating."""
+        now = self.clock()
+        if self._federation_failing_since is None:
+            self._federation_failing_since = now
+        remaining = self._federation_failing_since + self.federation_retry_seconds - now
+        if remaining <= 0:
+            return False
+        delay = min(remaining, 60.0, 5.0 * 2 ** (attempt - 1))
+        log.warning("No federated credential matched yet (it may still be propagating); retrying in %.0f s, "
+                    "giving up in %.0f s", delay, remaining)
+        self.sleep(delay)
+        return True
+
+
+# -- Bane NOR's storage, through the payload manager gateway ----------------------------------------------
+
+def banenor_service_client(settings: Any, credential: Any, **overrides: Any) -> Any:
+    """The BlobServiceClient for Bane NOR: gateway base URL, audience, pinned API version, timeouts, retries.
+
+    The SDK keeps the base path (`<base>/<container>/<path>`); `audience` makes it ask its credential for
+    `<storage audience>/.default`, which the gateway routes on (PROTOCOL.md 4).
+    """
+    from azure.storage.blob import BlobServiceClient
+
+    kwargs: dict[str, Any] = {
+        "audience": settings.banenor_storage_audience,
+        "api_version": settings.banenor_storage_api_version,
+        "connection_timeout": 20,
+        "read_timeout": 120,
+        "retry_total": 4,
+        "retry_backoff_factor": 1.0,
+        "max_single_put_size": min(settings.single_put_limit, 64 * 1024 * 1024) or 1,
+        "max_block_size": settings.block_size,
+    }
+    if settings.ca_bundle:
+        kwargs["connection_verify"] = settings.ca_bundle
+    kwargs.update(overrides)
+    return BlobServiceClient(account_url=settings.banenor_storage_url, credential=credential, **kwargs)
+
+
+GATEWAY_HINTS: dict[int, str] = {
+    401: "the gateway refused the token: BANENOR_STORAGE_AUDIENCE must be Bane NOR's external account URL "
+         "for this environment, and BANENOR_ENVIRONMENT must match it",
+    403: "the managed identity lacks RBAC or ACL rights on this path: only Bane NOR can grant them; report "
+         "the container and directory shown (and check BANENOR_DIRECTORY)",
+    404: "the container does not exist: check BANENOR_CONTAINER with Bane NOR",
+    400: "Bane NOR's gateway refused the request (name, extension or API version): see docs/gateway.md",
+    413: "a request was over the gateway's 100 MB limit: lower BLOCK_SIZE / SINGLE_PUT_LIMIT",
+    409: "the destination already exists",
+}
+
+
+def gateway_error(exc: Exception, blob: str | None) -> RelayError:
+    """Translate a storage SDK error from Bane NOR's side into a GatewayError (SAS and tokens never quoted)."""
+    from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
+
+    if isinstance(exc, RelayError):
+        return exc
+    if isinstance(exc, ServiceRequestError | ServiceResponseError):
+        return GatewayError(f"Bane NOR's gateway could not be reached writing {blob!r} ({type(exc).__name__}).",
+                            hint="check BANENOR_STORAGE_URL and outbound network access", blob=blob,
+                            transient=True)
+    status = getattr(exc, "status_code", None)
+    code = getattr(exc, "error_code", None)
+    if isinstance(exc, HttpResponseError) and status is not None:
+        text = f"Bane NOR's gateway answered HTTP {status}{f' {code}' if code else ''} for {blob!r}"
+        reason = _first_line(getattr(exc, "reason", "") or "")
+        if reason:
+            text += f" ({reason})"
+        return GatewayError(text + ".", hint=GATEWAY_HINTS.get(status, "retry later"), status=status,
+                            error_code=code, blob=blob, transient=status >= 500 or status in (408, 429),
+                            trust_chain=status == 401)
+    return GatewayError(f"Writing {blob!r} to Bane NOR failed ({type(exc).__name__}).", hint="retry later",
+                        blob=blob, transient=True)
+
+
+def _first_line(text: str) -> str:
+    return re.sub(r"sig=[^&\s]+", "sig=[secure]", text.splitlines()[0] if text else "")[:200]

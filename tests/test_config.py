@@ -1,0 +1,163 @@
+"""Settings: presets, overrides, and one clear problem per bad setting, all reported at once."""
+
+import pytest
+
+from shared.config import ENVIRONMENTS, Settings, read_env_file
+from shared.errors import ConfigError
+
+TENANT = "6ee535f2-3064-4ac9-81d8-4ceb2ff790c6"
+CLIENT = "11111111-2222-3333-4444-555555555555"
+
+
+def base_env(**overrides):
+    env = {
+        "BANENOR_ENVIRONMENT": "test",
+        "MASKINPORTEN_CLIENT_ID": "a1b2c3d4-0000-0000-0000-000000000000",
+        "MASKINPORTEN_KEY_ID": "partner-key-2026",
+        "SIGNING_KEY_SOURCE": "keyvault-secret",
+        "KEY_VAULT_URL": "https://partner-kv.vault.azure.net",
+        "SIGNING_KEY_NAME": "maskinporten-key",
+        "BANENOR_TENANT_ID": TENANT,
+        "BANENOR_CLIENT_ID": CLIENT,
+        "BANENOR_CONTAINER": "integration-dev",
+        "BANENOR_DIRECTORY": "partner-987654321",
+        "EXPORT_STORAGE__blobServiceUri": "https://partnerexports.blob.core.windows.net",
+    }
+    env.update(overrides)
+    return {k: v for k, v in env.items() if v is not None}
+
+
+def problems_of(env):
+    with pytest.raises(ConfigError) as info:
+        Settings.load(env)
+    return dict(info.value.problems)
+
+
+@pytest.mark.parametrize("name", ["dev", "test", "prod"])
+def test_environment_presets_issuer_gateway_and_audience(name):
+    s = Settings.load(base_env(BANENOR_ENVIRONMENT=name))
+    preset = ENVIRONMENTS[name]
+    assert s.maskinporten_issuer == preset.skyporten_issuer
+    assert s.maskinporten_token_endpoint == preset.skyporten_issuer + "/token"
+    assert s.banenor_storage_url == preset.gateway_url
+    assert s.banenor_storage_audience == preset.storage_audience
+
+
+def test_prod_uses_the_prod_skyporten_issuer_without_trailing_slash():
+    s = Settings.load(base_env(BANENOR_ENVIRONMENT="prod"))
+    assert s.maskinporten_issuer == "https://sky.maskinporten.no"
+    assert s.banenor_storage_audience == "https://bnplmextnwestprod.blob.core.windows.net"
+
+
+def test_each_preset_value_can_be_overridden():
+    s = Settings.load(base_env(
+        MASKINPORTEN_ISSUER="https://127.0.0.1:5001", MASKINPORTEN_TOKEN_ENDPOINT="https://127.0.0.1:5001/token",
+        BANENOR_STORAGE_URL="https://127.0.0.1:5002/payload-manager/v1",
+        BANENOR_STORAGE_AUDIENCE="https://bnplmextnwestlocal.blob.core.windows.net",
+    ))
+    assert s.maskinporten_issuer == "https://127.0.0.1:5001"
+    assert s.banenor_storage_url == "https://127.0.0.1:5002/payload-manager/v1"
+    assert s.origins["maskinporten_issuer"] == "set"
+    assert s.origins["banenor_storage_url"] == "set"
+
+
+def test_defaults_for_scope_api_version_and_authority():
+    s = Settings.load(base_env())
+    assert s.maskinporten_scope == "banenor:payloadmanager.storage"
+    assert s.banenor_storage_api_version == "2025-01-05"
+    assert s.banenor_authority_host == "https://login.microsoftonline.com"
+    assert s.maskinporten_resource is None
+    assert s.maskinporten_resource_form == "string"
+
+
+def test_all_problems_are_reported_at_once():
+    found = problems_of({"BANENOR_ENVIRONMENT": "staging"})
+    for name in ("BANENOR_ENVIRONMENT", "MASKINPORTEN_CLIENT_ID", "BANENOR_TENANT_ID", "BANENOR_CLIENT_ID",
+                 "BANENOR_CONTAINER", "KEY_VAULT_URL", "SIGNING_KEY_NAME", "MASKINPORTEN_KEY_ID", "EXPORT_STORAGE"):
+        assert name in found, name
+
+
+@pytest.mark.parametrize("name", [
+    "BANENOR_ENVIRONMENT", "MASKINPORTEN_CLIENT_ID", "BANENOR_TENANT_ID", "BANENOR_CLIENT_ID", "BANENOR_CONTAINER",
+])
+def test_a_missing_required_setting_is_named(name):
+    found = problems_of(base_env(**{name: None}))
+    assert list(found) == [name]
+    assert "required" in found[name]
+
+
+def test_issuer_with_trailing_slash_is_refused_with_the_reason():
+    found = problems_of(base_env(MASKINPORTEN_ISSUER="https://test.sky.maskinporten.no/"))
+    assert "MP-110" in found["MASKINPORTEN_ISSUER"]
+    assert "trailing slash" in found["MASKINPORTEN_ISSUER"]
+
+
+@pytest.mark.parametrize("scope", ["banenor:payloadmanager.storage openid", "a,b"])
+def test_a_scope_list_is_refused(scope):
+    found = problems_of(base_env(MASKINPORTEN_SCOPE=scope))
+    assert "exactly one scope" in found["MASKINPORTEN_SCOPE"]
+
+
+@pytest.mark.parametrize("aud", ["https://storage.azure.com", "https://storage.azure.com/"])
+def test_storage_azure_com_audience_is_refused(aud):
+    found = problems_of(base_env(BANENOR_STORAGE_AUDIENCE=aud))
+    assert "routes on the token audience" in found["BANENOR_STORAGE_AUDIENCE"]
+
+
+def test_plain_http_is_refused_outside_loopback():
+    found = problems_of(base_env(BANENOR_STORAGE_URL="http://gateway.example.no/payload-manager/v1"))
+    assert "plain http" in found["BANENOR_STORAGE_URL"]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]"])
+def test_plain_http_is_accepted_for_loopback(host):
+    s = Settings.load(base_env(BANENOR_STORAGE_URL=f"http://{host}:8080/payload-manager/v1"))
+    assert s.banenor_storage_url.startswith("http://")
+
+
+def test_client_id_that_is_not_a_guid_mentions_the_object_id_mistake():
+    found = problems_of(base_env(BANENOR_CLIENT_ID="partner-identity"))
+    assert "not its object/principal id" in found["BANENOR_CLIENT_ID"]
+
+
+def test_file_source_needs_an_existing_file(tmp_path):
+    found = problems_of(base_env(SIGNING_KEY_SOURCE="file", SIGNING_KEY_FILE=str(tmp_path / "missing.pem")))
+    assert "does not exist" in found["SIGNING_KEY_FILE"]
+
+
+def test_certificate_source_needs_no_kid():
+    s = Settings.load(base_env(SIGNING_KEY_SOURCE="keyvault-certificate", MASKINPORTEN_KEY_ID=None))
+    assert s.maskinporten_key_id is None
+
+
+def test_kid_is_required_for_a_registered_key():
+    found = problems_of(base_env(MASKINPORTEN_KEY_ID=None))
+    assert "Samarbeidsportalen" in found["MASKINPORTEN_KEY_ID"]
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("SIGNING_KEY_SOURCE", "hsm"), ("MASKINPORTEN_RESOURCE_FORM", "list"), ("COPY_MODE", "fast"),
+    ("AFTER_DELIVERY", "move"), ("NAME_POLICY", "loose"), ("MAX_ATTEMPTS", "zero"), ("MAX_ATTEMPTS", "0"),
+    ("BLOCK_SIZE", "200MiB"), ("BLOCK_SIZE", "big"), ("PARALLELISM", "0"), ("EXPORT_CONTAINER", "Exports_1"),
+    ("BANENOR_CONTAINER", "x"), ("BANENOR_TENANT_ID", "bane-nor"),
+])
+def test_malformed_values_are_named_with_the_fix(name, value):
+    found = problems_of(base_env(**{name: value}))
+    assert name in found
+    assert value in found[name] or "bytes" in found[name]
+
+
+def test_block_size_accepts_mib_suffix():
+    assert Settings.load(base_env(BLOCK_SIZE="16MiB")).block_size == 16 * 1024 * 1024
+
+
+def test_connection_string_key_is_redacted_in_describe():
+    s = Settings.load(base_env(EXPORT_STORAGE="DefaultEndpointsProtocol=https;AccountName=a;AccountKey=c2VjcmV0;"))
+    shown = dict((name, value) for name, value, _ in s.describe())
+    assert "c2VjcmV0" not in shown["EXPORT_STORAGE_CONNECTION_STRING"]
+
+
+def test_env_file_lines_are_read(tmp_path):
+    path = tmp_path / "settings.env"
+    path.write_text("# comment\nA=1\nB = two=2\n\n")
+    assert read_env_file(path) == {"A": "1", "B": "two=2"}
