@@ -1,0 +1,172 @@
+"""The Bane NOR credential: AADSTS errors -> messages from the data table; federation retry window; 700024.
+
+The inner azure-identity credential is replaced here by a scripted stand-in (the real one against the Entra
+simulator is exercised in tests/test_chain.py); the Skyporten client is real, with a scripted session.
+"""
+
+import jwt
+import pytest
+from azure.core.credentials import AccessTokenInfo
+from azure.core.exceptions import ClientAuthenticationError
+
+from shared.errors import EntraError
+from shared.maskinporten import GrantRequest, MaskinportenClient
+from shared.skyporten import AADSTS, BaneNorCredential, entra_error
+from tests.fakes import FakeClock, FakeSession, key_provider, make_key, response
+
+ISSUER = "https://test.sky.maskinporten.no"
+SUB = "0192:987654321;banenor:payloadmanager.storage"
+SCOPE = "https://bnplmextnwesttest.blob.core.windows.net/.default"
+KEY = make_key()
+
+
+class ScriptedInner:
+    """Stands in for ClientAssertionCredential: calls the assertion callback, then raises or answers."""
+
+    def __init__(self, assertion, outcomes, clock):
+        self.assertion = assertion
+        self.outcomes = list(outcomes)
+        self.clock = clock
+        self.assertions = []
+
+    def get_token_info(self, *scopes, options=None):
+        self.assertions.append(self.assertion())
+        outcome = self.outcomes.pop(0) if self.outcomes else None
+        if isinstance(outcome, Exception):
+            raise outcome
+        return AccessTokenInfo("storage-token-xyz", int(self.clock()) + 3599)
+
+
+def refusal(code, text="refused"):
+    return ClientAuthenticationError(
+        message=f"Authentication failed: AADSTS{code}: {text} Trace ID: t Correlation ID: c Timestamp: now")
+
+
+def make(outcomes, retry_window=300):
+    clock = FakeClock()
+
+    def answer(form):
+        now = int(clock())
+        token = jwt.encode({"iss": ISSUER, "sub": SUB, "aud": "api://AzureADTokenExchange", "iat": now,
+                            "exp": now + 120, "jti": str(len(session.forms))}, "k" * 32, algorithm="HS256")
+        return response(200, {"access_token": token, "expires_in": 120, "scope": "s"})
+
+    session = FakeSession(answer)
+    sky = MaskinportenClient(GrantRequest(ISSUER, "c", "banenor:payloadmanager.storage"), ISSUER + "/token",
+                             key_provider(KEY), session=session, clock=clock, sleep=clock.sleep)
+    holder = {}
+    cred = BaneNorCredential("tenant", "mi-client", sky, clock=clock, sleep=clock.sleep,
+                             federation_retry_seconds=retry_window,
+                             inner=ScriptedInner(lambda: holder["cred"]._assertion(), outcomes, clock))
+    holder["cred"] = cred
+    return cred, session, clock
+
+
+def test_success_returns_the_storage_token_and_caches_it():
+    cred, session, _ = make([None])
+    assert cred.get_token(SCOPE).token == "storage-token-xyz"
+    cred.get_token(SCOPE)
+    assert cred.exchanges == 1
+    assert len(session.forms) == 1
+
+
+def test_refreshes_five_minutes_before_expiry():
+    cred, _, clock = make([None, None])
+    first = cred.get_token_info(SCOPE)
+    clock.now = first.expires_on - 301
+    cred.get_token_info(SCOPE)
+    assert cred.exchanges == 1
+    clock.now = first.expires_on - 300
+    cred.get_token_info(SCOPE)
+    assert cred.exchanges == 2
+
+
+@pytest.mark.parametrize("code", sorted(AADSTS))
+def test_each_aadsts_code_maps_to_its_message_from_the_table(code):
+    error = entra_error(refusal(code), {"iss": ISSUER, "sub": SUB, "aud": "a"}, {"client_id": "x", "issuer": ISSUER})
+    assert error.code == f"AADSTS{code}"
+    assert AADSTS[code].meaning in str(error)
+    assert error.hint == AADSTS[code].fix
+
+
+def test_unknown_code_still_gives_one_clear_error():
+    error = entra_error(refusal(99999), {}, {})
+    assert error.code == "AADSTS99999"
+    assert "troubleshooting" in error.hint
+
+
+def test_federation_mismatch_shows_what_the_token_carried_beside_what_is_needed():
+    text = ("No matching federated identity record found for presented assertion. "
+            f"Assertion Issuer: '{ISSUER}'. Assertion Subject: '{SUB}'. Assertion Audience: 'api://x'.")
+    error = entra_error(refusal(70021, text), {"iss": ISSUER, "sub": SUB, "aud": "api://x"},
+                        {"client_id": "mi-client", "issuer": ISSUER})
+    message = str(error)
+    assert f"issuer={ISSUER!r}" in message
+    assert f"subject={SUB!r}" in message
+    assert "audience='api://x'" in message
+    assert "'mi-client'" in message
+    assert "ask Bane NOR" in message
+
+
+def test_federation_mismatch_is_retried_with_backoff_within_the_window():
+    cred, _, clock = make([refusal(70021), refusal(70021), None], retry_window=300)
+    assert cred.get_token(SCOPE).token == "storage-token-xyz"
+    assert clock.slept == [5.0, 10.0]
+
+
+def test_federation_mismatch_gives_up_when_the_window_is_over():
+    cred, _, clock = make([refusal(700213)] * 50, retry_window=120)
+    with pytest.raises(EntraError, match="AADSTS700213"):
+        cred.get_token(SCOPE)
+    assert sum(clock.slept) == pytest.approx(120)
+
+
+def test_after_the_window_a_later_call_fails_at_once():
+    cred, _, clock = make([refusal(70021)] * 50, retry_window=60)
+    with pytest.raises(EntraError):
+        cred.get_token(SCOPE)
+    slept = len(clock.slept)
+    with pytest.raises(EntraError):
+        cred.get_token(SCOPE)
+    assert len(clock.slept) == slept
+
+
+def test_expired_assertion_refetches_the_skyporten_token_and_retries_once():
+    cred, session, _ = make([refusal(700024), None])
+    cred.get_token(SCOPE)
+    assert len(session.forms) == 2  # the cached Skyporten token was dropped
+    first, second = cred._inner.assertions
+    assert first != second, "the retry must present a new Skyporten token"
+
+
+def test_expired_assertion_twice_is_reported():
+    cred, _, _ = make([refusal(700024), refusal(700024)])
+    with pytest.raises(EntraError, match="AADSTS700024"):
+        cred.get_token(SCOPE)
+
+
+@pytest.mark.parametrize("code", [700016, 90002, 50027, 53003, 500011])
+def test_fatal_codes_are_not_retried(code):
+    cred, _, clock = make([refusal(code), None])
+    with pytest.raises(EntraError):
+        cred.get_token(SCOPE)
+    assert cred.exchanges == 1
+    assert clock.slept == []
+
+
+def test_object_id_instead_of_client_id_is_explained():
+    cred, _, _ = make([refusal(700016, "Application with identifier 'x' was not found in the directory 't'.")])
+    with pytest.raises(EntraError) as info:
+        cred.get_token(SCOPE)
+    assert "not its object/principal id" in str(info.value)
+
+
+def test_credential_repr_and_errors_hold_no_token(caplog):
+    cred, session, _ = make([refusal(70021)] * 50, retry_window=0)
+    with pytest.raises(EntraError) as info:
+        cred.get_token(SCOPE)
+    assertion = cred._inner.assertions[0]
+    assert assertion not in str(info.value)
+    assert assertion not in repr(cred)
+    assert assertion not in caplog.text
+    assert session.forms[0]["assertion"] not in caplog.text
