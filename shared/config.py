@@ -413,3 +413,14 @@ def read_env_file(path: str | Path) -> dict[str, str]:
             key, _, value = line.partition("=")
             values[key.strip()] = value.strip()
     return values
+
+
+BLOB_TRIGGER_SOURCES = ("EventGrid", "LogsAndContainerScan")
+
+
+def blob_trigger_source(env: Mapping[str, str] | None = None) -> str:
+    """BLOB_TRIGGER_SOURCE, read at indexing time: EventGrid (default; required on Flex Consumption) or
+    LogsAndContainerScan (local `func start` with Azurite). An unknown value falls back to EventGrid; `doctor`
+    reports it."""
+    value = (os.environ if env is None else env).get("BLOB_TRIGGER_SOURCE", "EventGrid").strip()
+    return value if value in BLOB_TRIGGER_SOURCES else "EventGrid"

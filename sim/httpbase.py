@@ -97,6 +97,10 @@ class SimServer(ThreadingHTTPServer):
     def base_url(self) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}"
 
+    def serve_forever(self, poll_interval: float = 0.05) -> None:
+        # A short poll interval makes stop() quick (tests start and stop many servers).
+        super().serve_forever(poll_interval)
+
     def start(self) -> SimServer:
         self._thread = threading.Thread(target=self.serve_forever, name=type(self).__name__, daemon=True)
         self._thread.start()

@@ -1,0 +1,50 @@
+# The Skyporten relay. Public targets (partners and CI depend on them):
+#   install     the Python venv (.venv) and the pinned Azurite (node_modules)
+#   demo        the main job end to end on the local stack, with a delivery report
+#   test        lint and the whole test suite (starts its own Azurite and simulators)
+#   stack       start the local stack in the background; settings in .local/settings.env
+#   stack-stop  stop exactly what `make stack` started
+#   bench       benchmarks (not part of `make test`); results in bench/RESULTS.md
+#   lint-infra  parse the Bicep templates and run checkov offline
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP_PY := $(VENV)/.installed
+STAMP_NODE := node_modules/.installed
+
+.PHONY: install demo test stack stack-stop bench lint-infra lint clean
+
+install: $(STAMP_PY) $(STAMP_NODE)
+
+$(STAMP_PY): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+$(STAMP_NODE): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+lint: $(STAMP_PY)
+	$(PY) -m ruff check .
+
+test: install lint
+	$(PY) -m pytest
+
+demo: install
+	$(PY) -m sim.demo
+
+stack: install
+	$(PY) -m sim.stack start --workdir .local
+
+stack-stop:
+	@if [ -x $(PY) ]; then $(PY) -m sim.stack stop --workdir .local; fi
+
+bench: install
+	$(PY) -m bench.run
+
+lint-infra:
+	bash scripts/lint-infra.sh
+
+clean:
+	rm -rf .local .pytest_cache .ruff_cache .coverage

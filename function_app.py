@@ -1,0 +1,56 @@
+"""Azure Functions entry point (Python v2 model): registration of the two triggers, nothing else.
+
+- `on_export`: blob trigger on `%EXPORT_CONTAINER%/{name}` (connection EXPORT_STORAGE); forwards the new or
+  updated export at once. It receives a reference (SDK-type BlobClient binding), never the file's bytes:
+  the relay reads the blob itself in blocks.
+- `sync`: timer on `%SYNC_SCHEDULE%`; delivers everything not yet delivered (missed events, retries, backlog).
+
+Settings are read and clients built on first invocation, not at import: a bad setting must not hide the
+functions from the host; it is raised, clearly, when a function runs (and by `python -m shared doctor`).
+"""
+
+import logging
+
+import azure.functions as func
+import azurefunctions.extensions.bindings.blob as blob_binding
+
+from shared.config import blob_trigger_source
+
+app = func.FunctionApp()
+log = logging.getLogger("relay.functions")
+
+_SOURCE = {"EventGrid": func.BlobSource.EVENT_GRID, "LogsAndContainerScan": func.BlobSource.LOGS_AND_CONTAINER_SCAN}
+
+
+def export_name(trigger: object) -> str:
+    """The export's path inside EXPORT_CONTAINER, from the SDK-type BlobClient or a func.InputStream."""
+    name = getattr(trigger, "blob_name", None)
+    if name:
+        return name
+    full = getattr(trigger, "name", None) or ""  # InputStream.name is "<container>/<path>"
+    return full.split("/", 1)[1] if "/" in full else full
+
+
+@app.function_name("on_export")
+@app.blob_trigger(arg_name="client", path="%EXPORT_CONTAINER%/{name}", connection="EXPORT_STORAGE",
+                  source=_SOURCE[blob_trigger_source()])
+def on_export(client: blob_binding.BlobClient) -> None:
+    from shared.runtime import get_runtime
+
+    outcome = get_runtime().relay.deliver(export_name(client))
+    if outcome.status == "failed":
+        # Raise so the host retries the trigger (and poisons it after maxDequeueCount); the ledger keeps the
+        # failure for the timer sync either way.
+        raise RuntimeError(f"delivery of {outcome.source_name!r} failed: {outcome.reason}")
+
+
+@app.function_name("sync")
+@app.timer_trigger(arg_name="timer", schedule="%SYNC_SCHEDULE%", run_on_startup=False, use_monitor=True)
+def sync(timer: func.TimerRequest) -> None:
+    from shared.runtime import get_runtime
+
+    if timer.past_due:
+        log.warning("sync timer is past due: running now")
+    summary = get_runtime().relay.sync()
+    if summary.error:
+        raise RuntimeError(f"sync stopped: {summary.error}")

@@ -1,0 +1,424 @@
+"""The delivery ledger: what was delivered, what failed, what was refused, what is in flight.
+
+One small JSON blob per record in a container of the partner's own storage account; every write is
+conditional (If-None-Match: * to create, If-Match: <etag> to change), so concurrent instances never
+lose an update. Listing state lives in blob metadata, so listings need no GETs. See docs/ledger.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.storage.blob import BlobClient, ContainerClient, ContentSettings
+
+from .errors import RelayError
+
+Clock = Callable[[], float]
+T = TypeVar("T")
+
+RECEIPTS = "receipts/"
+FAILURES = "failures/"
+REJECTED = "rejected/"
+CLAIMS = "claims/"
+DESTINATIONS = "destinations/"
+
+MAX_ERROR_CHARS = 500
+_JSON = ContentSettings(content_type="application/json")
+_SAFE_ETAG = re.compile(r"[A-Za-z0-9]{1,64}")
+# Defence in depth: a caller's error text should never carry a token, but if it does, the ledger does not
+# keep it (JWTs are three base64url parts, the first starting "eyJ").
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+_CONFLICT_RETRIES = 50
+
+
+def _b64(text: str) -> str:
+    # Blob metadata values must be ASCII: names and error texts go base64url-encoded.
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
+def _unb64(text: str) -> str:
+    return base64.urlsafe_b64decode(text.encode()).decode()
+
+
+class _Record:
+    """to_json/from_json for the frozen record dataclasses; unknown fields in stored JSON are ignored."""
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), ensure_ascii=False, sort_keys=True)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_json(cls: type[T], text: str | bytes) -> T:
+        data = json.loads(text)
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True)
+class Receipt(_Record):
+    """One export version delivered: where it went and what Bane NOR's storage answered."""
+
+    source_name: str
+    source_etag: str
+    size: int
+    md5: str  # base64, as in Content-MD5
+    destination_path: str
+    destination_url: str
+    destination_etag: str
+    attempts: int
+    first_attempt_at: float
+    delivered_at: float
+    mode: str  # how it was copied (e.g. "stream", "copy-from-url")
+    original_name: str  # the source name before renaming (differs from the destination's name)
+
+
+@dataclass(frozen=True)
+class Failure(_Record):
+    """One export version that failed: how often, the last error, and when it is due again."""
+
+    source_name: str
+    source_etag: str
+    attempts: int
+    last_error: str
+    first_failed_at: float
+    last_failed_at: float
+    next_retry_at: float
+    poisoned: bool
+
+    def _metadata(self) -> dict[str, str]:
+        return {
+            "source": _b64(self.source_name),
+            "etag": _b64(self.source_etag),
+            "attempts": str(self.attempts),
+            "error": _b64(self.last_error),
+            "firstfailedat": repr(self.first_failed_at),
+            "lastfailedat": repr(self.last_failed_at),
+            "nextretryat": repr(self.next_retry_at),
+            "poisoned": "1" if self.poisoned else "0",
+        }
+
+    @classmethod
+    def _from_metadata(cls, md: dict[str, str]) -> Failure:
+        return cls(
+            source_name=_unb64(md["source"]),
+            source_etag=_unb64(md["etag"]),
+            attempts=int(md["attempts"]),
+            last_error=_unb64(md["error"]),
+            first_failed_at=float(md["firstfailedat"]),
+            last_failed_at=float(md["lastfailedat"]),
+            next_retry_at=float(md["nextretryat"]),
+            poisoned=md["poisoned"] == "1",
+        )
+
+
+@dataclass(frozen=True)
+class Rejection(_Record):
+    """One export version refused for good (its name or extension); never retried."""
+
+    source_name: str
+    source_etag: str
+    reason: str
+    rejected_at: float
+
+    def _metadata(self) -> dict[str, str]:
+        return {
+            "source": _b64(self.source_name),
+            "etag": _b64(self.source_etag),
+            "reason": _b64(self.reason),
+            "rejectedat": repr(self.rejected_at),
+        }
+
+    @classmethod
+    def _from_metadata(cls, md: dict[str, str]) -> Rejection:
+        return cls(
+            source_name=_unb64(md["source"]),
+            source_etag=_unb64(md["etag"]),
+            reason=_unb64(md["reason"]),
+            rejected_at=float(md["rejectedat"]),
+        )
+
+
+def _lower(md: dict[str, str] | None) -> dict[str, str]:
+    # Metadata names are case-insensitive in Azure; compare them lower-cased.
+    return {k.lower(): v for k, v in (md or {}).items()}
+
+
+class Ledger:
+    """The ledger in `container` (the partner's LEDGER_CONTAINER). Thread-safe: it keeps no local state.
+
+    `clock` returns epoch seconds; failures back off `backoff_base * 2**(attempts-1)` seconds, capped at
+    `backoff_max`. Storage errors other than the expected conflicts propagate (azure.core exceptions).
+    """
+
+    def __init__(
+        self,
+        container: ContainerClient,
+        clock: Clock = time.time,
+        backoff_base: float = 60,
+        backoff_max: float = 3600,
+    ) -> None:
+        self.container = container
+        self.clock = clock
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+
+    def __repr__(self) -> str:
+        return f"Ledger(container={self.container.container_name!r})"
+
+    # -- keys and blobs --------------------------------------------------------------------
+    @staticmethod
+    def key(name: str, etag: str) -> str:
+        """`sha256(name)[:40]-<etag>`: one key per source version, safe as a blob name segment."""
+        digest = hashlib.sha256(name.encode()).hexdigest()[:40]
+        bare = etag.strip('"')
+        safe = bare if _SAFE_ETAG.fullmatch(bare) else "h" + hashlib.sha256(etag.encode()).hexdigest()[:32]
+        return f"{digest}-{safe}"
+
+    def _blob(self, prefix: str, key: str) -> BlobClient:
+        return self.container.get_blob_client(f"{prefix}{key}.json")
+
+    def _create(self, blob: BlobClient, body: str, metadata: dict[str, str]) -> bool:
+        """Create-only write (If-None-Match: *); False when the blob already exists."""
+        try:
+            blob.upload_blob(body.encode(), overwrite=False, metadata=metadata, content_settings=_JSON)
+        except ResourceExistsError:
+            return False
+        return True
+
+    def _replace(self, blob: BlobClient, body: str, metadata: dict[str, str], etag: str) -> bool:
+        """Overwrite only if unchanged since `etag` was read (If-Match); False if someone got there first."""
+        try:
+            blob.upload_blob(
+                body.encode(),
+                overwrite=True,
+                metadata=metadata,
+                content_settings=_JSON,
+                etag=etag,
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return False
+        return True
+
+    def _read(self, blob: BlobClient) -> bytes | None:
+        try:
+            return blob.download_blob().readall()  # a record is a few hundred bytes
+        except ResourceNotFoundError:
+            return None
+
+    def _properties(self, blob: BlobClient) -> tuple[dict[str, str], str] | None:
+        try:
+            props = blob.get_blob_properties()
+        except ResourceNotFoundError:
+            return None
+        return _lower(props.metadata), props.etag
+
+    def _list(self, prefix: str, metadata: bool = True) -> Iterator[Any]:
+        include = ["metadata"] if metadata else None
+        return iter(self.container.list_blobs(name_starts_with=prefix, include=include))
+
+    def ensure(self) -> None:
+        """Create the ledger container if it is missing."""
+        try:
+            self.container.create_container()
+        except ResourceExistsError:
+            pass
+
+    # -- receipts --------------------------------------------------------------------------
+    def receipt(self, name: str, etag: str) -> Receipt | None:
+        body = self._read(self._blob(RECEIPTS, self.key(name, etag)))
+        return Receipt.from_json(body) if body is not None else None
+
+    def record_receipt(self, receipt: Receipt) -> Receipt:
+        """Write the receipt once; if one exists for this version already, return that one unchanged."""
+        blob = self._blob(RECEIPTS, self.key(receipt.source_name, receipt.source_etag))
+        if self._create(blob, receipt.to_json(), {"source": _b64(receipt.source_name)}):
+            return receipt
+        existing = self._read(blob)
+        if existing is None:  # deleted between the two calls: nobody deletes receipts, but be exact
+            return self.record_receipt(receipt)
+        return Receipt.from_json(existing)
+
+    def delivered_keys(self) -> set[str]:
+        """Keys (see `key`) of every receipt, from one listing of names."""
+        return {b.name[len(RECEIPTS) : -len(".json")] for b in self._list(RECEIPTS, metadata=False)}
+
+    # -- failures --------------------------------------------------------------------------
+    def failure(self, name: str, etag: str) -> Failure | None:
+        found = self._properties(self._blob(FAILURES, self.key(name, etag)))
+        return Failure._from_metadata(found[0]) if found else None
+
+    def backoff(self, attempts: int) -> float:
+        """Seconds to wait after the `attempts`-th failure: base, 2*base, 4*base ... capped at max."""
+        return min(self.backoff_max, self.backoff_base * 2 ** max(0, attempts - 1))
+
+    def record_failure(self, name: str, etag: str, error: str, max_attempts: int) -> Failure:
+        """Count one more failed attempt; poisoned once attempts reach `max_attempts`.
+
+        Read-modify-write under etag conditions, retried on conflict, so concurrent writers all count.
+        `error` is scrubbed of JWTs and cut to 500 characters. Raises RelayError if the conflicts never end.
+        """
+        text = _JWT.sub("[jwt]", error)[:MAX_ERROR_CHARS]
+        blob = self._blob(FAILURES, self.key(name, etag))
+        for _ in range(_CONFLICT_RETRIES):
+            now = self.clock()
+            found = self._properties(blob)
+            previous = Failure._from_metadata(found[0]) if found else None
+            attempts = (previous.attempts if previous else 0) + 1
+            failure = Failure(
+                source_name=name,
+                source_etag=etag,
+                attempts=attempts,
+                last_error=text,
+                first_failed_at=previous.first_failed_at if previous else now,
+                last_failed_at=now,
+                next_retry_at=now + self.backoff(attempts),
+                poisoned=attempts >= max_attempts,
+            )
+            if found is None:
+                written = self._create(blob, failure.to_json(), failure._metadata())
+            else:
+                written = self._replace(blob, failure.to_json(), failure._metadata(), found[1])
+            if written:
+                return failure
+        raise RelayError(f"the ledger entry for {name!r} kept changing under concurrent writers")
+
+    def clear_failure(self, name: str, etag: str) -> None:
+        """Forget the failures of a version (after its receipt is written); nothing if there are none."""
+        try:
+            self._blob(FAILURES, self.key(name, etag)).delete_blob()
+        except ResourceNotFoundError:
+            pass
+
+    def failures(self) -> Iterator[Failure]:
+        """Every failure record, poisoned or not, from one listing with metadata (no GETs)."""
+        for b in self._list(FAILURES):
+            yield Failure._from_metadata(_lower(b.metadata))
+
+    def due_retries(self) -> Iterator[tuple[str, str]]:
+        """(name, etag) of failures that are not poisoned and whose next_retry_at has come."""
+        now = self.clock()
+        for f in self.failures():
+            if not f.poisoned and f.next_retry_at <= now:
+                yield f.source_name, f.source_etag
+
+    def _unpoison(self, match: Callable[[Failure], bool]) -> int:
+        """Give each poisoned failure that `match`es a fresh attempt budget, due now."""
+        count = 0
+        for b in self._list(FAILURES):
+            blob = self.container.get_blob_client(b.name)
+            md, etag = _lower(b.metadata), b.etag
+            for _ in range(_CONFLICT_RETRIES):
+                f = Failure._from_metadata(md)
+                if not f.poisoned or not match(f):
+                    break
+                # A manual retry means someone fixed the cause: reset the count so the usual backoff
+                # schedule applies again (first_failed_at and last_error stay as history).
+                fresh = dataclasses.replace(f, attempts=0, poisoned=False, next_retry_at=self.clock())
+                if self._replace(blob, fresh.to_json(), fresh._metadata(), etag):
+                    count += 1
+                    break
+                found = self._properties(blob)
+                if found is None:
+                    break
+                md, etag = found
+        return count
+
+    def retry(self, name: str) -> int:
+        """Un-poison every poisoned version of `name` (due now); returns how many."""
+        return self._unpoison(lambda f: f.source_name == name)
+
+    def retry_all_poisoned(self) -> int:
+        """Un-poison every poisoned failure (due now); returns how many."""
+        return self._unpoison(lambda f: True)
+
+    # -- rejections ------------------------------------------------------------------------
+    def record_rejection(self, name: str, etag: str, reason: str) -> Rejection:
+        """Record that a version is refused for good; idempotent (the first record wins)."""
+        rejection = Rejection(name, etag, reason[:MAX_ERROR_CHARS], self.clock())
+        blob = self._blob(REJECTED, self.key(name, etag))
+        if self._create(blob, rejection.to_json(), rejection._metadata()):
+            return rejection
+        return self.rejection(name, etag) or rejection
+
+    def rejection(self, name: str, etag: str) -> Rejection | None:
+        found = self._properties(self._blob(REJECTED, self.key(name, etag)))
+        return Rejection._from_metadata(found[0]) if found else None
+
+    def rejections(self) -> Iterator[Rejection]:
+        for b in self._list(REJECTED):
+            yield Rejection._from_metadata(_lower(b.metadata))
+
+    # -- claims ----------------------------------------------------------------------------
+    def try_claim(self, name: str, etag: str, owner: str, ttl: float) -> bool:
+        """Claim a version for delivery for `ttl` seconds; True for exactly one of concurrent claimants.
+
+        Create-only; a claim past its expiry (or one `owner` already holds, which is renewed) is taken
+        over with If-Match, so two claimants racing for an expired claim cannot both win.
+        """
+        blob = self._blob(CLAIMS, self.key(name, etag))
+        for _ in range(_CONFLICT_RETRIES):
+            now = self.clock()
+            claim = {"source": name, "etag": etag, "owner": owner, "claimed_at": now, "expires_at": now + ttl}
+            md = {"owner": _b64(owner), "expiresat": repr(now + ttl)}
+            body = json.dumps(claim, ensure_ascii=False)
+            found = self._properties(blob)
+            if found is None:
+                if self._create(blob, body, md):
+                    return True
+                continue  # someone created it meanwhile: look at theirs
+            held, blob_etag = found
+            if _unb64(held["owner"]) != owner and float(held["expiresat"]) > now:
+                return False
+            # Ours to renew, or expired: take it over only if nobody changed it since we looked; if someone
+            # did, look again (they may hold it now, or have released it).
+            if self._replace(blob, body, md, blob_etag):
+                return True
+        return False
+
+    def release_claim(self, name: str, etag: str, owner: str) -> None:
+        """Delete the claim if `owner` still holds it; another owner's claim is left alone."""
+        blob = self._blob(CLAIMS, self.key(name, etag))
+        found = self._properties(blob)
+        if found is None or _unb64(found[0]["owner"]) != owner:
+            return
+        try:
+            blob.delete_blob(etag=found[1], match_condition=MatchConditions.IfNotModified)
+        except (ResourceModifiedError, ResourceNotFoundError):
+            pass
+
+    # -- destinations ----------------------------------------------------------------------
+    def claim_destination(self, dest_path: str, source_name: str) -> str:
+        """Register `source_name` as the owner of `dest_path` (create-only); returns the owning source.
+
+        The caller refuses a source when the answer is another name: two exports that sanitise to the
+        same destination must not overwrite each other.
+        """
+        blob = self._blob(DESTINATIONS, hashlib.sha256(dest_path.encode()).hexdigest())
+        body = json.dumps({"destination_path": dest_path, "source_name": source_name}, ensure_ascii=False)
+        for _ in range(_CONFLICT_RETRIES):
+            if self._create(blob, body, {"source": _b64(source_name)}):
+                return source_name
+            found = self._properties(blob)
+            if found is not None:
+                return _unb64(found[0]["source"])
+        raise RelayError(f"the destination registry entry for {dest_path!r} kept changing")
+
+    # -- overview --------------------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        """delivered, failed (not poisoned), poisoned and rejected versions; listings only, no GETs."""
+        counts = {"delivered": 0, "failed": 0, "poisoned": 0, "rejected": 0}
+        counts["delivered"] = sum(1 for _ in self._list(RECEIPTS, metadata=False))
+        counts["rejected"] = sum(1 for _ in self._list(REJECTED, metadata=False))
+        for b in self._list(FAILURES):
+            counts["poisoned" if _lower(b.metadata).get("poisoned") == "1" else "failed"] += 1
+        return counts

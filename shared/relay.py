@@ -1,0 +1,403 @@
+"""`deliver` and `sync`: the two operations both triggers and the command line use.
+
+`deliver(name)` takes one export version end to end, idempotently: name policy -> claim -> verified copy
+through Bane NOR's gateway -> receipt -> after-delivery action. `sync()` lists the export container lazily,
+skips what the ledger says is done, and delivers the rest with bounded concurrency. A broken trust chain
+(refused grant, refused Entra exchange, gateway 401) stops `sync` early and charges no file for it.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from .copier import Copier, CopyFailed, DestinationExistsError, SourceChangedError, SourceVersion
+from .errors import GatewayError, NameRejected, RelayError, TokenError
+from .ledger import Ledger, Receipt
+from .naming import NamePolicy, destination_path
+from .skyporten import gateway_error
+
+log = logging.getLogger(__name__)
+
+CLAIM_TTL = 3600.0  # a claim outlives the longest copy; an instance that died frees it after this
+META_LIMIT = 1024  # bytes per metadata value we write (Azure allows 8 KiB in all)
+
+
+@dataclass
+class Outcome:
+    """What happened to one export version. `status` is one of STATUSES."""
+
+    status: str
+    source_name: str
+    source_etag: str | None = None
+    destination: str | None = None
+    size: int = 0
+    seconds: float = 0.0
+    reason: str | None = None
+    mode: str | None = None
+    md5: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+STATUSES = ("delivered", "already_delivered", "rejected", "failed", "poisoned", "in_progress", "missing",
+            "pending")
+
+
+@dataclass
+class SyncSummary:
+    delivered: int = 0
+    already_delivered: int = 0
+    rejected: int = 0
+    failed: int = 0
+    poisoned: int = 0
+    in_progress: int = 0
+    missing: int = 0
+    pending: int = 0  # failures waiting for their next retry time
+    bytes: int = 0
+    seconds: float = 0.0
+    listed: int = 0
+    error: str | None = None
+    outcomes: list[Outcome] = field(default_factory=list, repr=False)
+
+    def add(self, outcome: Outcome) -> None:
+        setattr(self, outcome.status, getattr(self, outcome.status) + 1)
+        if outcome.status == "delivered":
+            self.bytes += outcome.size
+        if outcome.status != "already_delivered":
+            self.outcomes.append(outcome)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in asdict(self).items() if k != "outcomes"}
+        data["outcomes"] = [o.as_dict() for o in self.outcomes]
+        return data
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.failed == 0 and self.poisoned == 0
+
+
+def _is_trust_chain(exc: BaseException) -> bool:
+    """A configuration problem of the chain of trust, not of one file."""
+    if isinstance(exc, TokenError):
+        return True
+    if isinstance(exc, GatewayError | CopyFailed) and getattr(exc, "status", None) == 401:
+        return True
+    from .errors import SigningKeyError
+
+    return isinstance(exc, SigningKeyError)
+
+
+def _meta(value: str) -> str:
+    """Metadata values must be ASCII: percent-encode, bounded."""
+    return quote(value, safe="/:._-@")[:META_LIMIT]
+
+
+class Relay:
+    """Delivers exports from the partner's container to Bane NOR. Thread-safe; build once per process."""
+
+    def __init__(
+        self,
+        settings: Any,
+        *,
+        exports: Any,  # ContainerClient for EXPORT_CONTAINER
+        destination: Any,  # ContainerClient for BANENOR_CONTAINER behind the gateway
+        ledger: Ledger,
+        copier: Copier,
+        archive: Any = None,  # ContainerClient for ARCHIVE_CONTAINER (AFTER_DELIVERY=archive)
+        credential: Any = None,  # the Bane NOR credential, for the sync's preflight
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.exports = exports
+        self.destination = destination
+        self.ledger = ledger
+        self.copier = copier
+        self.archive = archive
+        self.credential = credential
+        self.clock = clock
+        self.owner = f"relay-{uuid.uuid4()}"
+        self.policy = NamePolicy(
+            mode=settings.name_policy,
+            allowed_extensions=settings.allowed_extensions,
+            folders=settings.folder_mode,
+            template=settings.destination_template,
+        )
+        problems = self.policy.validate()
+        if problems:
+            from .errors import ConfigError
+
+            raise ConfigError([("NAME_POLICY/DESTINATION_TEMPLATE/ALLOWED_EXTENSIONS", p) for p in problems])
+        self._stop = threading.Event()
+
+    # -- one export ---------------------------------------------------------------------------------------
+    def deliver(self, name: str) -> Outcome:
+        """Deliver the current version of export `name`. Returns its outcome; raises only for a broken chain
+        of trust (TokenError, SigningKeyError, a gateway 401) or a ledger that cannot be written."""
+        started = self.clock()
+        source = self.exports.get_blob_client(name)
+        try:
+            version = self.copier.read_source(source)
+        except CopyFailed as exc:
+            if exc.status == 404:
+                return Outcome("missing", name, reason="the export no longer exists")
+            raise
+        outcome = self._deliver_version(source, version)
+        outcome.seconds = round(self.clock() - started, 3)
+        self._log(outcome)
+        return outcome
+
+    def _deliver_version(self, source: Any, version: SourceVersion) -> Outcome:
+        name, etag = version.name, version.etag
+        if self.ledger.receipt(name, etag) is not None:
+            return Outcome("already_delivered", name, etag, size=version.size)
+        rejection = self.ledger.rejection(name, etag)
+        if rejection is not None:
+            return Outcome("rejected", name, etag, reason=rejection.reason)
+        failure = self.ledger.failure(name, etag)
+        if failure is not None and failure.poisoned:
+            return Outcome("poisoned", name, etag, reason=failure.last_error)
+
+        try:
+            dest_path = destination_path(name, self.settings.banenor_directory, self.policy,
+                                         version.last_modified)
+        except NameRejected as exc:
+            self.ledger.record_rejection(name, etag, str(exc))
+            return Outcome("rejected", name, etag, reason=str(exc))
+        owner = self.ledger.claim_destination(dest_path, name)
+        if owner != name:
+            reason = (f"{name!r} would land on {dest_path!r}, which already belongs to export {owner!r} "
+                      "(the name policy maps both to the same name). Rename one of them.")
+            self.ledger.record_rejection(name, etag, reason)
+            return Outcome("rejected", name, etag, destination=dest_path, reason=reason)
+
+        if not self.ledger.try_claim(name, etag, self.owner, CLAIM_TTL):
+            return Outcome("in_progress", name, etag, destination=dest_path,
+                           reason="another instance is delivering this version")
+        try:
+            return self._copy_and_record(source, version, dest_path, failure.attempts if failure else 0)
+        finally:
+            self.ledger.release_claim(name, etag, self.owner)
+
+    def _copy_and_record(self, source: Any, version: SourceVersion, dest_path: str, attempts: int) -> Outcome:
+        name, etag = version.name, version.etag
+        dest = self.destination.get_blob_client(dest_path)
+        first_attempt_at = self.clock()
+        try:
+            try:
+                result = self.copier.copy(source, version, dest, metadata=self._metadata(version),
+                                          overwrite=False)
+                size, md5, dest_etag, mode = result.size, result.md5, result.destination_etag, result.mode
+            except DestinationExistsError:
+                existing = self._existing_delivery(dest, version)
+                if existing is None:
+                    # Ours from an earlier version of the same export (an updated export): replace it.
+                    result = self.copier.copy(source, version, dest, metadata=self._metadata(version),
+                                              overwrite=True)
+                    size, md5, dest_etag, mode = result.size, result.md5, result.destination_etag, result.mode
+                else:
+                    # The same version is already there (a crash after commit, before the receipt).
+                    size, md5, dest_etag, mode = existing
+            self._verify(dest, version, size, md5)
+        except (CopyFailed, RelayError, Exception) as exc:
+            if _is_trust_chain(exc):
+                raise
+            return self._record_failure(version, exc, dest_path)
+
+        receipt = Receipt(
+            source_name=name, source_etag=etag, size=size,
+            md5=base64.b64encode(md5).decode() if md5 else "",
+            destination_path=dest_path, destination_url=dest.url.split("?")[0], destination_etag=dest_etag,
+            attempts=attempts + 1, first_attempt_at=first_attempt_at, delivered_at=self.clock(), mode=mode,
+            original_name=name,
+        )
+        self.ledger.record_receipt(receipt)
+        self.ledger.clear_failure(name, etag)
+        self._after_delivery(version)
+        return Outcome("delivered", name, etag, destination=dest_path, size=size, mode=mode,
+                       md5=receipt.md5 or None)
+
+    def _metadata(self, version: SourceVersion) -> dict[str, str]:
+        # Recorded on the destination so Bane NOR (and we) can trace every file back to its source version.
+        md = {
+            "relay_source_account": _meta(getattr(self.exports, "account_name", "") or ""),
+            "relay_source_container": _meta(self.settings.export_container),
+            "relay_source_name": _meta(version.name),
+            "relay_source_etag": _meta(version.etag.strip('"')),
+            "relay_source_size": str(version.size),
+            "relay_delivered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock())),
+        }
+        if version.content_md5:
+            md["relay_source_md5"] = base64.b64encode(version.content_md5).decode()
+        return md
+
+    def _existing_delivery(self, dest: Any, version: SourceVersion) -> tuple[int, bytes | None, str, str] | None:
+        """If the destination already holds this very version (by our metadata), return its facts.
+
+        Returns None when it holds an earlier version of the same export (to be replaced). Raises
+        DeliveryError when it holds a file that is not from this export (never overwritten).
+        """
+        from .errors import DeliveryError
+
+        try:
+            props = dest.get_blob_properties()
+        except Exception as exc:
+            raise gateway_error(exc, dest.blob_name) from exc
+        md = {k.lower(): v for k, v in (props.metadata or {}).items()}
+        if md.get("relay_source_name") != _meta(version.name):
+            raise DeliveryError(
+                f"Bane NOR already has a different file at {dest.blob_name!r} (not written by this relay from "
+                f"{version.name!r}); it is never overwritten.",
+                hint="rename the export, or ask Bane NOR to remove the file (Bane NOR deletes files after 8 days)",
+                transient=False,
+            )
+        if md.get("relay_source_etag") == _meta(version.etag.strip('"')) and props.size == version.size:
+            md5 = props.content_settings.content_md5
+            return props.size, bytes(md5) if md5 else None, props.etag, "existing"
+        return None
+
+    def _verify(self, dest: Any, version: SourceVersion, size: int, md5: bytes | None) -> None:
+        """Read back the destination's properties through the gateway: size and MD5 must match."""
+        from .errors import DeliveryError
+
+        try:
+            props = dest.get_blob_properties()
+        except Exception as exc:
+            raise gateway_error(exc, dest.blob_name) from exc
+        stored_md5 = props.content_settings.content_md5
+        if props.size != version.size or size != version.size:
+            raise DeliveryError(f"{dest.blob_name!r} has {props.size} bytes at Bane NOR; the export has "
+                                f"{version.size}.", hint="it will be retried", transient=True)
+        if md5 and stored_md5 and bytes(stored_md5) != md5:
+            raise DeliveryError(f"{dest.blob_name!r}: the MD5 stored at Bane NOR differs from the bytes sent.",
+                                hint="it will be retried", transient=True)
+
+    def _record_failure(self, version: SourceVersion, exc: BaseException, dest_path: str) -> Outcome:
+        reason = str(exc) if isinstance(exc, RelayError) else f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, SourceChangedError):
+            # The export was rewritten while copying: the new version gets its own delivery; no attempt charged.
+            return Outcome("failed", version.name, version.etag, destination=dest_path, reason=reason)
+        failure = self.ledger.record_failure(version.name, version.etag, reason, self.settings.max_attempts)
+        status = "poisoned" if failure.poisoned else "failed"
+        return Outcome(status, version.name, version.etag, destination=dest_path, reason=failure.last_error)
+
+    def _after_delivery(self, version: SourceVersion) -> None:
+        """keep | archive | delete, only after the receipt is written, and only for the delivered etag."""
+        action = self.settings.after_delivery
+        if action == "keep":
+            return
+        from azure.core import MatchConditions
+
+        source = self.exports.get_blob_client(version.name)
+        try:
+            if action == "archive" and self.archive is not None:
+                target = self.archive.get_blob_client(version.name)
+                target.start_copy_from_url(source.url, requires_sync=True,
+                                           source_etag=version.etag,
+                                           source_match_condition=MatchConditions.IfNotModified)
+            source.delete_blob(etag=version.etag, match_condition=MatchConditions.IfNotModified)
+        except Exception as exc:  # the delivery stands; the source stays for an operator
+            log.warning("after-delivery %s of %r not done: %s", action, version.name, type(exc).__name__)
+
+    def _log(self, outcome: Outcome) -> None:
+        level = logging.INFO if outcome.status in ("delivered", "already_delivered", "in_progress") else \
+            logging.WARNING
+        log.log(level, "delivery outcome=%s source=%s version=%s destination=%s bytes=%d seconds=%.3f mode=%s%s",
+                outcome.status, outcome.source_name, (outcome.source_etag or "").strip('"'), outcome.destination,
+                outcome.size, outcome.seconds, outcome.mode,
+                f" reason={outcome.reason}" if outcome.reason and outcome.status != "already_delivered" else "",
+                extra={"relay": outcome.as_dict()})
+
+    # -- the batch ------------------------------------------------------------------------------------------
+    def preflight(self) -> None:
+        """One token for the storage audience: fails fast, before any file, when the chain is broken."""
+        if self.credential is not None:
+            self.credential.get_token(self.settings.banenor_storage_audience + "/.default")
+
+    def sync(self, *, dry_run: bool = False, progress: Callable[[Outcome], None] | None = None) -> SyncSummary:
+        """Deliver every export version not yet delivered and every due retry. Never raises for one file."""
+        started = self.clock()
+        summary = SyncSummary()
+        try:
+            if not dry_run:
+                self.preflight()
+            self._sync(summary, dry_run, progress)
+        except RelayError as exc:
+            summary.error = str(exc)
+            log.error("sync stopped: %s", exc)
+        summary.seconds = round(self.clock() - started, 3)
+        log.info("sync summary outcome=%s delivered=%d already=%d rejected=%d failed=%d poisoned=%d pending=%d "
+                 "in_progress=%d bytes=%d seconds=%.1f", "ok" if summary.error is None else "error",
+                 summary.delivered, summary.already_delivered, summary.rejected, summary.failed, summary.poisoned,
+                 summary.pending, summary.in_progress, summary.bytes, summary.seconds,
+                 extra={"relay_sync": {k: v for k, v in summary.as_dict().items() if k != "outcomes"}})
+        return summary
+
+    def _sync(self, summary: SyncSummary, dry_run: bool, progress: Callable[[Outcome], None] | None) -> None:
+        delivered = self.ledger.delivered_keys()
+        rejected = {Ledger.key(r.source_name, r.source_etag) for r in self.ledger.rejections()}
+        failures = {Ledger.key(f.source_name, f.source_etag): f for f in self.ledger.failures()}
+        now = self.clock()
+        limit = self.settings.sync_concurrency
+        error: list[BaseException] = []
+        lock = threading.Lock()
+
+        def record(outcome: Outcome) -> None:
+            with lock:
+                summary.add(outcome)
+            if progress:
+                progress(outcome)
+
+        def run(name: str) -> None:
+            if error:
+                return
+            try:
+                record(self.deliver(name))
+            except RelayError as exc:
+                if _is_trust_chain(exc):
+                    error.append(exc)
+                else:
+                    record(Outcome("failed", name, reason=str(exc)))
+            except Exception as exc:  # a ledger or listing hiccup for one file: report, keep going
+                record(Outcome("failed", name, reason=f"{type(exc).__name__}: {exc}"))
+
+        in_flight: set[Future] = set()
+        with ThreadPoolExecutor(max_workers=limit, thread_name_prefix="relay-sync") as pool:
+            for blob in self.exports.list_blobs(name_starts_with=self.settings.sync_prefix or None):
+                if error:
+                    break
+                if self.settings.sync_suffix and not blob.name.endswith(self.settings.sync_suffix):
+                    continue
+                summary.listed += 1
+                key = Ledger.key(blob.name, blob.etag)
+                if key in delivered:
+                    summary.already_delivered += 1
+                    continue
+                if key in rejected:
+                    summary.rejected += 1
+                    continue
+                failure = failures.get(key)
+                if failure is not None and failure.poisoned:
+                    summary.poisoned += 1
+                    continue
+                if failure is not None and failure.next_retry_at > now:
+                    summary.pending += 1
+                    continue
+                if dry_run:
+                    record(Outcome("pending", blob.name, blob.etag, size=blob.size, reason="would deliver"))
+                    continue
+                in_flight.add(pool.submit(run, blob.name))
+                if len(in_flight) >= 2 * limit:  # bounded: a 100,000-blob container never piles up futures
+                    _, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+            wait(in_flight)
+        if error:
+            raise error[0]

@@ -1,0 +1,178 @@
+"""Wiring: builds the relay's collaborators from the settings, once per process, lazily.
+
+The function app and the command line both call `get_runtime()`; nothing heavy is imported or connected
+before the first delivery, so a bad setting never hides the functions from the host (it surfaces, clearly,
+when a function runs and in `doctor`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections.abc import Callable, Mapping
+from functools import cached_property
+from typing import Any
+
+from .config import Settings
+
+
+def quiet_sdk_logs() -> None:
+    """The Azure SDKs log every request at INFO; keep them at WARNING (host.json cannot filter Python loggers)."""
+    import logging
+
+    for name in ("azure", "azure.core.pipeline.policies.http_logging_policy", "azure.identity", "msal", "urllib3"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class Runtime:
+    """Every long-lived client of the relay, built on first use from one `Settings`."""
+
+    def __init__(self, settings: Settings, *, partner_credential: Any = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.clock = clock
+        quiet_sdk_logs()
+        self._partner_credential = partner_credential
+        self._sas_lock = threading.Lock()
+        self._delegation_key: Any = None
+        self._delegation_expiry = 0.0
+
+    # -- identity and tokens ------------------------------------------------------------------------------
+    @cached_property
+    def partner_credential(self) -> Any:
+        if self._partner_credential is not None:
+            return self._partner_credential
+        from .signing import partner_credential
+
+        return partner_credential(self.settings.ca_bundle)
+
+    @cached_property
+    def signing_keys(self) -> Any:
+        from .signing import provider_from_settings
+
+        credential = None if self.settings.signing_key_source == "file" else self.partner_credential
+        return provider_from_settings(self.settings, credential, self.clock)
+
+    @cached_property
+    def maskinporten(self) -> Any:
+        from .maskinporten import client_from_settings
+
+        return client_from_settings(self.settings, self.signing_keys, clock=self.clock)
+
+    @cached_property
+    def banenor_credential(self) -> Any:
+        from .skyporten import BaneNorCredential
+
+        s = self.settings
+        return BaneNorCredential(
+            s.banenor_tenant_id, s.banenor_client_id, self.maskinporten, authority=s.banenor_authority_host,
+            federation_retry_seconds=s.federation_retry_seconds, clock=self.clock, ca_bundle=s.ca_bundle,
+        )
+
+    # -- storage ------------------------------------------------------------------------------------------
+    @cached_property
+    def banenor_service(self) -> Any:
+        from .skyporten import banenor_service_client
+
+        return banenor_service_client(self.settings, self.banenor_credential)
+
+    @cached_property
+    def destination(self) -> Any:
+        return self.banenor_service.get_container_client(self.settings.banenor_container)
+
+    @cached_property
+    def export_service(self) -> Any:
+        from azure.storage.blob import BlobServiceClient
+
+        s = self.settings
+        kwargs: dict[str, Any] = {"connection_timeout": 20, "read_timeout": 120, "retry_total": 4}
+        if s.ca_bundle:
+            kwargs["connection_verify"] = s.ca_bundle
+        if s.export_storage_connection_string:
+            return BlobServiceClient.from_connection_string(s.export_storage_connection_string, **kwargs)
+        return BlobServiceClient(s.export_storage_service_uri, credential=self.partner_credential, **kwargs)
+
+    @cached_property
+    def exports(self) -> Any:
+        return self.export_service.get_container_client(self.settings.export_container)
+
+    @cached_property
+    def archive(self) -> Any:
+        return self.export_service.get_container_client(self.settings.archive_container)
+
+    @cached_property
+    def ledger(self) -> Any:
+        from .ledger import Ledger
+
+        ledger = Ledger(self.export_service.get_container_client(self.settings.ledger_container), clock=self.clock)
+        ledger.ensure()
+        return ledger
+
+    @cached_property
+    def copier(self) -> Any:
+        from .config import MAX_REQUEST_BYTES
+        from .copier import Copier, CopyOptions
+
+        s = self.settings
+        options = CopyOptions(block_size=s.block_size, parallelism=s.parallelism, single_put_limit=s.single_put_limit,
+                              mode=s.copy_mode, max_request_bytes=MAX_REQUEST_BYTES)
+        return Copier(options, source_sas=self.source_sas if s.copy_mode != "stream" else None)
+
+    def source_sas(self, blob: Any) -> str:
+        """A read-only SAS URL for the source, valid 15 minutes, for server-side copy.
+
+        With a connection string (Azurite) an account-key SAS; with the managed identity a user delegation
+        SAS (needs Storage Blob Delegator on the partner's account).
+        """
+        from azure.storage.blob import BlobSasPermissions, generate_blob_sas
+
+        now = dt.datetime.fromtimestamp(self.clock(), dt.UTC)
+        expiry = now + dt.timedelta(minutes=15)
+        service = self.export_service
+        kwargs: dict[str, Any] = {}
+        key = getattr(service.credential, "account_key", None)
+        if key:
+            kwargs["account_key"] = key
+        else:
+            kwargs["user_delegation_key"] = self._user_delegation_key(now)
+        sas = generate_blob_sas(
+            service.account_name, blob.container_name, blob.blob_name, permission=BlobSasPermissions(read=True),
+            expiry=expiry, start=now - dt.timedelta(minutes=5), **kwargs,
+        )
+        return f"{blob.url}?{sas}"
+
+    def _user_delegation_key(self, now: dt.datetime) -> Any:
+        with self._sas_lock:
+            if self._delegation_key is None or self.clock() > self._delegation_expiry - 1800:
+                expiry = now + dt.timedelta(hours=2)
+                self._delegation_key = self.export_service.get_user_delegation_key(now - dt.timedelta(minutes=5),
+                                                                                   expiry)
+                self._delegation_expiry = expiry.timestamp()
+            return self._delegation_key
+
+    @cached_property
+    def relay(self) -> Any:
+        from .relay import Relay
+
+        return Relay(self.settings, exports=self.exports, destination=self.destination, ledger=self.ledger,
+                     copier=self.copier, archive=self.archive, credential=self.banenor_credential, clock=self.clock)
+
+
+_runtime: Runtime | None = None
+_runtime_lock = threading.Lock()
+
+
+def get_runtime(env: Mapping[str, str] | None = None) -> Runtime:
+    """The process-wide runtime (built once; raises ConfigError listing every bad setting)."""
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            _runtime = Runtime(Settings.load(env))
+        return _runtime
+
+
+def reset_runtime() -> None:
+    global _runtime
+    with _runtime_lock:
+        _runtime = None

@@ -1,0 +1,381 @@
+"""The delivery ledger against real Azurite: create-only receipts, counted failures, claims, listings."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from azure.storage.blob import BlobServiceClient, ContainerClient
+
+from shared.ledger import Failure, Ledger, Receipt, Rejection
+from sim.azurite import Azurite
+
+ACCOUNT = "partnerexports"
+NAME = "eksport/Målinger 2024_01 (rev B).csv"
+ETAG = '"0x8DC1234567890AB"'
+
+pytestmark = pytest.mark.stack
+
+
+class Clock:
+    """An injectable clock: tests move time by hand instead of sleeping."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def azurite() -> Iterator[Azurite]:
+    server = Azurite({ACCOUNT: ""}).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def container(azurite: Azurite) -> ContainerClient:
+    service = BlobServiceClient.from_connection_string(azurite.connection_string(ACCOUNT))
+    return service.get_container_client(f"ledger-{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def ledger(container: ContainerClient, clock: Clock) -> Ledger:
+    ledger = Ledger(container, clock=clock, backoff_base=60, backoff_max=3600)
+    ledger.ensure()
+    return ledger
+
+
+def new_ledger(ledger: Ledger, clock: Clock) -> Ledger:
+    """Another instance on the same container, with its own client and connection (another worker)."""
+    c = ledger.container
+    service = BlobServiceClient(c.primary_endpoint.rsplit("/", 1)[0], credential=c.credential)
+    return Ledger(service.get_container_client(c.container_name), clock=clock)
+
+
+def receipt(name: str = NAME, etag: str = ETAG, **changes: object) -> Receipt:
+    fields: dict[str, object] = {
+        "source_name": name,
+        "source_etag": etag,
+        "size": 1234,
+        "md5": "1B2M2Y8AsgTpgAmY7PhCfg==",
+        "destination_path": "inn/eksport/Maalinger-2024-01-rev-B.csv",
+        "destination_url": "https://gw.example/payload-manager/v1/c/inn/eksport/Maalinger-2024-01-rev-B.csv",
+        "destination_etag": '"0x8DCAAAA"',
+        "attempts": 1,
+        "first_attempt_at": 1_700_000_000.0,
+        "delivered_at": 1_700_000_001.5,
+        "mode": "stream",
+        "original_name": name,
+    }
+    fields.update(changes)
+    return Receipt(**fields)  # type: ignore[arg-type]
+
+
+def run_together(count: int, work) -> list:
+    """Start `count` threads at one barrier and collect their results."""
+    barrier = threading.Barrier(count)
+    results: list = [None] * count
+
+    def run(i: int) -> None:
+        barrier.wait()
+        results[i] = work(i)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return results
+
+
+# -- keys and setup --------------------------------------------------------------------------
+def test_key_is_name_hash_and_bare_etag() -> None:
+    key = Ledger.key(NAME, ETAG)
+    assert key.endswith("-0x8DC1234567890AB")
+    assert len(key.split("-")[0]) == 40
+
+
+def test_key_hashes_an_etag_that_is_not_filesystem_safe() -> None:
+    key = Ledger.key(NAME, 'W/"a/b c"')
+    assert key.split("-")[1].startswith("h")
+    assert "/" not in key
+
+
+def test_key_differs_per_version_and_per_name() -> None:
+    assert len({Ledger.key("a", "1"), Ledger.key("a", "2"), Ledger.key("b", "1")}) == 3
+
+
+def test_ensure_is_idempotent(ledger: Ledger) -> None:
+    ledger.ensure()
+    assert ledger.container.exists()
+
+
+# -- receipts --------------------------------------------------------------------------------
+def test_receipt_round_trips_through_json() -> None:
+    r = receipt()
+    assert Receipt.from_json(r.to_json()) == r
+
+
+def test_missing_receipt_is_none(ledger: Ledger) -> None:
+    assert ledger.receipt(NAME, ETAG) is None
+
+
+def test_recorded_receipt_reads_back(ledger: Ledger) -> None:
+    ledger.record_receipt(receipt())
+    assert ledger.receipt(NAME, ETAG) == receipt()
+
+
+def test_second_receipt_for_the_same_version_returns_the_first(ledger: Ledger) -> None:
+    first = ledger.record_receipt(receipt())
+    second = ledger.record_receipt(receipt(delivered_at=9.0, destination_etag='"other"'))
+    assert second == first
+    assert ledger.receipt(NAME, ETAG) == first
+
+
+def test_receipts_of_two_versions_are_separate(ledger: Ledger) -> None:
+    ledger.record_receipt(receipt())
+    ledger.record_receipt(receipt(etag='"0x2"'))
+    assert ledger.receipt(NAME, '"0x2"') == receipt(etag='"0x2"')
+
+
+def test_delivered_keys_lists_every_receipt(ledger: Ledger) -> None:
+    ledger.record_receipt(receipt())
+    ledger.record_receipt(receipt(name="b.csv", etag='"0x2"'))
+    assert ledger.delivered_keys() == {Ledger.key(NAME, ETAG), Ledger.key("b.csv", '"0x2"')}
+
+
+# -- failures --------------------------------------------------------------------------------
+def test_first_failure_counts_one_and_backs_off_base(ledger: Ledger, clock: Clock) -> None:
+    f = ledger.record_failure(NAME, ETAG, "503 ServerBusy", max_attempts=5)
+    assert (f.attempts, f.poisoned, f.next_retry_at) == (1, False, clock.now + 60)
+    assert f.first_failed_at == f.last_failed_at == clock.now
+
+
+def test_backoff_doubles_per_attempt_and_caps_at_max(ledger: Ledger, clock: Clock) -> None:
+    delays = []
+    for _ in range(8):
+        f = ledger.record_failure(NAME, ETAG, "boom", max_attempts=100)
+        delays.append(f.next_retry_at - clock.now)
+    assert delays == [60, 120, 240, 480, 960, 1920, 3600, 3600]
+
+
+def test_failure_reads_back_with_history(ledger: Ledger, clock: Clock) -> None:
+    start = clock.now
+    ledger.record_failure(NAME, ETAG, "first", max_attempts=5)
+    clock.now += 100
+    ledger.record_failure(NAME, ETAG, "second", max_attempts=5)
+    assert ledger.failure(NAME, ETAG) == Failure(NAME, ETAG, 2, "second", start, start + 100, start + 220, False)
+
+
+def test_not_poisoned_one_attempt_below_max(ledger: Ledger) -> None:
+    for _ in range(2):
+        f = ledger.record_failure(NAME, ETAG, "boom", max_attempts=3)
+    assert not f.poisoned
+
+
+def test_poisoned_when_attempts_reach_max(ledger: Ledger) -> None:
+    for _ in range(3):
+        f = ledger.record_failure(NAME, ETAG, "boom", max_attempts=3)
+    assert f.poisoned
+    assert ledger.failure(NAME, ETAG).poisoned
+
+
+def test_error_text_is_truncated_to_500_characters(ledger: Ledger) -> None:
+    ledger.record_failure(NAME, ETAG, "é" * 800, max_attempts=3)
+    assert ledger.failure(NAME, ETAG).last_error == "é" * 500
+
+
+def test_error_text_never_keeps_a_jwt(ledger: Ledger) -> None:
+    jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIwMTkyOjEyMyJ9.c2lnbmF0dXJl"
+    ledger.record_failure(NAME, ETAG, f"refused token {jwt} at gateway", max_attempts=3)
+    text = ledger.failure(NAME, ETAG).last_error
+    assert "eyJ" not in text
+    assert text == "refused token [jwt] at gateway"
+
+
+def test_concurrent_failures_are_all_counted(ledger: Ledger, clock: Clock) -> None:
+    ledgers = [new_ledger(ledger, clock) for _ in range(4)]
+    run_together(4, lambda i: ledgers[i].record_failure(NAME, ETAG, f"writer {i}", max_attempts=99))
+    assert ledger.failure(NAME, ETAG).attempts == 4
+
+
+def test_two_concurrent_first_failures_are_both_counted(ledger: Ledger, clock: Clock) -> None:
+    ledgers = [new_ledger(ledger, clock) for _ in range(2)]
+    results = run_together(2, lambda i: ledgers[i].record_failure(NAME, ETAG, "boom", max_attempts=99))
+    assert sorted(f.attempts for f in results) == [1, 2]
+
+
+def test_clear_failure_forgets_it(ledger: Ledger) -> None:
+    ledger.record_failure(NAME, ETAG, "boom", max_attempts=3)
+    ledger.clear_failure(NAME, ETAG)
+    assert ledger.failure(NAME, ETAG) is None
+
+
+def test_clear_failure_without_one_is_harmless(ledger: Ledger) -> None:
+    ledger.clear_failure(NAME, ETAG)
+    assert ledger.failure(NAME, ETAG) is None
+
+
+def test_failures_lists_state_from_metadata(ledger: Ledger) -> None:
+    ledger.record_failure(NAME, ETAG, "boom", max_attempts=1)
+    ledger.record_failure("b.csv", '"0x2"', "bang", max_attempts=5)
+    listed = {f.source_name: f for f in ledger.failures()}
+    assert listed[NAME].poisoned and listed[NAME].last_error == "boom"
+    assert listed["b.csv"] == ledger.failure("b.csv", '"0x2"')
+
+
+# -- due retries and manual retry ------------------------------------------------------------
+def test_a_failure_is_not_due_one_second_before_its_retry_time(ledger: Ledger, clock: Clock) -> None:
+    f = ledger.record_failure(NAME, ETAG, "boom", max_attempts=5)
+    clock.now = f.next_retry_at - 1
+    assert list(ledger.due_retries()) == []
+
+
+def test_a_failure_is_due_at_its_retry_time(ledger: Ledger, clock: Clock) -> None:
+    f = ledger.record_failure(NAME, ETAG, "boom", max_attempts=5)
+    clock.now = f.next_retry_at
+    assert list(ledger.due_retries()) == [(NAME, ETAG)]
+
+
+def test_a_poisoned_failure_is_never_due(ledger: Ledger, clock: Clock) -> None:
+    ledger.record_failure(NAME, ETAG, "boom", max_attempts=1)
+    clock.now += 10**6
+    assert list(ledger.due_retries()) == []
+
+
+def test_retry_unpoisons_every_version_of_the_name_due_now(ledger: Ledger, clock: Clock) -> None:
+    ledger.record_failure(NAME, ETAG, "boom", max_attempts=1)
+    ledger.record_failure(NAME, '"0x2"', "boom", max_attempts=1)
+    ledger.record_failure("other.csv", ETAG, "boom", max_attempts=1)
+    assert ledger.retry(NAME) == 2
+    assert sorted(ledger.due_retries()) == sorted([(NAME, ETAG), (NAME, '"0x2"')])
+
+
+def test_retry_gives_a_fresh_attempt_budget(ledger: Ledger) -> None:
+    ledger.record_failure(NAME, ETAG, "boom", max_attempts=2)
+    ledger.record_failure(NAME, ETAG, "boom", max_attempts=2)
+    ledger.retry(NAME)
+    assert not ledger.record_failure(NAME, ETAG, "boom", max_attempts=2).poisoned
+
+
+def test_retry_leaves_failures_that_are_not_poisoned_alone(ledger: Ledger) -> None:
+    before = ledger.record_failure(NAME, ETAG, "boom", max_attempts=5)
+    assert ledger.retry(NAME) == 0
+    assert ledger.failure(NAME, ETAG) == before
+
+
+def test_retry_all_poisoned_counts_each(ledger: Ledger) -> None:
+    ledger.record_failure(NAME, ETAG, "boom", max_attempts=1)
+    ledger.record_failure("other.csv", ETAG, "boom", max_attempts=1)
+    assert ledger.retry_all_poisoned() == 2
+    assert ledger.counts()["poisoned"] == 0
+
+
+# -- rejections ------------------------------------------------------------------------------
+def test_rejection_is_recorded_and_read_back(ledger: Ledger, clock: Clock) -> None:
+    r = ledger.record_rejection(NAME, ETAG, "the extension '.exe' is not allowed")
+    assert r == Rejection(NAME, ETAG, "the extension '.exe' is not allowed", clock.now)
+    assert ledger.rejection(NAME, ETAG) == r
+
+
+def test_second_rejection_keeps_the_first(ledger: Ledger, clock: Clock) -> None:
+    first = ledger.record_rejection(NAME, ETAG, "first reason")
+    clock.now += 50
+    assert ledger.record_rejection(NAME, ETAG, "second reason") == first
+
+
+def test_rejections_lists_each(ledger: Ledger) -> None:
+    ledger.record_rejection(NAME, ETAG, "æøå reason")
+    assert [r.reason for r in ledger.rejections()] == ["æøå reason"]
+
+
+# -- claims ----------------------------------------------------------------------------------
+def test_only_one_of_eight_concurrent_claimants_wins(ledger: Ledger, clock: Clock) -> None:
+    ledgers = [new_ledger(ledger, clock) for _ in range(8)]
+    wins = run_together(8, lambda i: ledgers[i].try_claim(NAME, ETAG, f"worker-{i}", ttl=300))
+    assert wins.count(True) == 1
+
+
+def test_a_live_claim_is_refused_to_another_owner(ledger: Ledger, clock: Clock) -> None:
+    assert ledger.try_claim(NAME, ETAG, "a", ttl=300)
+    clock.now += 299
+    assert not ledger.try_claim(NAME, ETAG, "b", ttl=300)
+
+
+def test_an_expired_claim_is_taken_over(ledger: Ledger, clock: Clock) -> None:
+    assert ledger.try_claim(NAME, ETAG, "a", ttl=300)
+    clock.now += 300
+    assert ledger.try_claim(NAME, ETAG, "b", ttl=300)
+    assert not ledger.try_claim(NAME, ETAG, "a", ttl=300)
+
+
+def test_only_one_of_several_claimants_takes_over_an_expired_claim(ledger: Ledger, clock: Clock) -> None:
+    ledger.try_claim(NAME, ETAG, "dead", ttl=10)
+    clock.now += 11
+    ledgers = [new_ledger(ledger, clock) for _ in range(4)]
+    wins = run_together(4, lambda i: ledgers[i].try_claim(NAME, ETAG, f"worker-{i}", ttl=300))
+    assert wins.count(True) == 1
+
+
+def test_the_owner_can_renew_its_claim(ledger: Ledger) -> None:
+    assert ledger.try_claim(NAME, ETAG, "a", ttl=300)
+    assert ledger.try_claim(NAME, ETAG, "a", ttl=300)
+
+
+def test_released_claim_can_be_claimed_again(ledger: Ledger) -> None:
+    ledger.try_claim(NAME, ETAG, "a", ttl=300)
+    ledger.release_claim(NAME, ETAG, "a")
+    assert ledger.try_claim(NAME, ETAG, "b", ttl=300)
+
+
+def test_release_by_another_owner_leaves_the_claim(ledger: Ledger) -> None:
+    ledger.try_claim(NAME, ETAG, "a", ttl=300)
+    ledger.release_claim(NAME, ETAG, "b")
+    assert not ledger.try_claim(NAME, ETAG, "b", ttl=300)
+
+
+def test_claims_on_different_versions_are_independent(ledger: Ledger) -> None:
+    assert ledger.try_claim(NAME, ETAG, "a", ttl=300)
+    assert ledger.try_claim(NAME, '"0x2"', "b", ttl=300)
+
+
+# -- destinations ----------------------------------------------------------------------------
+def test_first_source_owns_a_destination(ledger: Ledger) -> None:
+    assert ledger.claim_destination("inn/a-b.csv", "a b.csv") == "a b.csv"
+    assert ledger.claim_destination("inn/a-b.csv", "a_b.csv") == "a b.csv"
+
+
+def test_the_owner_claiming_its_destination_again_gets_itself(ledger: Ledger) -> None:
+    ledger.claim_destination("inn/a-b.csv", "a b.csv")
+    assert ledger.claim_destination("inn/a-b.csv", "a b.csv") == "a b.csv"
+
+
+# -- overview --------------------------------------------------------------------------------
+def test_counts_each_kind_of_record(ledger: Ledger) -> None:
+    ledger.record_receipt(receipt())
+    ledger.record_receipt(receipt(etag='"0x2"'))
+    ledger.record_failure("f.csv", ETAG, "boom", max_attempts=5)
+    ledger.record_failure("p.csv", ETAG, "boom", max_attempts=1)
+    ledger.record_rejection("r.exe", ETAG, "extension")
+    ledger.try_claim("c.csv", ETAG, "a", ttl=300)
+    ledger.claim_destination("inn/d.csv", "d.csv")
+    assert ledger.counts() == {"delivered": 2, "failed": 1, "poisoned": 1, "rejected": 1}
+
+
+def test_an_empty_ledger_counts_zero(ledger: Ledger) -> None:
+    assert ledger.counts() == {"delivered": 0, "failed": 0, "poisoned": 0, "rejected": 0}
+
+
+def test_repr_names_only_the_container(ledger: Ledger) -> None:
+    assert repr(ledger) == f"Ledger(container={ledger.container.container_name!r})"
