@@ -392,7 +392,7 @@ class KeyVaultSource:
 
     def _from_certificate(self) -> SigningKey:
         # Key Vault keeps a certificate's private key in the secret of the same name (PFX or PEM).
-        secret = self._secret("Key Vault Secrets User", "certificate")
+        secret = self._secret("Key Vault Certificate User", "certificate")
         what = f"Key Vault certificate {self.name!r}"
         value = secret.value or ""
         material = value.encode() if "-----BEGIN" in value else base64.b64decode(value or b"", validate=False)

@@ -1,0 +1,47 @@
+// Key Vault for the partner's Maskinporten signing key: RBAC mode, soft delete and purge protection. It holds
+// no key material at deployment; the partner imports the key afterwards (docs/deploy.md), as a secret, a
+// certificate or a key according to SIGNING_KEY_SOURCE.
+@description('Key Vault name (3-24 characters).')
+@minLength(3)
+@maxLength(24)
+param name string
+
+@description('Azure region.')
+param location string
+
+@description('Tags for the vault.')
+param tags object
+
+@minValue(7)
+@maxValue(90)
+@description('Days a deleted secret, key or certificate stays recoverable.')
+param softDeleteRetentionInDays int = 90
+
+resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
+  // checkov:skip=CKV_AZURE_109: Flex Consumption without VNet integration reaches the vault over its public endpoint; every call needs an Entra token and an RBAC role
+  // checkov:skip=CKV_AZURE_189: Same reason: the function app needs the public endpoint; access is Entra ID and RBAC only, no access policies
+  name: name
+  location: location
+  tags: tags
+  properties: {
+    tenantId: subscription().tenantId
+    sku: {
+      family: 'A'
+      name: 'standard'
+    }
+    // RBAC instead of access policies: roles are assigned per identity in rbac.bicep.
+    enableRbacAuthorization: true
+    enableSoftDelete: true
+    softDeleteRetentionInDays: softDeleteRetentionInDays
+    // Purge protection cannot be turned off again: a deleted signing key stays recoverable.
+    enablePurgeProtection: true
+    publicNetworkAccess: 'Enabled'
+    networkAcls: {
+      bypass: 'AzureServices'
+      defaultAction: 'Allow'
+    }
+  }
+}
+
+output name string = vault.name
+output uri string = vault.properties.vaultUri

@@ -1,0 +1,81 @@
+// The partner's storage account: exports (written by the partner system), the relay's ledger, the archive,
+// the Flex Consumption deployment package, Event Grid dead letters, and the Functions host's own state
+// (AzureWebJobsStorage). Entra ID only: shared key and anonymous blob access are off, TLS 1.2, HTTPS only.
+@description('Storage account name (3-24 lowercase letters and digits).')
+@minLength(3)
+@maxLength(24)
+param name string
+
+@description('Azure region.')
+param location string
+
+@description('Tags for the account.')
+param tags object
+
+@description('Replication SKU.')
+param skuName string
+
+@minValue(1)
+@maxValue(365)
+@description('Days deleted blobs and containers stay recoverable.')
+param softDeleteDays int
+
+@description('Containers to create (private).')
+param containerNames array
+
+resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  // checkov:skip=CKV_AZURE_35: Flex Consumption without VNet integration and Bane NOR's storage (server-side copy through a user delegation SAS) reach the account over its public endpoint; shared key is off, so every request needs an Entra token or a SAS signed with one
+  // checkov:skip=CKV_AZURE_59: Same reason as CKV_AZURE_35: public network access with Entra-only authorization; anonymous blob access is off (allowBlobPublicAccess false)
+  // checkov:skip=CKV_AZURE_206: Replication is the storageSkuName parameter (Standard_ZRS by default, GRS and GZRS allowed); exports are a transit copy of the partner system's data, so geo-replication is the partner's choice
+  name: name
+  location: location
+  tags: tags
+  kind: 'StorageV2'
+  sku: {
+    name: skuName
+  }
+  properties: {
+    accessTier: 'Hot'
+    // Entra ID only: every client (the relay, the Functions host, Event Grid dead-lettering) uses an identity.
+    allowSharedKeyAccess: false
+    defaultToOAuthAuthentication: true
+    allowBlobPublicAccess: false
+    allowCrossTenantReplication: false
+    minimumTlsVersion: 'TLS1_2'
+    supportsHttpsTrafficOnly: true
+    publicNetworkAccess: 'Enabled'
+    networkAcls: {
+      bypass: 'AzureServices'
+      defaultAction: 'Allow'
+    }
+  }
+}
+
+resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = {
+  parent: account
+  name: 'default'
+  properties: {
+    // Blob soft delete: a blob removed by AFTER_DELIVERY=delete (or by mistake) stays recoverable.
+    deleteRetentionPolicy: {
+      enabled: true
+      days: softDeleteDays
+    }
+    containerDeleteRetentionPolicy: {
+      enabled: true
+      days: softDeleteDays
+    }
+  }
+}
+
+resource containers 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = [for containerName in containerNames: {
+  parent: blobService
+  name: containerName
+  properties: {
+    publicAccess: 'None'
+  }
+}]
+
+output name string = account.name
+output id string = account.id
+output blobEndpoint string = account.properties.primaryEndpoints.blob
+output queueEndpoint string = account.properties.primaryEndpoints.queue
