@@ -64,5 +64,7 @@ def backend(stack):
     from azure.storage.blob import BlobServiceClient
 
     client = BlobServiceClient.from_connection_string(
-        stack.settings["STACK_BANENOR_BACKEND_CONNECTION_STRING"], connection_verify=stack.settings["REQUESTS_CA_BUNDLE"])
+        stack.settings["STACK_BANENOR_BACKEND_CONNECTION_STRING"],
+        connection_verify=stack.settings["REQUESTS_CA_BUNDLE"],
+    )
     return client.get_container_client(stack.settings["BANENOR_CONTAINER"])
