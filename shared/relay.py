@@ -180,13 +180,16 @@ class Relay:
             self.ledger.record_rejection(name, etag, reason)
             return Outcome("rejected", name, etag, destination=dest_path, reason=reason)
 
-        if not self.ledger.try_claim(name, etag, self.owner, CLAIM_TTL):
+        owner = f"{self.owner}/{uuid.uuid4().hex[:12]}"  # one owner per attempt, also within a process
+        if not self.ledger.try_claim(name, etag, owner, CLAIM_TTL):
             return Outcome("in_progress", name, etag, destination=dest_path,
                            reason="another instance is delivering this version")
         try:
+            if self.ledger.receipt(name, etag) is not None:  # delivered while we were claiming
+                return Outcome("already_delivered", name, etag, size=version.size)
             return self._copy_and_record(source, version, dest_path, failure.attempts if failure else 0)
         finally:
-            self.ledger.release_claim(name, etag, self.owner)
+            self.ledger.release_claim(name, etag, owner)
 
     def _copy_and_record(self, source: Any, version: SourceVersion, dest_path: str, attempts: int) -> Outcome:
         name, etag = version.name, version.etag

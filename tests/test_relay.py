@@ -1,0 +1,345 @@
+"""Issue 10 on the local stack: deliver and sync through the gateway simulator with the Bane NOR credential.
+
+Each test gets its own export and ledger containers and its own destination folder, so tests share one stack
+without seeing each other's files.
+"""
+
+import base64
+import hashlib
+import os
+import threading
+import uuid
+
+import pytest
+
+from shared.config import Settings
+from shared.runtime import Runtime
+
+pytestmark = pytest.mark.stack
+
+
+class Clock:
+    def __init__(self):
+        self.offset = 0.0
+
+    def __call__(self):
+        import time
+
+        return time.time() + self.offset
+
+
+@pytest.fixture
+def relay_env(stack, backend):
+    """A Runtime on fresh containers; `make(**overrides)` builds more with the same containers."""
+    tag = uuid.uuid4().hex[:8]
+    base = dict(stack.settings, EXPORT_CONTAINER=f"exports-{tag}", LEDGER_CONTAINER=f"ledger-{tag}",
+                ARCHIVE_CONTAINER=f"archive-{tag}", DESTINATION_TEMPLATE=f"t{tag}/{{path}}")
+    clock = Clock()
+    runtimes = []
+
+    def make(**overrides):
+        env = {**base, **{k: v for k, v in overrides.items() if v is not None}}
+        rt = Runtime(Settings.load(env), clock=clock)
+        runtimes.append(rt)
+        return rt
+
+    rt = make()
+    rt.exports.create_container()
+    rt.archive.create_container()
+
+    class Env:
+        pass
+
+    env = Env()
+    env.rt, env.make, env.clock, env.tag, env.backend, env.stack = rt, make, clock, tag, backend, stack
+    env.dest_prefix = f"{rt.settings.banenor_directory}/t{tag}/"
+
+    def put(name, data=b"x;y\n1;2\n", **kwargs):
+        rt.exports.get_blob_client(name).upload_blob(data, overwrite=True, **kwargs)
+
+    def landed(path):
+        return backend.get_blob_client(env.dest_prefix + path)
+
+    env.put, env.landed = put, landed
+    yield env
+    for r in runtimes:
+        if "banenor_credential" in r.__dict__:
+            r.banenor_credential.close()
+
+
+def md5(data):
+    return hashlib.md5(data).digest()
+
+
+def test_large_file_is_streamed_in_blocks_and_verified(relay_env):
+    data = os.urandom(64 * 2**20)
+    relay_env.put("large/export.csv", data, max_concurrency=4)
+    rt = relay_env.make(COPY_MODE="stream")
+    outcome = rt.relay.deliver("large/export.csv")
+    assert outcome.status == "delivered"
+    props = relay_env.landed("large/export.csv").get_blob_properties()
+    assert props.size == len(data)
+    assert bytes(props.content_settings.content_md5) == md5(data)
+    assert props.metadata["relay_source_name"] == "large/export.csv"
+    assert relay_env.landed("large/export.csv").download_blob(max_concurrency=4).readall() == data
+
+
+def test_zero_byte_file_is_delivered(relay_env):
+    relay_env.put("empty.txt", b"")
+    assert relay_env.rt.relay.deliver("empty.txt").status == "delivered"
+    assert relay_env.landed("empty.txt").get_blob_properties().size == 0
+
+
+def test_content_type_and_disposition_are_carried_over(relay_env):
+    from azure.storage.blob import ContentSettings
+
+    relay_env.put("report.pdf", b"%PDF-1.7", content_settings=ContentSettings(
+        content_type="application/pdf", content_disposition='attachment; filename="report.pdf"'))
+    relay_env.rt.relay.deliver("report.pdf")
+    settings = relay_env.landed("report.pdf").get_blob_properties().content_settings
+    assert settings.content_type == "application/pdf"
+    assert settings.content_disposition == 'attachment; filename="report.pdf"'
+
+
+def test_sync_delivers_500_small_files_with_one_token_of_each_kind(relay_env):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda i: relay_env.put(f"batch/file-{i:03}.csv", f"{i}\n".encode()), range(500)))
+    sky, entra = relay_env.stack.skyporten.token_requests, relay_env.stack.entra.token_requests
+    summary = relay_env.rt.relay.sync()
+    assert summary.delivered == 500 and summary.failed == 0
+    assert relay_env.stack.skyporten.token_requests - sky == 1
+    assert relay_env.stack.entra.token_requests - entra == 1
+    again = relay_env.rt.relay.sync()
+    assert again.already_delivered == 500 and again.delivered == 0
+
+
+@pytest.mark.parametrize(("source", "expected"), [
+    ("Målinger 2024_01 (rev B).csv", "Maalinger-2024-01-rev-B.csv"),
+    ("kjørebok.xlsx", "kjoerebok.xlsx"),
+    ("reise bok/ola´s reisebok.txt", "reise-bok/olas-reisebok.txt"),
+])
+def test_sanitize_policy_delivers_norwegian_spaced_and_underscored_names(relay_env, source, expected):
+    relay_env.put(source)
+    outcome = relay_env.rt.relay.deliver(source)
+    assert outcome.status == "delivered"
+    assert outcome.destination == relay_env.dest_prefix + expected
+    assert relay_env.landed(expected).get_blob_properties().metadata["relay_source_name"]
+
+
+def test_strict_policy_rejects_names_bane_nor_would_refuse(relay_env):
+    relay_env.put("Målinger 2024_01.csv")
+    rt = relay_env.make(NAME_POLICY="strict")
+    outcome = rt.relay.deliver("Målinger 2024_01.csv")
+    assert outcome.status == "rejected"
+    assert rt.ledger.rejection("Målinger 2024_01.csv", outcome.source_etag) is not None
+
+
+def test_two_sources_that_sanitise_to_one_name_never_overwrite_each_other(relay_env):
+    relay_env.put("data_1.csv", b"first")
+    relay_env.put("data 1.csv", b"second")
+    first = relay_env.rt.relay.deliver("data_1.csv")
+    second = relay_env.rt.relay.deliver("data 1.csv")
+    assert first.status == "delivered"
+    assert second.status == "rejected"
+    assert "already belongs to export 'data_1.csv'" in second.reason
+    assert relay_env.landed("data-1.csv").download_blob().readall() == b"first"
+
+
+def test_refused_extension_is_recorded_once_and_never_uploaded(relay_env):
+    relay_env.put("tool.exe", b"MZ")
+    summary = relay_env.rt.relay.sync()
+    assert summary.rejected == 1
+    assert not relay_env.landed("tool.exe").exists()
+    assert relay_env.rt.relay.sync().rejected == 1  # still rejected, not retried, not poisoned
+    assert relay_env.rt.ledger.counts()["poisoned"] == 0
+
+
+@pytest.mark.parametrize("name", ["x" * 300 + ".csv", "a/" * 3 + "\u202e.csv"])
+def test_hostile_names_are_rejected_with_a_reason(relay_env, name):
+    relay_env.put(name)
+    outcome = relay_env.rt.relay.deliver(name)
+    assert outcome.status == "rejected"
+    assert outcome.reason
+
+
+def test_export_rewritten_mid_copy_delivers_the_new_version_next_time(relay_env, monkeypatch):
+    data = os.urandom(24 * 2**20)
+    relay_env.put("moving.csv", data)
+    rt = relay_env.make(COPY_MODE="stream", BLOCK_SIZE="4MiB")
+    original = rt.copier.read_source
+
+    def read_then_rewrite(source):
+        version = original(source)
+        relay_env.put("moving.csv", b"the new version\n")  # the partner rewrites the export right now
+        return version
+
+    monkeypatch.setattr(rt.copier, "read_source", read_then_rewrite)
+    outcome = rt.relay.deliver("moving.csv")
+    assert outcome.status == "failed"
+    assert not relay_env.landed("moving.csv").exists()  # nothing partial was committed
+    monkeypatch.undo()
+    assert rt.relay.sync().delivered == 1
+    assert relay_env.landed("moving.csv").download_blob().readall() == b"the new version\n"
+
+
+def test_crash_after_commit_before_receipt_ends_with_one_receipt_and_no_second_copy(relay_env):
+    relay_env.put("crash.csv", b"payload")
+    rt = relay_env.rt
+    outcome = rt.relay.deliver("crash.csv")
+    etag_before = relay_env.landed("crash.csv").get_blob_properties().etag
+    key = rt.ledger.key("crash.csv", outcome.source_etag)
+    receipt_blob = rt.ledger.container.get_blob_client(f"receipts/{key}.json")
+    receipt_blob.delete_blob()  # as if the process died between the commit and the receipt
+    again = rt.relay.deliver("crash.csv")
+    assert again.status == "delivered"
+    assert rt.ledger.receipt("crash.csv", outcome.source_etag) is not None
+    assert relay_env.landed("crash.csv").get_blob_properties().etag == etag_before
+
+
+def test_destination_with_a_foreign_file_of_the_same_name_is_never_overwritten(relay_env):
+    relay_env.backend.get_blob_client(relay_env.dest_prefix + "theirs.csv").upload_blob(b"bane nor's own")
+    relay_env.put("theirs.csv", b"ours")
+    outcome = relay_env.rt.relay.deliver("theirs.csv")
+    assert outcome.status == "failed"
+    assert "never overwritten" in outcome.reason
+    assert relay_env.landed("theirs.csv").download_blob().readall() == b"bane nor's own"
+
+
+def test_an_updated_export_replaces_the_earlier_delivery(relay_env):
+    relay_env.put("daily.csv", b"monday")
+    relay_env.rt.relay.deliver("daily.csv")
+    relay_env.put("daily.csv", b"tuesday")
+    assert relay_env.rt.relay.deliver("daily.csv").status == "delivered"
+    assert relay_env.landed("daily.csv").download_blob().readall() == b"tuesday"
+
+
+def test_eight_threads_delivering_one_blob_upload_it_once(relay_env):
+    relay_env.put("once.csv", os.urandom(3 * 2**20))
+    gateway = relay_env.stack.gateway
+    puts_before = gateway.requests["PUT"]
+    results = []
+    barrier = threading.Barrier(8)
+
+    def go():
+        barrier.wait()
+        results.append(relay_env.rt.relay.deliver("once.csv").status)
+
+    threads = [threading.Thread(target=go) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count("delivered") == 1
+    assert set(results) <= {"delivered", "in_progress", "already_delivered"}
+    assert gateway.requests["PUT"] - puts_before == 1  # one Put Blob
+
+
+def test_sync_racing_triggers_delivers_each_file_once(relay_env):
+    for i in range(40):
+        relay_env.put(f"race/{i}.csv", f"{i}".encode())
+    outcomes = []
+    sync_thread = threading.Thread(target=lambda: outcomes.append(relay_env.rt.relay.sync()))
+    sync_thread.start()
+    trigger_results = [relay_env.rt.relay.deliver(f"race/{i}.csv").status for i in range(40)]
+    sync_thread.join()
+    summary = outcomes[0]
+    delivered = summary.delivered + trigger_results.count("delivered")
+    assert delivered == 40
+    assert relay_env.rt.ledger.counts()["delivered"] == 40
+
+
+def test_failures_are_retried_with_backoff_then_poisoned_then_retried_by_an_operator(relay_env):
+    stack = relay_env.stack
+    relay_env.put("blocked.csv")
+    rt = relay_env.make(MAX_ATTEMPTS="2")
+    stack.gateway.revoke(stack.mi_object_id)  # Bane NOR has not set the ACL yet: 403 for this file
+    try:
+        first = rt.relay.sync()
+        assert first.failed == 1
+        assert rt.relay.sync().pending == 1  # not due before its backoff
+        relay_env.clock.offset += 61
+        second = rt.relay.sync()
+        assert second.poisoned == 1
+        assert rt.relay.sync().poisoned == 1  # parked, not retried
+        failure = next(rt.ledger.failures())
+        assert "403" in failure.last_error and failure.attempts == 2
+    finally:
+        stack.gateway.grant(stack.mi_object_id, "integration-dev", "partner-987654321")
+    assert rt.ledger.retry("blocked.csv") == 1
+    assert rt.relay.sync().delivered == 1
+    assert rt.ledger.counts()["poisoned"] == 0
+
+
+def test_broken_trust_chain_stops_sync_early_and_charges_no_file(relay_env):
+    for i in range(5):
+        relay_env.put(f"chain/{i}.csv")
+    rt = relay_env.make(BANENOR_CLIENT_ID=str(uuid.uuid4()))
+    summary = rt.relay.sync()
+    assert summary.error and "AADSTS700016" in summary.error
+    assert summary.delivered == 0 and summary.failed == 0
+    assert rt.ledger.counts() == {"delivered": 0, "failed": 0, "poisoned": 0, "rejected": 0}
+
+
+def test_delete_after_delivery_removes_the_source_only_once_verified(relay_env):
+    stack = relay_env.stack
+    relay_env.put("gone.csv")
+    relay_env.put("kept.csv")
+    rt = relay_env.make(AFTER_DELIVERY="delete")
+    assert rt.relay.deliver("gone.csv").status == "delivered"
+    assert not rt.exports.get_blob_client("gone.csv").exists()
+    stack.gateway.revoke(stack.mi_object_id)
+    try:
+        assert rt.relay.deliver("kept.csv").status == "failed"
+    finally:
+        stack.gateway.grant(stack.mi_object_id, "integration-dev", "partner-987654321")
+    assert rt.exports.get_blob_client("kept.csv").exists()
+
+
+def test_archive_after_delivery_moves_the_source(relay_env):
+    relay_env.put("old.csv", b"archived")
+    rt = relay_env.make(AFTER_DELIVERY="archive")
+    assert rt.relay.deliver("old.csv").status == "delivered"
+    assert not rt.exports.get_blob_client("old.csv").exists()
+    assert rt.archive.get_blob_client("old.csv").download_blob().readall() == b"archived"
+
+
+def test_server_side_copy_moves_no_bytes_through_the_function(relay_env):
+    data = os.urandom(20 * 2**20)
+    relay_env.put("server.zip", data)
+    rt = relay_env.make(COPY_MODE="server")
+    outcome = rt.relay.deliver("server.zip")
+    assert outcome.status == "delivered" and outcome.mode == "server"
+    assert relay_env.landed("server.zip").download_blob().readall() == data
+
+
+def test_auto_mode_falls_back_to_streaming_when_the_gateway_refuses_copy_source(relay_env):
+    gateway = relay_env.stack.gateway
+    relay_env.put("a.zip", os.urandom(12 * 2**20))
+    relay_env.put("b.zip", os.urandom(12 * 2**20))
+    rt = relay_env.make(COPY_MODE="auto")
+    gateway.options.allow_copy_source = False
+    try:
+        first = rt.relay.deliver("a.zip")
+        second = rt.relay.deliver("b.zip")
+    finally:
+        gateway.options.allow_copy_source = True
+    assert (first.status, first.mode) == ("delivered", "stream")
+    assert (second.status, second.mode) == ("delivered", "stream")
+    assert rt.copier.server_disabled_reason
+
+
+def test_receipt_records_the_delivery(relay_env):
+    data = b"receipt me"
+    relay_env.put("r.csv", data)
+    outcome = relay_env.rt.relay.deliver("r.csv")
+    receipt = relay_env.rt.ledger.receipt("r.csv", outcome.source_etag)
+    assert receipt.size == len(data)
+    assert receipt.md5 == base64.b64encode(md5(data)).decode()
+    assert receipt.destination_path == relay_env.dest_prefix + "r.csv"
+    assert receipt.destination_url.endswith("/payload-manager/v1/integration-dev/" + receipt.destination_path)
+
+
+def test_missing_source_is_reported_not_failed(relay_env):
+    assert relay_env.rt.relay.deliver("never-existed.csv").status == "missing"
