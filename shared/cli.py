@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Settings, read_env_file
-from .errors import ConfigError, RelayError
+from .errors import ConfigError, RelayError, SigningKeyError
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 # doctor: the exit code says which link failed first
@@ -275,12 +275,19 @@ def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
         return [f"skew {skew:+.1f} s against {s.maskinporten_issuer} (allowed: 10 s)"]
 
     def key_vault() -> list[str]:
-        key = state["rt"].signing_keys.get()
-        state["key"] = key
-        where = state["s"].key_vault_url if key.info.source.startswith("keyvault") else "file"
-        return [f"{key.info.source} {key.info.name!r} read from {where}"]
+        s = state["s"]
+        where = s.key_vault_url if s.signing_key_source.startswith("keyvault") else s.signing_key_file
+        try:
+            state["key"] = state["rt"].signing_keys.get()
+        except SigningKeyError as exc:
+            if exc.stage != "material":
+                raise
+            state["key_error"] = exc  # it was read; what is wrong with it is the next link's finding
+        return [f"{s.signing_key_source} {s.signing_key_name or s.signing_key_file!r} read from {where}"]
 
     def key() -> list[str]:
+        if "key_error" in state:
+            raise state["key_error"]
         info = state["key"].info
         notes = [f"RSA {info.bits} bits, kid {info.kid or '-'}"
                  + (f", x5c certificate {info.certificate_subject}" if info.certificate_subject else "")]
@@ -342,14 +349,22 @@ def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
 
     def exports() -> list[str]:
         rt = state["rt"]
-        names = [b.name for _, b in zip(range(1), rt.exports.list_blobs(), strict=False)]
-        return [f"container {state['s'].export_container} readable ({'not empty' if names else 'empty'})"]
+        container = state["s"].export_container
+        try:
+            names = [b.name for _, b in zip(range(1), rt.exports.list_blobs(), strict=False)]
+        except Exception as exc:
+            raise partner_storage_error(exc, container, "Storage Blob Data Reader", "EXPORT_CONTAINER") from None
+        return [f"container {container} readable ({'not empty' if names else 'empty'})"]
 
     def ledger() -> list[str]:
         rt = state["rt"]
-        probe = rt.ledger.container.get_blob_client("doctor/probe.txt")
-        probe.upload_blob(b"probe", overwrite=True)
-        probe.delete_blob()
+        container = state["s"].ledger_container
+        try:
+            probe = rt.ledger.container.get_blob_client("doctor/probe.txt")
+            probe.upload_blob(b"probe", overwrite=True)
+            probe.delete_blob()
+        except Exception as exc:
+            raise partner_storage_error(exc, container, "Storage Blob Data Contributor", "LEDGER_CONTAINER") from None
         return [f"container {state['s'].ledger_container} writable; " +
                 ", ".join(f"{k} {v}" for k, v in rt.ledger.counts().items())]
 
@@ -366,6 +381,20 @@ def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
     out.data({"ok": code == EXIT_OK, "exit_code": code, "checks": doc.results})
     out.line("All links work." if code == EXIT_OK else f"Stopped at the first broken link (exit code {code}).")
     return code
+
+
+def partner_storage_error(exc: Exception, container: str, role: str, setting: str) -> RelayError:
+    """One clear message for a failure on the partner's own storage account."""
+    status = getattr(exc, "status_code", None)
+    if status == 404:
+        return RelayError(f"container {container!r} does not exist in the partner's storage account.",
+                          hint=f"check {setting}, or create the container")
+    if status == 403:
+        return RelayError(f"access to container {container!r} was denied (403).",
+                          hint=f"grant the function app's managed identity '{role}' on it")
+    return RelayError(f"the partner's storage failed on container {container!r} "
+                      f"({type(exc).__name__}{f', HTTP {status}' if status else ''}).",
+                      hint="check EXPORT_STORAGE / EXPORT_STORAGE__blobServiceUri and the account's network rules")
 
 
 # -- entry point ---------------------------------------------------------------------------------------------

@@ -44,11 +44,17 @@ class ConfigError(RelayError):
 
 
 class SigningKeyError(RelayError):
-    """The Maskinporten signing key cannot be loaded or used."""
+    """The Maskinporten signing key cannot be loaded or used.
 
-    def __init__(self, message: str, *, hint: str | None = None, transient: bool = False) -> None:
+    `stage` is "access" when the key could not be read (vault unreachable, denied, not found) and "material"
+    when it was read but is unusable (malformed, too short, expired certificate).
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None, transient: bool = False,
+                 stage: str = "material") -> None:
         super().__init__(message, hint=hint)
         self.transient = transient
+        self.stage = stage
 
 
 class TokenError(RelayError):

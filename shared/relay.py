@@ -44,6 +44,7 @@ class Outcome:
     reason: str | None = None
     mode: str | None = None
     md5: str | None = None
+    correlation_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -314,9 +315,11 @@ class Relay:
     def _log(self, outcome: Outcome) -> None:
         level = logging.INFO if outcome.status in ("delivered", "already_delivered", "in_progress") else \
             logging.WARNING
-        log.log(level, "delivery outcome=%s source=%s version=%s destination=%s bytes=%d seconds=%.3f mode=%s%s",
-                outcome.status, outcome.source_name, (outcome.source_etag or "").strip('"'), outcome.destination,
-                outcome.size, outcome.seconds, outcome.mode,
+        # key=value pairs: Application Insights queries parse them (traces | parse message with ...).
+        log.log(level, "delivery outcome=%s correlation_id=%s source=%s version=%s destination=%s bytes=%d "
+                "seconds=%.3f mode=%s%s", outcome.status, outcome.correlation_id, outcome.source_name,
+                (outcome.source_etag or "").strip('"'), outcome.destination, outcome.size, outcome.seconds,
+                outcome.mode,
                 f" reason={outcome.reason}" if outcome.reason and outcome.status != "already_delivered" else "",
                 extra={"relay": outcome.as_dict()})
 

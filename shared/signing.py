@@ -278,7 +278,7 @@ def key_from_file(path: str, kid: str | None) -> SigningKey:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise SigningKeyError(f"{what} cannot be read ({exc.strerror}).",
-                              hint="Point SIGNING_KEY_FILE at the private key file.") from None
+                              hint="Point SIGNING_KEY_FILE at the private key file.", stage="access") from None
     key = parse_private_key(text, what)
     kid = kid or jwk_kid(text)
     return SigningKey(KeyInfo("file", path, kid, key.key_size), _local_signer(key))
@@ -293,40 +293,30 @@ def keyvault_error(exc: Exception, *, vault_url: str, kind: str, name: str, role
         ServiceRequestError,
     )
 
-    if isinstance(exc, ResourceNotFoundError):
-        return SigningKeyError(
-            f"Key Vault {vault_url} has no {kind} named {name!r}.",
-            hint=f"Check SIGNING_KEY_NAME, or store the key as a {kind} in the vault (docs/deploy.md).",
-        )
-    if isinstance(exc, ClientAuthenticationError) and getattr(exc, "status_code", None) is None:
-        return SigningKeyError(
-            f"The function app's managed identity could not get a token for Key Vault {vault_url}.",
-            hint="Turn on the function app's managed identity (Identity blade), or run `az login` locally.",
-            transient=True,
-        )
-    if isinstance(exc, HttpResponseError) and exc.status_code == 403:
-        return SigningKeyError(
-            f"Access denied reading {kind} {name!r} from Key Vault {vault_url}.",
-            hint=f"Grant the function app's managed identity the role '{role}' on the vault "
-            "(Azure portal > Key Vault > Access control (IAM) > Add role assignment).",
-        )
-    if isinstance(exc, HttpResponseError) and exc.status_code == 401:
-        return SigningKeyError(
-            f"Key Vault {vault_url} refused the managed identity's token (401).",
-            hint="Check that KEY_VAULT_URL is the vault in your own tenant.",
-        )
-    if isinstance(exc, ServiceRequestError):
-        return SigningKeyError(
-            f"Key Vault {vault_url} is unreachable ({type(exc).__name__}).",
-            hint="Check KEY_VAULT_URL and the vault's network rules / private endpoint.",
-            transient=True,
-        )
+    def access(message: str, hint: str, transient: bool = False) -> SigningKeyError:
+        return SigningKeyError(message, hint=hint, transient=transient, stage="access")
+
     status = getattr(exc, "status_code", None)
-    return SigningKeyError(
-        f"Key Vault {vault_url} failed reading {kind} {name!r} (HTTP {status or '?'}, {type(exc).__name__}).",
-        hint="Retry later; if it persists, check the vault's health in the Azure portal.",
-        transient=status is None or status >= 500 or status == 429,
-    )
+    if isinstance(exc, ResourceNotFoundError):
+        return access(f"Key Vault {vault_url} has no {kind} named {name!r}.",
+                      f"Check SIGNING_KEY_NAME, or store the key as a {kind} in the vault (docs/deploy.md).")
+    if isinstance(exc, ClientAuthenticationError) and status is None:
+        return access(f"The function app's managed identity could not get a token for Key Vault {vault_url}.",
+                      "Turn on the function app's managed identity (Identity blade), or run `az login` locally.",
+                      transient=True)
+    if isinstance(exc, HttpResponseError) and status == 403:
+        return access(f"Access denied reading {kind} {name!r} from Key Vault {vault_url}.",
+                      f"Grant the function app's managed identity the role '{role}' on the vault "
+                      "(Azure portal > Key Vault > Access control (IAM) > Add role assignment).")
+    if isinstance(exc, HttpResponseError) and status == 401:
+        return access(f"Key Vault {vault_url} refused the managed identity's token (401).",
+                      "Check that KEY_VAULT_URL is the vault in your own tenant.")
+    if isinstance(exc, ServiceRequestError):
+        return access(f"Key Vault {vault_url} is unreachable ({type(exc).__name__}).",
+                      "Check KEY_VAULT_URL and the vault's network rules / private endpoint.", transient=True)
+    return access(f"Key Vault {vault_url} failed reading {kind} {name!r} (HTTP {status or '?'}, {type(exc).__name__}).",
+                  "Retry later; if it persists, check the vault's health in the Azure portal.",
+                  transient=status is None or status >= 500 or status == 429)
 
 
 _KV_CLIENT_KWARGS = {"verify_challenge_resource": True, "retry_total": 2}

@@ -1,0 +1,215 @@
+"""Every CLI command on the local stack, run as a partner would (`python -m shared --env-file ... <command>`),
+including each `doctor` failure (one test per broken link) and the secrecy of what is printed."""
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from shared.cli import DOCTOR_EXIT
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture
+def cli(stack, tmp_path):
+    tag = uuid.uuid4().hex[:8]
+    base = dict(stack.settings, EXPORT_CONTAINER=f"cli-exports-{tag}", LEDGER_CONTAINER=f"cli-ledger-{tag}",
+                DESTINATION_TEMPLATE=f"cli{tag}/{{path}}")
+    from azure.storage.blob import BlobServiceClient
+
+    BlobServiceClient.from_connection_string(base["EXPORT_STORAGE"], connection_verify=base["REQUESTS_CA_BUNDLE"]) \
+        .create_container(base["EXPORT_CONTAINER"])
+
+    def run(*args, expect=None, **overrides):
+        env_file = tmp_path / f"settings-{uuid.uuid4().hex[:6]}.env"
+        values = {**base, **overrides}
+        env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items() if v is not None))
+        result = subprocess.run([sys.executable, "-m", "shared", "--env-file", str(env_file), *args],
+                                cwd=REPO, capture_output=True, text=True, timeout=120)
+        if expect is not None:
+            assert result.returncode == expect, result.stdout[-3000:] + result.stderr[-3000:]
+        return result
+
+    run.tag = tag
+    run.base = base
+    return run
+
+
+def as_json(result):
+    return json.loads(result.stdout)
+
+
+def test_help_explains_every_command():
+    result = subprocess.run([sys.executable, "-m", "shared", "--help"], cwd=REPO, capture_output=True, text=True)
+    for command in ("doctor", "token", "send", "sync", "status", "retry"):
+        assert command in result.stdout
+
+
+def test_token_shows_non_secret_facts_only(cli, stack):
+    result = cli("token", "--json", expect=0)
+    facts = as_json(result)
+    assert facts["subject"] == "0192:987654321;banenor:payloadmanager.storage"
+    assert facts["audience"] == "api://AzureADTokenExchange"
+    assert facts["consumer_org"] == "0192:987654321"
+    assert "access_token" not in facts
+    assert "eyJ" not in result.stdout + result.stderr
+
+
+def test_token_raw_prints_the_token_when_asked(cli):
+    facts = as_json(cli("token", "--json", "--raw", expect=0))
+    assert facts["access_token"].startswith("eyJ")
+
+
+def test_token_refusal_is_one_clear_message_without_traceback(cli):
+    result = cli("token", MASKINPORTEN_SCOPE="banenor:not.granted", expect=1)
+    assert "MP-200" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_settings_exit_2_naming_each(cli):
+    result = cli("token", BANENOR_ENVIRONMENT="staging", BANENOR_TENANT_ID="nope", expect=2)
+    assert "BANENOR_ENVIRONMENT" in result.stderr and "BANENOR_TENANT_ID" in result.stderr
+
+
+def test_send_delivers_local_files(cli, tmp_path, backend):
+    path = tmp_path / "Årsrapport 2025.pdf"
+    path.write_bytes(b"%PDF-1.7 report")
+    results = as_json(cli("send", str(path), "--to", "manual", "--json", expect=0))
+    assert results[0]["status"] == "delivered"
+    assert results[0]["destination"].endswith("/manual/Aarsrapport-2025.pdf")
+    assert backend.get_blob_client(results[0]["destination"]).download_blob().readall() == b"%PDF-1.7 report"
+
+
+def test_send_refused_extension_exits_non_zero(cli, tmp_path):
+    path = tmp_path / "tool.exe"
+    path.write_bytes(b"MZ")
+    results = as_json(cli("send", str(path), "--json", expect=1))
+    assert results[0]["status"] == "rejected"
+
+
+def test_sync_dry_run_lists_then_sync_delivers_then_status_counts(cli, tmp_path):
+    files = []
+    for i in range(3):
+        files.append(tmp_path / f"s{i}.csv")
+        files[-1].write_text("a\n")
+    cli("send", *map(str, files), expect=0)
+    from azure.storage.blob import BlobServiceClient
+
+    exports = BlobServiceClient.from_connection_string(
+        cli.base["EXPORT_STORAGE"], connection_verify=cli.base["REQUESTS_CA_BUNDLE"]
+    ).get_container_client(cli.base["EXPORT_CONTAINER"])
+    exports.get_blob_client("late.csv").upload_blob(b"late\n")
+    dry = as_json(cli("sync", "--dry-run", "--json", expect=0))
+    assert dry["pending"] == 1 and dry["delivered"] == 0
+    done = as_json(cli("sync", "--json", expect=0))
+    assert done["delivered"] == 1 and done["already_delivered"] == 3
+    status = as_json(cli("status", "--json", expect=0))
+    assert status["counts"]["delivered"] == 4
+
+
+def test_status_shows_poisoned_and_retry_makes_them_due(cli, stack):
+    from azure.storage.blob import BlobServiceClient
+
+    exports = BlobServiceClient.from_connection_string(
+        cli.base["EXPORT_STORAGE"], connection_verify=cli.base["REQUESTS_CA_BUNDLE"]
+    ).get_container_client(cli.base["EXPORT_CONTAINER"])
+    exports.get_blob_client("stuck.csv").upload_blob(b"x")
+    stack.gateway.revoke(stack.mi_object_id)
+    try:
+        cli("sync", MAX_ATTEMPTS="1", expect=1)
+    finally:
+        stack.gateway.grant(stack.mi_object_id, "integration-dev", "partner-987654321")
+    status = cli("status", "--json", expect=0)
+    assert [p["source_name"] for p in as_json(status)["poisoned"]] == ["stuck.csv"]
+    assert "403" in as_json(status)["poisoned"][0]["last_error"]
+    text = cli("status", expect=0).stdout
+    assert "poisoned  stuck.csv" in text
+    assert as_json(cli("retry", "--all-poisoned", "--json", expect=0)) == {"retried": 1}
+    assert as_json(cli("sync", "--json", expect=0))["delivered"] == 1
+
+
+def test_doctor_passes_every_link_on_the_stack(cli):
+    report = as_json(cli("doctor", "--json", expect=0))
+    assert [c["link"] for c in report["checks"]] == list(DOCTOR_EXIT)
+    assert all(c["status"] in ("ok", "warn") for c in report["checks"])
+
+
+def test_doctor_read_only_lists_instead_of_writing(cli):
+    report = as_json(cli("doctor", "--read-only", "--json", expect=0))
+    gateway = next(c for c in report["checks"] if c["link"] == "gateway")
+    assert "read-only" in gateway["details"][0]
+
+
+def doctor_failure(cli, link, **overrides):
+    result = cli("doctor", expect=DOCTOR_EXIT[link], **overrides)
+    assert "FAIL" in result.stdout and "Fix:" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    return result.stdout
+
+
+def test_doctor_settings_link(cli):
+    assert "MASKINPORTEN_CLIENT_ID" in doctor_failure(cli, "settings", MASKINPORTEN_CLIENT_ID=None)
+
+
+def test_doctor_key_vault_link(cli):
+    assert "no secret named" in doctor_failure(cli, "key_vault", SIGNING_KEY_NAME="absent-key")
+
+
+def test_doctor_key_link(cli, stack):
+    from sim.pki import new_rsa_key, private_pem
+
+    stack.keyvault.set_secret("doctor-short-key", private_pem(new_rsa_key(1024)).decode())
+    assert "1024 bits" in doctor_failure(cli, "key", SIGNING_KEY_NAME="doctor-short-key")
+
+
+def test_doctor_warns_about_a_key_near_its_one_year_expiry(cli, stack):
+    import time
+
+    pem = Path(stack.settings["SIGNING_KEY_FILE"]).read_text()
+    stack.keyvault.set_secret("doctor-old-key", pem, created=time.time() - 350 * 86400)
+    report = as_json(cli("doctor", "--json", SIGNING_KEY_NAME="doctor-old-key", expect=0))
+    key = next(c for c in report["checks"] if c["link"] == "key")
+    assert key["status"] == "warn"
+    assert any("register the next key" in d for d in key["details"])
+
+
+def test_doctor_skyporten_link(cli):
+    assert "MP-100" in doctor_failure(cli, "skyporten", MASKINPORTEN_CLIENT_ID=str(uuid.uuid4()))
+
+
+def test_doctor_entra_link(cli, stack):
+    out = doctor_failure(cli, "entra", BANENOR_CLIENT_ID=stack.mi_object_id)
+    assert "AADSTS700016" in out and "object/principal id" in out
+
+
+def test_doctor_gateway_link(cli, stack):
+    stack.gateway.revoke(stack.mi_object_id)
+    try:
+        out = doctor_failure(cli, "gateway")
+    finally:
+        stack.gateway.grant(stack.mi_object_id, "integration-dev", "partner-987654321")
+    assert "403" in out and "only Bane NOR" in out
+
+
+def test_doctor_exports_link(cli):
+    out = doctor_failure(cli, "exports", EXPORT_CONTAINER=f"missing-{cli.tag}")
+    assert "does not exist" in out and "EXPORT_CONTAINER" in out
+
+
+def test_cli_output_never_contains_secrets(cli, stack):
+    outputs = []
+    for args in (("doctor",), ("token", "--decode"), ("sync",), ("status",)):
+        result = cli(*args)
+        outputs.append(result.stdout + result.stderr)
+    text = "\n".join(outputs)
+    pem_body = Path(stack.settings["SIGNING_KEY_FILE"]).read_text().splitlines()[1]
+    assert pem_body not in text
+    assert "eyJ" not in text
+    assert stack.settings["IDENTITY_HEADER"] not in text
+    account_key = stack.settings["EXPORT_STORAGE"].split("AccountKey=")[1].split(";")[0]
+    assert account_key not in text
