@@ -249,8 +249,14 @@ def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
             s = Settings.load()
         except ConfigError as exc:
             raise RelayError(exc.message, hint="set the settings named above (docs/settings.md)") from None
+        from .naming import NamePolicy
         from .runtime import get_runtime
 
+        problems = NamePolicy(mode=s.name_policy, allowed_extensions=s.allowed_extensions, folders=s.folder_mode,
+                              template=s.destination_template).validate()
+        if problems:
+            raise RelayError("the name policy is invalid: " + "; ".join(problems),
+                             hint="fix DESTINATION_TEMPLATE / ALLOWED_EXTENSIONS / NAME_POLICY (docs/gateway.md)")
         state["rt"] = get_runtime()
         state["s"] = s
         return [f"environment {s.environment}: issuer {s.maskinporten_issuer}, gateway {s.banenor_storage_url}, "

@@ -207,7 +207,7 @@ def _scrub_in_place(err: BaseException) -> None:
 
 
 def _code(err: HttpResponseError) -> str | None:
-    code = err.error_code
+    code = getattr(err, "error_code", None)  # absent when the answer is not a storage error (HTML, empty, JSON)
     return None if code is None else str(getattr(code, "value", code))
 
 
@@ -215,7 +215,7 @@ _DEST_HINTS: dict[object, str] = {
     401: "the storage token was refused: run `doctor` to check the trust chain and the storage audience",
     "AuthorizationPermissionMismatch": "only Bane NOR can fix this: ask them to grant the identity RBAC "
     "and ACL (-wx on the directory, --x on every parent) for this path",
-    "ContainerNotFound": "check the container name Bane NOR gave you",
+    "ContainerNotFound": "check BANENOR_CONTAINER with Bane NOR",
     413: "the gateway refused the request size: lower block_size / single_put_limit under 100 MB",
     400: "the gateway or storage refused the request: check the destination name and extension rules",
 }
@@ -225,7 +225,8 @@ def _hint(side: str, status: int | None, code: str | None, transient: bool) -> s
     if transient:
         return "transient: the next run retries it"
     if side == "destination":
-        return _DEST_HINTS.get(code) or _DEST_HINTS.get(status)
+        return (_DEST_HINTS.get(code) or _DEST_HINTS.get(status)
+                or "the answer was not a storage error: check BANENOR_STORAGE_URL (Bane NOR's gateway)")
     if status in (401, 403):
         return "the relay's identity cannot read the partner's export: check its role on the source account"
     return None
@@ -249,7 +250,7 @@ def _translate(err: AzureError, *, blob: str, side: str, action: str) -> CopyFai
     label = f"{status} {code or ''}".strip()
     kwargs = {"status": status, "error_code": code, "blob": blob, "side": side}
     if code == "SourceConditionNotMet" or (side == "source" and status in (404, 412)):
-        what = "was deleted" if status == 404 else "was rewritten"
+        what = "was deleted" if status == 404 else "was rewritten or deleted"
         return SourceChangedError(
             f"{action} {blob!r}: the source {what} during the copy ({label}); nothing was committed",
             hint="transient: the next run copies the new version",

@@ -33,8 +33,8 @@ GRANT_LIFETIME = 100  # seconds; Maskinporten refuses exp - iat > 120 s (MP-130)
 # MP-nnn codes -> (what it means, what to fix). Kept as data: Digdir adds codes. PROTOCOL.md section 1.
 MP_CODES: dict[str, tuple[str, str]] = {
     "MP-100": ("the client was not found or the assertion is invalid",
-               "check MASKINPORTEN_CLIENT_ID: the client id of the integration in this environment "
-               "(test and prod are separate registrations)"),
+               "check MASKINPORTEN_CLIENT_ID (the client id of the integration in this environment; test and prod "
+               "are separate registrations) and that MASKINPORTEN_KEY_ID is a kid registered on it"),
     "MP-110": ("the grant's aud is not the Skyporten issuer",
                "set BANENOR_ENVIRONMENT to the right environment, or MASKINPORTEN_ISSUER to exactly "
                "https://test.sky.maskinporten.no or https://sky.maskinporten.no (no trailing slash)"),

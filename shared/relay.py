@@ -116,6 +116,7 @@ class Relay:
         copier: Copier,
         archive: Any = None,  # ContainerClient for ARCHIVE_CONTAINER (AFTER_DELIVERY=archive)
         credential: Any = None,  # the Bane NOR credential, for the sync's preflight
+        source_url: Callable[[Any], str] | None = None,  # read-only SAS URL of a source (archive copies)
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -125,6 +126,7 @@ class Relay:
         self.copier = copier
         self.archive = archive
         self.credential = credential
+        self.source_url = source_url or (lambda blob: blob.url)
         self.clock = clock
         self.owner = f"relay-{uuid.uuid4()}"
         self.policy = NamePolicy(
@@ -167,6 +169,10 @@ class Relay:
         failure = self.ledger.failure(name, etag)
         if failure is not None and failure.poisoned:
             return Outcome("poisoned", name, etag, reason=failure.last_error)
+        if failure is not None and failure.next_retry_at > self.clock():
+            # A host retry of the trigger right after a failure: wait for the ledger's backoff, charge nothing.
+            return Outcome("pending", name, etag, reason=f"next retry after {failure.next_retry_at:.0f}: "
+                           f"{failure.last_error}")
 
         try:
             dest_path = destination_path(name, self.settings.banenor_directory, self.policy,
@@ -305,7 +311,8 @@ class Relay:
         try:
             if action == "archive" and self.archive is not None:
                 target = self.archive.get_blob_client(version.name)
-                target.start_copy_from_url(source.url, requires_sync=True,
+                # Copy Blob From URL (synchronous) needs the source readable by URL: a read-only SAS.
+                target.start_copy_from_url(self.source_url(source), requires_sync=True,
                                            source_etag=version.etag,
                                            source_match_condition=MatchConditions.IfNotModified)
             source.delete_blob(etag=version.etag, match_condition=MatchConditions.IfNotModified)

@@ -156,7 +156,8 @@ class Runtime:
         from .relay import Relay
 
         return Relay(self.settings, exports=self.exports, destination=self.destination, ledger=self.ledger,
-                     copier=self.copier, archive=self.archive, credential=self.banenor_credential, clock=self.clock)
+                     copier=self.copier, archive=self.archive, credential=self.banenor_credential,
+                     source_url=self.source_sas, clock=self.clock)
 
 
 _runtime: Runtime | None = None

@@ -73,6 +73,7 @@ AADSTS: dict[int, AadstsEntry] = {
     90055: AadstsEntry("Entra ID throttled the request", "retry later", "transient"),
 }
 _AADSTS_CODE = re.compile(r"AADSTS(\d+)")
+_JWT = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]*")
 _ECHO = re.compile(r"Assertion (Issuer|Subject|Audience): '([^']*)'")
 
 
@@ -105,9 +106,16 @@ def entra_error(exc: Exception, assertion_claims: dict[str, Any], settings_view:
     description = _entra_description(text)
     if description:
         message += f" Entra said: {description}"
+    if code is None and entry is None:
+        empty = "no response content" in text.lower()
+        message += " The answer was empty." if empty else \
+            f" The answer carried no Entra error ({_first_line(text)[:160]!r})."
     return EntraError(
         message,
-        hint=entry.fix if entry else "see docs/troubleshooting.md for the AADSTS code",
+        hint=entry.fix if entry else (
+            "see docs/troubleshooting.md for the AADSTS code" if code else
+            "check BANENOR_AUTHORITY_HOST (https://login.microsoftonline.com) and BANENOR_TENANT_ID; "
+            "a proxy may be answering instead of Entra ID"),
         error="invalid_client" if "invalid_client" in text else None,
         code=label if code else None,
         transient=bool(entry and entry.kind == "transient"),
@@ -146,6 +154,7 @@ class BaneNorCredential:
     ) -> None:
         self.tenant_id = tenant_id
         self.client_id = client_id
+        self.authority = authority
         self.skyporten = skyporten
         self.federation_retry_seconds = federation_retry_seconds
         self.clock = clock
@@ -233,6 +242,17 @@ class BaneNorCredential:
                 if kind == "federation" and self._federation_retry_due(attempt):
                     continue
                 raise error from None
+            except RelayError:
+                raise  # from our assertion callback: Skyporten or the signing key, already clear
+            except Exception as exc:  # e.g. a 200 without access_token: not Entra answering as Entra does
+                detail = _JWT.sub("[jwt]", str(exc).splitlines()[0] if str(exc) else "")[:120]
+                raise EntraError(
+                    f"The token exchange with Entra ID failed: the answer from {self.authority} could not be used "
+                    f"({type(exc).__name__}: {detail}).",
+                    hint="check BANENOR_AUTHORITY_HOST (https://login.microsoftonline.com); a proxy may be "
+                    "answering instead of Entra ID",
+                    transient=True,
+                ) from None
 
     def _federation_retry_due(self, attempt: int) -> bool:
         """Back off and retry while a fresh federated credential may still be propagating."""
