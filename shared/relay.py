@@ -144,8 +144,12 @@ class Relay:
 
     # -- one export ---------------------------------------------------------------------------------------
     def deliver(self, name: str) -> Outcome:
-        """Deliver the current version of export `name`. Returns its outcome; raises only for a broken chain
-        of trust (TokenError, SigningKeyError, a gateway 401) or a ledger that cannot be written."""
+        """Deliver the current version of export `name` and return its outcome.
+
+        Raises for a broken chain of trust (TokenError, SigningKeyError, a gateway 401) and when the ledger in the
+        partner's storage cannot be read or written (azure-core errors): then nothing is recorded, and the next
+        sync (or the host's trigger retry) tries again.
+        """
         started = self.clock()
         source = self.exports.get_blob_client(name)
         try:
@@ -153,7 +157,8 @@ class Relay:
         except CopyFailed as exc:
             if exc.status == 404:
                 return Outcome("missing", name, reason="the export no longer exists")
-            raise
+            # The version is unknown, so no attempt can be charged: report it, the next sync tries again.
+            return Outcome("failed", name, reason=str(exc))
         outcome = self._deliver_version(source, version)
         outcome.seconds = round(self.clock() - started, 3)
         self._log(outcome)

@@ -85,8 +85,10 @@ class Runtime:
     def export_service(self) -> Any:
         from azure.storage.blob import BlobServiceClient
 
+        from .skyporten import storage_retry_policy
+
         s = self.settings
-        kwargs: dict[str, Any] = {"connection_timeout": 20, "read_timeout": 120, "retry_total": 4}
+        kwargs: dict[str, Any] = {"connection_timeout": 20, "read_timeout": 120, "retry_policy": storage_retry_policy()}
         if s.ca_bundle:
             kwargs["connection_verify"] = s.ca_bundle
         if s.export_storage_connection_string:

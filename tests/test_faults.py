@@ -1,0 +1,369 @@
+"""Issue 13, fault injection: a fault proxy between the relay and each dependency, on the real local stack.
+
+Key Vault, Skyporten, Entra, the partner's storage and Bane NOR's gateway each sit behind a `FaultProxy`
+(tests/faultproxy.py). For each fault the delivery retries or fails as designed, nothing partial is ever
+visible at Bane NOR, and once the fault is gone one `sync` leaves every export version with exactly one
+verified delivery and a consistent ledger. A seeded random run checks the same invariant.
+
+The product has no setting for client timeouts or the storage SDK's retry backoff (15 s, 18 s, 24 s...),
+so runtimes here are built with the product's own builders plus a short retry backoff and, for stalls,
+a short read timeout (`fast_runtime`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from shared.errors import RelayError
+from tests import test_relay
+from tests.faultproxy import Chaos, Fault, match, proxied_settings, proxies_for
+
+pytestmark = pytest.mark.stack
+
+relay_env = test_relay.relay_env  # the fixture: fresh export/ledger containers and destination folder per test
+
+RETRY_WAIT = 600  # seconds the relay's clock moves so every failure's backoff (60, 120, 240, 480 s) is due
+
+
+@pytest.fixture(scope="module")
+def proxies(stack):
+    started = proxies_for(stack)
+    yield started
+    for proxy in started.values():
+        proxy.stop()
+
+
+@pytest.fixture
+def faults(proxies):
+    """The proxies by setting name, counters at zero; every fault is removed after the test."""
+    for proxy in proxies.values():
+        proxy.clear()
+    yield proxies
+    for proxy in proxies.values():
+        proxy.clear()
+
+
+class Sleeps:
+    """The Skyporten client's `sleep`: records each backoff instead of waiting it out."""
+
+    def __init__(self):
+        self.delays: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+
+
+def fast_runtime(env, proxies, *, timeout: float = 10.0, **overrides):
+    """A Runtime whose every dependency goes through its proxy, built from the product's own builders with a
+    short storage retry backoff and `timeout` as the read/connect timeout of each client."""
+    from azure.identity import ClientAssertionCredential
+    from azure.storage.blob import BlobServiceClient, LinearRetry
+
+    from shared.maskinporten import client_from_settings
+    from shared.signing import KeyVaultSource, SigningKeyProvider
+    from shared.skyporten import BaneNorCredential, banenor_service_client
+
+    rt = env.make(**proxied_settings(env.stack, proxies), **overrides)
+    s = rt.settings
+    timeouts = {"connection_timeout": timeout, "read_timeout": timeout}
+
+    def storage() -> dict:
+        # Same retry count as the product (retry_total=4), 50 ms apart instead of 15 s, 18 s, 24 s, 42 s.
+        # One policy object per client: a pipeline links its policies, a shared one would cross pipelines.
+        return {"retry_policy": LinearRetry(backoff=0.05, retry_total=4, random_jitter_range=0), **timeouts}
+
+    source = KeyVaultSource(s.key_vault_url, s.signing_key_name, s.signing_key_source, s.maskinporten_key_id,
+                            rt.partner_credential, s.ca_bundle, rt.clock,
+                            client_kwargs={"retry_backoff_factor": 0.05, **timeouts})
+    rt.__dict__["signing_keys"] = SigningKeyProvider(source.load, s.key_cache_seconds, rt.clock)
+    rt.sleeps = Sleeps()
+    rt.__dict__["maskinporten"] = client_from_settings(s, rt.signing_keys, clock=rt.clock, sleep=rt.sleeps,
+                                                       timeout=timeout)
+    skyporten = rt.maskinporten
+    inner = ClientAssertionCredential(
+        s.banenor_tenant_id, s.banenor_client_id, lambda: skyporten.get_token().access_token,
+        authority=s.banenor_authority_host, retry_total=2, retry_backoff_factor=0.05,
+        connection_verify=s.ca_bundle, **timeouts)
+    rt.__dict__["banenor_credential"] = BaneNorCredential(
+        s.banenor_tenant_id, s.banenor_client_id, skyporten, authority=s.banenor_authority_host,
+        federation_retry_seconds=0, clock=rt.clock, ca_bundle=s.ca_bundle, inner=inner)
+    rt.__dict__["banenor_service"] = banenor_service_client(s, rt.banenor_credential, **storage())
+    rt.__dict__["export_service"] = BlobServiceClient.from_connection_string(
+        s.export_storage_connection_string, connection_verify=s.ca_bundle, **storage())
+    return rt
+
+
+def dest_blobs(env) -> dict[str, object]:
+    """Every committed blob under the test's destination folder, by path below it."""
+    prefix = env.dest_prefix
+    return {b.name[len(prefix):]: b for b in env.backend.list_blobs(name_starts_with=prefix, include=["metadata"])}
+
+
+def assert_nothing_partial(env) -> int:
+    """Every file visible at Bane NOR is some export's complete bytes (checked by MD5 against the source)."""
+    seen = 0
+    for path, blob in dest_blobs(env).items():
+        source_name = blob.metadata["relay_source_name"]
+        data = env.backend.get_blob_client(env.dest_prefix + path).download_blob().readall()
+        source = env.rt.exports.get_blob_client(source_name).download_blob().readall()
+        assert hashlib.md5(data).digest() == hashlib.md5(source).digest(), f"partial or mixed file at {path}"
+        seen += 1
+    return seen
+
+
+def assert_one_verified_delivery_each(env, rt) -> None:
+    """Every export version has one receipt and one destination file with its bytes; the ledger agrees."""
+    sources = {b.name: b for b in env.rt.exports.list_blobs()}
+    landed = dest_blobs(env)
+    assert len(landed) == len(sources), sorted(set(landed) ^ set(sources))
+    for name, blob in sources.items():
+        receipt = rt.ledger.receipt(name, blob.etag)
+        assert receipt is not None, f"no receipt for {name}"
+        dest = env.backend.get_blob_client(receipt.destination_path)
+        props = dest.get_blob_properties()
+        data = dest.download_blob().readall()
+        source = env.rt.exports.get_blob_client(name).download_blob().readall()
+        assert data == source, f"{name}: delivered bytes differ"
+        assert props.metadata["relay_source_etag"] == blob.etag.strip('"')
+        assert receipt.md5 == base64.b64encode(hashlib.md5(source).digest()).decode()
+    assert rt.ledger.counts() == {"delivered": len(sources), "failed": 0, "poisoned": 0, "rejected": 0}
+
+
+def recover(env, rt) -> object:
+    """Faults are off: make every failure due (the relay's clock moves, tokens stay cached), one sync."""
+    rt.relay.preflight()  # a token from now, so the moved clock never signs a grant from the future
+    env.clock.offset += RETRY_WAIT
+    summary = rt.relay.sync()
+    assert summary.error is None and summary.failed == 0 and summary.in_progress == 0, summary
+    assert_one_verified_delivery_each(env, rt)
+    return summary
+
+
+# -- the proxies themselves ------------------------------------------------------------------------------
+
+def test_every_dependency_is_reached_through_its_proxy(relay_env, faults):
+    relay_env.put("plain.csv", b"a;b\n")
+    before = {k: sum(p.requests.values()) for k, p in faults.items()}
+    rt = fast_runtime(relay_env, faults)
+    assert rt.relay.deliver("plain.csv").status == "delivered"
+    for setting, proxy in faults.items():
+        assert sum(proxy.requests.values()) > before[setting], f"{setting} was not proxied"
+    assert_one_verified_delivery_each(relay_env, rt)
+
+
+# -- transient faults the clients retry within one delivery -------------------------------------------------
+
+TRANSIENT = [
+    ("KEY_VAULT_URL", Fault("status", match("GET", "/secrets/"), status=503, retry_after="0")),
+    ("KEY_VAULT_URL", Fault("reset", match("GET", "/secrets/"))),
+    ("MASKINPORTEN_TOKEN_ENDPOINT", Fault("status", match("POST"), status=503)),
+    ("MASKINPORTEN_TOKEN_ENDPOINT", Fault("reset_response", match("POST"))),
+    ("BANENOR_AUTHORITY_HOST", Fault("status", match("POST", "/oauth2/v2.0/token"), status=503, retry_after="0")),
+    ("BANENOR_AUTHORITY_HOST", Fault("reset", match("POST", "/oauth2/v2.0/token"))),
+    ("EXPORT_STORAGE", Fault("reset_response", match("GET", "/exports-"))),
+    ("EXPORT_STORAGE", Fault("status", match("GET", "/exports-"), status=500)),
+    ("EXPORT_STORAGE", Fault("drop_answer", match("PUT", "/ledger-.*/receipts/"))),
+    ("BANENOR_STORAGE_URL", Fault("status", match("PUT"), status=503)),
+    ("BANENOR_STORAGE_URL", Fault("reset", match("PUT"))),
+    ("BANENOR_STORAGE_URL", Fault("cut_request", match("PUT"))),
+    ("BANENOR_STORAGE_URL", Fault("drop_answer", match("PUT"))),  # committed, the answer lost
+]
+
+
+@pytest.mark.parametrize(("setting", "fault"), TRANSIENT,
+                         ids=[f"{s}-{f.action}-{f.status if f.action == 'status' else ''}" for s, f in TRANSIENT])
+def test_one_transient_fault_is_retried_within_the_delivery(relay_env, faults, setting, fault):
+    relay_env.put("once.csv", os.urandom(2048))
+    rt = fast_runtime(relay_env, faults)
+    faults[setting].add(fault)
+    outcome = rt.relay.deliver("once.csv")
+    assert fault.fired == 1
+    assert outcome.status == "delivered", outcome.reason
+    assert_one_verified_delivery_each(relay_env, rt)
+
+
+def test_skyporten_429_waits_as_long_as_retry_after_says(relay_env, faults):
+    relay_env.put("throttled.csv")
+    rt = fast_runtime(relay_env, faults)
+    faults["MASKINPORTEN_TOKEN_ENDPOINT"].add(Fault("status", match("POST"), status=429, retry_after="7"))
+    assert rt.relay.deliver("throttled.csv").status == "delivered"
+    assert rt.sleeps.delays == [7.0]
+
+
+def test_gateway_429_is_not_retried_by_the_sdk_but_recorded_and_delivered_by_the_next_sync(relay_env, faults):
+    relay_env.put("busy.csv")
+    rt = fast_runtime(relay_env, faults)
+    fault = faults["BANENOR_STORAGE_URL"].add(Fault("status", match("PUT"), status=429, retry_after="1"))
+    outcome = rt.relay.deliver("busy.csv")
+    assert outcome.status == "failed" and "429" in outcome.reason
+    assert fault.fired == 1  # the storage SDK does not retry 429 (nor honour Retry-After)
+    assert rt.ledger.counts()["failed"] == 1
+    assert dest_blobs(relay_env) == {}
+    assert recover(relay_env, rt).delivered == 1
+
+
+# -- lasting faults: the delivery fails as designed, then one sync recovers -----------------------------------
+
+CHAIN = [
+    ("KEY_VAULT_URL", match("GET", "/secrets/"), "Key Vault"),
+    ("MASKINPORTEN_TOKEN_ENDPOINT", match("POST"), "Skyporten"),
+    ("BANENOR_AUTHORITY_HOST", match("POST"), "Entra"),
+]
+
+
+@pytest.mark.parametrize("action", ["status", "reset"])
+@pytest.mark.parametrize(("setting", "when", "what"), CHAIN, ids=[c[0] for c in CHAIN])
+def test_a_trust_chain_outage_stops_sync_early_and_charges_no_file(relay_env, faults, setting, when, what,
+                                                                   action):
+    for i in range(4):
+        relay_env.put(f"chain/{i}.csv", f"{i}\n".encode())
+    rt = fast_runtime(relay_env, faults)
+    faults[setting].add(Fault(action, when, status=503, retry_after="0", times=None))
+    summary = rt.relay.sync()
+    assert summary.error, summary
+    assert summary.delivered == summary.failed == 0
+    assert rt.ledger.counts() == {"delivered": 0, "failed": 0, "poisoned": 0, "rejected": 0}
+    assert dest_blobs(relay_env) == {}
+    faults[setting].clear()
+    assert recover(relay_env, rt).delivered == 4
+
+
+@pytest.mark.parametrize("action", ["status", "reset", "reset_response"])
+def test_a_partner_storage_outage_on_the_exports_fails_the_delivery_and_one_sync_recovers(relay_env, faults,
+                                                                                          action):
+    relay_env.put("src/a.csv", os.urandom(4096))
+    relay_env.put("src/b.csv", os.urandom(4096))
+    rt = fast_runtime(relay_env, faults)
+    rt.ledger.ensure()  # the ledger container exists before the outage
+    faults["EXPORT_STORAGE"].add(Fault(action, match("GET", "/exports-.*/src/a"), status=500, times=None))
+    summary = rt.relay.sync()
+    assert summary.delivered == 1 and summary.failed == 1, summary
+    assert set(dest_blobs(relay_env)) == {"src/b.csv"}
+    faults["EXPORT_STORAGE"].clear()
+    assert recover(relay_env, rt).delivered == 1
+
+
+@pytest.mark.parametrize("action", ["status", "reset", "cut_request"])
+def test_a_gateway_outage_fails_the_delivery_without_a_partial_file_and_one_sync_recovers(relay_env, faults,
+                                                                                           action):
+    for i in range(3):
+        relay_env.put(f"gw/{i}.csv", os.urandom(3000))
+    rt = fast_runtime(relay_env, faults)
+    faults["BANENOR_STORAGE_URL"].add(Fault(action, match("PUT"), status=503, times=None))
+    summary = rt.relay.sync()
+    assert summary.failed == 3 and summary.error is None, summary
+    assert rt.ledger.counts()["failed"] == 3
+    assert dest_blobs(relay_env) == {}
+    faults["BANENOR_STORAGE_URL"].clear()
+    assert recover(relay_env, rt).delivered == 3
+
+
+def test_a_block_upload_cut_half_way_commits_nothing_and_the_retry_commits_only_its_own_blocks(relay_env,
+                                                                                              faults):
+    data = os.urandom(2**20 + 1000)  # five 256 KiB blocks
+    relay_env.put("big/blocks.csv", data)
+    rt = fast_runtime(relay_env, faults, COPY_MODE="stream", BLOCK_SIZE="256KiB", SINGLE_PUT_LIMIT="0",
+                      PARALLELISM="1")
+    gateway = faults["BANENOR_STORAGE_URL"]
+    cut = gateway.add(Fault("cut_request", match("PUT", comp="block"), skip=2, times=None))
+    outcome = rt.relay.deliver("big/blocks.csv")
+    assert outcome.status == "failed", outcome
+    assert cut.fired >= 1
+    assert gateway.injected["cut_request"] >= 1
+    assert not relay_env.landed("big/blocks.csv").exists()  # two blocks staged, none committed
+    assert dest_blobs(relay_env) == {}
+    gateway.clear()
+    assert recover(relay_env, rt).delivered == 1
+    assert relay_env.landed("big/blocks.csv").download_blob().readall() == data
+
+
+def test_a_lost_answer_to_the_block_list_commit_counts_the_commit_as_the_delivery(relay_env, faults):
+    data = os.urandom(600 * 1024)
+    relay_env.put("big/lost.csv", data)
+    rt = fast_runtime(relay_env, faults, COPY_MODE="stream", BLOCK_SIZE="256KiB", SINGLE_PUT_LIMIT="0")
+    lost = faults["BANENOR_STORAGE_URL"].add(Fault("drop_answer", match("PUT", comp="blocklist")))
+    outcome = rt.relay.deliver("big/lost.csv")
+    assert lost.fired == 1
+    assert outcome.status == "delivered", outcome.reason
+    assert_one_verified_delivery_each(relay_env, rt)
+
+
+# -- stalls: each client's timeout catches them -------------------------------------------------------------
+
+STALLS = [
+    ("KEY_VAULT_URL", match("GET", "/secrets/")),
+    ("MASKINPORTEN_TOKEN_ENDPOINT", match("POST")),
+    ("BANENOR_AUTHORITY_HOST", match("POST")),
+    ("EXPORT_STORAGE", match("GET", "/exports-")),
+    ("BANENOR_STORAGE_URL", match("PUT")),
+]
+
+
+@pytest.mark.parametrize(("setting", "when"), STALLS, ids=[s[0] for s in STALLS])
+def test_a_stall_past_the_read_timeout_is_retried_and_delivered(relay_env, faults, setting, when):
+    relay_env.put("slow.csv")
+    rt = fast_runtime(relay_env, faults, timeout=0.5)
+    stall = faults[setting].add(Fault("stall", when, stall=3.0))
+    started = time.monotonic()
+    outcome = rt.relay.deliver("slow.csv")
+    elapsed = time.monotonic() - started
+    assert stall.fired == 1
+    assert outcome.status == "delivered", outcome.reason
+    assert elapsed < 3.0  # the client gave up on the stalled request, it did not wait for the proxy
+    assert_one_verified_delivery_each(relay_env, rt)
+
+
+# -- randomized --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", [20240613])
+def test_random_faults_everywhere_then_one_sync_delivers_every_version_exactly_once(relay_env, faults, seed):
+    rng = random.Random(seed)
+    files = {f"rnd/{i:03}-{rng.choice(['a', 'b', 'c'])}.csv": rng.randbytes(rng.randint(0, 3000)) for i in range(200)}
+    names = list(files)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda n: relay_env.put(n, files[n]), names))
+    rt = fast_runtime(relay_env, faults, timeout=2.0, SYNC_CONCURRENCY="4")
+    rt.ledger.ensure()  # created before the faults start
+    storage_actions = ("status", "reset", "reset_response", "cut_request", "drop_answer")
+    token_actions = ("status", "reset", "reset_response")
+    for setting, proxy in faults.items():
+        storage = setting in ("EXPORT_STORAGE", "BANENOR_STORAGE_URL")
+        # The token services see a few requests per walk of the chain: a higher rate so faults land there too.
+        proxy.chaos(Chaos(random.Random(rng.random()), 0.08 if storage else 0.3,
+                          storage_actions if storage else token_actions))
+    outcomes: dict[str, int] = {}
+    chain_errors = 0
+
+    def deliver(name: str) -> str:
+        try:
+            return rt.relay.deliver(name).status
+        except RelayError as exc:
+            return "chain" if getattr(exc, "trust_chain", False) or type(exc).__name__ in (
+                "SigningKeyError", "MaskinportenError", "EntraError") else f"raised {type(exc).__name__}"
+        except Exception as exc:  # a ledger request that failed after the SDK's retries
+            return f"raised {type(exc).__name__}"
+
+    for start in range(0, len(names), 25):
+        if rng.random() < 0.5:  # walk the whole chain again, under faults: key, grant, exchange
+            rt.signing_keys.invalidate()
+            rt.maskinporten.invalidate()
+            rt.banenor_credential.invalidate()
+        with ThreadPoolExecutor(4) as pool:
+            for status in pool.map(deliver, names[start:start + 25]):
+                outcomes[status] = outcomes.get(status, 0) + 1
+    chain_errors = outcomes.get("chain", 0)
+    injected = {k: dict(p.injected) for k, p in faults.items()}
+    for proxy in faults.values():
+        proxy.clear()
+    assert sum(sum(v.values()) for v in injected.values()) > 0
+    visible = assert_nothing_partial(relay_env)
+    print(f"random run seed={seed}: outcomes={outcomes} chain_errors={chain_errors} visible={visible} "
+          f"injected={injected}")
+    recover(relay_env, rt)
