@@ -213,3 +213,30 @@ def test_cli_output_never_contains_secrets(cli, stack):
     assert stack.settings["IDENTITY_HEADER"] not in text
     account_key = stack.settings["EXPORT_STORAGE"].split("AccountKey=")[1].split(";")[0]
     assert account_key not in text
+
+
+def test_doctor_clock_link(cli, stack):
+    # A token endpoint whose Date header is a minute behind this machine: Skyporten allows 10 s of skew.
+    import email.utils
+    import time
+
+    from sim.httpbase import Handler, SimServer
+    from sim.pki import TlsFiles
+
+    class SlowClock(Handler):
+        def date_time_string(self, timestamp=None):
+            return email.utils.formatdate(time.time() - 60, usegmt=True)
+
+        def do_GET(self):
+            self.send_json(200, {"issuer": "x"})
+
+    tls_dir = stack.workdir / "tls"
+    tls = TlsFiles(tls_dir / "ca.pem", tls_dir / "server.pem", tls_dir / "server-key.pem")
+    server = SimServer(SlowClock, tls.server_context()).start()
+    try:
+        out = doctor_failure(cli, "clock", MASKINPORTEN_ISSUER=server.base_url,
+                             MASKINPORTEN_TOKEN_ENDPOINT=server.base_url + "/token")
+    finally:
+        server.stop()
+    assert "+60 s off" in out or "+59 s off" in out or "+61 s off" in out
+    assert "NTP" in out
