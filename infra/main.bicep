@@ -245,6 +245,7 @@ module storage 'modules/storage.bicep' = {
     tags: tags
     skuName: storageSkuName
     softDeleteDays: blobSoftDeleteDays
+    ledgerContainerName: ledgerContainerName
     containerNames: [
       exportContainerName
       ledgerContainerName

@@ -186,18 +186,19 @@ class Ledger:
     def _blob(self, prefix: str, key: str) -> BlobClient:
         return self.container.get_blob_client(f"{prefix}{key}.json")
 
-    def _create(self, blob: BlobClient, body: str, metadata: dict[str, str]) -> bool:
-        """Create-only write (If-None-Match: *); False when the blob already exists."""
+    def _create(self, blob: BlobClient, body: str, metadata: dict[str, str]) -> str | None:
+        """Create-only write (If-None-Match: *); the new blob's etag, or None when it already exists."""
         try:
-            blob.upload_blob(body.encode(), overwrite=False, metadata=metadata, content_settings=_JSON)
+            response = blob.upload_blob(body.encode(), overwrite=False, metadata=metadata, content_settings=_JSON)
         except ResourceExistsError:
-            return False
-        return True
+            return None
+        return str(response.get("etag") or "*")
 
-    def _replace(self, blob: BlobClient, body: str, metadata: dict[str, str], etag: str) -> bool:
-        """Overwrite only if unchanged since `etag` was read (If-Match); False if someone got there first."""
+    def _replace(self, blob: BlobClient, body: str, metadata: dict[str, str], etag: str) -> str | None:
+        """Overwrite only if unchanged since `etag` was read (If-Match); the new etag, or None if someone got
+        there first."""
         try:
-            blob.upload_blob(
+            response = blob.upload_blob(
                 body.encode(),
                 overwrite=True,
                 metadata=metadata,
@@ -206,8 +207,8 @@ class Ledger:
                 match_condition=MatchConditions.IfNotModified,
             )
         except (ResourceModifiedError, ResourceNotFoundError):
-            return False
-        return True
+            return None
+        return str(response.get("etag") or "*")
 
     def _read(self, blob: BlobClient) -> bytes | None:
         try:
@@ -360,10 +361,15 @@ class Ledger:
 
     # -- claims ----------------------------------------------------------------------------
     def try_claim(self, name: str, etag: str, owner: str, ttl: float) -> bool:
-        """Claim a version for delivery for `ttl` seconds; True for exactly one of concurrent claimants.
+        """Claim a version for delivery for `ttl` seconds; True for exactly one of concurrent claimants."""
+        return self.claim(name, etag, owner, ttl) is not None
 
-        Create-only; a claim past its expiry (or one `owner` already holds, which is renewed) is taken
-        over with If-Match, so two claimants racing for an expired claim cannot both win.
+    def claim(self, name: str, etag: str, owner: str, ttl: float) -> str | None:
+        """Like `try_claim`, returning the claim record's etag (for `release_claim`), or None.
+
+        Create-only first (one request when nobody holds it); a claim past its expiry (or one `owner` already
+        holds, which is renewed) is taken over with If-Match, so two claimants racing for an expired claim
+        cannot both win.
         """
         blob = self._blob(CLAIMS, self.key(name, etag))
         for _ in range(_CONFLICT_RETRIES):
@@ -371,23 +377,34 @@ class Ledger:
             claim = {"source": name, "etag": etag, "owner": owner, "claimed_at": now, "expires_at": now + ttl}
             md = {"owner": _b64(owner), "expiresat": repr(now + ttl)}
             body = json.dumps(claim, ensure_ascii=False)
+            created = self._create(blob, body, md)
+            if created is not None:
+                return created
             found = self._properties(blob)
             if found is None:
-                if self._create(blob, body, md):
-                    return True
-                continue  # someone created it meanwhile: look at theirs
+                continue  # released meanwhile: try to create again
             held, blob_etag = found
             if _unb64(held["owner"]) != owner and float(held["expiresat"]) > now:
-                return False
+                return None
             # Ours to renew, or expired: take it over only if nobody changed it since we looked; if someone
             # did, look again (they may hold it now, or have released it).
-            if self._replace(blob, body, md, blob_etag):
-                return True
-        return False
+            replaced = self._replace(blob, body, md, blob_etag)
+            if replaced is not None:
+                return replaced
+        return None
 
-    def release_claim(self, name: str, etag: str, owner: str) -> None:
-        """Delete the claim if `owner` still holds it; another owner's claim is left alone."""
+    def release_claim(self, name: str, etag: str, owner: str, claim_etag: str | None = None) -> None:
+        """Delete the claim if `owner` still holds it; another owner's claim is left alone.
+
+        With the `claim_etag` that `claim` returned, one conditional delete (If-Match) does it.
+        """
         blob = self._blob(CLAIMS, self.key(name, etag))
+        if claim_etag and claim_etag != "*":
+            try:
+                blob.delete_blob(etag=claim_etag, match_condition=MatchConditions.IfNotModified)
+            except (ResourceModifiedError, ResourceNotFoundError):
+                pass
+            return
         found = self._properties(blob)
         if found is None or _unb64(found[0]["owner"]) != owner:
             return

@@ -164,14 +164,33 @@ class Relay:
         self._log(outcome)
         return outcome
 
-    def _deliver_version(self, source: Any, version: SourceVersion) -> Outcome:
+    def deliver_listed(self, props: Any, failure: Any = None) -> Outcome:
+        """Deliver a version found by `sync`'s listing, which already told us it has no receipt or rejection
+        and what its failure record is: only the receipt is looked at again, once the version is claimed."""
+        started = self.clock()
+        settings = props.content_settings
+        version = SourceVersion(
+            name=props.name, etag=props.etag, size=props.size, content_type=settings.content_type,
+            content_disposition=settings.content_disposition,
+            content_md5=bytes(settings.content_md5) if settings.content_md5 else None,
+            last_modified=props.last_modified,
+        )
+        outcome = self._deliver_version(self.exports.get_blob_client(props.name), version, listed=True,
+                                        failure=failure)
+        outcome.seconds = round(self.clock() - started, 3)
+        self._log(outcome)
+        return outcome
+
+    def _deliver_version(self, source: Any, version: SourceVersion, listed: bool = False,
+                         failure: Any = None) -> Outcome:
         name, etag = version.name, version.etag
-        if self.ledger.receipt(name, etag) is not None:
-            return Outcome("already_delivered", name, etag, size=version.size)
-        rejection = self.ledger.rejection(name, etag)
-        if rejection is not None:
-            return Outcome("rejected", name, etag, reason=rejection.reason)
-        failure = self.ledger.failure(name, etag)
+        if not listed:
+            if self.ledger.receipt(name, etag) is not None:
+                return Outcome("already_delivered", name, etag, size=version.size)
+            rejection = self.ledger.rejection(name, etag)
+            if rejection is not None:
+                return Outcome("rejected", name, etag, reason=rejection.reason)
+            failure = self.ledger.failure(name, etag)
         if failure is not None and failure.poisoned:
             return Outcome("poisoned", name, etag, reason=failure.last_error)
         if failure is not None and failure.next_retry_at > self.clock():
@@ -192,26 +211,37 @@ class Relay:
             self.ledger.record_rejection(name, etag, reason)
             return Outcome("rejected", name, etag, destination=dest_path, reason=reason)
 
-        owner = f"{self.owner}/{uuid.uuid4().hex[:12]}"  # one owner per attempt, also within a process
-        if not self.ledger.try_claim(name, etag, owner, CLAIM_TTL):
+        claimant = f"{self.owner}/{uuid.uuid4().hex[:12]}"  # one owner per attempt, also within a process
+        claim = self.ledger.claim(name, etag, claimant, CLAIM_TTL)
+        if claim is None:
             return Outcome("in_progress", name, etag, destination=dest_path,
                            reason="another instance is delivering this version")
+        outcome = None
         try:
-            if self.ledger.receipt(name, etag) is not None:  # delivered while we were claiming
-                return Outcome("already_delivered", name, etag, size=version.size)
-            return self._copy_and_record(source, version, dest_path, failure.attempts if failure else 0)
+            if self.ledger.receipt(name, etag) is not None:  # delivered (by a trigger) since we looked
+                outcome = Outcome("already_delivered", name, etag, size=version.size)
+            else:
+                outcome = self._copy_and_record(source, version, dest_path, failure)
+            return outcome
         finally:
-            self.ledger.release_claim(name, etag, owner)
+            # Once the receipt exists nobody claims this version again (the receipt is checked first), so a
+            # delivered version keeps its claim record and saves a request; the ledger's lifecycle rule removes
+            # old claims. Anything else releases the claim for the next attempt.
+            if outcome is None or outcome.status not in ("delivered", "already_delivered"):
+                self.ledger.release_claim(name, etag, claimant, claim)
 
-    def _copy_and_record(self, source: Any, version: SourceVersion, dest_path: str, attempts: int) -> Outcome:
+    def _copy_and_record(self, source: Any, version: SourceVersion, dest_path: str, failure: Any) -> Outcome:
         name, etag = version.name, version.etag
         dest = self.destination.get_blob_client(dest_path)
         first_attempt_at = self.clock()
+        attempts = failure.attempts if failure is not None else 0
+        single_put = False
         try:
             try:
                 result = self.copier.copy(source, version, dest, metadata=self._metadata(version),
                                           overwrite=False)
                 size, md5, dest_etag, mode = result.size, result.md5, result.destination_etag, result.mode
+                single_put = result.mode == "stream" and result.blocks <= 1
             except DestinationExistsError:
                 existing = self._existing_delivery(dest, version)
                 if existing is None:
@@ -222,7 +252,10 @@ class Relay:
                 else:
                     # The same version is already there (a crash after commit, before the receipt).
                     size, md5, dest_etag, mode = existing
-            self._verify(dest, version, size, md5)
+            if not single_put or self.settings.after_delivery != "keep":
+                # A single Put Blob was checked by the service itself (transactional Content-MD5 of the whole
+                # body); block commits, and anything before the source is removed, are read back here.
+                self._verify(dest, version, size, md5)
         except (CopyFailed, RelayError, Exception) as exc:
             if _is_trust_chain(exc):
                 raise
@@ -235,8 +268,11 @@ class Relay:
             attempts=attempts + 1, first_attempt_at=first_attempt_at, delivered_at=self.clock(), mode=mode,
             original_name=name,
         )
-        self.ledger.record_receipt(receipt)
-        self.ledger.clear_failure(name, etag)
+        stored = self.ledger.record_receipt(receipt)
+        if failure is not None:
+            self.ledger.clear_failure(name, etag)
+        if stored != receipt:  # another worker wrote the receipt first: its delivery, not ours
+            return Outcome("already_delivered", name, etag, destination=dest_path, size=size)
         self._after_delivery(version)
         return Outcome("delivered", name, etag, destination=dest_path, size=size, mode=mode,
                        md5=receipt.md5 or None)
@@ -299,8 +335,14 @@ class Relay:
     def _record_failure(self, version: SourceVersion, exc: BaseException, dest_path: str) -> Outcome:
         reason = str(exc) if isinstance(exc, RelayError) else f"{type(exc).__name__}: {exc}"
         if isinstance(exc, SourceChangedError):
-            # The export was rewritten while copying: the new version gets its own delivery; no attempt charged.
-            return Outcome("failed", version.name, version.etag, destination=dest_path, reason=reason)
+            # The export was rewritten or deleted while copying: no attempt is charged; a new version gets its
+            # own delivery, a deleted one is simply gone.
+            try:
+                gone = not self.exports.get_blob_client(version.name).exists()
+            except Exception:
+                gone = False
+            status = "missing" if gone else "failed"
+            return Outcome(status, version.name, version.etag, destination=dest_path, reason=reason)
         failure = self.ledger.record_failure(version.name, version.etag, reason, self.settings.max_attempts)
         status = "poisoned" if failure.poisoned else "failed"
         return Outcome(status, version.name, version.etag, destination=dest_path, reason=failure.last_error)
@@ -375,11 +417,12 @@ class Relay:
             if progress:
                 progress(outcome)
 
-        def run(name: str) -> None:
+        def run(blob: Any, failure: Any) -> None:
+            name = blob.name
             if error:
                 return
             try:
-                record(self.deliver(name))
+                record(self.deliver_listed(blob, failure))
             except RelayError as exc:
                 if _is_trust_chain(exc):
                     error.append(exc)
@@ -413,7 +456,7 @@ class Relay:
                 if dry_run:
                     record(Outcome("pending", blob.name, blob.etag, size=blob.size, reason="would deliver"))
                     continue
-                in_flight.add(pool.submit(run, blob.name))
+                in_flight.add(pool.submit(run, blob, failure))
                 if len(in_flight) >= 2 * limit:  # bounded: a 100,000-blob container never piles up futures
                     _, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
             wait(in_flight)

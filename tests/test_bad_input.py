@@ -387,14 +387,14 @@ def test_source_deleted_between_listing_and_copy_is_missing_and_the_rest_goes(re
     relay_env.put("vanishing.csv")
     relay_env.put("staying.csv")
     rt = relay_env.rt
-    original = rt.copier.read_source
+    original = rt.copier.copy
 
-    def delete_then_read(source):
+    def delete_then_copy(source, version, dest, **kwargs):
         if source.blob_name == "vanishing.csv":
             source.delete_blob()  # the partner removes it after the listing
-        return original(source)
+        return original(source, version, dest, **kwargs)
 
-    monkeypatch.setattr(rt.copier, "read_source", delete_then_read)
+    monkeypatch.setattr(rt.copier, "copy", delete_then_copy)
     summary = rt.relay.sync()
     assert (summary.missing, summary.delivered, summary.failed, summary.error) == (1, 1, 0, None)
     assert rt.ledger.counts() == {"delivered": 1, "failed": 0, "poisoned": 0, "rejected": 0}
@@ -414,8 +414,8 @@ def test_source_deleted_after_reading_its_properties_commits_nothing_and_charges
 
     monkeypatch.setattr(rt.copier, "read_source", read_then_delete)
     outcome = rt.relay.deliver("gone-mid-copy.csv")
-    # Azurite answers the etag-pinned read of a deleted blob with 412, so the reason says "rewritten".
-    assert outcome.status == "failed" and "during the copy" in outcome.reason
+    # The etag-pinned read fails (Azurite answers 412); the relay then sees the export is gone.
+    assert outcome.status == "missing" and "during the copy" in outcome.reason
     assert "nothing was committed" in outcome.reason
     assert not relay_env.landed("gone-mid-copy.csv").exists()
     assert rt.ledger.counts()["failed"] == 0  # no attempt charged: the next listing simply does not see it

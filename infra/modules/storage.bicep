@@ -23,6 +23,13 @@ param softDeleteDays int
 @description('Containers to create (private).')
 param containerNames array
 
+@description('The relay ledger container: its delivery claims (claims/) are removed by a lifecycle rule.')
+param ledgerContainerName string
+
+@minValue(1)
+@description('Days after which old delivery claims in the ledger are deleted (a claim matters for minutes).')
+param claimRetentionDays int = 2
+
 resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   // checkov:skip=CKV_AZURE_35: Flex Consumption without VNet integration and Bane NOR's storage (server-side copy through a user delegation SAS) reach the account over its public endpoint; shared key is off, so every request needs an Entra token or a SAS signed with one
   // checkov:skip=CKV_AZURE_59: Same reason as CKV_AZURE_35: public network access with Entra-only authorization; anonymous blob access is off (allowBlobPublicAccess false)
@@ -74,6 +81,41 @@ resource containers 'Microsoft.Storage/storageAccounts/blobServices/containers@2
     publicAccess: 'None'
   }
 }]
+
+// A delivered version keeps its claim record (the receipt is what counts; see docs/ledger.md): this rule
+// deletes claims that are older than claimRetentionDays. Receipts, failures and rejections are kept.
+resource lifecycle 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05-01' = {
+  parent: account
+  name: 'default'
+  properties: {
+    policy: {
+      rules: [
+        {
+          name: 'ledger-claims'
+          enabled: true
+          type: 'Lifecycle'
+          definition: {
+            filters: {
+              blobTypes: [
+                'blockBlob'
+              ]
+              prefixMatch: [
+                '${ledgerContainerName}/claims/'
+              ]
+            }
+            actions: {
+              baseBlob: {
+                delete: {
+                  daysAfterModificationGreaterThan: claimRetentionDays
+                }
+              }
+            }
+          }
+        }
+      ]
+    }
+  }
+}
 
 output name string = account.name
 output id string = account.id

@@ -1,0 +1,580 @@
+"""`make bench`: the relay's benchmarks, in one run on the local stack, each figure against a baseline of the
+same run; writes bench/RESULTS.md (the last run in full, and one history row per run).
+
+    .venv/bin/python -m bench.run            # full: 1 GiB, 2,000 x 4 KiB (about 6-10 minutes on 2 cores)
+    .venv/bin/python -m bench.run --quick    # 64 MiB, 200 files; prints, writes RESULTS.md only with --write
+
+This process hosts the stack (Azurite and the simulators, the gateway included); every contender runs in its
+own process (`bench/contenders.py`), one after another, so its peak RSS is its own and nothing else competes
+for the two cores while it runs. What each figure means: bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import functools
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "RESULTS.md"
+WORK = REPO / "bench" / ".work"  # git-ignored
+MiB = 1024 * 1024
+HISTORY_ROWS = 30
+CONTENDER_TIMEOUT = 600  # seconds; a stuck contender fails the run instead of hanging it
+
+TARGETS = {
+    "stream_vs_best": 0.9,  # relay stream throughput / best plain SDK copy through the gateway
+    "rss_mib": 150.0,  # peak RSS of the relay process copying the large file
+    "sync_vs_loop": 1.0,  # sync throughput / sequential plain SDK loop
+    "tokens": 1,  # Skyporten and Entra requests per batch of deliveries
+    "cold_ms": 50.0,  # function_app import time over bare azure.functions
+    "server_bytes": 0,  # file bytes through the function in COPY_MODE=server
+}
+
+
+# --- helpers ----------------------------------------------------------------------------------------------
+
+_SECRETS = re.compile(r"(?i)(AccountKey=|sig=|Bearer\s+|IDENTITY_HEADER['\"]?\s*[:=]\s*['\"]?)[^;&\s'\"]+")
+
+
+def scrub(text: str) -> str:
+    """Contender errors are shown, never a key, signature, token or the MSI secret."""
+    return _SECRETS.sub(r"\1[secure]", text)
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def contender(which: str, settings: dict[str, str], /, **params: Any) -> dict[str, Any]:
+    """Run one contender in a fresh process; its settings go through stdin, its numbers come back on stdout."""
+    job = json.dumps({"settings": settings, "params": params})
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.contenders", which], input=job, capture_output=True, text=True,
+        cwd=REPO, timeout=CONTENDER_TIMEOUT, check=False,
+    )
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-6:])
+        raise RuntimeError(f"contender {which} failed (exit {done.returncode}):\n{scrub(tail)}")
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    row["wall"] = time.monotonic() - started
+    return row
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+# --- machine ----------------------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    from importlib.metadata import version
+
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+                 platform.processor() or "unknown")
+    meminfo = Path("/proc/meminfo").read_text()
+    total_kib = int(re.search(r"MemTotal:\s+(\d+)", meminfo).group(1))  # type: ignore[union-attr]
+    azurite = json.loads((REPO / "node_modules" / "azurite" / "package.json").read_text())["version"]
+    node = subprocess.run(["node", "--version"], capture_output=True, text=True, check=False).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                            check=False).stdout.strip()
+    return {
+        "cores": os.cpu_count(), "cpu": model, "memory_gib": round(total_kib / 1024 / 1024, 1),
+        "python": platform.python_version(), "azurite": azurite, "node": node or "?",
+        "azure_storage_blob": version("azure-storage-blob"), "azure_functions": version("azure-functions"),
+        "kernel": platform.release(), "commit": commit or "?", "load_start": os.getloadavg()[0],
+    }
+
+
+# --- cold start -------------------------------------------------------------------------------------------
+
+_IMPORT = "import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
+
+
+def _fresh_env() -> dict[str, str]:
+    # The function host's indexing environment: no app settings are needed to import function_app.
+    return {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "BLOB_TRIGGER"))}
+
+
+def import_seconds(module: str) -> float:
+    done = subprocess.run([sys.executable, "-c", _IMPORT.format(module=module)], cwd=REPO, env=_fresh_env(),
+                          capture_output=True, text=True, check=True, timeout=60)
+    return float(done.stdout.strip())
+
+
+def import_tree(module: str) -> list[tuple[int, str, int]]:
+    """(depth, module, cumulative µs) rows of `-X importtime`, in its order (children before parents)."""
+    done = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {module}"], cwd=REPO,
+                          env=_fresh_env(), capture_output=True, text=True, check=True, timeout=60)
+    rows = []
+    for line in done.stderr.splitlines():
+        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", line)
+        if m:
+            rows.append((len(m.group(3)) // 2, m.group(4), int(m.group(2))))
+    return rows
+
+
+def children(rows: list[tuple[int, str, int]], parent: str) -> dict[str, int]:
+    """Direct children of `parent` in an importtime listing, with their cumulative µs."""
+    found: dict[str, int] = {}
+    for index, (depth, name, _) in enumerate(rows):
+        if name != parent:
+            continue
+        for child_depth, child, cumulative in reversed(rows[:index]):
+            if child_depth <= depth:
+                break
+            if child_depth == depth + 1:
+                found[child] = cumulative
+        break
+    return found
+
+
+def cold_start(runs: int) -> dict[str, Any]:
+    modules = ("azure.functions", "function_app")
+    for module in modules:  # warm the .pyc caches and the page cache; not counted
+        import_seconds(module)
+    times: dict[str, list[float]] = {m: [] for m in modules}
+    for _ in range(runs):  # interleaved, so a noisy moment hits both
+        for module in modules:
+            times[module].append(import_seconds(module))
+    trees = [import_tree("function_app") for _ in range(3)]
+    base_trees = [import_tree("azure.functions") for _ in range(3)]
+
+    def med(tree_list: list[list[tuple[int, str, int]]], parent: str) -> dict[str, float]:
+        seen: dict[str, list[int]] = {}
+        for tree in tree_list:
+            for name, us in children(tree, parent).items():
+                seen.setdefault(name, []).append(us)
+        return {name: median(v) / 1000 for name, v in seen.items()}
+
+    def expand(parent: str, depth: int) -> list[tuple[int, str, float]]:
+        # Children of `parent` worth showing, each followed by its own where the weight is.
+        rows: list[tuple[int, str, float]] = []
+        threshold = 1.0 if depth == 0 else 4.0
+        for name, ms in sorted(med(trees, parent).items(), key=lambda kv: -kv[1]):
+            if ms < threshold:
+                continue
+            rows.append((depth, name, ms))
+            if ms >= 20 and depth < 5:
+                rows += expand(name, depth + 1)
+        return rows
+
+    return {
+        "runs": runs,
+        "azure_functions_ms": median(times["azure.functions"]) * 1000,
+        "function_app_ms": median(times["function_app"]) * 1000,
+        "azure_functions_all_ms": [round(t * 1000, 1) for t in times["azure.functions"]],
+        "function_app_all_ms": [round(t * 1000, 1) for t in times["function_app"]],
+        "tree_ms": expand("function_app", 0),
+        "importtime_azure_functions_ms": median([next((us for d, n, us in t if d == 0 and n == "azure.functions"), 0)
+                                                 for t in base_trees]) / 1000,
+        "importtime_function_app_ms": median([next((us for d, n, us in t if d == 0 and n == "function_app"), 0)
+                                              for t in trees]) / 1000,
+    }
+
+
+# --- the stack --------------------------------------------------------------------------------------------
+
+
+def start_stack(workdir: Path, azurite_memory_mib: int) -> Any:
+    """The local stack, with Azurite's in-memory store sized for the benchmark.
+
+    `Stack` caps Azurite at its default 1024 MiB, less than one 1 GiB source plus its copies, and Azurite
+    frees deleted blobs only in a garbage collection every 10 minutes; so the cap is raised here (through
+    the `Azurite` name `sim.stack` calls) for this process only.
+    """
+    import sim.stack as stack_module
+
+    original = stack_module.Azurite
+    stack_module.Azurite = functools.partial(original, memory_limit_mb=azurite_memory_mib)  # type: ignore[misc]
+    try:
+        stack = stack_module.Stack(workdir)
+        stack.start()
+    finally:
+        stack_module.Azurite = original  # type: ignore[misc]
+    return stack
+
+
+def process_hwm_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+class Probe:
+    """Counters of the simulators (in this process) around one contender."""
+
+    def __init__(self, stack: Any) -> None:
+        self.stack = stack
+
+    def snapshot(self) -> dict[str, Any]:
+        s = self.stack
+        return {"skyporten": s.skyporten.token_requests, "entra": s.entra.token_requests,
+                "msi": s.entra.msi_requests, "gateway_bytes_in": s.gateway.bytes_in,
+                "gateway_requests": Counter(s.gateway.requests)}
+
+    def run(self, which: str, settings: dict[str, str], /, **params: Any) -> dict[str, Any]:
+        before = self.snapshot()
+        row = contender(which, settings, **params)
+        after = self.snapshot()
+        row["skyporten_requests"] = after["skyporten"] - before["skyporten"]
+        row["entra_requests"] = after["entra"] - before["entra"]
+        row["msi_requests"] = after["msi"] - before["msi"]
+        row["gateway_bytes_in"] = after["gateway_bytes_in"] - before["gateway_bytes_in"]
+        row["gateway_requests"] = dict(after["gateway_requests"] - before["gateway_requests"])
+        return row
+
+
+# --- the benchmarks ---------------------------------------------------------------------------------------
+
+
+def large_file(probe: Probe, settings: dict[str, str], size: int, block: int, parallelism: int,
+               repeat: int) -> dict[str, Any]:
+    tag = uuid.uuid4().hex[:8]
+    container, name = f"bench-large-{tag}", "large/export.csv"
+    common = {"container": container, "name": name, "block": block, "parallelism": parallelism}
+    log(f"large file: uploading a {size // MiB} MiB source with Content-MD5")
+    setup = probe.run("setup-large", settings, size=size, **common)
+    results: dict[str, list[dict[str, Any]]] = {}
+
+    def relay(label: str, mode: str, run: int) -> None:
+        log(f"large file: {label} (run {run})")
+        row = probe.run("relay-deliver", settings, mode=mode, ledger=f"bench-ledger-{tag}-{label}-{run}",
+                        folder=f"b{tag}-{label}-{run}", **common)
+        results.setdefault(label, []).append(row)
+
+    def plain(label: str, style: str, target: str, run: int) -> None:
+        log(f"large file: {label} (run {run})")
+        row = probe.run("plain-copy", settings, style=style, target=target, folder=f"b{tag}-{label}-{run}",
+                        dest_name="large-export.csv", **common)
+        results.setdefault(label, []).append(row)
+
+    # A B C C B A per round: drift on the shared machine hits the relay and its baselines alike.
+    for run in range(1, repeat + 1):
+        relay("relay-stream", "stream", run)
+        plain("plain-best-gateway", "best", "gateway", run)
+        plain("plain-best-direct", "best", "direct", run)
+        plain("plain-best-direct", "best", "direct", run + repeat)
+        plain("plain-best-gateway", "best", "gateway", run + repeat)
+        relay("relay-stream", "stream", run + repeat)
+    plain("naive-gateway", "naive", "gateway", 1)
+    relay("relay-server", "server", 1)
+    for rows in results.values():
+        for row in rows:
+            if row["size"] != size:
+                raise RuntimeError(f"a contender copied {row['size']} bytes, not {size}")
+            row["mib_s"] = size / MiB / row["seconds"]
+    return {"size": size, "block": block, "parallelism": parallelism, "setup": setup, "contenders": results}
+
+
+def small_files(probe: Probe, settings: dict[str, str], count: int, file_size: int) -> dict[str, Any]:
+    tag = uuid.uuid4().hex[:8]
+    container = f"bench-small-{tag}"
+    log(f"small files: uploading {count} x {file_size // 1024} KiB exports")
+    setup = probe.run("setup-small", settings, container=container, count=count, size=file_size)
+    if setup["count"] != count:
+        raise RuntimeError(f"setup put {setup['count']} exports, not {count}")
+    log("small files: relay sync (with the ledger)")
+    sync = probe.run("relay-sync", settings, container=container, ledger=f"bench-ledger-{tag}", count=count,
+                     folder=f"b{tag}-sync")
+    log("small files: the same copies without the ledger")
+    bare = probe.run("copies-without-ledger", settings, container=container, folder=f"b{tag}-bare")
+    log("small files: plain SDK loop, one file after another")
+    loop = probe.run("plain-loop", settings, container=container, folder=f"b{tag}-loop")
+    for row in (bare, loop):
+        if row["count"] != count:
+            raise RuntimeError(f"a contender copied {row['count']} files, not {count}")
+    return {"count": count, "file_size": file_size, "setup": setup, "sync": sync, "bare": bare, "loop": loop}
+
+
+# --- report -----------------------------------------------------------------------------------------------
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+def summarize(r: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures (each a ratio of two contenders of this run) and whether each target is met."""
+    large, small, cold = r["large"], r["small"], r["cold"]
+    c = large["contenders"]
+
+    def best(label: str) -> dict[str, Any]:
+        return max(c[label], key=lambda row: row["mib_s"])
+
+    stream, plain_best = best("relay-stream"), best("plain-best-gateway")
+    direct, naive, server = best("plain-best-direct"), c["naive-gateway"][0], c["relay-server"][0]
+    sync, bare, loop = small["sync"], small["bare"], small["loop"]
+    n = small["count"]
+    s = {
+        "stream_mib_s": stream["mib_s"], "best_mib_s": plain_best["mib_s"], "direct_mib_s": direct["mib_s"],
+        "naive_mib_s": naive["mib_s"], "server_mib_s": server["mib_s"],
+        "stream_vs_best": stream["mib_s"] / plain_best["mib_s"],
+        "stream_vs_naive": stream["mib_s"] / naive["mib_s"],
+        "gateway_cost": plain_best["mib_s"] / direct["mib_s"],
+        "rss_relay": max(row["rss_peak"] for row in c["relay-stream"]),
+        "rss_relay_idle": min(row["rss_idle"] for row in c["relay-stream"]),
+        "rss_best": max(row["rss_peak"] for row in c["plain-best-gateway"]),
+        "rss_naive": naive["rss_peak"], "rss_server": server["rss_peak"],
+        "sync_files_s": n / sync["seconds"], "loop_files_s": n / loop["seconds"], "bare_files_s": n / bare["seconds"],
+        "sync_vs_loop": loop["seconds"] / sync["seconds"],
+        "ledger_ms_per_file": (sync["seconds"] - bare["seconds"]) / n * 1000,
+        "sky_tokens": sync["skyporten_requests"], "entra_tokens": sync["entra_requests"],
+        "cold_delta_ms": cold["function_app_ms"] - cold["azure_functions_ms"],
+        "server_gateway_bytes": server["gateway_bytes_in"],
+        "server_process_bytes": server["read_bytes"] + server["written_bytes"],
+        "stream_process_bytes": stream["read_bytes"] + stream["written_bytes"],
+        "stream_gateway_bytes": stream["gateway_bytes_in"],
+    }
+    s["met"] = {
+        "stream_vs_best": s["stream_vs_best"] >= TARGETS["stream_vs_best"],
+        "rss": s["rss_relay"] <= TARGETS["rss_mib"],
+        "sync_vs_loop": s["sync_vs_loop"] >= TARGETS["sync_vs_loop"],
+        "tokens": s["sky_tokens"] == TARGETS["tokens"] and s["entra_tokens"] == TARGETS["tokens"],
+        "cold": s["cold_delta_ms"] <= TARGETS["cold_ms"],
+        # The file moves in blocks: had any block passed through the process or the gateway, either count
+        # would be at least one block. What remains is requests, the block list and the ledger's records.
+        "server_bytes": max(s["server_gateway_bytes"], s["server_process_bytes"]) < large["block"],
+    }
+    return s
+
+
+def fmt_bytes(n: float) -> str:
+    for unit, scale in (("GiB", 1024**3), ("MiB", MiB), ("KiB", 1024)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+def report(r: dict[str, Any]) -> str:
+    m, large, small, cold, s = r["machine"], r["large"], r["small"], r["cold"], r["summary"]
+    size_label = fmt_bytes(large["size"])
+    n, block_mib = small["count"], large["block"] // MiB
+    lines = [
+        f"## Last run: {r['started']} UTC ({r['kind']}, {r['minutes']:.1f} min)",
+        "",
+        f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB memory, Linux {m['kernel']}; "
+        f"Python {m['python']}, Node {m['node']}, Azurite {m['azurite']} (in memory, HTTPS, OAuth), "
+        f"azure-storage-blob {m['azure_storage_blob']}, azure-functions {m['azure_functions']}; commit "
+        f"{m['commit']}. Load average {m['load_start']:.2f} at the start, {r['load_end']:.2f} at the end "
+        "(the machine is shared: compare ratios, not absolute figures).",
+        "",
+        "### Headline (each figure a ratio against a baseline of this run)",
+        "",
+        "| measure | result | target | |",
+        "|---|---|---|---|",
+        f"| large file: relay stream vs best plain SDK copy, through the gateway | {s['stream_vs_best']:.2f}x "
+        f"({s['stream_mib_s']:.1f} vs {s['best_mib_s']:.1f} MiB/s) | >= {TARGETS['stream_vs_best']}x | "
+        f"{verdict(s['met']['stream_vs_best'])} |",
+        f"| large file: relay stream vs naive readall + upload_blob | {s['stream_vs_naive']:.2f}x "
+        f"({s['naive_mib_s']:.1f} MiB/s naive) | - | |",
+        f"| gateway simulator's cost: best plain copy through it vs straight to Azurite | {s['gateway_cost']:.2f}x "
+        f"({s['best_mib_s']:.1f} vs {s['direct_mib_s']:.1f} MiB/s) | - | |",
+        f"| peak RSS of the relay process copying {size_label} | {s['rss_relay']:.0f} MiB "
+        f"(naive: {s['rss_naive']:.0f} MiB) | <= {TARGETS['rss_mib']:.0f} MiB | {verdict(s['met']['rss'])} |",
+        f"| sync of {n:,} x {small['file_size'] // 1024} KiB vs sequential plain SDK loop | {s['sync_vs_loop']:.2f}x "
+        f"({s['sync_files_s']:.1f} vs {s['loop_files_s']:.1f} files/s) | >= {TARGETS['sync_vs_loop']}x | "
+        f"{verdict(s['met']['sync_vs_loop'])} |",
+        f"| ledger cost per file (sync minus the same copies without it, / {n:,}) | "
+        f"{s['ledger_ms_per_file']:.1f} ms | - | |",
+        f"| Skyporten / Entra token requests per {n:,} deliveries | {s['sky_tokens']} / {s['entra_tokens']} | "
+        f"1 / 1 | {verdict(s['met']['tokens'])} |",
+        f"| cold start: import function_app over bare azure.functions (median of {cold['runs']}) | "
+        f"{s['cold_delta_ms']:+.0f} ms ({cold['function_app_ms']:.0f} vs {cold['azure_functions_ms']:.0f} ms) | "
+        f"<= +{TARGETS['cold_ms']:.0f} ms | {verdict(s['met']['cold'])} |",
+        f"| bytes through the function, {size_label} in COPY_MODE=server | gateway bytes_in "
+        f"{s['server_gateway_bytes']:,} B; process I/O {fmt_bytes(s['server_process_bytes'])} (stream mode: "
+        f"{fmt_bytes(s['stream_process_bytes'])}) | 0 file bytes | {verdict(s['met']['server_bytes'])} |",
+        "",
+        "Server mode: the gateway's `bytes_in` is the Put Block List body (the block ids); the process I/O is "
+        "requests, TLS and the ledger's records; stream mode's process I/O (the file in and out) shows what the "
+        "measure would catch. Speeds are best of the runs below.",
+        "",
+        f"### Large file: {size_label}, {block_mib} MiB blocks, parallelism {large['parallelism']}",
+        "",
+        "Source: random bytes in the partner's export container with a declared Content-MD5. Each row is one "
+        "process. The token chain (Key Vault, Skyporten, Entra) is fetched before the clock starts; its time is "
+        "shown apart. `process I/O` is the contender's read+write system-call bytes during the copy "
+        "(sockets, so TLS included); `gateway in` is what the gateway simulator received in request bodies.",
+        "",
+        "| contender | seconds | MiB/s | vs best plain | RSS before | RSS peak | process I/O | gateway in | "
+        "token chain |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    order = ["relay-stream", "plain-best-gateway", "plain-best-direct", "naive-gateway", "relay-server"]
+    for label in order:
+        for row in large["contenders"][label]:
+            lines.append(
+                f"| {label} | {row['seconds']:.2f} | {row['mib_s']:.1f} | {row['mib_s'] / s['best_mib_s']:.2f}x | "
+                f"{row['rss_idle']:.0f} MiB | {row['rss_peak']:.0f} MiB | "
+                f"{fmt_bytes(row['read_bytes'] + row['written_bytes'])} | {fmt_bytes(row['gateway_bytes_in'])} | "
+                f"{row['chain_seconds']:.2f} s |"
+            )
+    setup = large["setup"]
+    lines += [
+        "",
+        f"Setup (not a contender): uploading the source took {setup['seconds']:.1f} s "
+        f"({large['size'] / MiB / setup['seconds']:.1f} MiB/s straight to Azurite). Azurite's own peak RSS over "
+        f"the run: {r['azurite_hwm_mib']:.0f} MiB.",
+        "",
+        f"### Many small files: {n:,} x {small['file_size'] // 1024} KiB",
+        "",
+        "| contender | seconds | files/s | vs plain loop | time per file | requests per file: partner storage / "
+        "gateway / other | RSS peak | Skyporten | Entra | MSI |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    rows = [("relay sync (ledger)", small["sync"]), ("same copies, no ledger", small["bare"]),
+            ("plain SDK loop, sequential", small["loop"])]
+    for label, row in rows:
+        req = row["requests"]
+        per = " / ".join(f"{req.get(k, 0) / n:.2f}" for k in ("storage", "gateway", "other"))
+        lines.append(
+            f"| {label} | {row['seconds']:.2f} | {n / row['seconds']:.1f} | "
+            f"{small['loop']['seconds'] / row['seconds']:.2f}x | {row['seconds'] / n * 1000:.1f} ms | {per} | "
+            f"{row['rss_peak']:.0f} MiB | {row['skyporten_requests']} | {row['entra_requests']} | "
+            f"{row['msi_requests']} |"
+        )
+    lines += [
+        "",
+        f"Sync and the no-ledger copies run on SYNC_CONCURRENCY={small['sync']['concurrency']} threads; the "
+        "plain loop on one. Requests are counted in the contender's process (urllib3) during the timed part; "
+        "partner storage is Azurite's partner account (exports and ledger). Token columns count the "
+        "simulators' token endpoints during each contender's whole process (the warm-up fetch included): "
+        "Skyporten grants, Entra client-assertion exchanges, managed "
+        "identity (Key Vault) tokens.",
+        "",
+        f"### Cold start (fresh interpreters, median of {cold['runs']}, in-process import time)",
+        "",
+        f"- `import azure.functions`: {cold['azure_functions_ms']:.0f} ms "
+        f"(runs: {', '.join(f'{v:.0f}' for v in cold['azure_functions_all_ms'])})",
+        f"- `import function_app`: {cold['function_app_ms']:.0f} ms "
+        f"(runs: {', '.join(f'{v:.0f}' for v in cold['function_app_all_ms'])})",
+        f"- `-X importtime` (median of 3): function_app {cold['importtime_function_app_ms']:.0f} ms, of which:",
+    ]
+    for depth, name, ms in cold["tree_ms"]:
+        lines.append(f"{'  ' * (depth + 1)}- `{name}` {ms:.0f} ms")
+    lines += [
+        "",
+        "(-X importtime charges a module shared by two importers to the first; its own overhead inflates "
+        "absolute figures.)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def history_row(r: dict[str, Any]) -> str:
+    s, m = r["summary"], r["machine"]
+    return (
+        f"| {r['started']} | {m['commit']} | {r['kind']} | {fmt_bytes(r['large']['size'])} | "
+        f"{s['stream_vs_best']:.2f}x | {s['stream_mib_s']:.0f} | {s['gateway_cost']:.2f}x | "
+        f"{s['rss_relay']:.0f} / {s['rss_naive']:.0f} | {r['small']['count']} | {s['sync_vs_loop']:.2f}x | "
+        f"{s['ledger_ms_per_file']:.1f} | {s['sky_tokens']}/{s['entra_tokens']} | {s['cold_delta_ms']:+.0f} | "
+        f"{s['server_gateway_bytes']} / {fmt_bytes(s['server_process_bytes'])} | {m['load_start']:.1f} |"
+    )
+
+
+HISTORY_HEADER = (
+    "| date (UTC) | commit | run | large | stream/best | stream MiB/s | gateway/direct | RSS relay / naive MiB | "
+    "files | sync/loop | ledger ms/file | tokens S/E | cold ms | server: gateway B / process | load |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+)
+
+
+def write_results(path: Path, r: dict[str, Any]) -> None:
+    old_rows: list[str] = []
+    if path.exists():
+        text = path.read_text()
+        if "## History" in text:
+            tail = text.split("## History", 1)[1]
+            old_rows = [line for line in tail.splitlines()
+                        if line.startswith("| ") and not line.startswith(("| date", "|---"))]
+    rows = [*old_rows, history_row(r)][-HISTORY_ROWS:]
+    text = (
+        "# Benchmark results\n\n"
+        "Written by `make bench` (`.venv/bin/python -m bench.run`): the last run in full, then one row per run. "
+        "What each figure means and how it is measured: [README.md](README.md).\n\n"
+        + report(r)
+        + "\n## History\n\n" + HISTORY_HEADER + "\n".join(rows) + "\n"
+    )
+    path.write_text(text)
+
+
+# --- main -------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (64 MiB, 200 files) for development")
+    parser.add_argument("--size-mib", type=int, help="large file size (default 1024; quick 64)")
+    parser.add_argument("--files", type=int, help="number of small exports (default 2000; quick 200)")
+    parser.add_argument("--file-kib", type=int, default=4)
+    parser.add_argument("--block-mib", type=int, default=8, help="the relay's BLOCK_SIZE default")
+    parser.add_argument("--parallelism", type=int, default=4, help="the relay's PARALLELISM default")
+    parser.add_argument("--repeat", type=int, default=1, help="A-B-B-A rounds of relay stream vs best plain copy")
+    parser.add_argument("--import-runs", type=int, help="fresh interpreters per module (default 11; quick 5)")
+    parser.add_argument("--write", action="store_true", help="write RESULTS.md after a --quick run too")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    size = (args.size_mib or (64 if args.quick else 1024)) * MiB
+    count = args.files or (200 if args.quick else 2000)
+    import_runs = args.import_runs or (5 if args.quick else 11)
+    kind = "quick" if args.quick else "full"
+
+    started = time.monotonic()
+    r: dict[str, Any] = {"kind": kind, "started": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M"),
+                         "machine": machine()}
+    log(f"{kind} run: {size // MiB} MiB large file, {count} small files; machine {r['machine']['cores']} cores, "
+        f"Python {r['machine']['python']}, Azurite {r['machine']['azurite']}")
+    log("cold start: fresh interpreters")
+    r["cold"] = cold_start(import_runs)
+
+    workdir = WORK / f"run-{uuid.uuid4().hex[:8]}"
+    # Every contender's bytes stay in Azurite's memory until its GC (10 min): the source, 6 x repeat + 2
+    # copies of it, and headroom for the small files and the ledgers.
+    azurite_mib = (6 * args.repeat + 3) * size // MiB + 1024
+    log(f"starting the local stack (Azurite capped at {azurite_mib} MiB)")
+    stack = start_stack(workdir, azurite_mib)
+    try:
+        settings = dict(stack.settings)
+        probe = Probe(stack)
+        r["large"] = large_file(probe, settings, size, args.block_mib * MiB, args.parallelism, args.repeat)
+        r["small"] = small_files(probe, settings, count, args.file_kib * 1024)
+        r["azurite_hwm_mib"] = process_hwm_mib(stack.azurite.process.pid)
+    finally:
+        stack.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    r["load_end"] = os.getloadavg()[0]
+    r["minutes"] = (time.monotonic() - started) / 60
+    r["summary"] = summarize(r)
+    WORK.mkdir(parents=True, exist_ok=True)
+    (WORK / f"last-{kind}.json").write_text(json.dumps(r, indent=2, default=str))
+    text = report(r)
+    print()
+    print(text)
+    if kind == "full" or args.write:
+        write_results(args.results, r)
+        log(f"results written to {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
