@@ -30,7 +30,6 @@ RECEIPTS = "receipts/"
 FAILURES = "failures/"
 REJECTED = "rejected/"
 CLAIMS = "claims/"
-DESTINATIONS = "destinations/"
 
 MAX_ERROR_CHARS = 500
 _JSON = ContentSettings(content_type="application/json")
@@ -412,23 +411,6 @@ class Ledger:
             blob.delete_blob(etag=found[1], match_condition=MatchConditions.IfNotModified)
         except (ResourceModifiedError, ResourceNotFoundError):
             pass
-
-    # -- destinations ----------------------------------------------------------------------
-    def claim_destination(self, dest_path: str, source_name: str) -> str:
-        """Register `source_name` as the owner of `dest_path` (create-only); returns the owning source.
-
-        The caller refuses a source when the answer is another name: two exports that sanitise to the
-        same destination must not overwrite each other.
-        """
-        blob = self._blob(DESTINATIONS, hashlib.sha256(dest_path.encode()).hexdigest())
-        body = json.dumps({"destination_path": dest_path, "source_name": source_name}, ensure_ascii=False)
-        for _ in range(_CONFLICT_RETRIES):
-            if self._create(blob, body, {"source": _b64(source_name)}):
-                return source_name
-            found = self._properties(blob)
-            if found is not None:
-                return _unb64(found[0]["source"])
-        raise RelayError(f"the destination registry entry for {dest_path!r} kept changing")
 
     # -- overview --------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from .copier import Copier, CopyFailed, DestinationExistsError, SourceChangedError, SourceVersion
 from .errors import GatewayError, NameRejected, RelayError, TokenError
@@ -204,12 +204,6 @@ class Relay:
         except NameRejected as exc:
             self.ledger.record_rejection(name, etag, str(exc))
             return Outcome("rejected", name, etag, reason=str(exc))
-        owner = self.ledger.claim_destination(dest_path, name)
-        if owner != name:
-            reason = (f"{name!r} would land on {dest_path!r}, which already belongs to export {owner!r} "
-                      "(the name policy maps both to the same name). Rename one of them.")
-            self.ledger.record_rejection(name, etag, reason)
-            return Outcome("rejected", name, etag, destination=dest_path, reason=reason)
 
         claimant = f"{self.owner}/{uuid.uuid4().hex[:12]}"  # one owner per attempt, also within a process
         claim = self.ledger.claim(name, etag, claimant, CLAIM_TTL)
@@ -218,7 +212,9 @@ class Relay:
                            reason="another instance is delivering this version")
         outcome = None
         try:
-            if self.ledger.receipt(name, etag) is not None:  # delivered (by a trigger) since we looked
+            # A claim we could create means no delivery of this version finished within CLAIM_TTL (a delivered
+            # version keeps its claim), so a fresh listing needs no second look at the receipt.
+            if not listed and self.ledger.receipt(name, etag) is not None:  # delivered since we looked
                 outcome = Outcome("already_delivered", name, etag, size=version.size)
             else:
                 outcome = self._copy_and_record(source, version, dest_path, failure)
@@ -243,7 +239,11 @@ class Relay:
                 size, md5, dest_etag, mode = result.size, result.md5, result.destination_etag, result.mode
                 single_put = result.mode == "stream" and result.blocks <= 1
             except DestinationExistsError:
-                existing = self._existing_delivery(dest, version)
+                try:
+                    existing = self._existing_delivery(dest, version)
+                except NameRejected as exc:
+                    self.ledger.record_rejection(name, etag, exc.reason)
+                    return Outcome("rejected", name, etag, destination=dest_path, reason=exc.reason)
                 if existing is None:
                     # Ours from an earlier version of the same export (an updated export): replace it.
                     result = self.copier.copy(source, version, dest, metadata=self._metadata(version),
@@ -304,7 +304,13 @@ class Relay:
         except Exception as exc:
             raise gateway_error(exc, dest.blob_name) from exc
         md = {k.lower(): v for k, v in (props.metadata or {}).items()}
-        if md.get("relay_source_name") != _meta(version.name):
+        owner = md.get("relay_source_name")
+        if owner is not None and owner != _meta(version.name):
+            # Two exports that the name policy maps to one destination name: the first one keeps it.
+            raise NameRejected(version.name, (
+                f"it would land on {dest.blob_name!r}, which already belongs to export {unquote(owner)!r} (the "
+                "name policy maps both to the same name); rename one of them"))
+        if owner is None:
             raise DeliveryError(
                 f"Bane NOR already has a different file at {dest.blob_name!r} (not written by this relay from "
                 f"{version.name!r}); it is never overwritten.",

@@ -350,17 +350,6 @@ def test_claims_on_different_versions_are_independent(ledger: Ledger) -> None:
     assert ledger.try_claim(NAME, '"0x2"', "b", ttl=300)
 
 
-# -- destinations ----------------------------------------------------------------------------
-def test_first_source_owns_a_destination(ledger: Ledger) -> None:
-    assert ledger.claim_destination("inn/a-b.csv", "a b.csv") == "a b.csv"
-    assert ledger.claim_destination("inn/a-b.csv", "a_b.csv") == "a b.csv"
-
-
-def test_the_owner_claiming_its_destination_again_gets_itself(ledger: Ledger) -> None:
-    ledger.claim_destination("inn/a-b.csv", "a b.csv")
-    assert ledger.claim_destination("inn/a-b.csv", "a b.csv") == "a b.csv"
-
-
 # -- overview --------------------------------------------------------------------------------
 def test_counts_each_kind_of_record(ledger: Ledger) -> None:
     ledger.record_receipt(receipt())
@@ -369,7 +358,6 @@ def test_counts_each_kind_of_record(ledger: Ledger) -> None:
     ledger.record_failure("p.csv", ETAG, "boom", max_attempts=1)
     ledger.record_rejection("r.exe", ETAG, "extension")
     ledger.try_claim("c.csv", ETAG, "a", ttl=300)
-    ledger.claim_destination("inn/d.csv", "d.csv")
     assert ledger.counts() == {"delivered": 2, "failed": 1, "poisoned": 1, "rejected": 1}
 
 
