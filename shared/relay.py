@@ -140,7 +140,6 @@ class Relay:
             from .errors import ConfigError
 
             raise ConfigError([("NAME_POLICY/DESTINATION_TEMPLATE/ALLOWED_EXTENSIONS", p) for p in problems])
-        self._stop = threading.Event()
 
     # -- one export ---------------------------------------------------------------------------------------
     def deliver(self, name: str) -> Outcome:
@@ -256,7 +255,7 @@ class Relay:
                 # A single Put Blob was checked by the service itself (transactional Content-MD5 of the whole
                 # body); block commits, and anything before the source is removed, are read back here.
                 self._verify(dest, version, size, md5)
-        except (CopyFailed, RelayError, Exception) as exc:
+        except Exception as exc:
             if _is_trust_chain(exc):
                 raise
             return self._record_failure(version, exc, dest_path)
