@@ -132,7 +132,7 @@ def parse_private_key(material: str | bytes, what: str) -> rsa.RSAPrivateKey:
     if "PRIVATE KEY-----" not in stripped:
         raise SigningKeyError(
             f"{what} is neither a PEM private key nor a private JWK.",
-            hint="Store the unencrypted PKCS#8 PEM (a "PRIVATE KEY" block) or the private JWK JSON.",
+            hint="Store the unencrypted PKCS#8 PEM (a 'PRIVATE KEY' block) or the private JWK JSON.",
         )
     try:
         key = serialization.load_pem_private_key(stripped.encode(), password=None)
