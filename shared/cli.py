@@ -12,13 +12,15 @@ import datetime as dt
 import json
 import os
 import sys
+import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .config import Settings, read_env_file
-from .errors import ConfigError, RelayError, SigningKeyError
+from .errors import ConfigError, RelayError, SigningKeyError, scrub
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 # doctor: the exit code says which link failed first
@@ -142,9 +144,11 @@ def cmd_send(args: argparse.Namespace, out: Output) -> int:
 def cmd_sync(args: argparse.Namespace, out: Output) -> int:
     rt = _runtime(args)
     count = [0]
+    lock = threading.Lock()
 
-    def progress(outcome: Any) -> None:
-        count[0] += 1
+    def progress(outcome: Any) -> None:  # called from the sync's worker threads
+        with lock:
+            count[0] += 1
         if not args.json and sys.stderr.isatty():
             sys.stderr.write(f"\r{count[0]} processed, last: {outcome.status} {outcome.source_name[:50]:<50}")
 
@@ -224,7 +228,8 @@ class Doctor:
             self._record(link, title, "fail", [exc.message], exc.hint)
             return False
         except Exception as exc:  # an unexpected failure: still one line, no traceback
-            self._record(link, title, "fail", [f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"], None)
+            first = (str(exc).splitlines() or [""])[0]
+            self._record(link, title, "fail", [f"{type(exc).__name__}: {scrub(first)[:300]}"], None)
             return False
         status = "warn" if any(n.startswith("WARNING") for n in notes) else "ok"
         self._record(link, title, status, notes, None)
@@ -345,12 +350,18 @@ def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
             except Exception as exc:
                 raise gateway_error(exc, f"{s.banenor_container}/{directory}") from None
             return [f"listed {s.banenor_container}/{directory}: {len(names)} item(s) seen (read-only check)"]
-        probe = f"{directory}/relay-doctor-probe.txt" if directory else "relay-doctor-probe.txt"
+        # A name no export can have (a fresh uuid), written create-only: the probe never overwrites a delivery.
+        name = f"relay-doctor-probe-{uuid.uuid4().hex}.txt"
+        probe = f"{directory}/{name}" if directory else name
         blob = rt.destination.get_blob_client(probe)
         try:
-            blob.upload_blob(b"skyporten relay doctor probe\n", overwrite=True)
+            blob.upload_blob(b"skyporten relay doctor probe\n", overwrite=False)
         except Exception as exc:
             raise gateway_error(exc, probe) from None
+        try:
+            blob.delete_blob()  # tidy up where Bane NOR allows it; otherwise it goes with the 8-day retention
+        except Exception:  # noqa: S110 - a probe left behind is harmless
+            pass
         return [f"wrote {s.banenor_container}/{probe} through {s.banenor_storage_url}"]
 
     def exports() -> list[str]:

@@ -86,7 +86,7 @@ class Settings:
     banenor_container: str
     banenor_directory: str
     banenor_storage_api_version: str
-    export_storage_connection_string: str | None
+    export_storage_connection_string: str | None = field(repr=False)  # may hold an AccountKey or SAS
     export_storage_service_uri: str | None
     export_container: str
     ledger_container: str
@@ -330,6 +330,10 @@ class _Reader:
                             ("ARCHIVE_CONTAINER", archive_container)):
             if not _CONTAINER.match(value):
                 self.problem(name, f"is {value!r}, not a valid container name (3-63 of a-z, 0-9, -).")
+        for name, value in (("LEDGER_CONTAINER", ledger_container), ("ARCHIVE_CONTAINER", archive_container)):
+            if value == export_container:
+                self.problem(name, f"is {value!r}, the same as EXPORT_CONTAINER: its own records would be "
+                             "delivered as exports. Use a container of its own.")
 
         copy_mode = self.choice("COPY_MODE", ("auto", "stream", "server"), "auto")
         after = self.choice("AFTER_DELIVERY", ("keep", "archive", "delete"), "keep")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import secrets
 import threading
 import time
@@ -23,7 +22,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, HttpResponseError
 from azure.storage.blob import BlobClient, ContentSettings
 
-from .errors import DeliveryError
+from .errors import DeliveryError, scrub
 
 log = logging.getLogger(__name__)
 
@@ -171,15 +170,6 @@ class CopyResult:
 
 
 # --- secret scrubbing and error translation -------------------------------------------------------------
-
-_SIG = re.compile(r"(?i)(sig=)[^&\s\"'<>]*")
-_URL_QUERY = re.compile(r"(?i)(https?://[^\s?\"'<>]+)\?[^\s\"'<>]*")
-
-
-def scrub(text: str) -> str:
-    """Remove SAS signatures and whole query strings of URLs from text headed for a message or log."""
-    return _SIG.sub(r"\1<redacted>", _URL_QUERY.sub(r"\1?<redacted>", text))
-
 
 def _scrub_in_place(err: BaseException) -> None:
     """The original error is chained as __cause__ and shows in tracebacks: make sure it carries no SAS.
@@ -532,7 +522,15 @@ class Copier:
         overwrite: bool,
     ) -> tuple[bytes, str, int, str]:
         # An empty blob is never downloaded: its ranged GET answers 416 (LOCAL-STACK.md).
-        data = self._read_range(source, version, 0, version.size) if version.size else b""
+        if version.size:
+            data = self._read_range(source, version, 0, version.size)
+        else:
+            # Nothing to read, but the copy must still be of this version: check its etag (412 if rewritten).
+            try:
+                source.get_blob_properties(etag=version.etag, match_condition=MatchConditions.IfNotModified)
+            except AzureError as err:
+                raise _translate(err, blob=version.name, side="source", action="reading") from err
+            data = b""
         md5 = hashlib.md5(data).digest()  # noqa: S324 - Content-MD5 is what storage speaks, not security
         self._check(version, len(data), md5)
         try:

@@ -15,6 +15,21 @@ Every message names the cause and the fix; none ever contains a key, grant, asse
 
 from __future__ import annotations
 
+import re
+
+_SIG = re.compile(r"(?i)(sig=)[^&\s\"'<>]*")
+_URL_QUERY = re.compile(r"(?i)(https?://[^\s?\"'<>]+)\?[^\s\"'<>]*")
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+_ACCOUNT_KEY = re.compile(r"(?i)(AccountKey|SharedAccessSignature)=[^;\s]*")
+
+
+def scrub(text: str) -> str:
+    """Remove SAS signatures, URL query strings, JWTs and account keys from text headed for a message or log."""
+    text = _URL_QUERY.sub(r"\1?<redacted>", text)
+    text = _SIG.sub(r"\1<redacted>", text)
+    text = _ACCOUNT_KEY.sub(r"\1=<redacted>", text)
+    return _JWT.sub("[jwt]", text)
+
 
 class RelayError(Exception):
     """Root of every error the relay raises on purpose.

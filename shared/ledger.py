@@ -21,7 +21,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob import BlobClient, ContainerClient, ContentSettings
 
-from .errors import RelayError
+from .errors import RelayError, scrub
 
 Clock = Callable[[], float]
 T = TypeVar("T")
@@ -36,7 +36,6 @@ _JSON = ContentSettings(content_type="application/json")
 _SAFE_ETAG = re.compile(r"[A-Za-z0-9]{1,64}")
 # Defence in depth: a caller's error text should never carry a token, but if it does, the ledger does not
 # keep it (JWTs are three base64url parts, the first starting "eyJ").
-_JWT = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _CONFLICT_RETRIES = 50
 
 
@@ -267,7 +266,7 @@ class Ledger:
         Read-modify-write under etag conditions, retried on conflict, so concurrent writers all count.
         `error` is scrubbed of JWTs and cut to 500 characters. Raises RelayError if the conflicts never end.
         """
-        text = _JWT.sub("[jwt]", error)[:MAX_ERROR_CHARS]
+        text = scrub(error)[:MAX_ERROR_CHARS]
         blob = self._blob(FAILURES, self.key(name, etag))
         for _ in range(_CONFLICT_RETRIES):
             now = self.clock()
@@ -299,10 +298,16 @@ class Ledger:
         except ResourceNotFoundError:
             pass
 
-    def failures(self) -> Iterator[Failure]:
-        """Every failure record, poisoned or not, from one listing with metadata (no GETs)."""
+    def failures(self, delivered: set[str] | None = None) -> Iterator[Failure]:
+        """Every failure record of a version not delivered since, poisoned or not; listings only, no GETs.
+
+        A version can be delivered after a failure was recorded by another worker; its stale record is skipped
+        (`delivered`: the keys from `delivered_keys()`, when the caller has them already).
+        """
+        delivered = self.delivered_keys() if delivered is None else delivered
         for b in self._list(FAILURES):
-            yield Failure._from_metadata(_lower(b.metadata))
+            if b.name[len(FAILURES) : -len(".json")] not in delivered:
+                yield Failure._from_metadata(_lower(b.metadata))
 
     def due_retries(self) -> Iterator[tuple[str, str]]:
         """(name, etag) of failures that are not poisoned and whose next_retry_at has come."""
@@ -416,8 +421,9 @@ class Ledger:
     def counts(self) -> dict[str, int]:
         """delivered, failed (not poisoned), poisoned and rejected versions; listings only, no GETs."""
         counts = {"delivered": 0, "failed": 0, "poisoned": 0, "rejected": 0}
-        counts["delivered"] = sum(1 for _ in self._list(RECEIPTS, metadata=False))
+        delivered = self.delivered_keys()
+        counts["delivered"] = len(delivered)
         counts["rejected"] = sum(1 for _ in self._list(REJECTED, metadata=False))
-        for b in self._list(FAILURES):
-            counts["poisoned" if _lower(b.metadata).get("poisoned") == "1" else "failed"] += 1
+        for failure in self.failures(delivered=delivered):
+            counts["poisoned" if failure.poisoned else "failed"] += 1
         return counts

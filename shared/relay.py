@@ -9,6 +9,7 @@ skips what the ledger says is done, and delivers the rest with bounded concurren
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import logging
 import threading
 import time
@@ -20,7 +21,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from .copier import Copier, CopyFailed, DestinationExistsError, SourceChangedError, SourceVersion
-from .errors import GatewayError, NameRejected, RelayError, TokenError
+from .errors import GatewayError, NameRejected, RelayError, TokenError, scrub
 from .ledger import Ledger, Receipt
 from .naming import NamePolicy, destination_path
 from .skyporten import gateway_error
@@ -91,11 +92,18 @@ def _is_trust_chain(exc: BaseException) -> bool:
     """A configuration problem of the chain of trust, not of one file."""
     if isinstance(exc, TokenError):
         return True
-    if isinstance(exc, GatewayError | CopyFailed) and getattr(exc, "status", None) == 401:
+    if isinstance(exc, GatewayError) and exc.status == 401:
+        return True
+    if isinstance(exc, CopyFailed) and exc.status == 401 and exc.side == "destination":
         return True
     from .errors import SigningKeyError
 
     return isinstance(exc, SigningKeyError)
+
+
+def _modified(version: SourceVersion) -> str:
+    """The source version's last-modified time, sortable, for ordering versions of one export."""
+    return version.last_modified.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _meta(value: str) -> str:
@@ -117,6 +125,7 @@ class Relay:
         archive: Any = None,  # ContainerClient for ARCHIVE_CONTAINER (AFTER_DELIVERY=archive)
         credential: Any = None,  # the Bane NOR credential, for the sync's preflight
         source_url: Callable[[Any], str] | None = None,  # read-only SAS URL of a source (archive copies)
+        on_unauthorized: Callable[[], None] | None = None,  # drop cached storage tokens after a gateway 401
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -127,6 +136,7 @@ class Relay:
         self.archive = archive
         self.credential = credential
         self.source_url = source_url or (lambda blob: blob.url)
+        self.on_unauthorized = on_unauthorized
         self.clock = clock
         self.owner = f"relay-{uuid.uuid4()}"
         self.policy = NamePolicy(
@@ -257,6 +267,8 @@ class Relay:
                 self._verify(dest, version, size, md5)
         except Exception as exc:
             if _is_trust_chain(exc):
+                if getattr(exc, "status", None) == 401 and self.on_unauthorized is not None:
+                    self.on_unauthorized()  # the next attempt gets a fresh storage token (azure-core style)
                 raise
             return self._record_failure(version, exc, dest_path)
 
@@ -284,6 +296,7 @@ class Relay:
             "relay_source_name": _meta(version.name),
             "relay_source_etag": _meta(version.etag.strip('"')),
             "relay_source_size": str(version.size),
+            "relay_source_modified": _modified(version),
             "relay_delivered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock())),
         }
         if version.content_md5:
@@ -291,10 +304,11 @@ class Relay:
         return md
 
     def _existing_delivery(self, dest: Any, version: SourceVersion) -> tuple[int, bytes | None, str, str] | None:
-        """If the destination already holds this very version (by our metadata), return its facts.
+        """What the destination already holds, by the relay's metadata on it.
 
-        Returns None when it holds an earlier version of the same export (to be replaced). Raises
-        DeliveryError when it holds a file that is not from this export (never overwritten).
+        Returns the facts of this very version (a crash after the commit), or None for an older version of the
+        same export (to be replaced). Raises NameRejected when it belongs to another export or when a newer
+        version of this export is already there, and DeliveryError for a file the relay did not write.
         """
         from .errors import DeliveryError
 
@@ -304,11 +318,6 @@ class Relay:
             raise gateway_error(exc, dest.blob_name) from exc
         md = {k.lower(): v for k, v in (props.metadata or {}).items()}
         owner = md.get("relay_source_name")
-        if owner is not None and owner != _meta(version.name):
-            # Two exports that the name policy maps to one destination name: the first one keeps it.
-            raise NameRejected(version.name, (
-                f"it would land on {dest.blob_name!r}, which already belongs to export {unquote(owner)!r} (the "
-                "name policy maps both to the same name); rename one of them"))
         if owner is None:
             raise DeliveryError(
                 f"Bane NOR already has a different file at {dest.blob_name!r} (not written by this relay from "
@@ -316,9 +325,25 @@ class Relay:
                 hint="rename the export, or ask Bane NOR to remove the file (Bane NOR deletes files after 8 days)",
                 transient=False,
             )
-        if md.get("relay_source_etag") == _meta(version.etag.strip('"')) and props.size == version.size:
+        ours = self._metadata(version)
+        same_export = all(md.get(k) == ours[k] for k in
+                          ("relay_source_account", "relay_source_container", "relay_source_name"))
+        if not same_export:
+            # Two exports (or two relays sharing Bane NOR's container) that map to one destination name:
+            # the first one keeps it.
+            where = f"{unquote(md.get('relay_source_container', '?'))}/{unquote(owner)}"
+            raise NameRejected(version.name, (
+                f"it would land on {dest.blob_name!r}, which already belongs to export {unquote(owner)!r} "
+                f"({where} in account {unquote(md.get('relay_source_account', '?'))!r}); the name policy maps "
+                "both to the same name: rename one of them"))
+        if md.get("relay_source_etag") == ours["relay_source_etag"] and props.size == version.size:
             md5 = props.content_settings.content_md5
             return props.size, bytes(md5) if md5 else None, props.etag, "existing"
+        if md.get("relay_source_modified", "") > ours["relay_source_modified"]:
+            # A newer version of this export is already delivered: never replace it with an older one.
+            raise NameRejected(version.name, (
+                f"a newer version of this export (modified {md['relay_source_modified']}) is already at "
+                f"{dest.blob_name!r}; this older version is not delivered"), hint="nothing to do")
         return None
 
     def _verify(self, dest: Any, version: SourceVersion, size: int, md5: bytes | None) -> None:
@@ -338,7 +363,7 @@ class Relay:
                                 hint="it will be retried", transient=True)
 
     def _record_failure(self, version: SourceVersion, exc: BaseException, dest_path: str) -> Outcome:
-        reason = str(exc) if isinstance(exc, RelayError) else f"{type(exc).__name__}: {exc}"
+        reason = str(exc) if isinstance(exc, RelayError) else f"{type(exc).__name__}: {scrub(str(exc))}"
         if isinstance(exc, SourceChangedError):
             # The export was rewritten or deleted while copying: no attempt is charged; a new version gets its
             # own delivery, a deleted one is simply gone.
@@ -355,7 +380,7 @@ class Relay:
     def _after_delivery(self, version: SourceVersion) -> None:
         """keep | archive | delete, only after the receipt is written, and only for the delivered etag."""
         action = self.settings.after_delivery
-        if action == "keep":
+        if action == "keep" or (action == "archive" and self.archive is None):
             return
         from azure.core import MatchConditions
 
@@ -410,7 +435,7 @@ class Relay:
     def _sync(self, summary: SyncSummary, dry_run: bool, progress: Callable[[Outcome], None] | None) -> None:
         delivered = self.ledger.delivered_keys()
         rejected = {Ledger.key(r.source_name, r.source_etag) for r in self.ledger.rejections()}
-        failures = {Ledger.key(f.source_name, f.source_etag): f for f in self.ledger.failures()}
+        failures = {Ledger.key(f.source_name, f.source_etag): f for f in self.ledger.failures(delivered=delivered)}
         now = self.clock()
         limit = self.settings.sync_concurrency
         error: list[BaseException] = []
@@ -434,7 +459,7 @@ class Relay:
                 else:
                     record(Outcome("failed", name, reason=str(exc)))
             except Exception as exc:  # a ledger or listing hiccup for one file: report, keep going
-                record(Outcome("failed", name, reason=f"{type(exc).__name__}: {exc}"))
+                record(Outcome("failed", name, reason=f"{type(exc).__name__}: {scrub(str(exc))[:300]}"))
 
         in_flight: set[Future] = set()
         with ThreadPoolExecutor(max_workers=limit, thread_name_prefix="relay-sync") as pool:
@@ -443,20 +468,16 @@ class Relay:
                     break
                 if self.settings.sync_suffix and not blob.name.endswith(self.settings.sync_suffix):
                     continue
-                summary.listed += 1
                 key = Ledger.key(blob.name, blob.etag)
-                if key in delivered:
-                    summary.already_delivered += 1
-                    continue
-                if key in rejected:
-                    summary.rejected += 1
-                    continue
                 failure = failures.get(key)
-                if failure is not None and failure.poisoned:
-                    summary.poisoned += 1
-                    continue
-                if failure is not None and failure.next_retry_at > now:
-                    summary.pending += 1
+                skipped = ("already_delivered" if key in delivered else "rejected" if key in rejected
+                           else "poisoned" if failure is not None and failure.poisoned
+                           else "pending" if failure is not None and failure.next_retry_at > now else None)
+                with lock:  # the workers update the same summary
+                    summary.listed += 1
+                    if skipped:
+                        setattr(summary, skipped, getattr(summary, skipped) + 1)
+                if skipped:
                     continue
                 if dry_run:
                     record(Outcome("pending", blob.name, blob.etag, size=blob.size, reason="would deliver"))

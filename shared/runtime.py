@@ -121,6 +121,15 @@ class Runtime:
                               mode=s.copy_mode, max_request_bytes=MAX_REQUEST_BYTES)
         return Copier(options, source_sas=self.source_sas if s.copy_mode != "stream" else None)
 
+    def reset_banenor_tokens(self) -> None:
+        """After a gateway 401: forget the cached storage token everywhere (our credential and the storage
+        client's bearer policy, by building a new client), so the next request gets a fresh one."""
+        self.banenor_credential.invalidate()
+        for name in ("banenor_service", "destination"):
+            self.__dict__.pop(name, None)
+        if "relay" in self.__dict__:
+            self.relay.destination = self.destination
+
     def source_sas(self, blob: Any) -> str:
         """A read-only SAS URL for the source, valid 15 minutes, for server-side copy.
 
@@ -159,7 +168,7 @@ class Runtime:
 
         return Relay(self.settings, exports=self.exports, destination=self.destination, ledger=self.ledger,
                      copier=self.copier, archive=self.archive, credential=self.banenor_credential,
-                     source_url=self.source_sas, clock=self.clock)
+                     source_url=self.source_sas, on_unauthorized=self.reset_banenor_tokens, clock=self.clock)
 
 
 _runtime: Runtime | None = None

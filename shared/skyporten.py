@@ -285,7 +285,7 @@ def banenor_service_client(settings: Any, credential: Any, **overrides: Any) -> 
         "connection_timeout": 20,
         "read_timeout": 120,
         "retry_policy": storage_retry_policy(),
-        "max_single_put_size": min(settings.single_put_limit, 64 * 1024 * 1024) or 1,
+        "max_single_put_size": max(settings.single_put_limit, 1),  # one Put Blob up to SINGLE_PUT_LIMIT
         "max_block_size": settings.block_size,
     }
     if settings.ca_bundle:

@@ -161,3 +161,14 @@ def test_env_file_lines_are_read(tmp_path):
     path = tmp_path / "settings.env"
     path.write_text("# comment\nA=1\nB = two=2\n\n")
     assert read_env_file(path) == {"A": "1", "B": "two=2"}
+
+
+@pytest.mark.parametrize("name", ["LEDGER_CONTAINER", "ARCHIVE_CONTAINER"])
+def test_ledger_or_archive_in_the_export_container_is_refused(name):
+    found = problems_of(base_env(EXPORT_CONTAINER="exports", **{name: "exports"}))
+    assert "the same as EXPORT_CONTAINER" in found[name]
+
+
+def test_settings_repr_never_shows_the_connection_string_key():
+    s = Settings.load(base_env(EXPORT_STORAGE="DefaultEndpointsProtocol=https;AccountName=a;AccountKey=c2VjcmV0;"))
+    assert "c2VjcmV0" not in repr(s)

@@ -367,3 +367,10 @@ def test_an_empty_ledger_counts_zero(ledger: Ledger) -> None:
 
 def test_repr_names_only_the_container(ledger: Ledger) -> None:
     assert repr(ledger) == f"Ledger(container={ledger.container.container_name!r})"
+
+
+def test_a_failure_recorded_before_a_later_delivery_is_not_counted(ledger: Ledger) -> None:
+    ledger.record_failure(NAME, ETAG, "503 from a racing trigger", max_attempts=5)
+    ledger.record_receipt(receipt())
+    assert ledger.counts()["failed"] == 0
+    assert list(ledger.failures()) == []

@@ -345,3 +345,52 @@ def test_receipt_records_the_delivery(relay_env):
 
 def test_missing_source_is_reported_not_failed(relay_env):
     assert relay_env.rt.relay.deliver("never-existed.csv").status == "missing"
+
+
+def test_an_older_empty_version_never_replaces_a_newer_delivery(relay_env):
+    relay_env.put("report.csv", b"")  # the partner's tool creates the blob empty ...
+    rt = relay_env.rt
+    source = rt.exports.get_blob_client("report.csv")
+    empty_version = rt.copier.read_source(source)
+    relay_env.put("report.csv", b"the real content\n")  # ... then writes the content
+    assert rt.relay.deliver("report.csv").status == "delivered"
+    late = rt.relay._deliver_version(source, empty_version)  # a stale trigger for the empty version
+    assert late.status != "delivered"
+    assert relay_env.landed("report.csv").download_blob().readall() == b"the real content\n"
+
+
+def test_a_file_delivered_from_another_container_is_never_overwritten(relay_env):
+    relay_env.backend.get_blob_client(relay_env.dest_prefix + "shared.csv").upload_blob(
+        b"team b's file", metadata={"relay_source_account": "partnerexports", "relay_source_container": "team-b",
+                                   "relay_source_name": "shared.csv"})
+    relay_env.put("shared.csv", b"team a's file")
+    outcome = relay_env.rt.relay.deliver("shared.csv")
+    assert outcome.status == "rejected"
+    assert "team-b" in outcome.reason
+    assert relay_env.landed("shared.csv").download_blob().readall() == b"team b's file"
+
+
+def test_a_gateway_401_drops_the_cached_storage_token(relay_env, monkeypatch):
+    from shared.copier import CopyFailed
+
+    relay_env.put("denied.csv")
+    rt = relay_env.rt
+    relay = rt.relay
+    before = rt.destination
+
+    def refused(*args, **kwargs):
+        raise CopyFailed("writing 'denied.csv' failed (401)", status=401, side="destination", blob="denied.csv")
+
+    monkeypatch.setattr(rt.copier, "copy", refused)
+    with pytest.raises(CopyFailed):
+        relay.deliver("denied.csv")
+    assert relay.destination is not before  # a new client: its bearer policy holds no token
+    assert rt.banenor_credential._cache == {}
+
+
+def test_a_401_from_the_partners_own_storage_is_charged_to_the_file_not_the_trust_chain():
+    from shared.copier import CopyFailed
+    from shared.relay import _is_trust_chain
+
+    assert _is_trust_chain(CopyFailed("x", status=401, side="destination"))
+    assert not _is_trust_chain(CopyFailed("x", status=401, side="source"))
