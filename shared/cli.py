@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -180,9 +181,9 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
     rejected = list(ledger.rejections())
     payload = {
         "counts": counts,
-        "poisoned": [vars_of(f) for f in failures if f.poisoned],
-        "failed": [vars_of(f) for f in failures if not f.poisoned],
-        "rejected": [vars_of(r) for r in rejected],
+        "poisoned": [asdict(f) for f in failures if f.poisoned],
+        "failed": [asdict(f) for f in failures if not f.poisoned],
+        "rejected": [asdict(r) for r in rejected],
     }
     out.data(payload)
     out.line("ledger: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
@@ -193,10 +194,6 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
     for r in payload["rejected"]:
         out.line(f"  rejected  {r['source_name']}: {r['reason']}")
     return EXIT_OK
-
-
-def vars_of(record: Any) -> dict[str, Any]:
-    return {k: getattr(record, k) for k in record.__dataclass_fields__}
 
 
 def cmd_retry(args: argparse.Namespace, out: Output) -> int:

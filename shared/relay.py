@@ -168,10 +168,7 @@ class Relay:
                 return Outcome("missing", name, reason="the export no longer exists")
             # The version is unknown, so no attempt can be charged: report it, the next sync tries again.
             return Outcome("failed", name, reason=str(exc))
-        outcome = self._deliver_version(source, version)
-        outcome.seconds = round(self.clock() - started, 3)
-        self._log(outcome)
-        return outcome
+        return self._finish(self._deliver_version(source, version), started)
 
     def deliver_listed(self, props: Any, failure: Any = None) -> Outcome:
         """Deliver a version found by `sync`'s listing, which already told us it has no receipt or rejection
@@ -184,8 +181,10 @@ class Relay:
             content_md5=bytes(settings.content_md5) if settings.content_md5 else None,
             last_modified=props.last_modified,
         )
-        outcome = self._deliver_version(self.exports.get_blob_client(props.name), version, listed=True,
-                                        failure=failure)
+        source = self.exports.get_blob_client(props.name)
+        return self._finish(self._deliver_version(source, version, listed=True, failure=failure), started)
+
+    def _finish(self, outcome: Outcome, started: float) -> Outcome:
         outcome.seconds = round(self.clock() - started, 3)
         self._log(outcome)
         return outcome
@@ -312,10 +311,7 @@ class Relay:
         """
         from .errors import DeliveryError
 
-        try:
-            props = dest.get_blob_properties()
-        except Exception as exc:
-            raise gateway_error(exc, dest.blob_name) from exc
+        props = self._destination_properties(dest)
         md = {k.lower(): v for k, v in (props.metadata or {}).items()}
         owner = md.get("relay_source_name")
         if owner is None:
@@ -346,14 +342,18 @@ class Relay:
                 f"{dest.blob_name!r}; this older version is not delivered"), hint="nothing to do")
         return None
 
+    @staticmethod
+    def _destination_properties(dest: Any) -> Any:
+        try:
+            return dest.get_blob_properties()
+        except Exception as exc:
+            raise gateway_error(exc, dest.blob_name) from exc
+
     def _verify(self, dest: Any, version: SourceVersion, size: int, md5: bytes | None) -> None:
         """Read back the destination's properties through the gateway: size and MD5 must match."""
         from .errors import DeliveryError
 
-        try:
-            props = dest.get_blob_properties()
-        except Exception as exc:
-            raise gateway_error(exc, dest.blob_name) from exc
+        props = self._destination_properties(dest)
         stored_md5 = props.content_settings.content_md5
         if props.size != version.size or size != version.size:
             raise DeliveryError(f"{dest.blob_name!r} has {props.size} bytes at Bane NOR; the export has "

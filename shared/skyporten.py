@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import EntraError, GatewayError, RelayError
+from .errors import EntraError, GatewayError, RelayError, scrub
 from .maskinporten import MaskinportenClient
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,6 @@ AADSTS: dict[int, AadstsEntry] = {
     90055: AadstsEntry("Entra ID throttled the request", "retry later", "transient"),
 }
 _AADSTS_CODE = re.compile(r"AADSTS(\d+)")
-_JWT = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]*")
 _ECHO = re.compile(r"Assertion (Issuer|Subject|Audience): '([^']*)'")
 
 
@@ -245,7 +244,7 @@ class BaneNorCredential:
             except RelayError:
                 raise  # from our assertion callback: Skyporten or the signing key, already clear
             except Exception as exc:  # e.g. a 200 without access_token: not Entra answering as Entra does
-                detail = _JWT.sub("[jwt]", str(exc).splitlines()[0] if str(exc) else "")[:120]
+                detail = _first_line(str(exc))[:120]
                 raise EntraError(
                     f"The token exchange with Entra ID failed: the answer from {self.authority} could not be used "
                     f"({type(exc).__name__}: {detail}).",
@@ -341,4 +340,4 @@ def gateway_error(exc: Exception, blob: str | None) -> RelayError:
 
 
 def _first_line(text: str) -> str:
-    return re.sub(r"sig=[^&\s]+", "sig=[secure]", text.splitlines()[0] if text else "")[:200]
+    return scrub((text.splitlines() or [""])[0])[:200]
