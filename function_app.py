@@ -1,8 +1,9 @@
 """Azure Functions entry point (Python v2 model): registration of the two triggers, nothing else.
 
 - `on_export`: blob trigger on `%EXPORT_CONTAINER%/{name}` (connection EXPORT_STORAGE); forwards the new or
-  updated export at once. It receives a reference (SDK-type BlobClient binding), never the file's bytes:
-  the relay reads the blob itself in blocks.
+  updated export at once. It receives a `BlobReference` (container and name, decoded from the host's
+  ModelBindingData by `shared.blob_reference`), never the file's bytes nor a storage client: the relay reads the
+  blob itself in blocks, with its own clients.
 - `sync`: timer on `%SYNC_SCHEDULE%`; delivers everything not yet delivered (missed events, retries, backlog).
 
 Settings are read and clients built on first invocation, not at import: a bad setting must not hide the
@@ -12,8 +13,8 @@ functions from the host; it is raised, clearly, when a function runs (and by `py
 import logging
 
 import azure.functions as func
-import azurefunctions.extensions.bindings.blob as blob_binding
 
+from shared.blob_reference import BlobReference
 from shared.config import blob_trigger_source
 
 app = func.FunctionApp()
@@ -23,8 +24,9 @@ _SOURCE = {"EventGrid": func.BlobSource.EVENT_GRID, "LogsAndContainerScan": func
 
 
 def export_name(trigger: object) -> str:
-    """The export's path inside EXPORT_CONTAINER, from the SDK-type BlobClient or a func.InputStream."""
-    name = getattr(trigger, "blob_name", None)
+    """The export's path inside EXPORT_CONTAINER, from a BlobReference (or anything with `blob_name`) or a
+    func.InputStream."""
+    name = getattr(trigger, "blob_name", None)  # BlobReference.blob_name is the path, without the container
     if name:
         return name
     full = getattr(trigger, "name", None) or ""  # InputStream.name is "<container>/<path>"
@@ -34,7 +36,7 @@ def export_name(trigger: object) -> str:
 @app.function_name("on_export")
 @app.blob_trigger(arg_name="client", path="%EXPORT_CONTAINER%/{name}", connection="EXPORT_STORAGE",
                   source=_SOURCE[blob_trigger_source()])
-def on_export(client: blob_binding.BlobClient) -> None:
+def on_export(client: BlobReference) -> None:
     from shared.runtime import get_runtime
 
     outcome = get_runtime().relay.deliver(export_name(client))
