@@ -280,23 +280,33 @@ def relay_sync(job: Job) -> dict[str, Any]:
 
 
 def copies_without_ledger(job: Job) -> dict[str, Any]:
-    """The relay's own copy steps for every export (read the source's properties, Copier.copy create-only,
-    read back the destination's properties) on SYNC_CONCURRENCY threads, with no ledger at all."""
+    """The relay's own copy steps for every listed export, as `sync` runs them for small files (the version from
+    the listing, `Copier.copy` create-only: one ranged GET pinned to the etag, one Put Blob with Content-MD5) on
+    SYNC_CONCURRENCY threads, with no ledger at all: the difference to `relay-sync` is what the ledger costs."""
+    from shared.copier import SourceVersion
+
     p = job.params
     rt = job.runtime(EXPORT_CONTAINER=p["container"])
     exports, destination, copier = rt.exports, rt.destination, rt.copier
     chain = job.warm(rt)
 
-    def one(name: str) -> None:
-        source = exports.get_blob_client(name)
-        version = copier.read_source(source)
-        dest = destination.get_blob_client(job.dest_path(name))
-        copier.copy(source, version, dest, metadata={"relay_source_name": name.replace("/", "-")}, overwrite=False)
-        if dest.get_blob_properties().size != version.size:
-            raise RuntimeError(f"{name}: size differs")
+    def one(props: Any) -> None:
+        settings = props.content_settings
+        version = SourceVersion(
+            name=props.name, etag=props.etag, size=props.size, content_type=settings.content_type,
+            content_disposition=settings.content_disposition,
+            content_md5=bytes(settings.content_md5) if settings.content_md5 else None,
+            last_modified=props.last_modified,
+        )
+        source = exports.get_blob_client(props.name)
+        dest = destination.get_blob_client(job.dest_path(props.name))
+        result = copier.copy(source, version, dest, metadata={"relay_source_name": props.name.replace("/", "-")},
+                             overwrite=False)
+        if result.size != version.size:
+            raise RuntimeError(f"{props.name}: size differs")
 
     with Measure() as m, ThreadPoolExecutor(rt.settings.sync_concurrency) as pool:
-        count = sum(1 for _ in pool.map(one, (b.name for b in exports.list_blobs())))
+        count = sum(1 for _ in pool.map(one, exports.list_blobs()))
     return m.row(count=count, chain_seconds=chain, concurrency=rt.settings.sync_concurrency)
 
 

@@ -327,6 +327,10 @@ class Copier:
 
     # -- public
 
+    def single_put(self, size: int) -> bool:
+        """Whether a version of `size` bytes goes in one Put Blob (read whole, sent whole, atomic)."""
+        return size == 0 or (self._options.mode != "server" and size <= self._options.single_put_limit)
+
     def read_source(self, source: BlobClient) -> SourceVersion:
         """One Get Blob Properties. Raises CopyFailed (404: the export is gone, not transient)."""
         try:
@@ -373,7 +377,7 @@ class Copier:
                 side="destination",
             )
         mode = self._options.mode
-        if size == 0 or (mode != "server" and size <= self._options.single_put_limit):
+        if self.single_put(size):
             md5, etag, blocks, used = self._single_put(source, source_version, dest, metadata, overwrite)
         elif self._server_enabled():
             try:

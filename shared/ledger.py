@@ -11,9 +11,12 @@ import base64
 import dataclasses
 import hashlib
 import json
+import logging
 import re
+import threading
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -24,15 +27,20 @@ from azure.storage.blob import BlobClient, ContainerClient, ContentSettings
 from .errors import RelayError, scrub
 
 Clock = Callable[[], float]
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RECEIPTS = "receipts/"
+RECEIPT_BATCHES = "receipt-batches/"
 FAILURES = "failures/"
 REJECTED = "rejected/"
 CLAIMS = "claims/"
 
 MAX_ERROR_CHARS = 500
 _JSON = ContentSettings(content_type="application/json")
+_JSON_LINES = ContentSettings(content_type="application/x-ndjson")
+# Fewer receipts than this are written one by one: tiny batch blobs would only add reads to every sync.
+BATCH_MIN = 10
 _SAFE_ETAG = re.compile(r"[A-Za-z0-9]{1,64}")
 # Defence in depth: a caller's error text should never carry a token, but if it does, the ledger does not
 # keep it (JWTs are three base64url parts, the first starting "eyJ").
@@ -184,10 +192,12 @@ class Ledger:
     def _blob(self, prefix: str, key: str) -> BlobClient:
         return self.container.get_blob_client(f"{prefix}{key}.json")
 
-    def _create(self, blob: BlobClient, body: str, metadata: dict[str, str]) -> str | None:
+    def _create(self, blob: BlobClient, body: str, metadata: dict[str, str],
+                content_settings: ContentSettings = _JSON) -> str | None:
         """Create-only write (If-None-Match: *); the new blob's etag, or None when it already exists."""
         try:
-            response = blob.upload_blob(body.encode(), overwrite=False, metadata=metadata, content_settings=_JSON)
+            response = blob.upload_blob(body.encode(), overwrite=False, metadata=metadata,
+                                        content_settings=content_settings)
         except ResourceExistsError:
             return None
         return str(response.get("etag") or "*")
@@ -233,9 +243,22 @@ class Ledger:
             pass
 
     # -- receipts --------------------------------------------------------------------------
-    def receipt(self, name: str, etag: str) -> Receipt | None:
-        body = self._read(self._blob(RECEIPTS, self.key(name, etag)))
-        return Receipt.from_json(body) if body is not None else None
+    def receipt(self, name: str, etag: str, *, batched: bool = True) -> Receipt | None:
+        """The receipt of a version: its own record, else (with `batched`) one in a batch written by `sync`.
+
+        `batched=False` is one request; the relay's single deliveries use it and, for a version that only a batch
+        knows, find the delivery at Bane NOR instead (a refused create-only write and the relay's metadata).
+        """
+        key = self.key(name, etag)  # an etag from a listing has no quotes, one from Get Properties has
+        body = self._read(self._blob(RECEIPTS, key))
+        if body is not None:
+            return Receipt.from_json(body)
+        if batched:
+            for _, receipts in self._batches():
+                for receipt in receipts:
+                    if self.key(receipt.source_name, receipt.source_etag) == key:
+                        return receipt
+        return None
 
     def record_receipt(self, receipt: Receipt) -> Receipt:
         """Write the receipt once; if one exists for this version already, return that one unchanged."""
@@ -247,9 +270,64 @@ class Ledger:
             return self.record_receipt(receipt)
         return Receipt.from_json(existing)
 
+    def record_receipts(self, receipts: Sequence[Receipt]) -> None:
+        """Write many receipts in one request: a blob of JSON lines under a unique name (create-only).
+
+        Fewer than BATCH_MIN go one by one (`record_receipt`). A version may end up with two receipts (its own and
+        one in a batch, after two deliverers raced and one found the other's file at Bane NOR): readers take the
+        union, so that is harmless.
+        """
+        if len(receipts) < BATCH_MIN:
+            for receipt in receipts:
+                self.record_receipt(receipt)
+            return
+        self._write_batch(receipts)
+
+    def _write_batch(self, receipts: Sequence[Receipt]) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.clock()))
+        blob = self.container.get_blob_client(f"{RECEIPT_BATCHES}{stamp}-{uuid.uuid4().hex}.jsonl")
+        body = "".join(receipt.to_json() + "\n" for receipt in receipts)
+        if self._create(blob, body, {"count": str(len(receipts))}, _JSON_LINES) is None:
+            raise RelayError(f"receipt batch {blob.blob_name!r} already exists")  # a fresh uuid4: never
+
+    def _batches(self) -> Iterator[tuple[Any, list[Receipt]]]:
+        """(listed blob, its receipts) for every receipt batch; one GET each."""
+        for b in self._list(RECEIPT_BATCHES):
+            body = self._read(self.container.get_blob_client(b.name))
+            if body is not None:  # None: merged and removed by a compaction since the listing
+                yield b, [Receipt.from_json(line) for line in body.splitlines() if line.strip()]
+
     def delivered_keys(self) -> set[str]:
-        """Keys (see `key`) of every receipt, from one listing of names."""
-        return {b.name[len(RECEIPTS) : -len(".json")] for b in self._list(RECEIPTS, metadata=False)}
+        """Keys (see `key`) of every receipt: one listing of names, plus one GET per receipt batch."""
+        keys = {b.name[len(RECEIPTS) : -len(".json")] for b in self._list(RECEIPTS, metadata=False)}
+        for _, receipts in self._batches():
+            keys.update(self.key(r.source_name, r.source_etag) for r in receipts)
+        return keys
+
+    def compact_receipt_batches(self, max_batches: int = 100, full: int = 1000) -> int:
+        """Keep the number of batch blobs (each one a GET per sync) bounded: when there are more than
+        `max_batches`, merge every batch of fewer than `full` receipts into one new batch, then delete the merged
+        ones (only if unchanged). A crash in between leaves receipts twice, which readers tolerate. Returns how
+        many batches were merged (0: one listing, nothing else)."""
+        every = list(self._list(RECEIPT_BATCHES))
+        listed = [b for b in every if int(_lower(b.metadata).get("count", "0")) < full]
+        if len(every) <= max_batches or len(listed) < 2:
+            return 0
+        merged: list[Receipt] = []
+        sources = []
+        for b in listed:
+            body = self._read(self.container.get_blob_client(b.name))
+            if body is not None:
+                merged.extend(Receipt.from_json(line) for line in body.splitlines() if line.strip())
+                sources.append(b)
+        self._write_batch(merged)
+        for b in sources:
+            try:
+                self.container.get_blob_client(b.name).delete_blob(etag=b.etag,
+                                                                   match_condition=MatchConditions.IfNotModified)
+            except (ResourceModifiedError, ResourceNotFoundError):
+                pass
+        return len(sources)
 
     # -- failures --------------------------------------------------------------------------
     def failure(self, name: str, etag: str) -> Failure | None:
@@ -427,3 +505,61 @@ class Ledger:
         for failure in self.failures(delivered=delivered):
             counts["poisoned" if failure.poisoned else "failed"] += 1
         return counts
+
+
+class ReceiptBuffer:
+    """The receipts of one `sync` run, written in batches: when `size` are pending, or when the oldest has waited
+    `max_age` seconds, by the worker thread that adds the last one; `flush()` writes the rest. Thread-safe.
+
+    A batch that cannot be written stays pending for the next try; what `flush` cannot write raises RelayError.
+    Those versions are delivered all the same: the next sync finds each at Bane NOR (a refused create-only write
+    and the relay's metadata) and records its receipt then.
+    """
+
+    def __init__(self, ledger: Ledger, size: int = 200, max_age: float = 5.0,
+                 clock: Clock = time.monotonic) -> None:
+        self.ledger = ledger
+        self.size = size
+        self.max_age = max_age
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._pending: list[Receipt] = []
+        self._since = 0.0
+        self.batches = 0
+
+    def add(self, receipt: Receipt) -> Receipt:
+        """Queue `receipt`; returns it (the relay compares it with what was stored, as with `record_receipt`)."""
+        with self._lock:
+            if not self._pending:
+                self._since = self.clock()
+            self._pending.append(receipt)
+            if len(self._pending) < self.size and self.clock() - self._since < self.max_age:
+                return receipt
+            batch, self._pending = self._pending, []
+        try:
+            self._write(batch)
+        except Exception as exc:  # partner storage hiccup: keep them for the next batch or the final flush
+            with self._lock:
+                self._pending[:0] = batch
+            log.warning("receipt batch of %d not written yet (%s: %s): kept for the next one", len(batch),
+                        type(exc).__name__, scrub(str(exc))[:200])
+        return receipt
+
+    def flush(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, []
+        if not batch:
+            return
+        try:
+            self._write(batch)
+        except Exception as exc:
+            raise RelayError(
+                f"the receipts of {len(batch)} delivered versions could not be written to the ledger "
+                f"({type(exc).__name__}: {scrub(str(exc))[:200]})",
+                hint="check access to LEDGER_CONTAINER; the next sync finds these deliveries at Bane NOR and "
+                     "records them",
+            ) from exc
+
+    def _write(self, batch: list[Receipt]) -> None:
+        self.ledger.record_receipts(batch)
+        self.batches += 1

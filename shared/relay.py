@@ -22,7 +22,7 @@ from urllib.parse import quote, unquote
 
 from .copier import Copier, CopyFailed, DestinationExistsError, SourceChangedError, SourceVersion
 from .errors import GatewayError, NameRejected, RelayError, TokenError, scrub
-from .ledger import Ledger, Receipt
+from .ledger import Ledger, Receipt, ReceiptBuffer
 from .naming import NamePolicy, destination_path
 from .skyporten import gateway_error
 
@@ -170,9 +170,10 @@ class Relay:
             return Outcome("failed", name, reason=str(exc))
         return self._finish(self._deliver_version(source, version), started)
 
-    def deliver_listed(self, props: Any, failure: Any = None) -> Outcome:
+    def deliver_listed(self, props: Any, failure: Any = None, receipts: ReceiptBuffer | None = None) -> Outcome:
         """Deliver a version found by `sync`'s listing, which already told us it has no receipt or rejection
-        and what its failure record is: only the receipt is looked at again, once the version is claimed."""
+        and what its failure record is. With `receipts` (the sync run's buffer), a small export is delivered
+        without a claim and its receipt is written in a batch: see `_deliver_small`."""
         started = self.clock()
         settings = props.content_settings
         version = SourceVersion(
@@ -182,7 +183,8 @@ class Relay:
             last_modified=props.last_modified,
         )
         source = self.exports.get_blob_client(props.name)
-        return self._finish(self._deliver_version(source, version, listed=True, failure=failure), started)
+        return self._finish(self._deliver_version(source, version, listed=True, failure=failure,
+                                                  receipts=receipts), started)
 
     def _finish(self, outcome: Outcome, started: float) -> Outcome:
         outcome.seconds = round(self.clock() - started, 3)
@@ -190,10 +192,11 @@ class Relay:
         return outcome
 
     def _deliver_version(self, source: Any, version: SourceVersion, listed: bool = False,
-                         failure: Any = None) -> Outcome:
+                         failure: Any = None, receipts: ReceiptBuffer | None = None) -> Outcome:
         name, etag = version.name, version.etag
         if not listed:
-            if self.ledger.receipt(name, etag) is not None:
+            # Its own receipt only (one request): a version only a sync batch knows is found at Bane NOR instead.
+            if self.ledger.receipt(name, etag, batched=False) is not None:
                 return Outcome("already_delivered", name, etag, size=version.size)
             rejection = self.ledger.rejection(name, etag)
             if rejection is not None:
@@ -213,6 +216,10 @@ class Relay:
             self.ledger.record_rejection(name, etag, str(exc))
             return Outcome("rejected", name, etag, reason=str(exc))
 
+        if (receipts is not None and failure is None and self.settings.after_delivery == "keep"
+                and self.copier.single_put(version.size)):
+            return self._copy_and_record(source, version, dest_path, None, record=receipts.add)
+
         claimant = f"{self.owner}/{uuid.uuid4().hex[:12]}"  # one owner per attempt, also within a process
         claim = self.ledger.claim(name, etag, claimant, CLAIM_TTL)
         if claim is None:
@@ -222,7 +229,7 @@ class Relay:
         try:
             # A claim we could create means no delivery of this version finished within CLAIM_TTL (a delivered
             # version keeps its claim), so a fresh listing needs no second look at the receipt.
-            if not listed and self.ledger.receipt(name, etag) is not None:  # delivered since we looked
+            if not listed and self.ledger.receipt(name, etag, batched=False) is not None:  # delivered since
                 outcome = Outcome("already_delivered", name, etag, size=version.size)
             else:
                 outcome = self._copy_and_record(source, version, dest_path, failure)
@@ -234,28 +241,36 @@ class Relay:
             if outcome is None or outcome.status not in ("delivered", "already_delivered"):
                 self.ledger.release_claim(name, etag, claimant, claim)
 
-    def _copy_and_record(self, source: Any, version: SourceVersion, dest_path: str, failure: Any) -> Outcome:
+    def _copy_and_record(self, source: Any, version: SourceVersion, dest_path: str, failure: Any,
+                         record: Callable[[Receipt], Receipt] | None = None) -> Outcome:
+        """Copy, verify, write the receipt (`record`: the ledger's own by default), then the after-delivery step.
+
+        Without a claim (sync's small exports, `record` = the run's ReceiptBuffer) the create-only Put Blob is the
+        arbiter: a second deliverer of the same version gets 409 and finds the first one's file by the relay's
+        metadata, so nothing is ever written twice at Bane NOR; a race costs at most one refused upload of at
+        most SINGLE_PUT_LIMIT bytes, where a claim would cost a request for every file. AFTER_DELIVERY=keep only:
+        a source is never removed before its receipt is durable.
+        """
         name, etag = version.name, version.etag
         dest = self.destination.get_blob_client(dest_path)
+        metadata = self._metadata(version)
         first_attempt_at = self.clock()
         attempts = failure.attempts if failure is not None else 0
         single_put = False
         try:
             try:
-                result = self.copier.copy(source, version, dest, metadata=self._metadata(version),
-                                          overwrite=False)
+                result = self.copier.copy(source, version, dest, metadata=metadata, overwrite=False)
                 size, md5, dest_etag, mode = result.size, result.md5, result.destination_etag, result.mode
                 single_put = result.mode == "stream" and result.blocks <= 1
             except DestinationExistsError:
                 try:
-                    existing = self._existing_delivery(dest, version)
+                    existing = self._existing_delivery(dest, version, metadata)
                 except NameRejected as exc:
                     self.ledger.record_rejection(name, etag, exc.reason)
                     return Outcome("rejected", name, etag, destination=dest_path, reason=exc.reason)
                 if existing is None:
                     # Ours from an earlier version of the same export (an updated export): replace it.
-                    result = self.copier.copy(source, version, dest, metadata=self._metadata(version),
-                                              overwrite=True)
+                    result = self.copier.copy(source, version, dest, metadata=metadata, overwrite=True)
                     size, md5, dest_etag, mode = result.size, result.md5, result.destination_etag, result.mode
                 else:
                     # The same version is already there (a crash after commit, before the receipt).
@@ -278,12 +293,17 @@ class Relay:
             attempts=attempts + 1, first_attempt_at=first_attempt_at, delivered_at=self.clock(), mode=mode,
             original_name=name,
         )
-        stored = self.ledger.record_receipt(receipt)
+        stored = (record or self.ledger.record_receipt)(receipt)
         if failure is not None:
             self.ledger.clear_failure(name, etag)
         if stored != receipt:  # another worker wrote the receipt first: its delivery, not ours
             return Outcome("already_delivered", name, etag, destination=dest_path, size=size)
         self._after_delivery(version)
+        if mode == "existing":
+            # Bane NOR already had this version from another attempt: another deliverer's (which reports it
+            # "delivered"), or one that stopped between its commit and its receipt. It was not sent now.
+            return Outcome("already_delivered", name, etag, destination=dest_path, size=size, mode=mode,
+                           reason="Bane NOR already had this version; its receipt is now recorded")
         return Outcome("delivered", name, etag, destination=dest_path, size=size, mode=mode,
                        md5=receipt.md5 or None)
 
@@ -297,16 +317,19 @@ class Relay:
             "relay_source_size": str(version.size),
             "relay_source_modified": _modified(version),
             "relay_delivered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock())),
+            "relay_attempt": uuid.uuid4().hex,  # which attempt wrote it: tells a lost answer from a race
         }
         if version.content_md5:
             md["relay_source_md5"] = base64.b64encode(version.content_md5).decode()
         return md
 
-    def _existing_delivery(self, dest: Any, version: SourceVersion) -> tuple[int, bytes | None, str, str] | None:
+    def _existing_delivery(self, dest: Any, version: SourceVersion,
+                           ours: dict[str, str]) -> tuple[int, bytes | None, str, str] | None:
         """What the destination already holds, by the relay's metadata on it.
 
-        Returns the facts of this very version (a crash after the commit), or None for an older version of the
-        same export (to be replaced). Raises NameRejected when it belongs to another export or when a newer
+        Returns the facts of this very version (this attempt's own write whose answer was lost, another
+        deliverer's, or an attempt that stopped after its commit), or None for an older version of the same export
+        (to be replaced). Raises NameRejected when it belongs to another export or when a newer
         version of this export is already there, and DeliveryError for a file the relay did not write.
         """
         from .errors import DeliveryError
@@ -321,7 +344,6 @@ class Relay:
                 hint="rename the export, or ask Bane NOR to remove the file (Bane NOR deletes files after 8 days)",
                 transient=False,
             )
-        ours = self._metadata(version)
         same_export = all(md.get(k) == ours[k] for k in
                           ("relay_source_account", "relay_source_container", "relay_source_name"))
         if not same_export:
@@ -334,7 +356,10 @@ class Relay:
                 "both to the same name: rename one of them"))
         if md.get("relay_source_etag") == ours["relay_source_etag"] and props.size == version.size:
             md5 = props.content_settings.content_md5
-            return props.size, bytes(md5) if md5 else None, props.etag, "existing"
+            # "copied": this attempt's own write, whose answer was lost and whose retry was refused; "existing":
+            # another attempt's.
+            mine = md.get("relay_attempt") == ours["relay_attempt"]
+            return props.size, bytes(md5) if md5 else None, props.etag, "copied" if mine else "existing"
         if md.get("relay_source_modified", "") > ours["relay_source_modified"]:
             # A newer version of this export is already delivered: never replace it with an older one.
             raise NameRejected(version.name, (
@@ -447,12 +472,12 @@ class Relay:
             if progress:
                 progress(outcome)
 
-        def run(blob: Any, failure: Any) -> None:
+        def run(blob: Any, failure: Any, receipts: ReceiptBuffer | None) -> None:
             name = blob.name
             if error:
                 return
             try:
-                record(self.deliver_listed(blob, failure))
+                record(self.deliver_listed(blob, failure, receipts))
             except RelayError as exc:
                 if _is_trust_chain(exc):
                     error.append(exc)
@@ -461,30 +486,40 @@ class Relay:
             except Exception as exc:  # a ledger or listing hiccup for one file: report, keep going
                 record(Outcome("failed", name, reason=f"{type(exc).__name__}: {scrub(str(exc))[:300]}"))
 
+        receipts = None if dry_run else ReceiptBuffer(self.ledger)
         in_flight: set[Future] = set()
-        with ThreadPoolExecutor(max_workers=limit, thread_name_prefix="relay-sync") as pool:
-            for blob in self.exports.list_blobs(name_starts_with=self.settings.sync_prefix or None):
-                if error:
-                    break
-                if self.settings.sync_suffix and not blob.name.endswith(self.settings.sync_suffix):
-                    continue
-                key = Ledger.key(blob.name, blob.etag)
-                failure = failures.get(key)
-                skipped = ("already_delivered" if key in delivered else "rejected" if key in rejected
-                           else "poisoned" if failure is not None and failure.poisoned
-                           else "pending" if failure is not None and failure.next_retry_at > now else None)
-                with lock:  # the workers update the same summary
-                    summary.listed += 1
+        try:
+            with ThreadPoolExecutor(max_workers=limit, thread_name_prefix="relay-sync") as pool:
+                for blob in self.exports.list_blobs(name_starts_with=self.settings.sync_prefix or None):
+                    if error:
+                        break
+                    if self.settings.sync_suffix and not blob.name.endswith(self.settings.sync_suffix):
+                        continue
+                    key = Ledger.key(blob.name, blob.etag)
+                    failure = failures.get(key)
+                    skipped = ("already_delivered" if key in delivered else "rejected" if key in rejected
+                               else "poisoned" if failure is not None and failure.poisoned
+                               else "pending" if failure is not None and failure.next_retry_at > now else None)
+                    with lock:  # the workers update the same summary
+                        summary.listed += 1
+                        if skipped:
+                            setattr(summary, skipped, getattr(summary, skipped) + 1)
                     if skipped:
-                        setattr(summary, skipped, getattr(summary, skipped) + 1)
-                if skipped:
-                    continue
-                if dry_run:
-                    record(Outcome("pending", blob.name, blob.etag, size=blob.size, reason="would deliver"))
-                    continue
-                in_flight.add(pool.submit(run, blob, failure))
-                if len(in_flight) >= 2 * limit:  # bounded: a 100,000-blob container never piles up futures
-                    _, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-            wait(in_flight)
+                        continue
+                    if dry_run:
+                        record(Outcome("pending", blob.name, blob.etag, size=blob.size, reason="would deliver"))
+                        continue
+                    in_flight.add(pool.submit(run, blob, failure, receipts))
+                    if len(in_flight) >= 2 * limit:  # bounded: a 100,000-blob container never piles up futures
+                        _, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                wait(in_flight)
+        finally:
+            if receipts is not None:
+                receipts.flush()
         if error:
             raise error[0]
+        if receipts is not None and receipts.batches:
+            try:
+                self.ledger.compact_receipt_batches()
+            except Exception as exc:  # housekeeping: the next sync that writes a batch tries again
+                log.warning("receipt batches not compacted: %s: %s", type(exc).__name__, scrub(str(exc))[:200])

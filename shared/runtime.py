@@ -85,12 +85,10 @@ class Runtime:
     def export_service(self) -> Any:
         from azure.storage.blob import BlobServiceClient
 
-        from .skyporten import storage_retry_policy
+        from .skyporten import storage_connection_options
 
         s = self.settings
-        kwargs: dict[str, Any] = {"connection_timeout": 20, "read_timeout": 120, "retry_policy": storage_retry_policy()}
-        if s.ca_bundle:
-            kwargs["connection_verify"] = s.ca_bundle
+        kwargs = storage_connection_options(s)
         if s.export_storage_connection_string:
             return BlobServiceClient.from_connection_string(s.export_storage_connection_string, **kwargs)
         return BlobServiceClient(s.export_storage_service_uri, credential=self.partner_credential, **kwargs)

@@ -279,18 +279,33 @@ def banenor_service_client(settings: Any, credential: Any, **overrides: Any) -> 
     from azure.storage.blob import BlobServiceClient
 
     kwargs: dict[str, Any] = {
+        **storage_connection_options(settings),
         "audience": settings.banenor_storage_audience,
         "api_version": settings.banenor_storage_api_version,
-        "connection_timeout": 20,
-        "read_timeout": 120,
-        "retry_policy": storage_retry_policy(),
         "max_single_put_size": max(settings.single_put_limit, 1),  # one Put Blob up to SINGLE_PUT_LIMIT
         "max_block_size": settings.block_size,
     }
-    if settings.ca_bundle:
-        kwargs["connection_verify"] = settings.ca_bundle
     kwargs.update(overrides)
     return BlobServiceClient(account_url=settings.banenor_storage_url, credential=credential, **kwargs)
+
+
+def storage_connection_options(settings: Any) -> dict[str, Any]:
+    """Options both storage clients (the partner's and Bane NOR's) share: timeouts, retries, the CA bundle, and
+    whether requests reads the environment on each request.
+
+    By default requests looks up proxy variables and ~/.netrc for every request, about a tenth of the CPU a
+    small request costs; the relay reads the environment once (`Settings.proxy_from_environment`) and only keeps
+    that per-request lookup when a proxy variable is set. REQUESTS_CA_BUNDLE is passed explicitly either way.
+    """
+    options: dict[str, Any] = {
+        "connection_timeout": 20,
+        "read_timeout": 120,
+        "retry_policy": storage_retry_policy(),
+        "use_env_settings": settings.proxy_from_environment,
+    }
+    if settings.ca_bundle:
+        options["connection_verify"] = settings.ca_bundle
+    return options
 
 
 def storage_retry_policy() -> Any:

@@ -69,6 +69,7 @@ class _Target:
 class GatewayStats:
     requests: Counter[str] = field(default_factory=Counter)
     rejections: Counter[str] = field(default_factory=Counter)
+    responses: Counter[tuple[str, int]] = field(default_factory=Counter)  # (method, storage's status) forwarded
     bytes_in: int = 0
 
 
@@ -116,6 +117,11 @@ class GatewaySim(SimServer):
         return self._stats.rejections
 
     @property
+    def responses(self) -> Counter[tuple[str, int]]:
+        """(method, status) of every answer the storage behind the gateway gave, e.g. ("PUT", 201)."""
+        return self._stats.responses
+
+    @property
     def bytes_in(self) -> int:
         return self._stats.bytes_in
 
@@ -128,10 +134,13 @@ class GatewaySim(SimServer):
         with self._lock:
             self._grants.pop(object_id, None)
 
-    def count(self, *, method: str | None = None, rejection: str | None = None, bytes_in: int = 0) -> None:
+    def count(self, *, method: str | None = None, rejection: str | None = None, bytes_in: int = 0,
+              response: tuple[str, int] | None = None) -> None:
         with self._lock:
             if method:
                 self._stats.requests[method] += 1
+            if response:
+                self._stats.responses[response] += 1
             if rejection:
                 self._stats.rejections[rejection] += 1
             self._stats.bytes_in += bytes_in
@@ -323,6 +332,7 @@ class _GatewayHandler(Handler):
             remaining -= len(chunk)
             self.server.count(bytes_in=len(chunk))
         response = connection.getresponse()
+        self.server.count(response=(self.command, response.status))
         self._relay_response(response)
         if response.will_close:
             connection.close()

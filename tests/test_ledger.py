@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import pytest
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
-from shared.ledger import Failure, Ledger, Receipt, Rejection
+from shared.errors import RelayError
+from shared.ledger import BATCH_MIN, RECEIPT_BATCHES, RECEIPTS, Failure, Ledger, Receipt, ReceiptBuffer, Rejection
 from sim.azurite import Azurite
 
 ACCOUNT = "partnerexports"
@@ -153,6 +154,156 @@ def test_delivered_keys_lists_every_receipt(ledger: Ledger) -> None:
     ledger.record_receipt(receipt())
     ledger.record_receipt(receipt(name="b.csv", etag='"0x2"'))
     assert ledger.delivered_keys() == {Ledger.key(NAME, ETAG), Ledger.key("b.csv", '"0x2"')}
+
+
+def versions(count: int, prefix: str = "v") -> list[Receipt]:
+    return [receipt(name=f"{prefix}/{i}.csv", etag=f'"0x{i:04X}"') for i in range(count)]
+
+
+def names(ledger: Ledger, prefix: str) -> list[str]:
+    return [b.name for b in ledger.container.list_blobs(name_starts_with=prefix)]
+
+
+def test_many_receipts_go_into_one_batch_blob(ledger: Ledger) -> None:
+    ledger.record_receipts(versions(BATCH_MIN))
+    assert len(names(ledger, RECEIPT_BATCHES)) == 1
+    assert names(ledger, RECEIPTS) == []
+
+
+def test_a_few_receipts_are_written_one_by_one(ledger: Ledger) -> None:
+    ledger.record_receipts(versions(BATCH_MIN - 1))
+    assert len(names(ledger, RECEIPTS)) == BATCH_MIN - 1
+    assert names(ledger, RECEIPT_BATCHES) == []
+
+
+def test_delivered_keys_include_batched_receipts(ledger: Ledger) -> None:
+    ledger.record_receipt(receipt())
+    batch = versions(BATCH_MIN)
+    ledger.record_receipts(batch)
+    expected = {Ledger.key(NAME, ETAG)} | {Ledger.key(r.source_name, r.source_etag) for r in batch}
+    assert ledger.delivered_keys() == expected
+
+
+def test_receipt_finds_a_batched_receipt(ledger: Ledger) -> None:
+    batch = versions(BATCH_MIN)
+    ledger.record_receipts(batch)
+    assert ledger.receipt(batch[3].source_name, batch[3].source_etag) == batch[3]
+
+
+def test_receipt_finds_a_batched_receipt_by_an_etag_without_quotes(ledger: Ledger) -> None:
+    batch = versions(BATCH_MIN)  # etags as Get Blob Properties gives them: quoted
+    ledger.record_receipts(batch)
+    assert ledger.receipt(batch[3].source_name, batch[3].source_etag.strip('"')) == batch[3]
+
+
+def test_receipt_without_batches_reads_only_the_versions_own_record(ledger: Ledger) -> None:
+    batch = versions(BATCH_MIN)
+    ledger.record_receipts(batch)
+    assert ledger.receipt(batch[3].source_name, batch[3].source_etag, batched=False) is None
+
+
+def test_a_version_with_two_receipts_counts_once(ledger: Ledger) -> None:
+    batch = versions(BATCH_MIN)
+    ledger.record_receipts(batch)
+    ledger.record_receipt(batch[0])
+    assert ledger.counts()["delivered"] == BATCH_MIN
+
+
+def test_compaction_merges_small_batches_once_there_are_too_many(ledger: Ledger) -> None:
+    for i in range(5):
+        ledger.record_receipts(versions(BATCH_MIN, prefix=f"b{i}"))
+    keys = ledger.delivered_keys()
+    assert ledger.compact_receipt_batches(max_batches=3) == 5
+    assert len(names(ledger, RECEIPT_BATCHES)) == 1
+    assert ledger.delivered_keys() == keys
+
+
+def test_compaction_does_nothing_under_the_limit(ledger: Ledger) -> None:
+    for i in range(3):
+        ledger.record_receipts(versions(BATCH_MIN, prefix=f"b{i}"))
+    assert ledger.compact_receipt_batches(max_batches=3) == 0
+    assert len(names(ledger, RECEIPT_BATCHES)) == 3
+
+
+def test_compaction_leaves_full_batches_alone(ledger: Ledger) -> None:
+    for i in range(4):
+        ledger.record_receipts(versions(BATCH_MIN + (10 if i < 2 else 0), prefix=f"b{i}"))
+    assert ledger.compact_receipt_batches(max_batches=3, full=BATCH_MIN + 10) == 2
+    assert len(names(ledger, RECEIPT_BATCHES)) == 3
+
+
+# -- the receipt buffer of a sync run --------------------------------------------------------
+class Monotonic:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_buffer_writes_a_batch_when_it_is_full(ledger: Ledger) -> None:
+    buffer = ReceiptBuffer(ledger, size=BATCH_MIN, clock=Monotonic())
+    for r in versions(BATCH_MIN):
+        buffer.add(r)
+    assert len(names(ledger, RECEIPT_BATCHES)) == 1 and buffer.batches == 1
+
+
+def test_buffer_holds_receipts_until_full(ledger: Ledger) -> None:
+    buffer = ReceiptBuffer(ledger, size=BATCH_MIN, clock=Monotonic())
+    for r in versions(BATCH_MIN - 1):
+        buffer.add(r)
+    assert ledger.delivered_keys() == set()
+
+
+def test_buffer_writes_what_has_waited_max_age(ledger: Ledger) -> None:
+    clock = Monotonic()
+    buffer = ReceiptBuffer(ledger, size=1000, max_age=5.0, clock=clock)
+    first, second = versions(2)
+    buffer.add(first)
+    clock.now += 5.0
+    buffer.add(second)
+    assert ledger.delivered_keys() == {Ledger.key(r.source_name, r.source_etag) for r in (first, second)}
+
+
+def test_buffer_flush_writes_the_rest(ledger: Ledger) -> None:
+    buffer = ReceiptBuffer(ledger, size=1000, clock=Monotonic())
+    batch = versions(BATCH_MIN + 3)
+    for r in batch:
+        buffer.add(r)
+    buffer.flush()
+    assert len(ledger.delivered_keys()) == len(batch)
+
+
+def test_buffer_keeps_a_batch_it_could_not_write_for_the_flush(ledger: Ledger, monkeypatch) -> None:
+    buffer = ReceiptBuffer(ledger, size=BATCH_MIN, clock=Monotonic())
+    real = ledger.record_receipts
+    calls = []
+
+    def flaky(batch):
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise ConnectionError("partner storage unreachable")
+        real(batch)
+
+    monkeypatch.setattr(ledger, "record_receipts", flaky)
+    batch = versions(BATCH_MIN)
+    for r in batch:
+        buffer.add(r)
+    buffer.flush()
+    assert len(ledger.delivered_keys()) == BATCH_MIN
+
+
+def test_buffer_flush_that_fails_names_the_ledger_container(ledger: Ledger, monkeypatch) -> None:
+    buffer = ReceiptBuffer(ledger, size=1000, clock=Monotonic())
+    buffer.add(receipt())
+
+    def down(batch):
+        raise ConnectionError("partner storage unreachable")
+
+    monkeypatch.setattr(ledger, "record_receipts", down)
+    with pytest.raises(RelayError, match="LEDGER_CONTAINER") as caught:
+        buffer.flush()
+    assert "1 delivered version" in str(caught.value)
 
 
 # -- failures --------------------------------------------------------------------------------

@@ -195,7 +195,7 @@ def test_crash_after_commit_before_receipt_ends_with_one_receipt_and_no_second_c
     assert rt.relay.deliver("crash.csv").status == "in_progress"  # its claim outlives the dead process...
     relay_env.clock.offset += 3601  # ...until CLAIM_TTL has passed
     again = rt.relay.deliver("crash.csv")
-    assert again.status == "delivered"
+    assert again.status == "already_delivered" and again.mode == "existing"  # the bytes were not sent again
     assert rt.ledger.receipt("crash.csv", outcome.source_etag) is not None
     assert relay_env.landed("crash.csv").get_blob_properties().etag == etag_before
 
@@ -394,3 +394,78 @@ def test_a_401_from_the_partners_own_storage_is_charged_to_the_file_not_the_trus
 
     assert _is_trust_chain(CopyFailed("x", status=401, side="destination"))
     assert not _is_trust_chain(CopyFailed("x", status=401, side="source"))
+
+
+# -- sync's small exports: no claim, receipts in batches ---------------------------------------------------
+def ledger_names(rt, prefix):
+    return [b.name for b in rt.ledger.container.list_blobs(name_starts_with=prefix)]
+
+
+def put_many(relay_env, count, prefix="small"):
+    for i in range(count):
+        relay_env.put(f"{prefix}/{i:02}.csv", f"{i};x\n".encode())
+
+
+def test_sync_sends_small_exports_without_claims_and_writes_their_receipts_in_a_batch(relay_env):
+    put_many(relay_env, 30)
+    before = relay_env.stack.gateway.responses.copy()
+    summary = relay_env.rt.relay.sync()
+    assert summary.delivered == 30
+    assert ledger_names(relay_env.rt, "claims/") == [] and ledger_names(relay_env.rt, "receipts/") == []
+    assert len(ledger_names(relay_env.rt, "receipt-batches/")) == 1
+    assert (relay_env.stack.gateway.responses - before)[("PUT", 201)] == 30
+
+
+def test_a_second_sync_skips_batched_deliveries_without_a_request_to_the_gateway(relay_env):
+    put_many(relay_env, 30)
+    relay_env.rt.relay.sync()
+    before = sum(relay_env.stack.gateway.requests.values())
+    again = relay_env.rt.relay.sync()
+    assert again.already_delivered == 30 and again.delivered == 0
+    assert sum(relay_env.stack.gateway.requests.values()) == before
+
+
+def test_sync_claims_an_export_larger_than_one_put_and_writes_its_receipt_at_once(relay_env):
+    relay_env.put("big.csv", os.urandom(600 * 1024))
+    rt = relay_env.make(SINGLE_PUT_LIMIT="256KiB", BLOCK_SIZE="256KiB")
+    assert rt.relay.sync().delivered == 1
+    assert len(ledger_names(rt, "claims/")) == 1  # a delivered version keeps its claim
+    assert len(ledger_names(rt, "receipts/")) == 1 and ledger_names(rt, "receipt-batches/") == []
+
+
+def test_sync_with_after_delivery_delete_writes_each_receipt_before_removing_the_source(relay_env):
+    put_many(relay_env, 12)
+    rt = relay_env.make(AFTER_DELIVERY="delete")
+    assert rt.relay.sync().delivered == 12
+    assert len(ledger_names(rt, "receipts/")) == 12 and ledger_names(rt, "receipt-batches/") == []
+    assert list(rt.exports.list_blobs()) == []
+
+
+def test_a_trigger_after_a_batched_sync_delivery_writes_nothing_twice(relay_env):
+    put_many(relay_env, 12)
+    relay_env.rt.relay.sync()
+    etag = relay_env.landed("small/03.csv").get_blob_properties().etag
+    before = relay_env.stack.gateway.responses.copy()
+    outcome = relay_env.rt.relay.deliver("small/03.csv")
+    assert outcome.status == "already_delivered" and outcome.mode == "existing"
+    assert relay_env.landed("small/03.csv").get_blob_properties().etag == etag
+    # the cost of no claim in the sync: the trigger's one create-only Put Blob, refused
+    assert (relay_env.stack.gateway.responses - before)[("PUT", 201)] == 0
+
+
+def test_receipts_a_sync_could_not_write_are_recorded_by_the_next_without_sending_again(relay_env, monkeypatch):
+    put_many(relay_env, 12)
+    rt = relay_env.rt
+
+    def down(batch):
+        raise ConnectionError("partner storage unreachable")
+
+    monkeypatch.setattr(rt.ledger, "record_receipts", down)
+    first = rt.relay.sync()
+    assert first.delivered == 12 and "receipts of 12 delivered versions" in first.error
+    monkeypatch.undo()
+    before = relay_env.stack.gateway.responses.copy()
+    second = rt.relay.sync()
+    assert second.already_delivered == 12 and second.error is None
+    assert (relay_env.stack.gateway.responses - before)[("PUT", 201)] == 0
+    assert rt.ledger.counts()["delivered"] == 12
