@@ -148,6 +148,9 @@ param maximumInstanceCount int = 40
 @description('Memory per Flex Consumption instance in MB.')
 param instanceMemoryMB int = 2048
 
+@description('More relay app settings, name to string value (e.g. SYNC_CONCURRENCY, BLOCK_SIZE, ALLOWED_EXTENSIONS). Every provision writes the whole app-settings list, so a setting added by hand in the portal is gone after the next `azd provision`: put it here. A setting with its own parameter above is set by that parameter.')
+param extraAppSettings object = {}
+
 @description('E-mail address for alerts; empty creates the alert rules without an action group.')
 param alertEmail string = ''
 
@@ -305,7 +308,7 @@ module functionApp 'modules/functionapp.bicep' = {
     applicationInsightsConnectionString: monitoring.outputs.connectionString
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB
-    relaySettings: union(relaySettings, directorySetting, keyIdSetting, resourceSetting, {
+    relaySettings: union(extraAppSettings, relaySettings, directorySetting, keyIdSetting, resourceSetting, {
       KEY_VAULT_URL: keyVault.outputs.uri
     })
   }

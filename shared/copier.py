@@ -17,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, HttpResponseError
@@ -296,6 +297,28 @@ class _Pieces:
         return self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
 
 
+@dataclass(frozen=True)
+class _WriteCondition:
+    """How the destination's commit is conditioned: create-only (If-None-Match: *), replace whatever is there, or
+    replace only the version read before (If-Match: `etag`)."""
+
+    overwrite: bool
+    etag: str | None = None
+
+    def put_blob_kwargs(self) -> dict[str, Any]:
+        # overwrite=False makes the SDK send If-None-Match: * on Put Blob.
+        if self.etag:
+            return {"overwrite": True, "etag": self.etag, "match_condition": MatchConditions.IfNotModified}
+        return {"overwrite": self.overwrite}
+
+    def commit_kwargs(self) -> dict[str, Any]:
+        # Put Block List. Pass match_condition alone for create-only: azure-storage-blob 12.31 does not pop
+        # `etag` for IfMissing and hands it on to requests (TypeError).
+        if self.etag:
+            return {"etag": self.etag, "match_condition": MatchConditions.IfNotModified}
+        return {} if self.overwrite else {"match_condition": MatchConditions.IfMissing}
+
+
 class Copier:
     """Copies one source blob to one destination blob per `copy()` call; thread-safe.
 
@@ -357,10 +380,13 @@ class Copier:
         *,
         metadata: dict[str, str],
         overwrite: bool = False,
+        replace_etag: str | None = None,
     ) -> CopyResult:
         """Copy `source_version` of `source` to `dest` and commit it in one request.
 
-        overwrite=False makes both the Put Blob and the Put Block List create-only (If-None-Match: *).
+        overwrite=False makes both the Put Blob and the Put Block List create-only (If-None-Match: *);
+        `replace_etag` replaces the destination only if it is still that version (If-Match), so a write that
+        happened since it was read is never overwritten (DestinationExistsError, status 412).
         Raises SourceChangedError (the source's etag moved), DestinationExistsError (create-only refused),
         VerificationError (size or MD5 mismatch with the source's declaration), ServerCopyRefusedError
         (mode "server" only) or CopyFailed (any other storage error; `transient` says if a retry may help).
@@ -377,20 +403,21 @@ class Copier:
                 side="destination",
             )
         mode = self._options.mode
+        condition = _WriteCondition(overwrite or replace_etag is not None, replace_etag)
         if self.single_put(size):
-            md5, etag, blocks, used = self._single_put(source, source_version, dest, metadata, overwrite)
+            md5, etag, blocks, used = self._single_put(source, source_version, dest, metadata, condition)
         elif self._server_enabled():
             try:
-                md5, etag, blocks = self._server_copy(source, source_version, dest, metadata, overwrite)
+                md5, etag, blocks = self._server_copy(source, source_version, dest, metadata, condition)
                 used = "server"
             except _ServerRefusal as refusal:
                 if mode == "server":
                     raise refusal.error from refusal.__cause__
                 self._disable_server(refusal.reason)
-                md5, etag, blocks = self._stream_copy(source, source_version, dest, metadata, overwrite)
+                md5, etag, blocks = self._stream_copy(source, source_version, dest, metadata, condition)
                 used = "stream"
         else:
-            md5, etag, blocks = self._stream_copy(source, source_version, dest, metadata, overwrite)
+            md5, etag, blocks = self._stream_copy(source, source_version, dest, metadata, condition)
             used = "stream"
         result = CopyResult(size, md5, etag, used, blocks, self._clock() - started)
         log.info(
@@ -481,18 +508,15 @@ class Copier:
         ids: list[str],
         md5: bytes | None,
         metadata: dict[str, str],
-        overwrite: bool,
+        condition: _WriteCondition,
     ) -> str:
-        # Create-only: If-None-Match: * on Put Block List. Pass match_condition alone: azure-storage-blob
-        # 12.31 does not pop `etag` for IfMissing and hands it on to requests (TypeError).
-        conditions = {} if overwrite else {"match_condition": MatchConditions.IfMissing}
         try:
             # One Put Block List: readers never see a partial file (PROTOCOL.md section 5).
             response = dest.commit_block_list(
                 ids,
                 content_settings=self._content_settings(version, md5),
                 metadata=metadata,
-                **conditions,
+                **condition.commit_kwargs(),
             )
         except AzureError as err:
             error = _translate(err, blob=version.name, side="destination", action="committing")
@@ -523,7 +547,7 @@ class Copier:
         version: SourceVersion,
         dest: BlobClient,
         metadata: dict[str, str],
-        overwrite: bool,
+        condition: _WriteCondition,
     ) -> tuple[bytes, str, int, str]:
         # An empty blob is never downloaded: its ranged GET answers 416 (LOCAL-STACK.md).
         if version.size:
@@ -538,11 +562,10 @@ class Copier:
         md5 = hashlib.md5(data).digest()  # noqa: S324 - Content-MD5 is what storage speaks, not security
         self._check(version, len(data), md5)
         try:
-            # overwrite=False makes the SDK send If-None-Match: * on Put Blob.
             response = dest.upload_blob(
                 data,
                 length=len(data),
-                overwrite=overwrite,
+                **condition.put_blob_kwargs(),
                 content_settings=self._content_settings(version, md5),
                 metadata=metadata,
                 validate_content=True,
@@ -563,7 +586,7 @@ class Copier:
         version: SourceVersion,
         dest: BlobClient,
         metadata: dict[str, str],
-        overwrite: bool,
+        condition: _WriteCondition,
     ) -> tuple[bytes, str, int]:
         size, block = version.size, self._options.block_size
         ranges = [(off, min(block, size - off)) for off in range(0, size, block)]
@@ -606,7 +629,7 @@ class Copier:
             pool.shutdown(wait=True, cancel_futures=True)
         digest = md5.digest()
         self._check(version, total, digest)
-        return digest, self._commit(dest, version, ids, digest, metadata, overwrite), len(ids)
+        return digest, self._commit(dest, version, ids, digest, metadata, condition), len(ids)
 
     # -- server mode
 
@@ -616,7 +639,7 @@ class Copier:
         version: SourceVersion,
         dest: BlobClient,
         metadata: dict[str, str],
-        overwrite: bool,
+        condition: _WriteCondition,
     ) -> tuple[bytes | None, str, int]:
         assert self._source_sas is not None
         try:
@@ -658,4 +681,4 @@ class Copier:
                     future.cancel()
                 raise
         md5 = version.content_md5
-        return md5, self._commit(dest, version, ids, md5, metadata, overwrite), len(ids)
+        return md5, self._commit(dest, version, ids, md5, metadata, condition), len(ids)

@@ -28,6 +28,7 @@ from .skyporten import gateway_error
 
 log = logging.getLogger(__name__)
 
+_REPLACE_ROUNDS = 3  # looks at a destination that keeps changing while an updated export replaces it
 CLAIM_TTL = 3600.0  # a claim outlives the longest copy; an instance that died frees it after this
 META_LIMIT = 1024  # bytes per metadata value we write (Azure allows 8 KiB in all)
 
@@ -173,7 +174,7 @@ class Relay:
     def deliver_listed(self, props: Any, failure: Any = None, receipts: ReceiptBuffer | None = None) -> Outcome:
         """Deliver a version found by `sync`'s listing, which already told us it has no receipt or rejection
         and what its failure record is. With `receipts` (the sync run's buffer), a small export is delivered
-        without a claim and its receipt is written in a batch: see `_deliver_small`."""
+        without a claim and its receipt is written in a batch: see `_copy_and_record`."""
         started = self.clock()
         settings = props.content_settings
         version = SourceVersion(
@@ -263,18 +264,28 @@ class Relay:
                 size, md5, dest_etag, mode = result.size, result.md5, result.destination_etag, result.mode
                 single_put = result.mode == "stream" and result.blocks <= 1
             except DestinationExistsError:
-                try:
-                    existing = self._existing_delivery(dest, version, metadata)
-                except NameRejected as exc:
-                    self.ledger.record_rejection(name, etag, exc.reason)
-                    return Outcome("rejected", name, etag, destination=dest_path, reason=exc.reason)
-                if existing is None:
-                    # Ours from an earlier version of the same export (an updated export): replace it.
-                    result = self.copier.copy(source, version, dest, metadata=metadata, overwrite=True)
+                for _ in range(_REPLACE_ROUNDS):
+                    try:
+                        existing, seen_etag = self._existing_delivery(dest, version, metadata)
+                    except NameRejected as exc:
+                        self.ledger.record_rejection(name, etag, exc.reason)
+                        return Outcome("rejected", name, etag, destination=dest_path, reason=exc.reason)
+                    if existing is not None:  # this very version is there already
+                        size, md5, dest_etag, mode = existing
+                        break
+                    # An earlier version of the same export (an updated export): replace it, but only as it was
+                    # read (If-Match), so a version written meanwhile (perhaps newer) is looked at again first.
+                    try:
+                        result = self.copier.copy(source, version, dest, metadata=metadata, replace_etag=seen_etag)
+                    except DestinationExistsError:
+                        continue
                     size, md5, dest_etag, mode = result.size, result.md5, result.destination_etag, result.mode
+                    break
                 else:
-                    # The same version is already there (a crash after commit, before the receipt).
-                    size, md5, dest_etag, mode = existing
+                    from .errors import DeliveryError
+
+                    raise DeliveryError(f"{dest.blob_name!r} kept changing at Bane NOR while it was replaced.",
+                                        hint="it will be retried", transient=True)
             if not single_put or self.settings.after_delivery != "keep":
                 # A single Put Blob was checked by the service itself (transactional Content-MD5 of the whole
                 # body); block commits, and anything before the source is removed, are read back here.
@@ -324,8 +335,8 @@ class Relay:
         return md
 
     def _existing_delivery(self, dest: Any, version: SourceVersion,
-                           ours: dict[str, str]) -> tuple[int, bytes | None, str, str] | None:
-        """What the destination already holds, by the relay's metadata on it.
+                           ours: dict[str, str]) -> tuple[tuple[int, bytes | None, str, str] | None, str]:
+        """What the destination already holds, by the relay's metadata on it, and the etag it was read at.
 
         Returns the facts of this very version (this attempt's own write whose answer was lost, another
         deliverer's, or an attempt that stopped after its commit), or None for an older version of the same export
@@ -359,13 +370,13 @@ class Relay:
             # "copied": this attempt's own write, whose answer was lost and whose retry was refused; "existing":
             # another attempt's.
             mine = md.get("relay_attempt") == ours["relay_attempt"]
-            return props.size, bytes(md5) if md5 else None, props.etag, "copied" if mine else "existing"
+            return (props.size, bytes(md5) if md5 else None, props.etag, "copied" if mine else "existing"), props.etag
         if md.get("relay_source_modified", "") > ours["relay_source_modified"]:
             # A newer version of this export is already delivered: never replace it with an older one.
             raise NameRejected(version.name, (
                 f"a newer version of this export (modified {md['relay_source_modified']}) is already at "
                 f"{dest.blob_name!r}; this older version is not delivered"), hint="nothing to do")
-        return None
+        return None, props.etag
 
     @staticmethod
     def _destination_properties(dest: Any) -> Any:

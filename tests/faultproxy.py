@@ -28,7 +28,8 @@ from urllib.parse import parse_qs, urlsplit
 ACTIONS = ("status", "reset", "reset_response", "cut_request", "drop_answer", "stall")
 # Hop-by-hop headers (RFC 9110 section 7.6.1) are the proxy's own business; it re-frames every body.
 _HOP = frozenset("connection keep-alive proxy-connection transfer-encoding te trailer upgrade".split())
-_STATUS_CODES = {429: "TooManyRequests", 500: "InternalError", 503: "ServerBusy"}
+_STATUS_CODES = {403: "AuthorizationPermissionMismatch", 429: "TooManyRequests", 500: "InternalError",
+                 503: "ServerBusy"}
 
 
 @dataclass(frozen=True)

@@ -215,6 +215,23 @@ def test_cli_output_never_contains_secrets(cli, stack):
     assert account_key not in text
 
 
+def test_doctor_ledger_link(cli, stack):
+    # Azurite holds the exports and the ledger in one account, so a ledger-only failure is made by a proxy in
+    # front of the partner's storage that denies (403, as RBAC does) every request for the ledger container.
+    from tests.faultproxy import Fault, match, proxied_settings, proxies_for
+
+    proxies = proxies_for(stack)
+    try:
+        proxies["EXPORT_STORAGE"].add(Fault("status", when=match(path=rf"/{cli.base['LEDGER_CONTAINER']}(/|$)"),
+                                            status=403, times=None))
+        out = doctor_failure(cli, "ledger", EXPORT_STORAGE=proxied_settings(stack, proxies)["EXPORT_STORAGE"])
+    finally:
+        for proxy in proxies.values():
+            proxy.stop()
+    assert f"access to container '{cli.base['LEDGER_CONTAINER']}' was denied (403)" in out
+    assert "Storage Blob Data Contributor" in out
+
+
 def test_doctor_clock_link(cli, stack):
     # A token endpoint whose Date header is a minute behind this machine: Skyporten allows 10 s of skew.
     import email.utils

@@ -217,6 +217,27 @@ def test_an_updated_export_replaces_the_earlier_delivery(relay_env):
     assert relay_env.landed("daily.csv").download_blob().readall() == b"tuesday"
 
 
+def test_an_update_never_overwrites_a_version_written_while_it_looked(relay_env, monkeypatch):
+    relay_env.put("daily.csv", b"monday")
+    relay = relay_env.rt.relay
+    relay.deliver("daily.csv")
+    relay_env.put("daily.csv", b"tuesday")
+    look = relay._existing_delivery
+
+    def look_then_a_newer_version_lands(dest, version, ours):
+        found = look(dest, version, ours)
+        monkeypatch.setattr(relay, "_existing_delivery", look)  # once
+        blob = relay_env.landed("daily.csv")  # another instance delivers a newer version right now
+        metadata = dict(blob.get_blob_properties().metadata, relay_source_modified="2999-01-01T00:00:00.000000Z")
+        blob.upload_blob(b"wednesday", overwrite=True, metadata=metadata)
+        return found
+
+    monkeypatch.setattr(relay, "_existing_delivery", look_then_a_newer_version_lands)
+    outcome = relay.deliver("daily.csv")
+    assert outcome.status == "rejected" and "newer version" in outcome.reason
+    assert relay_env.landed("daily.csv").download_blob().readall() == b"wednesday"
+
+
 def test_eight_threads_delivering_one_blob_upload_it_once(relay_env):
     relay_env.put("once.csv", os.urandom(3 * 2**20))
     gateway = relay_env.stack.gateway
