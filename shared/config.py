@@ -57,7 +57,8 @@ ENVIRONMENTS: dict[str, Environment] = {
     ),
 }
 
-PROXY_VARIABLES = frozenset({"http_proxy", "https_proxy", "all_proxy", "no_proxy"})
+# What requests reads from the environment on every request (besides REQUESTS_CA_BUNDLE, which is a setting).
+HTTP_ENV_VARIABLES = frozenset({"http_proxy", "https_proxy", "all_proxy", "no_proxy", "curl_ca_bundle"})
 SIGNING_KEY_SOURCES = ("keyvault-secret", "keyvault-certificate", "keyvault-key", "file")
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _CONTAINER = re.compile(r"^[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]$")
@@ -108,9 +109,10 @@ class Settings:
     ca_bundle: str | None
     key_cache_seconds: int
     federation_retry_seconds: int
-    # A proxy variable (HTTPS_PROXY, NO_PROXY, ...) is set: the storage clients then read the environment on
-    # every request, as requests does by default; without one they skip that work (see `storage_transport`).
-    proxy_from_environment: bool = False
+    # A proxy variable (HTTPS_PROXY, NO_PROXY, ...) or CURL_CA_BUNDLE is set: the storage clients then read the
+    # environment on every request, as requests does by default; without one they skip that work
+    # (skyporten.storage_connection_options).
+    http_from_environment: bool = False
     # Which settings each value came from (preset, default or set), for `doctor`.
     origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -123,7 +125,7 @@ class Settings:
         """(setting, value, origin) rows for display; values here are never secret."""
         rows = []
         for f in fields(self):
-            if f.name in ("origins", "proxy_from_environment"):  # not settings
+            if f.name in ("origins", "http_from_environment"):  # not settings
                 continue
             value = getattr(self, f.name)
             if f.name == "export_storage_connection_string" and value:
@@ -408,7 +410,7 @@ class _Reader:
             ca_bundle=ca_bundle,
             key_cache_seconds=self.integer("SIGNING_KEY_CACHE_SECONDS", 300, 0, 86400),
             federation_retry_seconds=self.integer("FEDERATION_RETRY_SECONDS", 300, 0, 3600),
-            proxy_from_environment=any(k.lower() in PROXY_VARIABLES and v for k, v in self.env.items()),
+            http_from_environment=any(k.lower() in HTTP_ENV_VARIABLES and v for k, v in self.env.items()),
             origins=self.origins,
         )
 

@@ -248,10 +248,12 @@ def _translate(err: AzureError, *, blob: str, side: str, action: str) -> CopyFai
             transient=True,
             **kwargs,
         )
-    if side == "destination" and (code == "BlobAlreadyExists" or status == 412):
+    # 409 BlobAlreadyExists answers If-None-Match: *, 412 ConditionNotMet answers If-Match (a HEAD has no code);
+    # other 412s (LeaseIdMissing: Bane NOR holds a lease) are not about what is there and fall through.
+    if side == "destination" and (code == "BlobAlreadyExists" or (status == 412 and code in (None, "ConditionNotMet"))):
         return DestinationExistsError(
-            f"{action} {blob!r}: the destination already exists and the write is create-only ({label})",
-            hint="the export was delivered before; overwrite=True replaces it",
+            f"{action} {blob!r}: the destination already exists, or changed since it was read ({label})",
+            hint="the export was delivered before; the relay looks at what is there",
             **kwargs,
         )
     transient = status >= 500 or status in (408, 429)

@@ -56,6 +56,10 @@ def _unb64(text: str) -> str:
     return base64.urlsafe_b64decode(text.encode()).decode()
 
 
+def _parse_batch(body: bytes) -> list[Receipt]:
+    return [Receipt.from_json(line) for line in body.splitlines() if line.strip()]
+
+
 class _Record:
     """to_json/from_json for the frozen record dataclasses; unknown fields in stored JSON are ignored."""
 
@@ -176,6 +180,10 @@ class Ledger:
         self.clock = clock
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
+        # Receipt batches never change once written (unique names; compaction writes a new one and deletes the
+        # old), so the keys each one holds are read once per process: name -> keys.
+        self._batch_keys: dict[str, frozenset[str]] = {}
+        self._batch_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Ledger(container={self.container.container_name!r})"
@@ -186,7 +194,7 @@ class Ledger:
         """`sha256(name)[:40]-<etag>`: one key per source version, safe as a blob name segment."""
         digest = hashlib.sha256(name.encode()).hexdigest()[:40]
         bare = etag.strip('"')
-        safe = bare if _SAFE_ETAG.fullmatch(bare) else "h" + hashlib.sha256(etag.encode()).hexdigest()[:32]
+        safe = bare if _SAFE_ETAG.fullmatch(bare) else "h" + hashlib.sha256(bare.encode()).hexdigest()[:32]
         return f"{digest}-{safe}"
 
     def _blob(self, prefix: str, key: str) -> BlobClient:
@@ -243,22 +251,21 @@ class Ledger:
             pass
 
     # -- receipts --------------------------------------------------------------------------
-    def receipt(self, name: str, etag: str, *, batched: bool = True) -> Receipt | None:
-        """The receipt of a version: its own record, else (with `batched`) one in a batch written by `sync`.
-
-        `batched=False` is one request; the relay's single deliveries use it and, for a version that only a batch
-        knows, find the delivery at Bane NOR instead (a refused create-only write and the relay's metadata).
-        """
+    def receipt(self, name: str, etag: str) -> Receipt | None:
+        """The receipt of a version: its own record, else one in a batch written by `sync`."""
         key = self.key(name, etag)  # an etag from a listing has no quotes, one from Get Properties has
         body = self._read(self._blob(RECEIPTS, key))
         if body is not None:
             return Receipt.from_json(body)
-        if batched:
-            for _, receipts in self._batches():
-                for receipt in receipts:
-                    if self.key(receipt.source_name, receipt.source_etag) == key:
-                        return receipt
-        return None
+        for _ in range(_CONFLICT_RETRIES):
+            batch = next((n for n, keys in self._batch_index().items() if key in keys), None)
+            if batch is None:
+                return None
+            body = self._read(self.container.get_blob_client(batch))
+            if body is not None:
+                return next(r for r in _parse_batch(body) if self.key(r.source_name, r.source_etag) == key)
+            # merged by a compaction since the listing: look again
+        raise RelayError("the ledger's receipt batches kept changing under a compaction")
 
     def record_receipt(self, receipt: Receipt) -> Receipt:
         """Write the receipt once; if one exists for this version already, return that one unchanged."""
@@ -287,38 +294,57 @@ class Ledger:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.clock()))
         blob = self.container.get_blob_client(f"{RECEIPT_BATCHES}{stamp}-{uuid.uuid4().hex}.jsonl")
         body = "".join(receipt.to_json() + "\n" for receipt in receipts)
-        if self._create(blob, body, {"count": str(len(receipts))}, _JSON_LINES) is None:
-            raise RelayError(f"receipt batch {blob.blob_name!r} already exists")  # a fresh uuid4: never
+        # None (409) can only mean our own write whose answer was lost and retried: the name is a fresh uuid4.
+        self._create(blob, body, {"count": str(len(receipts))}, _JSON_LINES)
 
-    def _batches(self) -> Iterator[tuple[Any, list[Receipt]]]:
-        """(listed blob, its receipts) for every receipt batch; one GET each."""
-        for b in self._list(RECEIPT_BATCHES):
-            body = self._read(self.container.get_blob_client(b.name))
-            if body is not None:  # None: merged and removed by a compaction since the listing
-                yield b, [Receipt.from_json(line) for line in body.splitlines() if line.strip()]
+    def _batch_index(self) -> dict[str, frozenset[str]]:
+        """Batch name -> the keys of its receipts, for every receipt batch: one listing, plus one GET for each
+        batch this process has not read yet.
+
+        A batch that vanishes between the listing and its GET was merged by a compaction into a batch written
+        before the deletion, so the listing is taken again until one pass reads every batch it lists.
+        """
+        for _ in range(_CONFLICT_RETRIES):
+            index: dict[str, frozenset[str]] = {}
+            complete = True
+            for b in self._list(RECEIPT_BATCHES, metadata=False):
+                keys = self._batch_keys.get(b.name)
+                if keys is None:
+                    body = self._read(self.container.get_blob_client(b.name))
+                    if body is None:
+                        complete = False
+                        continue
+                    keys = frozenset(self.key(r.source_name, r.source_etag) for r in _parse_batch(body))
+                index[b.name] = keys
+            with self._batch_lock:
+                self._batch_keys = {**self._batch_keys, **index} if not complete else index
+            if complete:
+                return index
+        raise RelayError("the ledger's receipt batches kept changing under a compaction")
 
     def delivered_keys(self) -> set[str]:
-        """Keys (see `key`) of every receipt: one listing of names, plus one GET per receipt batch."""
+        """Keys (see `key`) of every receipt: one listing of names, plus the receipt batches (`_batch_index`)."""
         keys = {b.name[len(RECEIPTS) : -len(".json")] for b in self._list(RECEIPTS, metadata=False)}
-        for _, receipts in self._batches():
-            keys.update(self.key(r.source_name, r.source_etag) for r in receipts)
+        for batch in self._batch_index().values():
+            keys.update(batch)
         return keys
 
     def compact_receipt_batches(self, max_batches: int = 100, full: int = 1000) -> int:
-        """Keep the number of batch blobs (each one a GET per sync) bounded: when there are more than
+        """Keep the number of batch blobs (each one a GET per process) bounded: when there are more than
         `max_batches`, merge every batch of fewer than `full` receipts into one new batch, then delete the merged
-        ones (only if unchanged). A crash in between leaves receipts twice, which readers tolerate. Returns how
-        many batches were merged (0: one listing, nothing else)."""
+        ones (only if unchanged). Readers that meet a deleted batch list again and find the merged one; a crash in
+        between leaves receipts twice, which readers tolerate. Returns how many batches were merged (0: one
+        listing, nothing else)."""
         every = list(self._list(RECEIPT_BATCHES))
-        listed = [b for b in every if int(_lower(b.metadata).get("count", "0")) < full]
-        if len(every) <= max_batches or len(listed) < 2:
+        small = [b for b in every if int(_lower(b.metadata).get("count", "0")) < full]
+        if len(every) <= max_batches or len(small) < 2:
             return 0
         merged: list[Receipt] = []
         sources = []
-        for b in listed:
+        for b in small:
             body = self._read(self.container.get_blob_client(b.name))
             if body is not None:
-                merged.extend(Receipt.from_json(line) for line in body.splitlines() if line.strip())
+                merged.extend(_parse_batch(body))
                 sources.append(b)
         self._write_batch(merged)
         for b in sources:
@@ -536,16 +562,20 @@ class ReceiptBuffer:
             if len(self._pending) < self.size and self.clock() - self._since < self.max_age:
                 return receipt
             batch, self._pending = self._pending, []
-        try:
-            self._write(batch)
-        except Exception as exc:  # partner storage hiccup: keep them for the next batch or the final flush
-            with self._lock:
-                self._pending[:0] = batch
-            log.warning("receipt batch of %d not written yet (%s: %s): kept for the next one", len(batch),
-                        type(exc).__name__, scrub(str(exc))[:200])
+        self._write_or_keep(batch)
         return receipt
 
+    def flush_due(self) -> None:
+        """Write what has waited `max_age`: `sync` calls this while it waits for copies, so the receipts of small
+        exports never wait behind a long one."""
+        with self._lock:
+            if not self._pending or self.clock() - self._since < self.max_age:
+                return
+            batch, self._pending = self._pending, []
+        self._write_or_keep(batch)
+
     def flush(self) -> None:
+        """Write everything pending; raises RelayError (naming LEDGER_CONTAINER) if that fails."""
         with self._lock:
             batch, self._pending = self._pending, []
         if not batch:
@@ -559,6 +589,17 @@ class ReceiptBuffer:
                 hint="check access to LEDGER_CONTAINER; the next sync finds these deliveries at Bane NOR and "
                      "records them",
             ) from exc
+
+    def _write_or_keep(self, batch: list[Receipt]) -> None:
+        try:
+            self._write(batch)
+        except Exception as exc:  # partner storage hiccup: keep them for the next batch or the final flush
+            with self._lock:
+                if not self._pending:
+                    self._since = self.clock()
+                self._pending[:0] = batch
+            log.warning("receipt batch of %d not written yet (%s: %s): kept for the next one", len(batch),
+                        type(exc).__name__, scrub(str(exc))[:200])
 
     def _write(self, batch: list[Receipt]) -> None:
         self.ledger.record_receipts(batch)

@@ -196,8 +196,7 @@ class Relay:
                          failure: Any = None, receipts: ReceiptBuffer | None = None) -> Outcome:
         name, etag = version.name, version.etag
         if not listed:
-            # Its own receipt only (one request): a version only a sync batch knows is found at Bane NOR instead.
-            if self.ledger.receipt(name, etag, batched=False) is not None:
+            if self.ledger.receipt(name, etag) is not None:
                 return Outcome("already_delivered", name, etag, size=version.size)
             rejection = self.ledger.rejection(name, etag)
             if rejection is not None:
@@ -230,7 +229,7 @@ class Relay:
         try:
             # A claim we could create means no delivery of this version finished within CLAIM_TTL (a delivered
             # version keeps its claim), so a fresh listing needs no second look at the receipt.
-            if not listed and self.ledger.receipt(name, etag, batched=False) is not None:  # delivered since
+            if not listed and self.ledger.receipt(name, etag) is not None:  # delivered since we looked
                 outcome = Outcome("already_delivered", name, etag, size=version.size)
             else:
                 outcome = self._copy_and_record(source, version, dest_path, failure)
@@ -468,6 +467,18 @@ class Relay:
                  extra={"relay_sync": {k: v for k, v in summary.as_dict().items() if k != "outcomes"}})
         return summary
 
+    @staticmethod
+    def _wait_for_one(in_flight: set[Future], receipts: ReceiptBuffer | None) -> set[Future]:
+        """Wait until one delivery finishes; meanwhile write receipts that are due (a long copy must not hold
+        the batch of the small ones back)."""
+        while True:
+            done, pending = wait(in_flight, timeout=receipts.max_age if receipts else None,
+                                 return_when=FIRST_COMPLETED)
+            if receipts is not None:
+                receipts.flush_due()
+            if done:
+                return pending
+
     def _sync(self, summary: SyncSummary, dry_run: bool, progress: Callable[[Outcome], None] | None) -> None:
         delivered = self.ledger.delivered_keys()
         rejected = {Ledger.key(r.source_name, r.source_etag) for r in self.ledger.rejections()}
@@ -499,6 +510,7 @@ class Relay:
 
         receipts = None if dry_run else ReceiptBuffer(self.ledger)
         in_flight: set[Future] = set()
+        interrupted: BaseException | None = None
         try:
             with ThreadPoolExecutor(max_workers=limit, thread_name_prefix="relay-sync") as pool:
                 for blob in self.exports.list_blobs(name_starts_with=self.settings.sync_prefix or None):
@@ -522,11 +534,21 @@ class Relay:
                         continue
                     in_flight.add(pool.submit(run, blob, failure, receipts))
                     if len(in_flight) >= 2 * limit:  # bounded: a 100,000-blob container never piles up futures
-                        _, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-                wait(in_flight)
+                        in_flight = self._wait_for_one(in_flight, receipts)
+                while in_flight:
+                    in_flight = self._wait_for_one(in_flight, receipts)
+        except BaseException as exc:
+            interrupted = exc
+            raise
         finally:
             if receipts is not None:
-                receipts.flush()
+                try:
+                    receipts.flush()
+                except RelayError as exc:
+                    if error or interrupted is not None:  # the first error is the one to report
+                        log.error("sync: %s", exc)
+                    else:
+                        raise
         if error:
             raise error[0]
         if receipts is not None and receipts.batches:

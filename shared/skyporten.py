@@ -293,15 +293,16 @@ def storage_connection_options(settings: Any) -> dict[str, Any]:
     """Options both storage clients (the partner's and Bane NOR's) share: timeouts, retries, the CA bundle, and
     whether requests reads the environment on each request.
 
-    By default requests looks up proxy variables and ~/.netrc for every request, about a tenth of the CPU a
-    small request costs; the relay reads the environment once (`Settings.proxy_from_environment`) and only keeps
-    that per-request lookup when a proxy variable is set. REQUESTS_CA_BUNDLE is passed explicitly either way.
+    By default requests looks up proxy variables, CURL_CA_BUNDLE and ~/.netrc for every request, about a tenth
+    of the CPU a small request costs; the relay reads the environment once (`Settings.http_from_environment`) and
+    keeps that per-request lookup only when one of those variables is set. REQUESTS_CA_BUNDLE is passed
+    explicitly either way; .netrc is never wanted (every request carries a token or a key).
     """
     options: dict[str, Any] = {
         "connection_timeout": 20,
         "read_timeout": 120,
         "retry_policy": storage_retry_policy(),
-        "use_env_settings": settings.proxy_from_environment,
+        "use_env_settings": settings.http_from_environment,
     }
     if settings.ca_bundle:
         options["connection_verify"] = settings.ca_bundle

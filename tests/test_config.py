@@ -174,9 +174,9 @@ def test_settings_repr_never_shows_the_connection_string_key():
     assert "c2VjcmV0" not in repr(s)
 
 
-@pytest.mark.parametrize("name", ["HTTPS_PROXY", "https_proxy", "NO_PROXY", "all_proxy"])
-def test_a_proxy_variable_keeps_the_per_request_environment_lookup(name):
-    assert Settings.load(base_env(**{name: "http://proxy.example:3128"})).proxy_from_environment
+@pytest.mark.parametrize("name", ["HTTPS_PROXY", "https_proxy", "NO_PROXY", "all_proxy", "CURL_CA_BUNDLE"])
+def test_a_proxy_or_curl_bundle_variable_keeps_the_per_request_environment_lookup(name):
+    assert Settings.load(base_env(**{name: "http://proxy.example:3128"})).http_from_environment
 
 
 def test_without_proxy_variables_the_storage_clients_skip_the_environment():
@@ -184,11 +184,11 @@ def test_without_proxy_variables_the_storage_clients_skip_the_environment():
     from shared.skyporten import banenor_service_client
 
     settings = Settings.load(base_env())
-    assert not settings.proxy_from_environment
+    assert not settings.http_from_environment
     # No public accessor: the transport azure-storage-blob built from use_env_settings=False.
     assert Runtime(settings).export_service._pipeline._transport._use_env_settings is False
     assert banenor_service_client(settings, credential=None)._pipeline._transport._use_env_settings is False
 
 
-def test_proxy_from_environment_is_not_listed_as_a_setting():
-    assert "PROXY_FROM_ENVIRONMENT" not in {row[0] for row in Settings.load(base_env()).describe()}
+def test_http_from_environment_is_not_listed_as_a_setting():
+    assert "HTTP_FROM_ENVIRONMENT" not in {row[0] for row in Settings.load(base_env()).describe()}

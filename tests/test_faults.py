@@ -189,6 +189,19 @@ def test_one_transient_fault_is_retried_within_the_delivery(relay_env, faults, s
     assert_one_verified_delivery_each(relay_env, rt)
 
 
+def test_a_lost_answer_to_a_receipt_batch_write_is_not_an_error(relay_env, faults):
+    for i in range(12):
+        relay_env.put(f"batch/{i:02}.csv", f"{i}\n".encode())
+    rt = fast_runtime(relay_env, faults)
+    lost = faults["EXPORT_STORAGE"].add(Fault("drop_answer", match("PUT", "/ledger-.*/receipt-batches/")))
+    summary = rt.relay.sync()
+    assert lost.fired == 1  # the batch was stored; the SDK's retry of the create-only write met 409
+    assert summary.error is None and summary.delivered == 12
+    assert rt.ledger.counts()["delivered"] == 12
+    batches = list(rt.ledger.container.list_blobs(name_starts_with="receipt-batches/"))
+    assert len(batches) == 1
+
+
 def test_skyporten_429_waits_as_long_as_retry_after_says(relay_env, faults):
     relay_env.put("throttled.csv")
     rt = fast_runtime(relay_env, faults)

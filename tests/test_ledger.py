@@ -113,6 +113,10 @@ def test_key_hashes_an_etag_that_is_not_filesystem_safe() -> None:
     assert "/" not in key
 
 
+def test_key_is_the_same_for_a_quoted_and_a_bare_unusual_etag() -> None:
+    assert Ledger.key(NAME, '"a/b c"') == Ledger.key(NAME, "a/b c")
+
+
 def test_key_differs_per_version_and_per_name() -> None:
     assert len({Ledger.key("a", "1"), Ledger.key("a", "2"), Ledger.key("b", "1")}) == 3
 
@@ -196,10 +200,41 @@ def test_receipt_finds_a_batched_receipt_by_an_etag_without_quotes(ledger: Ledge
     assert ledger.receipt(batch[3].source_name, batch[3].source_etag.strip('"')) == batch[3]
 
 
-def test_receipt_without_batches_reads_only_the_versions_own_record(ledger: Ledger) -> None:
-    batch = versions(BATCH_MIN)
-    ledger.record_receipts(batch)
-    assert ledger.receipt(batch[3].source_name, batch[3].source_etag, batched=False) is None
+def test_each_batch_is_read_once_per_ledger(ledger: Ledger, monkeypatch) -> None:
+    ledger.record_receipts(versions(BATCH_MIN))
+    ledger.delivered_keys()
+    reads = []
+    real = ledger._read
+    monkeypatch.setattr(ledger, "_read", lambda blob: reads.append(blob.blob_name) or real(blob))
+    assert len(ledger.delivered_keys()) == BATCH_MIN
+    assert [r for r in reads if r.startswith(RECEIPT_BATCHES)] == []
+
+
+def test_a_batch_merged_by_a_compaction_while_it_is_read_is_found_in_the_merged_one(ledger: Ledger,
+                                                                                     clock: Clock,
+                                                                                     monkeypatch) -> None:
+    for i in range(4):
+        ledger.record_receipts(versions(BATCH_MIN, prefix=f"b{i}"))
+    expected = new_ledger(ledger, clock).delivered_keys()
+    real = ledger._read
+
+    def compaction_strikes_after_the_listing(blob):
+        monkeypatch.setattr(ledger, "_read", real)  # once
+        assert new_ledger(ledger, clock).compact_receipt_batches(max_batches=1) == 4
+        return real(blob)
+
+    monkeypatch.setattr(ledger, "_read", compaction_strikes_after_the_listing)
+    assert ledger.delivered_keys() == expected
+
+
+def test_a_receipt_in_a_batch_merged_since_the_last_read_is_still_found(ledger: Ledger, clock: Clock) -> None:
+    batches = [versions(BATCH_MIN, prefix=f"b{i}") for i in range(3)]
+    for batch in batches:
+        ledger.record_receipts(batch)
+    ledger.delivered_keys()  # this process has read (and remembers) the three batches
+    new_ledger(ledger, clock).compact_receipt_batches(max_batches=1)
+    wanted = batches[1][4]
+    assert ledger.receipt(wanted.source_name, wanted.source_etag) == wanted
 
 
 def test_a_version_with_two_receipts_counts_once(ledger: Ledger) -> None:
@@ -263,6 +298,17 @@ def test_buffer_writes_what_has_waited_max_age(ledger: Ledger) -> None:
     clock.now += 5.0
     buffer.add(second)
     assert ledger.delivered_keys() == {Ledger.key(r.source_name, r.source_etag) for r in (first, second)}
+
+
+def test_buffer_flush_due_writes_what_has_waited_max_age(ledger: Ledger) -> None:
+    clock = Monotonic()
+    buffer = ReceiptBuffer(ledger, size=1000, max_age=5.0, clock=clock)
+    buffer.add(receipt())
+    buffer.flush_due()
+    assert ledger.delivered_keys() == set()
+    clock.now += 5.0
+    buffer.flush_due()
+    assert ledger.delivered_keys() == {Ledger.key(NAME, ETAG)}
 
 
 def test_buffer_flush_writes_the_rest(ledger: Ledger) -> None:
