@@ -537,7 +537,8 @@ class ReceiptBuffer:
     """The receipts of one `sync` run, written in batches: when `size` are pending, or when the oldest has waited
     `max_age` seconds, by the worker thread that adds the last one; `flush()` writes the rest. Thread-safe.
 
-    A batch that cannot be written stays pending for the next try; what `flush` cannot write raises RelayError.
+    A batch that cannot be written stays pending, and no worker tries again for `max_age` seconds (so an outage of
+    the ledger does not hold every delivery up in the SDK's retries); what `flush` cannot write raises RelayError.
     Those versions are delivered all the same: the next sync finds each at Bane NOR (a refused create-only write
     and the relay's metadata) and records its receipt then.
     """
@@ -551,6 +552,7 @@ class ReceiptBuffer:
         self._lock = threading.Lock()
         self._pending: list[Receipt] = []
         self._since = 0.0
+        self._retry_at = 0.0  # after a failed write: no new attempt before this
         self.batches = 0
 
     def add(self, receipt: Receipt) -> Receipt:
@@ -559,17 +561,24 @@ class ReceiptBuffer:
             if not self._pending:
                 self._since = self.clock()
             self._pending.append(receipt)
-            if len(self._pending) < self.size and self.clock() - self._since < self.max_age:
+            if not self._due(full=True):
                 return receipt
             batch, self._pending = self._pending, []
         self._write_or_keep(batch)
         return receipt
 
+    def _due(self, full: bool) -> bool:
+        """Under the lock: whether the pending receipts should be written now."""
+        now = self.clock()
+        if not self._pending or now < self._retry_at:
+            return False
+        return (full and len(self._pending) >= self.size) or now - self._since >= self.max_age
+
     def flush_due(self) -> None:
         """Write what has waited `max_age`: `sync` calls this while it waits for copies, so the receipts of small
         exports never wait behind a long one."""
         with self._lock:
-            if not self._pending or self.clock() - self._since < self.max_age:
+            if not self._due(full=False):
                 return
             batch, self._pending = self._pending, []
         self._write_or_keep(batch)
@@ -598,6 +607,7 @@ class ReceiptBuffer:
                 if not self._pending:
                     self._since = self.clock()
                 self._pending[:0] = batch
+                self._retry_at = self.clock() + self.max_age
             log.warning("receipt batch of %d not written yet (%s: %s): kept for the next one", len(batch),
                         type(exc).__name__, scrub(str(exc))[:200])
 

@@ -339,6 +339,24 @@ def test_buffer_keeps_a_batch_it_could_not_write_for_the_flush(ledger: Ledger, m
     assert len(ledger.delivered_keys()) == BATCH_MIN
 
 
+def test_buffer_waits_max_age_before_trying_again_after_a_failed_write(ledger: Ledger, monkeypatch) -> None:
+    clock = Monotonic()
+    buffer = ReceiptBuffer(ledger, size=BATCH_MIN, max_age=5.0, clock=clock)
+    attempts = []
+
+    def down(batch):
+        attempts.append(len(batch))
+        raise ConnectionError("partner storage unreachable")
+
+    monkeypatch.setattr(ledger, "record_receipts", down)
+    for r in versions(BATCH_MIN + 5):
+        buffer.add(r)
+    assert attempts == [BATCH_MIN]  # the later adds did not each wait out a failing write
+    clock.now += 5.0
+    buffer.add(receipt())
+    assert attempts == [BATCH_MIN, BATCH_MIN + 6]
+
+
 def test_buffer_flush_that_fails_names_the_ledger_container(ledger: Ledger, monkeypatch) -> None:
     buffer = ReceiptBuffer(ledger, size=1000, clock=Monotonic())
     buffer.add(receipt())
