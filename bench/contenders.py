@@ -291,13 +291,7 @@ def copies_without_ledger(job: Job) -> dict[str, Any]:
     chain = job.warm(rt)
 
     def one(props: Any) -> None:
-        settings = props.content_settings
-        version = SourceVersion(
-            name=props.name, etag=props.etag, size=props.size, content_type=settings.content_type,
-            content_disposition=settings.content_disposition,
-            content_md5=bytes(settings.content_md5) if settings.content_md5 else None,
-            last_modified=props.last_modified,
-        )
+        version = SourceVersion.from_properties(props)
         source = exports.get_blob_client(props.name)
         dest = destination.get_blob_client(job.dest_path(props.name))
         result = copier.copy(source, version, dest, metadata={"relay_source_name": props.name.replace("/", "-")},

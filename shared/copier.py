@@ -155,6 +155,15 @@ class SourceVersion:
     content_md5: bytes | None
     last_modified: datetime
 
+    @classmethod
+    def from_properties(cls, props: Any) -> SourceVersion:
+        """From BlobProperties: Get Blob Properties' answer, or an item of a listing (same fields)."""
+        settings = props.content_settings
+        md5 = settings.content_md5
+        return cls(name=props.name, etag=props.etag, size=props.size, content_type=settings.content_type,
+                   content_disposition=settings.content_disposition, content_md5=bytes(md5) if md5 else None,
+                   last_modified=props.last_modified)
+
 
 @dataclass(frozen=True)
 class CopyResult:
@@ -362,17 +371,7 @@ class Copier:
             props = source.get_blob_properties()
         except AzureError as err:
             raise _translate(err, blob=source.blob_name, side="source-read", action="reading") from err
-        settings = props.content_settings
-        md5 = settings.content_md5
-        return SourceVersion(
-            name=props.name,
-            etag=props.etag,
-            size=props.size,
-            content_type=settings.content_type,
-            content_disposition=settings.content_disposition,
-            content_md5=bytes(md5) if md5 else None,
-            last_modified=props.last_modified,
-        )
+        return SourceVersion.from_properties(props)
 
     def copy(
         self,
