@@ -294,17 +294,25 @@ def small_files(probe: Probe, settings: dict[str, str], count: int, file_size: i
     setup = probe.run("setup-small", settings, container=container, count=count, size=file_size)
     if setup["count"] != count:
         raise RuntimeError(f"setup put {setup['count']} exports, not {count}")
-    log("small files: relay sync (with the ledger)")
-    sync = probe.run("relay-sync", settings, container=container, ledger=f"bench-ledger-{tag}", count=count,
-                     folder=f"b{tag}-sync")
-    log("small files: the same copies without the ledger")
-    bare = probe.run("copies-without-ledger", settings, container=container, folder=f"b{tag}-bare")
-    log("small files: plain SDK loop, one file after another")
-    loop = probe.run("plain-loop", settings, container=container, folder=f"b{tag}-loop")
-    for row in (bare, loop):
-        if row["count"] != count:
-            raise RuntimeError(f"a contender copied {row['count']} files, not {count}")
-    return {"count": count, "file_size": file_size, "setup": setup, "sync": sync, "bare": bare, "loop": loop}
+    # A B C C B A, like the large file: the machine's load drifts, and each contender is judged by its best run.
+    order = ["relay-sync", "copies-without-ledger", "plain-loop"]
+    titles = {"relay-sync": "relay sync (with the ledger)", "copies-without-ledger": "the same copies without the "
+              "ledger", "plain-loop": "plain SDK loop, one file after another"}
+    runs: list[tuple[str, dict[str, Any]]] = []
+    for index, which in enumerate(order + order[::-1]):
+        log(f"small files: {titles[which]} (run {1 + index // 3})")
+        run = f"{tag}-{index}"
+        row = probe.run(which, settings, container=container, ledger=f"bench-ledger-{run}", count=count,
+                        folder=f"b{run}")
+        if which != "relay-sync" and row["count"] != count:
+            raise RuntimeError(f"{which} copied {row['count']} files, not {count}")
+        runs.append((which, row))
+
+    def best(which: str) -> dict[str, Any]:
+        return min((row for name, row in runs if name == which), key=lambda row: row["seconds"])
+
+    return {"count": count, "file_size": file_size, "setup": setup, "runs": runs, "sync": best("relay-sync"),
+            "bare": best("copies-without-ledger"), "loop": best("plain-loop")}
 
 
 # --- report -----------------------------------------------------------------------------------------------
@@ -443,9 +451,10 @@ def report(r: dict[str, Any]) -> str:
         "gateway / other | RSS peak | Skyporten | Entra | MSI |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    rows = [("relay sync (ledger)", small["sync"]), ("same copies, no ledger", small["bare"]),
-            ("plain SDK loop, sequential", small["loop"])]
-    for label, row in rows:
+    labels = {"relay-sync": "relay sync (ledger)", "copies-without-ledger": "same copies, no ledger",
+              "plain-loop": "plain SDK loop, sequential"}
+    for which, row in small["runs"]:
+        label = labels[which]
         req = row["requests"]
         per = " / ".join(f"{req.get(k, 0) / n:.2f}" for k in ("storage", "gateway", "other"))
         lines.append(
@@ -457,11 +466,12 @@ def report(r: dict[str, Any]) -> str:
     lines += [
         "",
         f"Sync and the no-ledger copies run on SYNC_CONCURRENCY={small['sync']['concurrency']} threads; the "
-        "plain loop on one. Requests are counted in the contender's process (urllib3) during the timed part; "
-        "partner storage is Azurite's partner account (exports and ledger). Token columns count the "
-        "simulators' token endpoints during each contender's whole process (the warm-up fetch included): "
-        "Skyporten grants, Entra client-assertion exchanges, managed "
-        "identity (Key Vault) tokens.",
+        "plain loop on one. The runs are interleaved (A B C C B A) and each contender's best run makes the "
+        "headline; `vs plain loop` is against the loop's best run. Requests are counted in the contender's "
+        "process (urllib3) during the timed part; partner storage is Azurite's partner account (exports and "
+        "ledger). Token columns count the simulators' token endpoints during each contender's whole process "
+        "(the warm-up fetch included): Skyporten grants, Entra client-assertion exchanges, managed identity "
+        "(Key Vault) tokens.",
         "",
         f"### Cold start (fresh interpreters, median of {cold['runs']}, in-process import time)",
         "",

@@ -426,6 +426,8 @@ class Relay:
     def _log(self, outcome: Outcome) -> None:
         level = logging.INFO if outcome.status in ("delivered", "already_delivered", "in_progress") else \
             logging.WARNING
+        if not log.isEnabledFor(level):
+            return
         # key=value pairs: Application Insights queries parse them (traces | parse message with ...).
         log.log(level, "delivery outcome=%s correlation_id=%s source=%s version=%s destination=%s bytes=%d "
                 "seconds=%.3f mode=%s%s", outcome.status, outcome.correlation_id, outcome.source_name,
