@@ -163,7 +163,8 @@ def _lower(md: dict[str, str] | None) -> dict[str, str]:
 
 
 class Ledger:
-    """The ledger in `container` (the partner's LEDGER_CONTAINER). Thread-safe: it keeps no local state.
+    """The ledger in `container` (the partner's LEDGER_CONTAINER). Thread-safe: its only local state is what the
+    receipt batches hold (immutable blobs, read once each).
 
     `clock` returns epoch seconds; failures back off `backoff_base * 2**(attempts-1)` seconds, capped at
     `backoff_max`. Storage errors other than the expected conflicts propagate (azure.core exceptions).
