@@ -204,6 +204,42 @@ def setup_small(job: Job) -> dict[str, Any]:
     return m.row(count=sum(1 for _ in container.list_blobs(name_starts_with="small/")))
 
 
+def setup_scale(job: Job) -> dict[str, Any]:
+    """`count` one-byte exports, each already delivered: a receipt for every version, written in batches of
+    1,000 by the product's own ledger (the state a long-running relay reaches), for the idle-sync measure."""
+    import uuid
+
+    from shared.ledger import Ledger, Receipt
+
+    p = job.params
+    service = job.source_service()
+    container = service.get_container_client(p["container"])
+    if not container.exists():
+        container.create_container()
+
+    def put(index: int) -> None:
+        container.upload_blob(f"scale/{index // 1000:03d}/export-{index:06d}.csv", b"x", overwrite=True)
+
+    with Measure() as m:
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(put, range(p["count"])))
+        ledger = Ledger(service.get_container_client(p["ledger"]))
+        ledger.ensure()
+        batch: list[Receipt] = []
+        count = 0
+        for blob in container.list_blobs():
+            batch.append(Receipt(
+                source_name=blob.name, source_etag=blob.etag, size=blob.size, md5="", destination_path=blob.name,
+                destination_url="", destination_etag=f'"{uuid.uuid4().hex}"', attempts=1, first_attempt_at=0.0,
+                delivered_at=0.0, mode="stream", original_name=blob.name))
+            count += 1
+            if len(batch) == 1000:
+                ledger.record_receipts(batch)
+                batch = []
+        ledger.record_receipts(batch)
+    return m.row(count=count)
+
+
 # --- large file -------------------------------------------------------------------------------------------
 
 
@@ -304,6 +340,20 @@ def copies_without_ledger(job: Job) -> dict[str, Any]:
     return m.row(count=count, chain_seconds=chain, concurrency=rt.settings.sync_concurrency)
 
 
+def relay_sync_idle(job: Job) -> dict[str, Any]:
+    """`Relay.sync` over an export container whose every version is delivered: what each timer run costs a
+    long-running relay (listing the exports, reading the ledger), in time, requests and memory."""
+    p = job.params
+    rt = job.runtime(EXPORT_CONTAINER=p["container"], LEDGER_CONTAINER=p["ledger"])
+    chain = job.warm(rt)
+    with Measure() as m:
+        summary = rt.relay.sync()
+    if summary.error or summary.already_delivered != p["count"] or summary.delivered or summary.failed:
+        raise RuntimeError(f"idle sync: already={summary.already_delivered} delivered={summary.delivered} "
+                           f"failed={summary.failed} error={summary.error}")
+    return m.row(listed=summary.listed, chain_seconds=chain)
+
+
 def plain_loop(job: Job) -> dict[str, Any]:
     """Plain azure-storage-blob, one file after another: download, upload through the gateway with the
     relay's credential (create-only, the SDK's default)."""
@@ -324,6 +374,8 @@ def plain_loop(job: Job) -> dict[str, Any]:
 CONTENDERS: dict[str, Callable[[Job], dict[str, Any]]] = {
     "setup-large": setup_large,
     "setup-small": setup_small,
+    "setup-scale": setup_scale,
+    "relay-sync-idle": relay_sync_idle,
     "relay-deliver": relay_deliver,
     "plain-copy": plain_copy,
     "relay-sync": relay_sync,

@@ -315,6 +315,18 @@ def small_files(probe: Probe, settings: dict[str, str], count: int, file_size: i
             "bare": best("copies-without-ledger"), "loop": best("plain-loop")}
 
 
+def idle_sync(probe: Probe, settings: dict[str, str], count: int) -> dict[str, Any]:
+    """What every timer run costs a long-running relay: `sync` over `count` exports that are all delivered."""
+    tag = uuid.uuid4().hex[:8]
+    params = {"container": f"bench-scale-{tag}", "ledger": f"bench-scale-ledger-{tag}", "count": count}
+    log(f"scale: {count:,} delivered exports (uploading; receipts in batches of 1,000)")
+    setup = probe.run("setup-scale", settings, **params)
+    if setup["count"] != count:
+        raise RuntimeError(f"setup put {setup['count']} exports, not {count}")
+    log("scale: an idle sync over them")
+    return {"count": count, "setup": setup, "sync": probe.run("relay-sync-idle", settings, **params)}
+
+
 # --- report -----------------------------------------------------------------------------------------------
 
 
@@ -374,6 +386,16 @@ def fmt_bytes(n: float) -> str:
     return f"{n:.0f} B"
 
 
+def _idle_sync_row(scale: dict[str, Any] | None) -> list[str]:
+    if not scale:
+        return []
+    row, count = scale["sync"], scale["count"]
+    requests = sum(row["requests"].values())
+    return [f"| idle sync over {count:,} delivered exports (what each timer run costs) | {row['seconds']:.1f} s "
+            f"({row['seconds'] / count * 1000:.2f} ms per export), {requests} requests, peak RSS "
+            f"{row['rss_peak']:.0f} MiB ({row['rss_idle']:.0f} before) | - | |"]
+
+
 def report(r: dict[str, Any]) -> str:
     m, large, small, cold, s = r["machine"], r["large"], r["small"], r["cold"], r["summary"]
     size_label = fmt_bytes(large["size"])
@@ -405,6 +427,7 @@ def report(r: dict[str, Any]) -> str:
         f"{verdict(s['met']['sync_vs_loop'])} |",
         f"| ledger cost per file (sync minus the same copies without it, / {n:,}) | "
         f"{s['ledger_ms_per_file']:.1f} ms | - | |",
+        *_idle_sync_row(r.get("scale")),
         f"| Skyporten / Entra token requests per {n:,} deliveries | {s['sky_tokens']} / {s['entra_tokens']} | "
         f"1 / 1 | {verdict(s['met']['tokens'])} |",
         f"| cold start: import function_app over bare azure.functions (median of {cold['runs']}) | "
@@ -536,6 +559,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes (64 MiB, 200 files) for development")
     parser.add_argument("--size-mib", type=int, help="large file size (default 1024; quick 64)")
     parser.add_argument("--files", type=int, help="number of small exports (default 2000; quick 200)")
+    parser.add_argument("--scale-files", type=int, help="delivered exports for the idle sync (default 20000; "
+                        "quick 2000; 0 skips it)")
     parser.add_argument("--file-kib", type=int, default=4)
     parser.add_argument("--block-mib", type=int, default=8, help="the relay's BLOCK_SIZE default")
     parser.add_argument("--parallelism", type=int, default=4, help="the relay's PARALLELISM default")
@@ -546,6 +571,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     size = (args.size_mib or (64 if args.quick else 1024)) * MiB
     count = args.files or (200 if args.quick else 2000)
+    scale = args.scale_files if args.scale_files is not None else (2000 if args.quick else 20000)
     import_runs = args.import_runs or (5 if args.quick else 11)
     kind = "quick" if args.quick else "full"
 
@@ -568,6 +594,8 @@ def main(argv: list[str] | None = None) -> int:
         probe = Probe(stack)
         r["large"] = large_file(probe, settings, size, args.block_mib * MiB, args.parallelism, args.repeat)
         r["small"] = small_files(probe, settings, count, args.file_kib * 1024)
+        if scale:
+            r["scale"] = idle_sync(probe, settings, scale)
         r["azurite_hwm_mib"] = process_hwm_mib(stack.azurite.process.pid)
     finally:
         stack.stop()
