@@ -255,28 +255,11 @@ class Relay:
                 size, md5, dest_etag, mode = result.size, result.md5, result.destination_etag, result.mode
                 single_put = result.mode == "stream" and result.blocks <= 1
             except DestinationExistsError:
-                for _ in range(_REPLACE_ROUNDS):
-                    try:
-                        existing, seen_etag = self._existing_delivery(dest, version, metadata)
-                    except NameRejected as exc:
-                        self.ledger.record_rejection(name, etag, exc.reason)
-                        return Outcome("rejected", name, etag, destination=dest_path, reason=exc.reason)
-                    if existing is not None:  # this very version is there already
-                        size, md5, dest_etag, mode = existing
-                        break
-                    # An earlier version of the same export (an updated export): replace it, but only as it was
-                    # read (If-Match), so a version written meanwhile (perhaps newer) is looked at again first.
-                    try:
-                        result = self.copier.copy(source, version, dest, metadata=metadata, replace_etag=seen_etag)
-                    except DestinationExistsError:
-                        continue
-                    size, md5, dest_etag, mode = result.size, result.md5, result.destination_etag, result.mode
-                    break
-                else:
-                    from .errors import DeliveryError
-
-                    raise DeliveryError(f"{dest.blob_name!r} kept changing at Bane NOR while it was replaced.",
-                                        hint="it will be retried", transient=True)
+                try:
+                    size, md5, dest_etag, mode = self._adopt_or_replace(source, version, dest, metadata)
+                except NameRejected as exc:
+                    self.ledger.record_rejection(name, etag, exc.reason)
+                    return Outcome("rejected", name, etag, destination=dest_path, reason=exc.reason)
             if not single_put or self.settings.after_delivery != "keep":
                 # A single Put Blob was checked by the service itself (transactional Content-MD5 of the whole
                 # body); block commits, and anything before the source is removed, are read back here.
@@ -308,6 +291,26 @@ class Relay:
                            reason="Bane NOR already had this version; its receipt is now recorded")
         return Outcome("delivered", name, etag, destination=dest_path, size=size, mode=mode,
                        md5=receipt.md5 or None)
+
+    def _adopt_or_replace(self, source: Any, version: SourceVersion, dest: Any,
+                          metadata: dict[str, str]) -> tuple[int, bytes | None, str, str]:
+        """The destination exists: adopt it when it holds this very version; replace it when it holds an earlier
+        version of the same export, but only as it was read (If-Match), so a version written meanwhile (perhaps a
+        newer one) is looked at again first. Returns (size, md5, destination etag, mode). Raises NameRejected
+        (another export's file, or a newer version) and DeliveryError (it kept changing)."""
+        from .errors import DeliveryError
+
+        for _ in range(_REPLACE_ROUNDS):
+            existing, seen_etag = self._existing_delivery(dest, version, metadata)
+            if existing is not None:
+                return existing
+            try:
+                result = self.copier.copy(source, version, dest, metadata=metadata, replace_etag=seen_etag)
+            except DestinationExistsError:
+                continue  # changed since we looked: look again
+            return result.size, result.md5, result.destination_etag, result.mode
+        raise DeliveryError(f"{dest.blob_name!r} kept changing at Bane NOR while it was replaced.",
+                            hint="it will be retried", transient=True)
 
     def _metadata(self, version: SourceVersion) -> dict[str, str]:
         # Recorded on the destination so Bane NOR (and we) can trace every file back to its source version.
