@@ -1,7 +1,7 @@
 """`make bench`: the relay's benchmarks, in one run on the local stack, each figure against a baseline of the
 same run; writes bench/RESULTS.md (the last run in full, and one history row per run).
 
-    .venv/bin/python -m bench.run            # full: 1 GiB, 2,000 x 4 KiB (about 6-10 minutes on 2 cores)
+    .venv/bin/python -m bench.run            # full: 1 GiB, 2,000 x 4 KiB, idle sync over 20,000 (about 5-10 minutes)
     .venv/bin/python -m bench.run --quick    # 64 MiB, 200 files; prints, writes RESULTS.md only with --write
 
 This process hosts the stack (Azurite and the simulators, the gateway included); every contender runs in its

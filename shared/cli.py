@@ -275,7 +275,7 @@ def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
         response = requests.get(url, timeout=15, verify=s.ca_bundle or True)
         date = response.headers.get("Date")
         if not date:
-            return ["WARNING: the token endpoint sent no Date header; clock not checked"]
+            return ["WARNING: Skyporten's metadata endpoint sent no Date header; clock not checked"]
         skew = time.time() - parsedate_to_datetime(date).timestamp()
         if abs(skew) > 10:
             raise RelayError(f"this machine's clock is {skew:+.0f} s off Skyporten's; Skyporten allows 10 s.",

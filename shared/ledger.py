@@ -21,7 +21,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.core.exceptions import (
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
 from azure.storage.blob import BlobClient, ContainerClient, ContentSettings
 
 from .errors import RelayError, scrub
@@ -245,11 +250,18 @@ class Ledger:
         return iter(self.container.list_blobs(name_starts_with=prefix, include=include))
 
     def ensure(self) -> None:
-        """Create the ledger container if it is missing."""
+        """Create the ledger container if it is missing.
+
+        An identity whose role is scoped to the container itself may be refused Create Container (403) although
+        the container is there: then it is enough that the container exists (one more request, only then).
+        """
         try:
             self.container.create_container()
         except ResourceExistsError:
             pass
+        except HttpResponseError as exc:
+            if exc.status_code != 403 or not self.container.exists():
+                raise
 
     # -- receipts --------------------------------------------------------------------------
     def receipt(self, name: str, etag: str) -> Receipt | None:
@@ -404,7 +416,8 @@ class Ledger:
             pass
 
     def failures(self, delivered: set[str] | None = None) -> Iterator[Failure]:
-        """Every failure record of a version not delivered since, poisoned or not; listings only, no GETs.
+        """Every failure record of a version not delivered since, poisoned or not; listings (and the receipt
+        batches this process has not read yet).
 
         A version can be delivered after a failure was recorded by another worker; its stale record is skipped
         (`delivered`: the keys from `delivered_keys()`, when the caller has them already).
@@ -524,7 +537,8 @@ class Ledger:
 
     # -- overview --------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
-        """delivered, failed (not poisoned), poisoned and rejected versions; listings only, no GETs."""
+        """delivered, failed (not poisoned), poisoned and rejected versions; listings (and the receipt batches
+        this process has not read yet)."""
         counts = {"delivered": 0, "failed": 0, "poisoned": 0, "rejected": 0}
         delivered = self.delivered_keys()
         counts["delivered"] = len(delivered)

@@ -189,6 +189,17 @@ def test_one_transient_fault_is_retried_within_the_delivery(relay_env, faults, s
     assert_one_verified_delivery_each(relay_env, rt)
 
 
+def test_a_ledger_container_that_exists_is_enough_when_create_container_is_refused(relay_env, faults):
+    relay_env.rt.ledger  # the container exists (created by the fixture's runtime)
+    relay_env.put("scoped.csv")
+    rt = fast_runtime(relay_env, faults)
+    # A role scoped to the container: Create Container is refused (403), everything inside it is allowed.
+    refused = faults["EXPORT_STORAGE"].add(Fault("status", match("PUT", r"^/[^/]+/ledger-[^/]+$"), status=403,
+                                                 times=None))
+    assert rt.relay.deliver("scoped.csv").status == "delivered"
+    assert refused.fired == 1
+
+
 def test_a_lost_answer_to_a_receipt_batch_write_is_not_an_error(relay_env, faults):
     for i in range(12):
         relay_env.put(f"batch/{i:02}.csv", f"{i}\n".encode())
