@@ -24,6 +24,7 @@ from .config import Settings, read_env_file
 from .errors import ConfigError, RelayError, SigningKeyError, scrub
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
+ENV_FILE_FIX = "give a file of KEY=value lines; `make stack` writes the local stack's to .local/settings.env"
 # doctor: the exit code says which link failed first
 DOCTOR_LINKS = ("settings", "clock", "key_vault", "key", "skyporten", "entra", "gateway", "exports", "ledger")
 DOCTOR_EXIT = {name: 10 + i for i, name in enumerate(DOCTOR_LINKS)}
@@ -392,7 +393,16 @@ def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
         if not doc.check(link, title, fn):
             code = DOCTOR_EXIT[link]
             break
-    out.data({"ok": code == EXIT_OK, "exit_code": code, "checks": doc.results})
+    rows = state["s"].describe() if args.settings and "s" in state else []
+    if rows:
+        width = max(len(name) for name, _, _ in rows)
+        out.line("Settings in force (connection-string keys redacted):")
+        for name, value, origin in rows:
+            out.line(f"  {name.ljust(width)}  {value or '-'}  ({origin or 'derived'})")
+    payload: dict[str, Any] = {"ok": code == EXIT_OK, "exit_code": code, "checks": doc.results}
+    if args.settings:
+        payload["settings"] = [{"name": n, "value": v, "origin": o} for n, v, o in rows]
+    out.data(payload)
     out.line("All links work." if code == EXIT_OK else f"Stopped at the first broken link (exit code {code}).")
     return code
 
@@ -429,6 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("doctor", "check every link: settings, clock, key, Skyporten, Entra, gateway, exports, ledger")
     p.add_argument("--read-only", action="store_true", help="list Bane NOR's directory instead of writing a probe")
+    p.add_argument("--settings", action="store_true",
+                   help="also list every setting in force, its value and where it came from (set, preset, default)")
     p = add("token", "get a Skyporten token and show its non-secret facts (scope, audience, consumer, expiry)")
     p.add_argument("--decode", action="store_true", help="also show all claims (never the token itself)")
     p.add_argument("--raw", action="store_true", help="print the token itself (secret: do not paste it anywhere)")
@@ -454,8 +466,14 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.env_file:
-        for key, value in read_env_file(args.env_file).items():
-            os.environ[key] = value
+        try:
+            values = read_env_file(args.env_file)
+        except (OSError, UnicodeDecodeError) as exc:
+            message = f"--env-file {args.env_file}: {exc.strerror if isinstance(exc, OSError) else 'not UTF-8 text'}"
+            Output(args.json).data({"error": message, "fix": ENV_FILE_FIX})
+            print(f"{message}. Fix: {ENV_FILE_FIX}", file=sys.stderr)
+            return EXIT_CONFIG
+        os.environ.update(values)
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)

@@ -122,7 +122,7 @@ class Settings:
         return _Reader(os.environ if env is None else env).read()
 
     def describe(self) -> list[tuple[str, str, str]]:
-        """(setting, value, origin) rows for display; values here are never secret."""
+        """(setting, value, origin) rows for display, by app setting name; values here are never secret."""
         rows = []
         for f in fields(self):
             if f.name in ("origins", "http_from_environment"):  # not settings
@@ -132,7 +132,8 @@ class Settings:
                 value = _redact_connection_string(value)
             if isinstance(value, frozenset):
                 value = ",".join(sorted(value))
-            rows.append((f.name.upper(), "" if value is None else str(value), self.origins.get(f.name, "")))
+            name = _SETTING_NAMES.get(f.name, f.name.upper())
+            rows.append((name, "" if value is None else str(value), self.origins.get(name.lower(), "")))
         return rows
 
 
@@ -149,6 +150,16 @@ def is_loopback(host: str | None) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+# Fields whose app setting has another name (the rest are the field name in upper case).
+_SETTING_NAMES = {
+    "environment": "BANENOR_ENVIRONMENT",
+    "export_storage_connection_string": "EXPORT_STORAGE",
+    "export_storage_service_uri": "EXPORT_STORAGE__blobServiceUri",
+    "ca_bundle": "REQUESTS_CA_BUNDLE",
+    "key_cache_seconds": "SIGNING_KEY_CACHE_SECONDS",
+}
 
 
 class _Reader:

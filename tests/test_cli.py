@@ -145,6 +145,24 @@ def test_doctor_read_only_lists_instead_of_writing(cli):
     assert "read-only" in gateway["details"][0]
 
 
+def test_a_missing_env_file_is_one_clear_error(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "shared", "--env-file", str(tmp_path / "absent.env"), "status"],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "absent.env: No such file or directory" in result.stderr and "make stack" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_doctor_settings_lists_each_setting_with_its_origin_and_no_key(cli):
+    result = cli("doctor", "--settings", "--json", SYNC_CONCURRENCY="12", expect=0)
+    rows = {row["name"]: row for row in as_json(result)["settings"]}
+    assert rows["SYNC_CONCURRENCY"] == {"name": "SYNC_CONCURRENCY", "value": "12", "origin": "set"}
+    assert rows["MAX_ATTEMPTS"]["origin"] == "default"
+    account_key = dict(p.split("=", 1) for p in cli.base["EXPORT_STORAGE"].split(";") if "=" in p)["AccountKey"]
+    assert account_key not in result.stdout + result.stderr
+    assert "AccountKey=[secure]" in rows["EXPORT_STORAGE"]["value"]
+
+
 def doctor_failure(cli, link, **overrides):
     result = cli("doctor", expect=DOCTOR_EXIT[link], **overrides)
     assert "FAIL" in result.stdout and "Fix:" in result.stdout

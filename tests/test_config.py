@@ -154,7 +154,15 @@ def test_block_size_accepts_mib_suffix():
 def test_connection_string_key_is_redacted_in_describe():
     s = Settings.load(base_env(EXPORT_STORAGE="DefaultEndpointsProtocol=https;AccountName=a;AccountKey=c2VjcmV0;"))
     shown = dict((name, value) for name, value, _ in s.describe())
-    assert "c2VjcmV0" not in shown["EXPORT_STORAGE_CONNECTION_STRING"]
+    assert "c2VjcmV0" not in shown["EXPORT_STORAGE"]
+
+
+def test_describe_names_each_row_by_its_app_setting_and_origin():
+    rows = {name: origin for name, _, origin in Settings.load(base_env(REQUESTS_CA_BUNDLE=None)).describe()}
+    assert rows["BANENOR_ENVIRONMENT"] == "set"
+    assert rows["MASKINPORTEN_ISSUER"] == "preset test"
+    assert rows["SIGNING_KEY_CACHE_SECONDS"] == "default"
+    assert rows["EXPORT_STORAGE__blobServiceUri"] == "set"
 
 
 def test_env_file_lines_are_read(tmp_path):
