@@ -467,13 +467,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.env_file:
         try:
-            values = read_env_file(args.env_file)
-        except (OSError, UnicodeDecodeError) as exc:
-            message = f"--env-file {args.env_file}: {exc.strerror if isinstance(exc, OSError) else 'not UTF-8 text'}"
+            os.environ.update(read_env_file(args.env_file))
+        except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+            reason = (exc.strerror or type(exc).__name__) if isinstance(exc, OSError) else \
+                "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else str(exc)
+            message = f"--env-file {args.env_file}: {reason}"
             Output(args.json).data({"error": message, "fix": ENV_FILE_FIX})
             print(f"{message}. Fix: {ENV_FILE_FIX}", file=sys.stderr)
             return EXIT_CONFIG
-        os.environ.update(values)
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)

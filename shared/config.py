@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .errors import ConfigError
+from .errors import ConfigError, scrub
 
 DEFAULT_SCOPE = "banenor:payloadmanager.storage"
 DEFAULT_API_VERSION = "2025-01-05"  # Bane NOR's examples and API description pin it (PROTOCOL.md 4)
@@ -128,17 +128,12 @@ class Settings:
             if f.name in ("origins", "http_from_environment"):  # not settings
                 continue
             value = getattr(self, f.name)
-            if f.name == "export_storage_connection_string" and value:
-                value = _redact_connection_string(value)
             if isinstance(value, frozenset):
                 value = ",".join(sorted(value))
             name = _SETTING_NAMES.get(f.name, f.name.upper())
-            rows.append((name, "" if value is None else str(value), self.origins.get(name.lower(), "")))
+            # scrub: account keys (any case), SAS signatures and URL query strings, in every value
+            rows.append((name, "" if value is None else scrub(str(value)), self.origins.get(name.lower(), "")))
         return rows
-
-
-def _redact_connection_string(value: str) -> str:
-    return re.sub(r"(AccountKey|SharedAccessSignature)=[^;]*", r"\1=[secure]", value)
 
 
 def is_loopback(host: str | None) -> bool:
@@ -426,13 +421,19 @@ class _Reader:
         )
 
 
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]*$")
+
+
 def read_env_file(path: str | Path) -> dict[str, str]:
-    """Parse `KEY=value` lines (the local stack's `.local/settings.env`)."""
+    """Parse `KEY=value` lines (the local stack's `.local/settings.env`). Raises OSError when the file cannot be
+    read and ValueError (naming the line) for a key that is not a setting name."""
     values: dict[str, str] = {}
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         line = line.strip()
         if line and not line.startswith("#") and "=" in line:
             key, _, value = line.partition("=")
+            if not _ENV_KEY.match(key.strip()):
+                raise ValueError(f"line {number}: {key.strip()[:40]!r} is not a setting name")
             values[key.strip()] = value.strip()
     return values
 

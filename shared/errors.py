@@ -20,7 +20,7 @@ import re
 _SIG = re.compile(r"(?i)(sig=)[^&\s\"'<>]*")
 _URL_QUERY = re.compile(r"(?i)(https?://[^\s?\"'<>]+)\?[^\s\"'<>]*")
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
-_ACCOUNT_KEY = re.compile(r"(?i)(AccountKey|SharedAccessSignature)=[^;\s]*")
+_ACCOUNT_KEY = re.compile(r"(?i)(AccountKey|SharedAccessSignature)\s*=\s*[^;\s]*")
 
 
 def scrub(text: str) -> str:

@@ -280,6 +280,14 @@ class Ledger:
             # merged by a compaction since the listing: look again
         raise RelayError("the ledger's receipt batches kept changing under a compaction")
 
+    def delivered(self, name: str, etag: str) -> bool:
+        """Whether a version has a receipt: its own record (one GET), else the keys of the receipt batches (one
+        listing; a batch is read only the first time this process sees it)."""
+        key = self.key(name, etag)
+        if self._read(self._blob(RECEIPTS, key)) is not None:
+            return True
+        return any(key in keys for keys in self._batch_index().values())
+
     def record_receipt(self, receipt: Receipt) -> Receipt:
         """Write the receipt once; if one exists for this version already, return that one unchanged."""
         blob = self._blob(RECEIPTS, self.key(receipt.source_name, receipt.source_etag))
@@ -552,8 +560,9 @@ class ReceiptBuffer:
     """The receipts of one `sync` run, written in batches: when `size` are pending, or when the oldest has waited
     `max_age` seconds, by the worker thread that adds the last one; `flush()` writes the rest. Thread-safe.
 
-    A batch that cannot be written stays pending, and no worker tries again for `max_age` seconds (so an outage of
-    the ledger does not hold every delivery up in the SDK's retries); what `flush` cannot write raises RelayError.
+    One batch is written at a time: the other workers queue their receipts meanwhile. A batch that cannot be
+    written stays pending, and no worker tries again for `max_age` seconds (so an outage of the ledger holds up
+    one worker in the SDK's retries, not all of them); what `flush` cannot write raises RelayError.
     Those versions are delivered all the same: the next sync finds each at Bane NOR (a refused create-only write
     and the relay's metadata) and records its receipt then.
     """
@@ -568,6 +577,7 @@ class ReceiptBuffer:
         self._pending: list[Receipt] = []
         self._since = 0.0
         self._retry_at = 0.0  # after a failed write: no new attempt before this
+        self._writing = False  # a batch write is under way: the others queue behind it
         self.batches = 0
 
     def add(self, receipt: Receipt) -> Receipt:
@@ -578,14 +588,14 @@ class ReceiptBuffer:
             self._pending.append(receipt)
             if not self._due(full=True):
                 return receipt
-            batch, self._pending = self._pending, []
+            batch, self._pending, self._writing = self._pending, [], True
         self._write_or_keep(batch)
         return receipt
 
     def _due(self, full: bool) -> bool:
         """Under the lock: whether the pending receipts should be written now."""
         now = self.clock()
-        if not self._pending or now < self._retry_at:
+        if not self._pending or self._writing or now < self._retry_at:
             return False
         return (full and len(self._pending) >= self.size) or now - self._since >= self.max_age
 
@@ -595,7 +605,7 @@ class ReceiptBuffer:
         with self._lock:
             if not self._due(full=False):
                 return
-            batch, self._pending = self._pending, []
+            batch, self._pending, self._writing = self._pending, [], True
         self._write_or_keep(batch)
 
     def flush(self) -> None:
@@ -623,9 +633,12 @@ class ReceiptBuffer:
                     self._since = self.clock()
                 self._pending[:0] = batch
                 self._retry_at = self.clock() + self.max_age
+                self._writing = False
             log.warning("receipt batch of %d not written yet (%s: %s): kept for the next one", len(batch),
                         type(exc).__name__, scrub(str(exc))[:200])
 
     def _write(self, batch: list[Receipt]) -> None:
         self.ledger.record_receipts(batch)
-        self.batches += 1
+        with self._lock:
+            self.batches += 1
+            self._writing = False

@@ -190,7 +190,7 @@ class Relay:
                          failure: Any = None, receipts: ReceiptBuffer | None = None) -> Outcome:
         name, etag = version.name, version.etag
         if not listed:
-            if self.ledger.receipt(name, etag) is not None:
+            if self.ledger.delivered(name, etag):
                 return Outcome("already_delivered", name, etag, size=version.size)
             rejection = self.ledger.rejection(name, etag)
             if rejection is not None:

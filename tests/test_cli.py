@@ -153,6 +153,16 @@ def test_a_missing_env_file_is_one_clear_error(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_an_env_file_line_that_is_no_setting_is_one_clear_error(tmp_path):
+    env_file = tmp_path / "bad.env"
+    env_file.write_text("EXPORT_CONTAINER=exports\n=oops\n")
+    result = subprocess.run([sys.executable, "-m", "shared", "--env-file", str(env_file), "status"],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "line 2" in result.stderr and "not a setting name" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_doctor_settings_lists_each_setting_with_its_origin_and_no_key(cli):
     result = cli("doctor", "--settings", "--json", SYNC_CONCURRENCY="12", expect=0)
     rows = {row["name"]: row for row in as_json(result)["settings"]}
@@ -160,7 +170,7 @@ def test_doctor_settings_lists_each_setting_with_its_origin_and_no_key(cli):
     assert rows["MAX_ATTEMPTS"]["origin"] == "default"
     account_key = dict(p.split("=", 1) for p in cli.base["EXPORT_STORAGE"].split(";") if "=" in p)["AccountKey"]
     assert account_key not in result.stdout + result.stderr
-    assert "AccountKey=[secure]" in rows["EXPORT_STORAGE"]["value"]
+    assert "AccountKey=<redacted>" in rows["EXPORT_STORAGE"]["value"]
 
 
 def doctor_failure(cli, link, **overrides):

@@ -157,6 +157,17 @@ def test_connection_string_key_is_redacted_in_describe():
     assert "c2VjcmV0" not in shown["EXPORT_STORAGE"]
 
 
+def test_describe_hides_a_lower_case_account_key():
+    s = Settings.load(base_env(EXPORT_STORAGE="DefaultEndpointsProtocol=https;AccountName=a;accountkey=c2VjcmV0;"))
+    assert "c2VjcmV0" not in str(s.describe())
+
+
+def test_describe_hides_a_sas_in_the_service_uri():
+    s = Settings.load(base_env(**{"EXPORT_STORAGE__blobServiceUri":
+                                  "https://partnerexports.blob.core.windows.net/?sv=2025-01-05&sig=c2VjcmV0"}))
+    assert "c2VjcmV0" not in str(s.describe())
+
+
 def test_describe_names_each_row_by_its_app_setting_and_origin():
     rows = {name: origin for name, _, origin in Settings.load(base_env(REQUESTS_CA_BUNDLE=None)).describe()}
     assert rows["BANENOR_ENVIRONMENT"] == "set"

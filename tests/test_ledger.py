@@ -237,6 +237,14 @@ def test_a_receipt_in_a_batch_merged_since_the_last_read_is_still_found(ledger: 
     assert ledger.receipt(wanted.source_name, wanted.source_etag) == wanted
 
 
+def test_delivered_knows_own_and_batched_receipts(ledger: Ledger) -> None:
+    batch = versions(BATCH_MIN)
+    ledger.record_receipts(batch)
+    ledger.record_receipt(receipt())
+    assert ledger.delivered(NAME, ETAG) and ledger.delivered(batch[2].source_name, batch[2].source_etag)
+    assert not ledger.delivered(NAME, '"0xOTHER"')
+
+
 def test_a_version_with_two_receipts_counts_once(ledger: Ledger) -> None:
     batch = versions(BATCH_MIN)
     ledger.record_receipts(batch)
@@ -355,6 +363,30 @@ def test_buffer_waits_max_age_before_trying_again_after_a_failed_write(ledger: L
     clock.now += 5.0
     buffer.add(receipt())
     assert attempts == [BATCH_MIN, BATCH_MIN + 6]
+
+
+def test_buffer_writes_one_batch_at_a_time(ledger: Ledger, monkeypatch) -> None:
+    clock = Monotonic()
+    buffer = ReceiptBuffer(ledger, size=BATCH_MIN, max_age=5.0, clock=clock)
+    started, release, attempts = threading.Event(), threading.Event(), []
+
+    def slow_and_down(batch):
+        attempts.append(len(batch))
+        started.set()
+        release.wait(10)
+        raise ConnectionError("partner storage unreachable")
+
+    monkeypatch.setattr(ledger, "record_receipts", slow_and_down)
+    first = threading.Thread(target=lambda: [buffer.add(r) for r in versions(BATCH_MIN, prefix="a")])
+    first.start()
+    assert started.wait(10)
+    clock.now += 5.0
+    for r in versions(BATCH_MIN, prefix="b"):  # full and old enough, but a write is under way
+        buffer.add(r)
+    buffer.flush_due()
+    release.set()
+    first.join(10)
+    assert attempts == [BATCH_MIN]
 
 
 def test_buffer_flush_that_fails_names_the_ledger_container(ledger: Ledger, monkeypatch) -> None:
