@@ -578,7 +578,7 @@ class ReceiptBuffer:
         self._since = 0.0
         self._retry_at = 0.0  # after a failed write: no new attempt before this
         self._writing = False  # a batch write is under way: the others queue behind it
-        self.batches = 0
+        self.writes = 0  # successful writes (a batch, or fewer than BATCH_MIN receipts one by one)
 
     def add(self, receipt: Receipt) -> Receipt:
         """Queue `receipt`; returns it (the relay compares it with what was stored, as with `record_receipt`)."""
@@ -640,5 +640,5 @@ class ReceiptBuffer:
     def _write(self, batch: list[Receipt]) -> None:
         self.ledger.record_receipts(batch)
         with self._lock:
-            self.batches += 1
+            self.writes += 1
             self._writing = False

@@ -548,7 +548,7 @@ class Relay:
                         raise
         if error:
             raise error[0]
-        if receipts is not None and receipts.batches:
+        if receipts is not None and receipts.writes:
             try:
                 self.ledger.compact_receipt_batches()
             except Exception as exc:  # housekeeping: the next sync that writes a batch tries again

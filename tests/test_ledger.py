@@ -288,7 +288,7 @@ def test_buffer_writes_a_batch_when_it_is_full(ledger: Ledger) -> None:
     buffer = ReceiptBuffer(ledger, size=BATCH_MIN, clock=Monotonic())
     for r in versions(BATCH_MIN):
         buffer.add(r)
-    assert len(names(ledger, RECEIPT_BATCHES)) == 1 and buffer.batches == 1
+    assert len(names(ledger, RECEIPT_BATCHES)) == 1 and buffer.writes == 1
 
 
 def test_buffer_holds_receipts_until_full(ledger: Ledger) -> None:
