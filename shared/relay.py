@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import logging
 import threading
 import time
@@ -110,6 +111,25 @@ def _modified(version: SourceVersion) -> str:
 def _meta(value: str) -> str:
     """Metadata values must be ASCII: percent-encode, bounded."""
     return quote(value, safe="/:._-@")[:META_LIMIT]
+
+
+def source_digest(account: str, container: str, name: str) -> str:
+    """Who owns a destination, compared in full: the readable `relay_source_name` is cut at META_LIMIT, so two
+    long source paths can look alike there; this digest of the full account, container and path cannot."""
+    return hashlib.sha256(f"{account}\n{container}\n{name}".encode()).hexdigest()
+
+
+def archive_name(version: SourceVersion) -> str:
+    """Where AFTER_DELIVERY=archive keeps one version of an export: its path with the version's UTC modification
+    time and etag before the extension (`in/report.csv` -> `in/report.20261101T063001Z.0x8DC1.csv`), so each
+    version has a name of its own, versions of one export sort by time, and the extension still says the type."""
+    folder, _, base = version.name.rpartition("/")
+    stem, dot, ext = base.rpartition(".")
+    if not dot or not stem:  # no extension, or a leading-dot name such as ".env"
+        stem, ext = base, ""
+    stamp = version.last_modified.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    tag = version.etag.strip('"')
+    return f"{folder}/" * bool(folder) + f"{stem}.{stamp}.{tag}" + (f".{ext}" if ext else "")
 
 
 class Relay:
@@ -248,22 +268,18 @@ class Relay:
         metadata = self._metadata(version)
         first_attempt_at = self.clock()
         attempts = failure.attempts if failure is not None else 0
-        single_put = False
         try:
             try:
                 result = self.copier.copy(source, version, dest, metadata=metadata, overwrite=False)
                 size, md5, dest_etag, mode = result.size, result.md5, result.destination_etag, result.mode
-                single_put = result.mode == "stream" and result.blocks <= 1
             except DestinationExistsError:
                 try:
                     size, md5, dest_etag, mode = self._adopt_or_replace(source, version, dest, metadata)
                 except NameRejected as exc:
                     self.ledger.record_rejection(name, etag, exc.reason)
                     return Outcome("rejected", name, etag, destination=dest_path, reason=exc.reason)
-            if not single_put or self.settings.after_delivery != "keep":
-                # A single Put Blob was checked by the service itself (transactional Content-MD5 of the whole
-                # body); block commits, and anything before the source is removed, are read back here.
-                self._verify(dest, version, size, md5)
+            # No receipt on the gateway's word alone: the destination itself must show these bytes.
+            self._verify(dest, version, size, md5, None if mode == "existing" else metadata["relay_attempt"])
         except Exception as exc:
             if _is_trust_chain(exc):
                 if getattr(exc, "status", None) == 401 and self.on_unauthorized is not None:
@@ -318,6 +334,8 @@ class Relay:
             "relay_source_account": _meta(getattr(self.exports, "account_name", "") or ""),
             "relay_source_container": _meta(self.settings.export_container),
             "relay_source_name": _meta(version.name),
+            "relay_source_digest": source_digest(getattr(self.exports, "account_name", "") or "",
+                                                 self.settings.export_container, version.name),
             "relay_source_etag": _meta(version.etag.strip('"')),
             "relay_source_size": str(version.size),
             "relay_source_modified": _modified(version),
@@ -349,8 +367,14 @@ class Relay:
                 hint="rename the export, or ask Bane NOR to remove the file (Bane NOR deletes files after 8 days)",
                 transient=False,
             )
-        same_export = all(md.get(k) == ours[k] for k in
-                          ("relay_source_account", "relay_source_container", "relay_source_name"))
+        if "relay_source_digest" in md:
+            same_export = md["relay_source_digest"] == ours["relay_source_digest"]
+        else:
+            # Written before the digest existed: the readable fields decide, unless the name was cut (then two
+            # exports could look alike, and the file stays with the one that has it).
+            same_export = len(owner) < META_LIMIT and all(
+                md.get(k) == ours[k] for k in ("relay_source_account", "relay_source_container",
+                                               "relay_source_name"))
         if not same_export:
             # Two exports (or two relays sharing Bane NOR's container) that map to one destination name:
             # the first one keeps it.
@@ -379,18 +403,40 @@ class Relay:
         except Exception as exc:
             raise gateway_error(exc, dest.blob_name) from exc
 
-    def _verify(self, dest: Any, version: SourceVersion, size: int, md5: bytes | None) -> None:
-        """Read back the destination's properties through the gateway: size and MD5 must match."""
+    def _verify(self, dest: Any, version: SourceVersion, size: int, md5: bytes | None,
+                attempt: str | None) -> None:
+        """The delivery invariant: a receipt rests on Bane NOR's storage showing, through the gateway, a blob of
+        the export's size whose Content-MD5 is the MD5 of the bytes sent (and, for this attempt's own write, the
+        attempt id it was written with). An acknowledgement alone is not evidence: a gateway that answers 201
+        and stores nothing (a mocked API, a misrouted policy) would turn files into receipts never sent again.
+        Raises DeliveryError (transient: the next run sends it again)."""
         from .errors import DeliveryError
 
-        props = self._destination_properties(dest)
-        stored_md5 = props.content_settings.content_md5
-        if props.size != version.size or size != version.size:
-            raise DeliveryError(f"{dest.blob_name!r} has {props.size} bytes at Bane NOR; the export has "
-                                f"{version.size}.", hint="it will be retried", transient=True)
-        if md5 and stored_md5 and bytes(stored_md5) != md5:
-            raise DeliveryError(f"{dest.blob_name!r}: the MD5 stored at Bane NOR differs from the bytes sent.",
-                                hint="it will be retried", transient=True)
+        try:
+            props = self._destination_properties(dest)
+        except GatewayError as exc:
+            if exc.status != 404:
+                raise
+            props = None
+        stored_md5 = props.content_settings.content_md5 if props is not None else None
+        md = {k.lower(): v for k, v in ((props.metadata if props is not None else None) or {}).items()}
+        if props is None:
+            problem = "no such blob"
+        elif props.size != version.size or size != version.size:
+            problem = f"{props.size} bytes where the export has {version.size}"
+        elif md5 and not stored_md5:
+            problem = "no Content-MD5 for the bytes"
+        elif md5 and bytes(stored_md5) != md5:
+            problem = "a Content-MD5 that differs from the bytes sent"
+        elif attempt is not None and md.get("relay_attempt") != attempt:
+            problem = "a blob that this write did not produce"
+        else:
+            return
+        raise DeliveryError(
+            f"the gateway acknowledged {dest.blob_name!r}, but Bane NOR's storage does not hold it as sent "
+            f"({problem}); no receipt is written.",
+            hint="it will be sent again; if this repeats, ask Bane NOR to check the payload manager gateway "
+                 "(BANENOR_STORAGE_URL) stores what it acknowledges", transient=True)
 
     def _record_failure(self, version: SourceVersion, exc: BaseException, dest_path: str) -> Outcome:
         reason = str(exc) if isinstance(exc, RelayError) else f"{type(exc).__name__}: {scrub(str(exc))}"
@@ -416,15 +462,36 @@ class Relay:
 
         source = self.exports.get_blob_client(version.name)
         try:
-            if action == "archive" and self.archive is not None:
-                target = self.archive.get_blob_client(version.name)
-                # Copy Blob From URL (synchronous) needs the source readable by URL: a read-only SAS.
-                target.start_copy_from_url(self.source_url(source), requires_sync=True,
-                                           source_etag=version.etag,
-                                           source_match_condition=MatchConditions.IfNotModified)
+            if action == "archive" and self.archive is not None and not self._archive(source, version):
+                return
             source.delete_blob(etag=version.etag, match_condition=MatchConditions.IfNotModified)
         except Exception as exc:  # the delivery stands; the source stays for an operator
             log.warning("after-delivery %s of %r not done: %s", action, version.name, type(exc).__name__)
+
+    def _archive(self, source: Any, version: SourceVersion) -> bool:
+        """Copy this version to a name of its own in the archive, create-only: an archive never overwrites an
+        archive. True when the archive holds this version (now, or from an earlier attempt)."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
+
+        target = self.archive.get_blob_client(archive_name(version))
+        metadata = {"relay_source_name": _meta(version.name), "relay_source_etag": _meta(version.etag.strip('"')),
+                    "relay_source_modified": _modified(version)}
+        try:
+            # Copy Blob From URL (synchronous) needs the source readable by URL: a read-only SAS.
+            target.start_copy_from_url(self.source_url(source), metadata=metadata, requires_sync=True,
+                                       source_etag=version.etag,
+                                       source_match_condition=MatchConditions.IfNotModified,
+                                       match_condition=MatchConditions.IfMissing)
+            return True
+        except (ResourceExistsError, ResourceModifiedError):
+            props = target.get_blob_properties()
+            md = {k.lower(): v for k, v in (props.metadata or {}).items()}
+            if md.get("relay_source_etag") == metadata["relay_source_etag"] and props.size == version.size:
+                return True  # an earlier attempt archived this version and stopped before removing the source
+            log.warning("after-delivery archive of %r not done: %r is taken by another file; the source stays",
+                        version.name, target.blob_name)
+            return False
 
     def _log(self, outcome: Outcome) -> None:
         level = logging.INFO if outcome.status in ("delivered", "already_delivered", "in_progress") else \

@@ -4,7 +4,8 @@ Each `FaultProxy` listens on loopback with the stack's server certificate (signe
 bundle, so the real SDKs trust it with verification on), forwards every request to one upstream over TLS,
 and injects faults on the requests a `Fault` matches: an HTTP error with `Retry-After`, a connection reset
 before the answer, half-way through the answer's body or half-way through the request's body, an answer
-lost after the upstream already did the work, or a stall. `chaos()` injects them at random, seeded.
+lost after the upstream already did the work, a stall, or a success the upstream never saw (`fake_ok`: a
+gateway that acknowledges and stores nothing). `chaos()` injects them at random, seeded.
 
 Bodies are buffered (the tests move small files); the proxy never logs, so no token or key passes through
 any output.
@@ -25,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
-ACTIONS = ("status", "reset", "reset_response", "cut_request", "drop_answer", "stall")
+ACTIONS = ("status", "reset", "reset_response", "cut_request", "drop_answer", "stall", "fake_ok")
 # Hop-by-hop headers (RFC 9110 section 7.6.1) are the proxy's own business; it re-frames every body.
 _HOP = frozenset("connection keep-alive proxy-connection transfer-encoding te trailer upgrade".split())
 _STATUS_CODES = {403: "AuthorizationPermissionMismatch", 429: "TooManyRequests", 500: "InternalError",
@@ -64,7 +65,8 @@ def match(method: str | None = None, path: str | None = None, comp: str | None =
 class Fault:
     """Inject `action` on requests that `when` matches: skip the first `skip` matches, then fire `times`
     times (None: until removed). `status`/`retry_after` for "status"; `stall` seconds for "stall";
-    `fraction` of the body that gets through for "reset_response" and "cut_request"."""
+    `fraction` of the body that gets through for "reset_response" and "cut_request"; `headers` for "fake_ok"
+    (201 for a PUT, 200 otherwise, never forwarded)."""
 
     action: str
     when: Matcher = field(default=lambda req: True)
@@ -74,6 +76,7 @@ class Fault:
     skip: int = 0
     stall: float = 2.0
     fraction: float = 0.5
+    headers: dict[str, str] = field(default_factory=dict)
     seen: int = 0
     fired: int = 0
 
@@ -265,6 +268,9 @@ class FaultProxy:
                 if fault is not None and fault.action == "status":
                     conn.sendall(_error_response(fault.status, fault.retry_after, method))
                     continue
+                if fault is not None and fault.action == "fake_ok":
+                    conn.sendall(_fake_success(method, fault.headers))
+                    continue
                 if upstream is None:
                     upstream = http.client.HTTPSConnection(
                         self.upstream_host, self.upstream_port, context=self._client_context, timeout=60)
@@ -357,6 +363,17 @@ def _error_response(status: int, retry_after: str | None, method: str) -> bytes:
     if retry_after is not None:
         lines.append(f"Retry-After: {retry_after}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + data
+
+
+def _fake_success(method: str, headers: dict[str, str]) -> bytes:
+    """What a mocked API answers: success, an ETag, and nothing stored anywhere."""
+    status = 201 if method == "PUT" else 200
+    lines = [f"HTTP/1.1 {status} {http.client.responses[status]}", 'ETag: "0x8DEADBEEFFAKE"',
+             "Last-Modified: Mon, 30 Nov 2026 00:00:00 GMT", "x-ms-request-server-encrypted: true"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    if "content-length" not in {k.lower() for k in headers}:
+        lines.append("Content-Length: 0")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 def proxies_for(stack) -> dict[str, FaultProxy]:  # type: ignore[no-untyped-def]
