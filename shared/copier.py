@@ -39,7 +39,8 @@ MAX_BLOCK_BYTES = 4000 * 1024 * 1024
 
 class CopyFailed(DeliveryError):
     """A storage request of the copy failed. `side` is "source" or "destination"; `status` and
-    `error_code` are the service's (None for a connection error); `blob` names the source export."""
+    `error_code` are the service's (None for a connection error); `blob` names the source export. A 401 from
+    the destination is the trust chain's (the storage token was refused), not the file's."""
 
     def __init__(
         self,
@@ -57,6 +58,7 @@ class CopyFailed(DeliveryError):
         self.error_code = error_code
         self.blob = blob
         self.side = side
+        self.trust_chain = status == 401 and side == "destination"
 
 
 class SourceChangedError(CopyFailed):
@@ -222,6 +224,9 @@ _DEST_HINTS: dict[object, str] = {
 
 
 def _hint(side: str, status: int | None, code: str | None, transient: bool) -> str | None:
+    if side == "destination" and code is None and status is not None and status < 500 and status not in _DEST_HINTS:
+        return ("the answer was not a storage error: check BANENOR_STORAGE_URL (Bane NOR's gateway); the next run "
+                "retries it")
     if transient:
         return "transient: the next run retries it"
     if side == "destination":
@@ -265,7 +270,11 @@ def _translate(err: AzureError, *, blob: str, side: str, action: str) -> CopyFai
             hint="the export was delivered before; the relay looks at what is there",
             **kwargs,
         )
-    transient = status >= 500 or status in (408, 429)
+    # What may pass without anyone acting: server trouble, throttling, a lease a reader holds for a moment, and an
+    # answer that is not a storage error at all (a proxy's or WAF's page). A storage error with a meaning (403 ACL,
+    # 404 container, 400/413 policy) needs someone to act: terminal.
+    transient = (status >= 500 or status in (408, 429) or (code or "").startswith("Lease")
+                 or (code is None and status not in (400, 401, 403, 404, 409, 412, 413)))
     return CopyFailed(
         f"{action} {blob!r} failed: {label}: {detail}",
         hint=_hint(side, status, code, transient),

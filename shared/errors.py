@@ -34,11 +34,16 @@ def scrub(text: str) -> str:
 class RelayError(Exception):
     """Root of every error the relay raises on purpose.
 
-    `hint` says what to do about it (which setting, which portal step); `transient` tells the caller
-    whether a later retry may succeed without anyone changing anything.
+    `hint` says what to do about it (which setting, which portal step). Two flags decide what happens next, and
+    nothing else does (see `shared.relay`):
+    - `transient`: a later retry may succeed without anyone changing anything (backoff, then poisoned after
+      MAX_ATTEMPTS); when False the failure is terminal at once (poisoned, with its reason, until `retry`);
+    - `trust_chain`: the chain of trust is broken (key, Skyporten, Entra, the gateway's 401), so no file is to
+      blame: a sync stops early and charges no file.
     """
 
     transient = False
+    trust_chain = False
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -64,6 +69,8 @@ class SigningKeyError(RelayError):
     `stage` is "access" when the key could not be read (vault unreachable, denied, not found) and "material"
     when it was read but is unusable (malformed, too short, expired certificate).
     """
+
+    trust_chain = True
 
     def __init__(self, message: str, *, hint: str | None = None, transient: bool = False,
                  stage: str = "material") -> None:

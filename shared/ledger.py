@@ -385,8 +385,10 @@ class Ledger:
         """Seconds to wait after the `attempts`-th failure: base, 2*base, 4*base ... capped at max."""
         return min(self.backoff_max, self.backoff_base * 2 ** max(0, attempts - 1))
 
-    def record_failure(self, name: str, etag: str, error: str, max_attempts: int) -> Failure:
-        """Count one more failed attempt; poisoned once attempts reach `max_attempts`.
+    def record_failure(self, name: str, etag: str, error: str, max_attempts: int, *,
+                       terminal: bool = False) -> Failure:
+        """Count one more failed attempt; poisoned once attempts reach `max_attempts`, or at once when `terminal`
+        (retrying cannot help until someone acts: `retry` makes it due again).
 
         Read-modify-write under etag conditions, retried on conflict, so concurrent writers all count.
         `error` is scrubbed of JWTs and cut to 500 characters. Raises RelayError if the conflicts never end.
@@ -406,7 +408,7 @@ class Ledger:
                 first_failed_at=previous.first_failed_at if previous else now,
                 last_failed_at=now,
                 next_retry_at=now + self.backoff(attempts),
-                poisoned=attempts >= max_attempts,
+                poisoned=terminal or attempts >= max_attempts,
             )
             if found is None:
                 written = self._create(blob, failure.to_json(), failure._metadata())

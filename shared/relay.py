@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from .copier import Copier, CopyFailed, DestinationExistsError, SourceChangedError, SourceVersion
-from .errors import GatewayError, NameRejected, RelayError, TokenError, scrub
+from .errors import GatewayError, NameRejected, RelayError, scrub
 from .ledger import Ledger, Receipt, ReceiptBuffer
 from .naming import NamePolicy, destination_path
 from .skyporten import gateway_error
@@ -91,16 +91,15 @@ class SyncSummary:
 
 
 def _is_trust_chain(exc: BaseException) -> bool:
-    """A configuration problem of the chain of trust, not of one file."""
-    if isinstance(exc, TokenError):
-        return True
-    if isinstance(exc, GatewayError) and exc.status == 401:
-        return True
-    if isinstance(exc, CopyFailed) and exc.status == 401 and exc.side == "destination":
-        return True
-    from .errors import SigningKeyError
+    """A configuration problem of the chain of trust, not of one file: the error's own flag says so."""
+    return bool(getattr(exc, "trust_chain", False))
 
-    return isinstance(exc, SigningKeyError)
+
+def _is_terminal(exc: BaseException) -> bool:
+    """Retrying cannot help until someone acts (a destination that is never overwritten, an ACL only Bane NOR can
+    grant, a request the gateway refuses): the error's own flag says so. Errors the relay did not classify (a
+    connection reset inside the SDK, say) are transient."""
+    return isinstance(exc, RelayError) and not exc.transient
 
 
 def _modified(version: SourceVersion) -> str:
@@ -449,7 +448,8 @@ class Relay:
                 gone = False
             status = "missing" if gone else "failed"
             return Outcome(status, version.name, version.etag, destination=dest_path, reason=reason)
-        failure = self.ledger.record_failure(version.name, version.etag, reason, self.settings.max_attempts)
+        failure = self.ledger.record_failure(version.name, version.etag, reason, self.settings.max_attempts,
+                                             terminal=_is_terminal(exc))
         status = "poisoned" if failure.poisoned else "failed"
         return Outcome(status, version.name, version.etag, destination=dest_path, reason=failure.last_error)
 

@@ -425,7 +425,7 @@ def test_container_outside_the_acl_fails_the_file_with_the_gateways_403(relay_en
     relay_env.put("c.csv")
     rt = relay_env.make(BANENOR_CONTAINER="another-container")
     summary = rt.relay.sync()
-    assert summary.error is None and summary.failed == 1
+    assert summary.error is None and summary.poisoned == 1  # only Bane NOR can act: terminal at once (issue 18)
     reason = next(rt.ledger.failures()).last_error
     assert "403 AuthorizationPermissionMismatch" in reason and "only Bane NOR can fix this" in reason
     assert rt.exports.get_blob_client("c.csv").exists()
@@ -437,7 +437,7 @@ def test_container_that_does_not_exist_fails_the_file_with_container_not_found(r
     relay_env.put("c.csv")
     rt = relay_env.make(BANENOR_CONTAINER="no-such-container")
     outcome = rt.relay.deliver("c.csv")
-    assert outcome.status == "failed" and "404 ContainerNotFound" in outcome.reason
+    assert outcome.status == "poisoned" and "404 ContainerNotFound" in outcome.reason  # terminal (issue 18)
     assert rt.exports.get_blob_client("c.csv").exists()
 
 

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 
 import pytest
 
@@ -23,7 +22,7 @@ relay_env = test_relay.relay_env  # fresh export/ledger/archive containers and d
 
 
 def md5(data: bytes) -> bytes:
-    return hashlib.md5(data).digest()  # noqa: S324 - Content-MD5
+    return hashlib.md5(data).digest()
 
 
 # -- 1. one destination, one owner, compared in full ---------------------------------------------------------
@@ -141,8 +140,8 @@ def test_an_archive_name_already_taken_is_never_overwritten(relay_env):
     rt = relay_env.make(AFTER_DELIVERY="archive")
     relay_env.put("taken.csv", b"ours")
     props = rt.exports.get_blob_client("taken.csv").get_blob_properties()
-    from shared.relay import archive_name
     from shared.copier import SourceVersion
+    from shared.relay import archive_name
 
     target = archive_name(SourceVersion.from_properties(props))
     rt.archive.get_blob_client(target).upload_blob(b"someone else's")
@@ -155,8 +154,8 @@ def test_a_retried_archive_of_the_same_version_completes_the_move(relay_env):
     rt = relay_env.make(AFTER_DELIVERY="archive")
     relay_env.put("twice.csv", b"same")
     props = rt.exports.get_blob_client("twice.csv").get_blob_properties()
-    from shared.relay import archive_name
     from shared.copier import SourceVersion
+    from shared.relay import archive_name
 
     target = archive_name(SourceVersion.from_properties(props))
     # An earlier attempt archived this very version, then stopped before removing the source.

@@ -204,7 +204,7 @@ def test_destination_with_a_foreign_file_of_the_same_name_is_never_overwritten(r
     relay_env.backend.get_blob_client(relay_env.dest_prefix + "theirs.csv").upload_blob(b"bane nor's own")
     relay_env.put("theirs.csv", b"ours")
     outcome = relay_env.rt.relay.deliver("theirs.csv")
-    assert outcome.status == "failed"
+    assert outcome.status == "poisoned"  # not transient: terminal at once (issue 18)
     assert "never overwritten" in outcome.reason
     assert relay_env.landed("theirs.csv").download_blob().readall() == b"bane nor's own"
 
@@ -286,21 +286,18 @@ def test_sync_racing_triggers_delivers_each_file_once(relay_env):
     assert relay_env.rt.ledger.counts()["delivered"] == 40
 
 
-def test_failures_are_retried_with_backoff_then_poisoned_then_retried_by_an_operator(relay_env):
+def test_an_acl_refusal_is_poisoned_at_once_then_retried_by_an_operator(relay_env):
     stack = relay_env.stack
     relay_env.put("blocked.csv")
-    rt = relay_env.make(MAX_ATTEMPTS="2")
+    rt = relay_env.make(MAX_ATTEMPTS="5")
     stack.gateway.revoke(stack.mi_object_id)  # Bane NOR has not set the ACL yet: 403 for this file
     try:
         first = rt.relay.sync()
-        assert first.failed == 1
-        assert rt.relay.sync().pending == 1  # not due before its backoff
-        relay_env.clock.offset += 61
-        second = rt.relay.sync()
-        assert second.poisoned == 1
+        assert first.poisoned == 1 and first.failed == 0  # not transient: no backoff, terminal at once
+        relay_env.clock.offset += 3600
         assert rt.relay.sync().poisoned == 1  # parked, not retried
         failure = next(rt.ledger.failures())
-        assert "403" in failure.last_error and failure.attempts == 2
+        assert "403" in failure.last_error and failure.attempts == 1 and failure.poisoned
     finally:
         stack.gateway.grant(stack.mi_object_id, "integration-dev", "partner-987654321")
     assert rt.ledger.retry("blocked.csv") == 1
@@ -327,7 +324,7 @@ def test_delete_after_delivery_removes_the_source_only_once_verified(relay_env):
     assert not rt.exports.get_blob_client("gone.csv").exists()
     stack.gateway.revoke(stack.mi_object_id)
     try:
-        assert rt.relay.deliver("kept.csv").status == "failed"
+        assert rt.relay.deliver("kept.csv").status == "poisoned"  # an ACL refusal is terminal (issue 18)
     finally:
         stack.gateway.grant(stack.mi_object_id, "integration-dev", "partner-987654321")
     assert rt.exports.get_blob_client("kept.csv").exists()
