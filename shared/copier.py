@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import secrets
 import threading
 import time
 from collections import deque
@@ -32,6 +31,9 @@ MODES = ("stream", "server", "auto")
 MAX_BLOCKS = 50_000
 # Put Block allows up to 4000 MiB; Bane NOR's gateway allows 100 MB per request (PROTOCOL.md section 4).
 MAX_BLOCK_BYTES = 4000 * 1024 * 1024
+# A source SAS is re-signed once it is this old (the runtime signs each for 15 minutes): a long server copy never
+# presents an expired one.
+SAS_REFRESH_SECONDS = 600.0
 
 
 # --- errors -------------------------------------------------------------------------------------------
@@ -343,7 +345,8 @@ class Copier:
     """Copies one source blob to one destination blob per `copy()` call; thread-safe.
 
     `source_sas(blob)` returns a short-lived read-only SAS URL for the source (server mode); None turns
-    server mode off. `clock` only times copies (CopyResult.seconds).
+    server mode off. A copy that runs longer than `sas_refresh_seconds` signs a new one for the blocks after that
+    (the runtime's SAS lives 15 minutes). `clock` times copies (CopyResult.seconds) and the SAS's age.
     """
 
     def __init__(
@@ -351,6 +354,7 @@ class Copier:
         options: CopyOptions,
         source_sas: Callable[[BlobClient], str] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sas_refresh_seconds: float = SAS_REFRESH_SECONDS,
     ) -> None:
         problems = options.validate()
         if problems:
@@ -360,6 +364,7 @@ class Copier:
         self._options = options
         self._source_sas = source_sas
         self._clock = clock
+        self._sas_refresh = sas_refresh_seconds
         self._lock = threading.Lock()
         self.server_disabled_reason: str | None = None
         if source_sas is None and options.mode == "auto":
@@ -391,8 +396,14 @@ class Copier:
         metadata: dict[str, str],
         overwrite: bool = False,
         replace_etag: str | None = None,
+        on_progress: Callable[[], None] | None = None,
     ) -> CopyResult:
         """Copy `source_version` of `source` to `dest` and commit it in one request.
+
+        A copy in blocks resumes: block ids are derived from the source version, the destination path and the
+        block size, so the blocks an earlier attempt staged for this very version (a process killed mid-copy, a
+        function past its timeout) are found with one Get Block List and not sent again. `on_progress` is called
+        on the calling thread after each block (a long copy renews what would expire meanwhile: the claim).
 
         overwrite=False makes both the Put Blob and the Put Block List create-only (If-None-Match: *);
         `replace_etag` replaces the destination only if it is still that version (If-Match), so a write that
@@ -418,16 +429,18 @@ class Copier:
             md5, etag, blocks, used = self._single_put(source, source_version, dest, metadata, condition)
         elif self._server_enabled():
             try:
-                md5, etag, blocks = self._server_copy(source, source_version, dest, metadata, condition)
+                md5, etag, blocks = self._server_copy(source, source_version, dest, metadata, condition,
+                                                      on_progress)
                 used = "server"
             except _ServerRefusal as refusal:
                 if mode == "server":
                     raise refusal.error from refusal.__cause__
                 self._disable_server(refusal.reason)
-                md5, etag, blocks = self._stream_copy(source, source_version, dest, metadata, condition)
+                md5, etag, blocks = self._stream_copy(source, source_version, dest, metadata, condition,
+                                                      on_progress)
                 used = "stream"
         else:
-            md5, etag, blocks = self._stream_copy(source, source_version, dest, metadata, condition)
+            md5, etag, blocks = self._stream_copy(source, source_version, dest, metadata, condition, on_progress)
             used = "stream"
         result = CopyResult(size, md5, etag, used, blocks, self._clock() - started)
         log.info(
@@ -460,13 +473,24 @@ class Copier:
             content_md5=bytearray(md5) if md5 else None,
         )
 
+    def _block_ids(self, version: SourceVersion, dest: BlobClient, count: int) -> list[str]:
+        # Fixed width: every block of a blob must have an id of the same length (Put Block), 18 characters as
+        # always. The prefix is this version's own (source etag, destination, block size): a later attempt at the
+        # same version finds the blocks an earlier one staged, and an attempt at another version (or with another
+        # block size) can never commit them. The SDK base64-encodes the id on the wire.
+        seed = f"{version.name}\n{version.etag}\n{dest.url.split('?')[0]}\n{self._options.block_size}"
+        prefix = hashlib.sha256(seed.encode()).hexdigest()[:12]
+        return [f"{prefix}{i:06d}" for i in range(count)]
+
     @staticmethod
-    def _block_ids(count: int) -> list[str]:
-        # Fixed width: every block of a blob must have an id of the same length (Put Block). A random
-        # prefix per copy keeps two overlapping attempts at the same name from committing each other's
-        # blocks. The SDK base64-encodes the id on the wire.
-        nonce = secrets.token_hex(6)
-        return [f"{nonce}{i:06d}" for i in range(count)]
+    def _staged(dest: BlobClient) -> dict[str, int]:
+        """The destination's uncommitted blocks (id -> size), from one Get Block List. Empty when there are none
+        or they cannot be listed: then every block is sent, as on a first attempt."""
+        try:
+            _committed, uncommitted = dest.get_block_list("uncommitted")
+        except AzureError:
+            return {}
+        return {block.id: block.size for block in uncommitted}
 
     def _read_range(self, source: BlobClient, version: SourceVersion, offset: int, length: int) -> bytes:
         try:
@@ -597,14 +621,23 @@ class Copier:
         dest: BlobClient,
         metadata: dict[str, str],
         condition: _WriteCondition,
+        on_progress: Callable[[], None] | None = None,
     ) -> tuple[bytes, str, int]:
         size, block = version.size, self._options.block_size
         ranges = [(off, min(block, size - off)) for off in range(0, size, block)]
-        ids = self._block_ids(len(ranges))
+        ids = self._block_ids(version, dest, len(ranges))
+        staged = self._staged(dest)
+        resumed = sum(1 for i, (_, length) in enumerate(ranges) if staged.get(ids[i]) == length)
+        if resumed:
+            log.info("resuming %s: %d of %d block(s) already staged", version.name, resumed, len(ranges))
 
         def move(index: int) -> bytes:
             offset, length = ranges[index]
+            # Every block is read (the whole file's MD5 covers every byte); one an earlier attempt staged for this
+            # version is not sent again.
             data = self._read_range(source, version, offset, length)
+            if staged.get(ids[index]) == length:
+                return data
             try:
                 dest.stage_block(ids[index], data, length=length, validate_content=True)
             except AzureError as err:
@@ -630,12 +663,14 @@ class Copier:
                 md5.update(data)  # hashlib releases the GIL for large buffers: workers keep moving
                 total += len(data)
                 del data
+                if on_progress is not None:
+                    on_progress()
                 nxt = next(upcoming, None)
                 if nxt is not None:
                     pending.append(pool.submit(move, nxt))
         finally:
-            # On failure: drop blocks not yet started and wait for running ones; staged blocks that are
-            # never committed are discarded by the service (uncommitted blocks expire after a week).
+            # On failure: drop blocks not yet started and wait for running ones. Staged blocks stay (uncommitted
+            # blocks are kept for a week): the next attempt at this version resumes from them.
             pool.shutdown(wait=True, cancel_futures=True)
         digest = md5.digest()
         self._check(version, total, digest)
@@ -650,28 +685,26 @@ class Copier:
         dest: BlobClient,
         metadata: dict[str, str],
         condition: _WriteCondition,
+        on_progress: Callable[[], None] | None = None,
     ) -> tuple[bytes | None, str, int]:
         assert self._source_sas is not None
-        try:
-            url = self._source_sas(source)
-        except AzureError as err:
-            error = _translate(err, blob=version.name, side="source", action="signing a SAS for")
-            if error.status == 403:
-                # The partner's identity may not get a user delegation key: stream instead.
-                raise _ServerRefusal(f"source SAS refused: {error.status} {error.error_code}", error) from err
-            raise error from err
+        signer = _SourceUrl(self._source_sas, source, version, self._clock, self._sas_refresh)
+        signer.url()  # sign before any block: a refused user delegation key means streaming instead
         size, block = version.size, self._options.block_size
         ranges = [(off, min(block, size - off)) for off in range(0, size, block)]
-        ids = self._block_ids(len(ranges))
+        ids = self._block_ids(version, dest, len(ranges))
+        staged = self._staged(dest)
 
         def pull(index: int) -> None:
             offset, length = ranges[index]
+            if staged.get(ids[index]) == length:
+                return  # an earlier attempt at this version staged it
             try:
                 # x-ms-source-if-match pins every block to the version read before the copy, so the staged
                 # blocks all come from one version and the commit can never mix two. The SDK's wrapper has
                 # no keyword for it but passes `headers` through to the request.
                 dest.stage_block_from_url(
-                    ids[index], url, offset, length, headers={"x-ms-source-if-match": version.etag}
+                    ids[index], signer.url(), offset, length, headers={"x-ms-source-if-match": version.etag}
                 )
             except AzureError as err:
                 error = _translate(err, blob=version.name, side="destination", action="pulling")
@@ -686,9 +719,39 @@ class Copier:
             try:
                 for future in futures:
                     future.result()
+                    if on_progress is not None:
+                        on_progress()
             except BaseException:
                 for future in futures:
                     future.cancel()
                 raise
         md5 = version.content_md5
         return md5, self._commit(dest, version, ids, md5, metadata, condition), len(ids)
+
+
+class _SourceUrl:
+    """The source's SAS URL for one server copy, signed anew once it is `refresh` seconds old (thread-safe)."""
+
+    def __init__(self, sign: Callable[[BlobClient], str], source: BlobClient, version: SourceVersion,
+                 clock: Callable[[], float], refresh: float) -> None:
+        self._sign, self._source, self._version = sign, source, version
+        self._clock, self._refresh = clock, refresh
+        self._lock = threading.Lock()
+        self._url: str | None = None
+        self._signed_at = 0.0
+
+    def url(self) -> str:
+        with self._lock:
+            now = self._clock()
+            if self._url is None or now - self._signed_at >= self._refresh:
+                try:
+                    self._url = self._sign(self._source)
+                except AzureError as err:
+                    error = _translate(err, blob=self._version.name, side="source", action="signing a SAS for")
+                    if error.status == 403:
+                        # The partner's identity may not get a user delegation key: stream instead.
+                        raise _ServerRefusal(f"source SAS refused: {error.status} {error.error_code}",
+                                             error) from err
+                    raise error from err
+                self._signed_at = now
+            return self._url

@@ -525,6 +525,15 @@ class Ledger:
                 return replaced
         return None
 
+    def renew_claim(self, name: str, etag: str, owner: str, claim_etag: str, ttl: float) -> str | None:
+        """Extend a claim `owner` holds by `ttl` from now, only if nobody changed it since `claim_etag` (If-Match):
+        a claim that expired and was taken over stays with its new owner. Returns the new etag, or None."""
+        now = self.clock()
+        body = json.dumps({"source": name, "etag": etag, "owner": owner, "claimed_at": now, "expires_at": now + ttl},
+                          ensure_ascii=False)
+        return self._replace(self._blob(CLAIMS, self.key(name, etag)), body,
+                             {"owner": _b64(owner), "expiresat": repr(now + ttl)}, claim_etag)
+
     def release_claim(self, name: str, etag: str, owner: str, claim_etag: str | None = None) -> None:
         """Delete the claim if `owner` still holds it; another owner's claim is left alone.
 

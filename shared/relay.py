@@ -30,7 +30,11 @@ from .skyporten import gateway_error
 log = logging.getLogger(__name__)
 
 _REPLACE_ROUNDS = 3  # looks at a destination that keeps changing while an updated export replaces it
-CLAIM_TTL = 3600.0  # a claim outlives the longest copy; an instance that died frees it after this
+# A claim lasts CLAIM_TTL and is renewed every CLAIM_RENEW_SECONDS while its copy makes progress (block by block), so
+# a copy of any length keeps it, and an instance that died (killed at the function timeout, say) frees it after
+# at most CLAIM_TTL; the next attempt then resumes from the blocks already staged.
+CLAIM_TTL = 600.0
+CLAIM_RENEW_SECONDS = CLAIM_TTL / 3
 META_LIMIT = 1024  # bytes per metadata value we write (Azure allows 8 KiB in all)
 
 
@@ -129,6 +133,31 @@ def archive_name(version: SourceVersion) -> str:
     stamp = version.last_modified.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     tag = version.etag.strip('"')
     return f"{folder}/" * bool(folder) + f"{stem}.{stamp}.{tag}" + (f".{ext}" if ext else "")
+
+
+class _ClaimKeeper:
+    """Renews a delivery's claim while its copy makes progress (called after each block, on the delivering thread),
+    at most once per CLAIM_RENEW_SECONDS. Raises DeliveryError (transient) when the claim expired meanwhile and
+    another instance took it over: that one delivers, this attempt stops."""
+
+    def __init__(self, ledger: Ledger, name: str, etag: str, owner: str, claim_etag: str,
+                 clock: Callable[[], float]) -> None:
+        self.ledger, self.name, self.etag, self.owner, self.claim_etag = ledger, name, etag, owner, claim_etag
+        self.clock = clock
+        self.renew_at = clock() + CLAIM_RENEW_SECONDS
+
+    def __call__(self) -> None:
+        if self.clock() < self.renew_at:
+            return
+        from .errors import DeliveryError
+
+        renewed = self.ledger.renew_claim(self.name, self.etag, self.owner, self.claim_etag, CLAIM_TTL)
+        if renewed is None:
+            raise DeliveryError(f"the claim on {self.name!r} expired during its copy and another instance took it "
+                                "over; this attempt stops and leaves the delivery to it.",
+                                hint="nothing to do", transient=True)
+        self.claim_etag = renewed
+        self.renew_at = self.clock() + CLAIM_RENEW_SECONDS
 
 
 class Relay:
@@ -239,21 +268,23 @@ class Relay:
             return Outcome("in_progress", name, etag, destination=dest_path,
                            reason="another instance is delivering this version")
         outcome = None
+        keeper = _ClaimKeeper(self.ledger, name, etag, claimant, claim, self.clock)
         try:
             # A claim we could create means no claimed delivery of this version finished within CLAIM_TTL (a
             # delivered version keeps its claim), so the receipt needs no second look; a delivery that slipped in
             # unclaimed (sync's small exports) is met by the create-only commit.
-            outcome = self._copy_and_record(source, version, dest_path, failure)
+            outcome = self._copy_and_record(source, version, dest_path, failure, on_progress=keeper)
             return outcome
         finally:
             # Once the receipt exists nobody claims this version again (the receipt is checked first), so a
             # delivered version keeps its claim record and saves a request; the ledger's lifecycle rule removes
             # old claims. Anything else releases the claim for the next attempt.
             if outcome is None or outcome.status not in ("delivered", "already_delivered"):
-                self.ledger.release_claim(name, etag, claimant, claim)
+                self.ledger.release_claim(name, etag, claimant, keeper.claim_etag)
 
     def _copy_and_record(self, source: Any, version: SourceVersion, dest_path: str, failure: Any,
-                         record: Callable[[Receipt], Receipt] | None = None) -> Outcome:
+                         record: Callable[[Receipt], Receipt] | None = None,
+                         on_progress: Callable[[], None] | None = None) -> Outcome:
         """Copy, verify, write the receipt (`record`: the ledger's own by default), then the after-delivery step.
 
         Without a claim (sync's small exports, `record` = the run's ReceiptBuffer) the create-only Put Blob is the
@@ -269,11 +300,13 @@ class Relay:
         attempts = failure.attempts if failure is not None else 0
         try:
             try:
-                result = self.copier.copy(source, version, dest, metadata=metadata, overwrite=False)
+                result = self.copier.copy(source, version, dest, metadata=metadata, overwrite=False,
+                                          on_progress=on_progress)
                 size, md5, dest_etag, mode = result.size, result.md5, result.destination_etag, result.mode
             except DestinationExistsError:
                 try:
-                    size, md5, dest_etag, mode = self._adopt_or_replace(source, version, dest, metadata)
+                    size, md5, dest_etag, mode = self._adopt_or_replace(source, version, dest, metadata,
+                                                                        on_progress)
                 except NameRejected as exc:
                     self.ledger.record_rejection(name, etag, exc.reason)
                     return Outcome("rejected", name, etag, destination=dest_path, reason=exc.reason)
@@ -307,8 +340,8 @@ class Relay:
         return Outcome("delivered", name, etag, destination=dest_path, size=size, mode=mode,
                        md5=receipt.md5 or None)
 
-    def _adopt_or_replace(self, source: Any, version: SourceVersion, dest: Any,
-                          metadata: dict[str, str]) -> tuple[int, bytes | None, str, str]:
+    def _adopt_or_replace(self, source: Any, version: SourceVersion, dest: Any, metadata: dict[str, str],
+                          on_progress: Callable[[], None] | None = None) -> tuple[int, bytes | None, str, str]:
         """The destination exists: adopt it when it holds this very version; replace it when it holds an earlier
         version of the same export, but only as it was read (If-Match), so a version written meanwhile (perhaps a
         newer one) is looked at again first. Returns (size, md5, destination etag, mode). Raises NameRejected
@@ -320,7 +353,8 @@ class Relay:
             if existing is not None:
                 return existing
             try:
-                result = self.copier.copy(source, version, dest, metadata=metadata, replace_etag=seen_etag)
+                result = self.copier.copy(source, version, dest, metadata=metadata, replace_etag=seen_etag,
+                                          on_progress=on_progress)
             except DestinationExistsError:
                 continue  # changed since we looked: look again
             return result.size, result.md5, result.destination_etag, result.mode
