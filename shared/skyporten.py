@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import EntraError, GatewayError, RelayError, scrub
+from .errors import EntraError, GatewayError, MaskinportenError, RelayError, scrub
 from .maskinporten import MaskinportenClient
 
 log = logging.getLogger(__name__)
@@ -176,8 +176,17 @@ class BaneNorCredential:
         return f"BaneNorCredential(tenant_id={self.tenant_id!r}, client_id={self.client_id!r})"
 
     def _assertion(self) -> str:
-        # Called by azure-identity for every exchange: hand it a Skyporten token that is still valid.
-        token = self.skyporten.get_token()
+        # Called by azure-identity for every exchange: hand it a Skyporten token that is still valid. Whatever
+        # fails in here is Skyporten's (or the key's) failure, never Entra's: keep it labelled so.
+        try:
+            token = self.skyporten.get_token()
+        except RelayError:
+            raise
+        except Exception as exc:
+            raise MaskinportenError(
+                f"The Skyporten token could not be obtained ({type(exc).__name__}: {_first_line(str(exc))[:120]}).",
+                hint="check MASKINPORTEN_TOKEN_ENDPOINT: it must be the Skyporten token endpoint itself",
+            ) from None
         self._last_assertion_claims = token.claims
         return token.access_token
 

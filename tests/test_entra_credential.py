@@ -170,3 +170,22 @@ def test_credential_repr_and_errors_hold_no_token(caplog):
     assert assertion not in repr(cred)
     assert assertion not in caplog.text
     assert session.forms[0]["assertion"] not in caplog.text
+
+
+def test_a_malformed_skyporten_answer_inside_the_assertion_callback_stays_a_skyporten_error():
+    # The real azure-identity credential calls our callback before it contacts Entra (the authority here is
+    # never reached): the error must name Skyporten's setting, not BANENOR_AUTHORITY_HOST.
+    from shared.errors import MaskinportenError
+    from shared.signing import b64url
+
+    clock = FakeClock()
+    not_a_claims_object = b64url(b'{"alg":"none"}') + "." + b64url(b"[1, 2]") + ".c2ln"
+    session = FakeSession(lambda form: response(200, {"access_token": not_a_claims_object, "expires_in": 120}))
+    sky = MaskinportenClient(GrantRequest(ISSUER, "c", "banenor:payloadmanager.storage"), ISSUER + "/token",
+                             key_provider(KEY), session=session, clock=clock, sleep=clock.sleep, max_retries=0)
+    cred = BaneNorCredential("6ee535f2-3064-4ac9-81d8-4ceb2ff790c6", "11111111-2222-3333-4444-555555555555", sky,
+                             authority="https://127.0.0.1:9", clock=clock, sleep=clock.sleep)
+    with pytest.raises(MaskinportenError) as info:
+        cred.get_token(SCOPE)
+    assert "MASKINPORTEN_TOKEN_ENDPOINT" in str(info.value)
+    assert "BANENOR_AUTHORITY_HOST" not in str(info.value)
