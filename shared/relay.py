@@ -28,6 +28,7 @@ from .skyporten import gateway_error
 
 log = logging.getLogger(__name__)
 
+UNAUTHORIZED_RETRIES = 2  # after a gateway 401: once with a new Entra token, once more after a new Skyporten token
 _REPLACE_ROUNDS = 3  # looks at a destination that keeps changing while an updated export replaces it
 CLAIM_TTL = 3600.0  # a claim outlives the longest copy; an instance that died frees it after this
 META_LIMIT = 1024  # bytes per metadata value we write (Azure allows 8 KiB in all)
@@ -126,7 +127,7 @@ class Relay:
         archive: Any = None,  # ContainerClient for ARCHIVE_CONTAINER (AFTER_DELIVERY=archive)
         credential: Any = None,  # the Bane NOR credential, for the sync's preflight
         source_url: Callable[[Any], str] | None = None,  # read-only SAS URL of a source (archive copies)
-        on_unauthorized: Callable[[], None] | None = None,  # drop cached storage tokens after a gateway 401
+        on_unauthorized: Callable[[BaseException], None] | None = None,  # drop the refused token after a 401
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -234,7 +235,8 @@ class Relay:
                 self.ledger.release_claim(name, etag, claimant, claim)
 
     def _copy_and_record(self, source: Any, version: SourceVersion, dest_path: str, failure: Any,
-                         record: Callable[[Receipt], Receipt] | None = None) -> Outcome:
+                         record: Callable[[Receipt], Receipt] | None = None,
+                         unauthorized_retries: int = UNAUTHORIZED_RETRIES) -> Outcome:
         """Copy, verify, write the receipt (`record`: the ledger's own by default), then the after-delivery step.
 
         Without a claim (sync's small exports, `record` = the run's ReceiptBuffer) the create-only Put Blob is the
@@ -267,7 +269,13 @@ class Relay:
         except Exception as exc:
             if _is_trust_chain(exc):
                 if getattr(exc, "status", None) == 401 and self.on_unauthorized is not None:
-                    self.on_unauthorized()  # the next attempt gets a fresh storage token (azure-core style)
+                    # A token refused before its expiry (revoked, say): drop it (once for every delivery in flight)
+                    # and try again at once with one Entra issued anew; the credential also fetches a new Skyporten
+                    # token when a fresh one is refused again. Only then does the delivery fail.
+                    self.on_unauthorized(exc)
+                    if unauthorized_retries > 0:
+                        return self._copy_and_record(source, version, dest_path, failure, record,
+                                                     unauthorized_retries - 1)
                 raise
             return self._record_failure(version, exc, dest_path)
 

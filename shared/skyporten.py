@@ -163,14 +163,21 @@ class BaneNorCredential:
         self._federation_failing_since: float | None = None
         self.exchanges = 0
         self._last_assertion_claims: dict[str, Any] = {}
-        if inner is None:
-            from azure.identity import ClientAssertionCredential
+        self._ca_bundle = ca_bundle
+        # After a 401 the next token comes from an exchange made anew; if that one is refused too, the Skyporten
+        # token goes as well (`invalidate`).
+        self._recovering = False
+        self._recovery_token: str | None = None
+        self._new_inner: Callable[[], Any] = (lambda: inner) if inner is not None else self._assertion_credential
+        self._inner = self._new_inner()
 
-            kwargs: dict[str, Any] = {"authority": authority, "retry_total": 2}
-            if ca_bundle:
-                kwargs["connection_verify"] = ca_bundle
-            inner = ClientAssertionCredential(tenant_id, client_id, self._assertion, **kwargs)
-        self._inner = inner
+    def _assertion_credential(self) -> Any:
+        from azure.identity import ClientAssertionCredential
+
+        kwargs: dict[str, Any] = {"authority": self.authority, "retry_total": 2}
+        if self._ca_bundle:
+            kwargs["connection_verify"] = self._ca_bundle
+        return ClientAssertionCredential(self.tenant_id, self.client_id, self._assertion, **kwargs)
 
     def __repr__(self) -> str:
         return f"BaneNorCredential(tenant_id={self.tenant_id!r}, client_id={self.client_id!r})"
@@ -212,11 +219,35 @@ class BaneNorCredential:
                 return cached
             info = self._exchange(scopes, kwargs)
             self._cache[scopes] = info
+            self._recovery_token = info.token if self._recovering else None
+            self._recovering = False
             return info
 
-    def invalidate(self) -> None:
+    def invalidate(self, refused: str | None = None) -> bool:
+        """Drop the storage token the gateway refused (401) so the next caller gets one Entra issues anew.
+
+        With `refused` (the bearer token that was refused) nothing happens when it is no longer the cached one:
+        another delivery's 401 already replaced it, and every delivery in flight shares that one new exchange.
+        When the refused token was itself issued anew after a 401, the Skyporten token is dropped too. Returns
+        whether anything was dropped. azure-identity keeps a token cache of its own, so a new inner credential
+        replaces it: otherwise it would hand back the very token that was refused.
+        """
         with self._lock:
+            cached = {info.token for info in self._cache.values()}
+            if refused is not None and refused not in cached:
+                return False
+            if refused is not None and refused == self._recovery_token:
+                log.warning("A storage token Entra issued anew was refused too: fetching a new Skyporten token")
+                self.skyporten.invalidate()
             self._cache.clear()
+            self._recovering = True
+            self._recovery_token = None
+            old, self._inner = self._inner, self._new_inner()
+            if old is not self._inner:
+                close = getattr(old, "close", None)
+                if close:
+                    close()
+            return True
 
     def _exchange(self, scopes: tuple[str, ...], kwargs: dict[str, Any]) -> Any:
         from azure.core.credentials import AccessTokenInfo
