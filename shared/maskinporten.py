@@ -121,6 +121,22 @@ def decode_unverified(token: str) -> dict[str, Any]:
     return claims if isinstance(claims, dict) else {}
 
 
+UNSPECIFIED_AUDIENCE = "unspecified"  # Maskinporten's aud when no resource was asked for (docs.digdir.no)
+
+
+def audience_reading(resource: str | None, aud: Any) -> str:
+    """Which reading of the open audience point (PROTOCOL.md 1-2) a token shows, from the resource sent and its aud."""
+    if aud == UNSPECIFIED_AUDIENCE or aud is None:
+        return ("no audience: no resource was sent and none is bound to the scope; Entra refuses such a token "
+                "unless MASKINPORTEN_RESOURCE is set" if resource is None else
+                "no audience, although a resource was sent: check MASKINPORTEN_RESOURCE_FORM")
+    if resource is not None and (aud == resource or (isinstance(aud, list) and resource in aud)):
+        return "taken from the resource sent (MASKINPORTEN_RESOURCE)"
+    if resource is not None:
+        return "bound to the scope by Bane NOR (the resource sent was ignored)"
+    return "bound to the scope by Bane NOR (no resource sent)"
+
+
 class SkyportenToken:
     """An access token and when it stops being usable. The repr never shows the token."""
 

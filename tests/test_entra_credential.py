@@ -189,3 +189,16 @@ def test_a_malformed_skyporten_answer_inside_the_assertion_callback_stays_a_skyp
         cred.get_token(SCOPE)
     assert "MASKINPORTEN_TOKEN_ENDPOINT" in str(info.value)
     assert "BANENOR_AUTHORITY_HOST" not in str(info.value)
+
+
+@pytest.mark.parametrize(("resource", "aud", "expect"), [
+    (None, "unspecified", "Set MASKINPORTEN_RESOURCE"),
+    ("https://skyporten.example.no", "https://skyporten.example.no", "the token's audience is MASKINPORTEN_RESOURCE"),
+    ("https://skyporten.example.no", "api://bound", "ignored MASKINPORTEN_RESOURCE"),
+    (None, "api://bound", "bound the audience 'api://bound' to the scope (no MASKINPORTEN_RESOURCE sent)"),
+])
+def test_audience_mismatch_fix_says_which_reading_of_the_audience_is_in_play(resource, aud, expect):
+    error = entra_error(refusal(700212), {"iss": ISSUER, "sub": SUB, "aud": aud},
+                        {"client_id": "x", "issuer": ISSUER, "resource": resource})
+    assert expect in error.hint
+    assert f"resource sent: {resource or 'none'}" in str(error)
