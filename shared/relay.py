@@ -236,7 +236,8 @@ class Relay:
 
     def _copy_and_record(self, source: Any, version: SourceVersion, dest_path: str, failure: Any,
                          record: Callable[[Receipt], Receipt] | None = None,
-                         unauthorized_retries: int = UNAUTHORIZED_RETRIES) -> Outcome:
+                         unauthorized_retries: int = UNAUTHORIZED_RETRIES,
+                         metadata: dict[str, str] | None = None) -> Outcome:
         """Copy, verify, write the receipt (`record`: the ledger's own by default), then the after-delivery step.
 
         Without a claim (sync's small exports, `record` = the run's ReceiptBuffer) the create-only Put Blob is the
@@ -247,7 +248,7 @@ class Relay:
         """
         name, etag = version.name, version.etag
         dest = self.destination.get_blob_client(dest_path)
-        metadata = self._metadata(version)
+        metadata = metadata or self._metadata(version)  # a retry after a 401 is the same attempt: same attempt id
         first_attempt_at = self.clock()
         attempts = failure.attempts if failure is not None else 0
         single_put = False
@@ -275,7 +276,7 @@ class Relay:
                     self.on_unauthorized(exc)
                     if unauthorized_retries > 0:
                         return self._copy_and_record(source, version, dest_path, failure, record,
-                                                     unauthorized_retries - 1)
+                                                     unauthorized_retries - 1, metadata)
                 raise
             return self._record_failure(version, exc, dest_path)
 

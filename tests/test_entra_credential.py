@@ -202,3 +202,33 @@ def test_audience_mismatch_fix_says_which_reading_of_the_audience_is_in_play(res
                         {"client_id": "x", "issuer": ISSUER, "resource": resource})
     assert expect in error.hint
     assert f"resource sent: {resource or 'none'}" in str(error)
+
+
+# -- after a gateway 401 (issue 18) ---------------------------------------------------------------------------
+
+def test_dropping_the_refused_token_makes_the_next_call_exchange_anew():
+    cred, session, _ = make([])
+    refused = cred.get_token(SCOPE).token
+    assert cred.invalidate(refused) is True
+    cred.get_token(SCOPE)
+    assert cred.exchanges == 2
+    assert len(session.forms) == 1  # the Skyporten token was still good
+
+
+def test_a_token_already_replaced_is_not_dropped_again():
+    cred, _, _ = make([])
+    cred.get_token(SCOPE)
+    assert cred.invalidate("a-token-no-longer-cached") is False
+    cred.get_token(SCOPE)
+    assert cred.exchanges == 1
+
+
+def test_a_token_issued_anew_and_refused_again_drops_the_skyporten_token_too():
+    cred, session, _ = make([])
+    cred.invalidate(cred.get_token(SCOPE).token)
+    fresh = cred.get_token(SCOPE).token
+    assert len(session.forms) == 1
+    assert cred.invalidate(fresh) is True
+    cred.get_token(SCOPE)
+    assert len(session.forms) == 2
+
