@@ -97,6 +97,7 @@ class GatewaySim(SimServer):
         self._seen_tokens: set[str] = set()  # `uti` of every token presented
         self._revoked_tokens: set[str] = set()
         self._revoke_next = 0
+        self._revoke_after = 0
         self._lock = threading.Lock()
         self._stats = GatewayStats()
 
@@ -137,12 +138,15 @@ class GatewaySim(SimServer):
         with self._lock:
             self._grants.pop(object_id, None)
 
-    def revoke_tokens(self, also_next: int = 0) -> None:
+    def revoke_tokens(self, also_next: int = 0, after_requests: int = 0) -> None:
         """Refuse (401) every token presented so far, as when sessions are revoked before their expiry, and the
-        next `also_next` new tokens the moment they are first presented."""
+        next `also_next` new tokens the moment they are first presented. With `after_requests`, the revocation
+        happens only after that many more requests were let through."""
         with self._lock:
-            self._revoked_tokens |= self._seen_tokens
             self._revoke_next = also_next
+            self._revoke_after = after_requests
+            if not after_requests:
+                self._revoked_tokens |= self._seen_tokens
 
     def _token_revoked(self, claims: dict[str, Any]) -> bool:
         uti = str(claims.get("uti"))
@@ -152,7 +156,13 @@ class GatewaySim(SimServer):
                 if self._revoke_next > 0:
                     self._revoke_next -= 1
                     self._revoked_tokens.add(uti)
-            return uti in self._revoked_tokens
+            if uti in self._revoked_tokens:
+                return True
+            if self._revoke_after > 0:
+                self._revoke_after -= 1
+                if not self._revoke_after:
+                    self._revoked_tokens |= self._seen_tokens  # from the next request on
+            return False
 
     def count(self, *, method: str | None = None, rejection: str | None = None, bytes_in: int = 0,
               response: tuple[str, int] | None = None) -> None:

@@ -84,3 +84,24 @@ def test_a_token_refused_every_time_stops_after_the_skyporten_refetch(rt, stack)
     finally:
         stack.gateway.revoke_tokens(also_next=0)
     assert counts.new() == (2, 1)  # bounded: one Entra refresh, then one Skyporten refresh with its exchange
+
+
+def test_a_401_on_the_read_back_after_a_commit_is_still_this_attempts_delivery(stack):
+    # The Put Blob goes through, then the token is revoked before the read-back that AFTER_DELIVERY=delete needs:
+    # the retry finds its own write (same attempt), so the export counts as delivered now, and its source goes.
+    tag = uuid.uuid4().hex[:8]
+    env = dict(stack.settings, EXPORT_CONTAINER=f"exports-{tag}", LEDGER_CONTAINER=f"ledger-{tag}",
+               DESTINATION_TEMPLATE=f"r{tag}/{{path}}", AFTER_DELIVERY="delete")
+    runtime = Runtime(Settings.load(env))
+    try:
+        runtime.exports.create_container()
+        put(runtime, "warm-up.csv", "read-back.csv")
+        assert runtime.relay.deliver("warm-up.csv").status == "delivered"
+        stack.gateway.revoke_tokens(after_requests=1)
+        counts = Counts(stack)
+        outcome = runtime.relay.deliver("read-back.csv")
+        assert outcome.status == "delivered", outcome.reason
+        assert counts.new() == (1, 0)
+        assert not runtime.exports.get_blob_client("read-back.csv").exists()
+    finally:
+        runtime.banenor_credential.close()
