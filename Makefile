@@ -3,6 +3,7 @@
 #   demo        the main job end to end on the local stack, with a delivery report
 #   test        lint and the whole test suite (starts its own Azurite and simulators)
 #   stack       start the local stack in the background; settings in .local/settings.env
+#               (STACK_AUDIENCE_MODE=scope|resource: how the Skyporten simulator sets the token's audience)
 #   stack-stop  stop exactly what `make stack` started
 #   bench       benchmarks (not part of `make test`); results in bench/RESULTS.md
 #   lint-infra  parse the Bicep templates and run checkov offline
@@ -35,7 +36,7 @@ demo: install
 	$(PY) -m sim.demo
 
 stack: install
-	$(PY) -m sim.stack start --workdir .local
+	$(PY) -m sim.stack start --workdir .local $(if $(STACK_AUDIENCE_MODE),--audience-mode $(STACK_AUDIENCE_MODE))
 
 stack-stop:
 	@if [ -x $(PY) ]; then $(PY) -m sim.stack stop --workdir .local; fi

@@ -59,12 +59,17 @@ def _runtime(args: argparse.Namespace) -> Any:
 
 
 # -- token ---------------------------------------------------------------------------------------------------
-def token_facts(token: Any, now: float) -> dict[str, Any]:
+def token_facts(token: Any, now: float, resource: str | None = None) -> dict[str, Any]:
+    """What a Skyporten token says (never the token), with the resource the grant sent (None: none)."""
+    from .maskinporten import audience_reading
+
     claims = token.claims
     consumer = claims.get("consumer") or {}
     return {
         "scope": token.scope,
+        "resource_sent": resource,
         "audience": claims.get("aud"),
+        "audience_from": audience_reading(resource, claims.get("aud")),
         "subject": claims.get("sub"),
         "issuer": claims.get("iss"),
         "consumer_org": consumer.get("ID") if isinstance(consumer, dict) else None,
@@ -77,7 +82,7 @@ def token_facts(token: Any, now: float) -> dict[str, Any]:
 def cmd_token(args: argparse.Namespace, out: Output) -> int:
     rt = _runtime(args)
     token = rt.maskinporten.get_token()
-    facts = token_facts(token, time.time())
+    facts = token_facts(token, time.time(), rt.maskinporten.request.resource)
     if args.decode:
         facts["claims"] = {k: v for k, v in token.claims.items() if k not in ("jti",)}
     if args.raw:
@@ -86,7 +91,7 @@ def cmd_token(args: argparse.Namespace, out: Output) -> int:
     out.line("Skyporten token issued")
     for key, value in facts.items():
         if key not in ("claims", "access_token"):
-            out.line(f"  {key:<13} {value}")
+            out.line(f"  {key:<13} {'none' if value is None and key == 'resource_sent' else value}")
     if args.decode:
         out.line("  claims       " + json.dumps(facts["claims"], default=str))
     if args.raw:
@@ -319,15 +324,30 @@ def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
         return notes
 
     def skyporten() -> list[str]:
-        token = state["rt"].maskinporten.get_token()
-        facts = token_facts(token, time.time())
+        client = state["rt"].maskinporten
+        token = client.get_token()
+        facts = token_facts(token, time.time(), client.request.resource)
         state["sky"] = facts
-        return [f"sub {facts['subject']}", f"aud {facts['audience']}", f"scope {facts['scope']}",
-                f"consumer {facts['consumer_org']}", f"expires {facts['expires_at']}"]
+        reading = facts["audience_from"]
+        aud_line = f"aud {facts['audience']}: {reading}"
+        return [f"sub {facts['subject']}", f"resource sent: {facts['resource_sent'] or 'none'}",
+                ("WARNING: " if reading.startswith("no audience") else "") + aud_line,
+                f"scope {facts['scope']}", f"consumer {facts['consumer_org']}", f"expires {facts['expires_at']}"]
 
     def entra() -> list[str]:
+        from .errors import EntraError
+
         s = state["s"]
-        token = state["rt"].banenor_credential.get_token(s.banenor_storage_audience + "/.default")
+        try:
+            token = state["rt"].banenor_credential.get_token(s.banenor_storage_audience + "/.default")
+        except EntraError as exc:
+            sky = state.get("sky") or {}
+            if exc.code in ("AADSTS70021", "AADSTS700212"):
+                # Which reading of the audience is in play, and what was sent: MASKINPORTEN_RESOURCE is the one
+                # setting of the partner's that decides the token's aud.
+                exc.message += (f" MASKINPORTEN_RESOURCE: resource sent: {sky.get('resource_sent') or 'none'};"
+                                f" the Skyporten token's aud {sky.get('audience')!r} ({sky.get('audience_from')}).")
+            raise
         from .maskinporten import decode_unverified
 
         claims = decode_unverified(token.token)

@@ -62,6 +62,7 @@ HTTP_ENV_VARIABLES = frozenset({"http_proxy", "https_proxy", "all_proxy", "no_pr
 SIGNING_KEY_SOURCES = ("keyvault-secret", "keyvault-certificate", "keyvault-key", "file")
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _CONTAINER = re.compile(r"^[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]$")
+_URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:.")  # RFC 3986 section 3.1: scheme ":" and more
 
 
 @dataclass(frozen=True)
@@ -229,6 +230,42 @@ class _Reader:
             self.problem(name, f"uses plain http to {parts.hostname}; only https is allowed outside loopback.")
         return value
 
+    def resource(self, name: str, value: str | None) -> str | None:
+        """An absolute URI as RFC 8707 section 2 defines a resource indicator: a scheme, no fragment.
+
+        Not only https URLs: `api://AzureADTokenExchange` (Entra's default federated-credential audience) is one.
+        """
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if (not _URI_SCHEME.match(value) or parts.fragment or "#" in value or any(c.isspace() for c in value)
+                or (parts.scheme in ("http", "https") and not parts.netloc)):
+            self.problem(name, f"is {value!r}, not an absolute URI (RFC 8707: a scheme, no fragment). Use the "
+                         "value Bane NOR gave you, e.g. api://AzureADTokenExchange or https://skyporten.<domain>; "
+                         "leave it unset when Bane NOR gave none.")
+        return value
+
+    def connection_string(self, name: str, value: str | None) -> str | None:
+        """A storage connection string: its blob endpoint follows the https-or-loopback rule of `url`."""
+        if value is None:
+            return None
+        fields = {k.strip().lower(): v.strip() for k, _, v in
+                  (part.partition("=") for part in value.split(";") if part.strip())}
+        if fields.get("usedevelopmentstorage", "").lower() == "true":
+            return value  # Azurite on http://127.0.0.1:10000
+        endpoint = fields.get("blobendpoint")
+        if endpoint:
+            parts = urlsplit(endpoint)
+            scheme, host = parts.scheme.lower(), parts.hostname
+        else:
+            scheme = fields.get("defaultendpointsprotocol", "https").lower()
+            host = f"{fields.get('accountname', '<account>')}.blob.{fields.get('endpointsuffix', 'core.windows.net')}"
+        if scheme == "http" and not is_loopback(host):
+            self.problem(name, f"uses plain http to {host}; only https is allowed outside loopback: set "
+                         "DefaultEndpointsProtocol=https (and an https BlobEndpoint), or use "
+                         f"{name}__blobServiceUri=https://<account>.blob.core.windows.net.")
+        return value
+
     def guid(self, name: str, value: str | None, what: str) -> None:
         if value is not None and not _GUID.match(value):
             self.problem(name, f"is {value!r}, not a GUID; {what}")
@@ -277,9 +314,7 @@ class _Reader:
                 f"is {scope!r}: send exactly one scope ({DEFAULT_SCOPE}); Skyporten appends the scope to the "
                 "token's subject, and Bane NOR's federated credential matches that one scope only.",
             )
-        resource = self.text("MASKINPORTEN_RESOURCE")
-        if resource is not None:
-            self.url("MASKINPORTEN_RESOURCE", resource) if "://" in resource else None
+        resource = self.resource("MASKINPORTEN_RESOURCE", self.text("MASKINPORTEN_RESOURCE"))
         resource_form = self.choice("MASKINPORTEN_RESOURCE_FORM", ("string", "array"), "string")
         key_id = self.text("MASKINPORTEN_KEY_ID")
 
@@ -327,7 +362,7 @@ class _Reader:
         directory = (self.text("BANENOR_DIRECTORY", "") or "").strip("/")
         api_version = self.text("BANENOR_STORAGE_API_VERSION", DEFAULT_API_VERSION) or DEFAULT_API_VERSION
 
-        export_conn = self.text("EXPORT_STORAGE")
+        export_conn = self.connection_string("EXPORT_STORAGE", self.text("EXPORT_STORAGE"))
         export_uri = self.url("EXPORT_STORAGE__blobServiceUri", self.text("EXPORT_STORAGE__blobServiceUri"))
         if export_conn is None and export_uri is None:
             self.problem(

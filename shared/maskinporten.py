@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"  # RFC 7523 section 2.1
 GRANT_LIFETIME = 100  # seconds; Maskinporten refuses exp - iat > 120 s (MP-130)
+# A token answer is a few KiB; read at most this much, so a runaway answer cannot exhaust memory.
+MAX_ANSWER_BYTES = 256 * 1024
+_ENDPOINT_HINT = "check MASKINPORTEN_TOKEN_ENDPOINT: it must be the Skyporten token endpoint itself"
 
 # MP-nnn codes -> (what it means, what to fix). Kept as data: Digdir adds codes. PROTOCOL.md section 1.
 MP_CODES: dict[str, tuple[str, str]] = {
@@ -107,12 +111,30 @@ def encode_jwt(header: dict[str, Any], claims: dict[str, Any], sign: Callable[[b
 
 
 def decode_unverified(token: str) -> dict[str, Any]:
-    """The claims of a JWT, NOT verified: only for caching and diagnostics (sub/aud/exp)."""
+    """The claims of a JWT, NOT verified: only for caching and diagnostics (sub/aud/exp). {} when the token
+    is not a JWT whose payload is a JSON object."""
     try:
         payload = token.split(".")[1]
-        return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (IndexError, ValueError):
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError, TypeError, AttributeError):
         return {}
+    return claims if isinstance(claims, dict) else {}
+
+
+UNSPECIFIED_AUDIENCE = "unspecified"  # Maskinporten's aud when no resource was asked for (docs.digdir.no)
+
+
+def audience_reading(resource: str | None, aud: Any) -> str:
+    """Which reading of the open audience point (PROTOCOL.md 1-2) a token shows, from the resource sent and its aud."""
+    if aud == UNSPECIFIED_AUDIENCE or aud is None:
+        return ("no audience: no resource was sent and none is bound to the scope; Entra refuses such a token "
+                "unless MASKINPORTEN_RESOURCE is set" if resource is None else
+                "no audience, although a resource was sent: check MASKINPORTEN_RESOURCE_FORM")
+    if resource is not None and (aud == resource or (isinstance(aud, list) and resource in aud)):
+        return "taken from the resource sent (MASKINPORTEN_RESOURCE)"
+    if resource is not None:
+        return "bound to the scope by Bane NOR (the resource sent was ignored)"
+    return "bound to the scope by Bane NOR (no resource sent)"
 
 
 class SkyportenToken:
@@ -205,7 +227,12 @@ class MaskinportenClient:
                     headers={"Accept": "application/json"},
                     timeout=self.timeout,
                     verify=self.verify,
+                    # The signed grant goes to the configured endpoint only, never where a 3xx points (plain
+                    # http included); the answer is read with a size cap (`_read_capped`).
+                    allow_redirects=False,
+                    stream=True,
                 )
+                body = self._read_capped(response)
             except requests.RequestException as exc:
                 self.requests_sent += 1
                 if attempt <= self.max_retries:
@@ -218,12 +245,22 @@ class MaskinportenClient:
                 ) from None
             self.requests_sent += 1
             self._note_date(response)
+            if 300 <= response.status_code < 400:
+                location = urlsplit(response.headers.get("Location") or "")
+                where = f"{location.scheme}://{location.netloc}" if location.netloc else "another path"
+                raise MaskinportenError(
+                    f"Skyporten's token endpoint {self.token_endpoint} answered with a redirect (HTTP "
+                    f"{response.status_code} to {where}); the signed grant is never sent anywhere else.",
+                    hint="set MASKINPORTEN_TOKEN_ENDPOINT to the token endpoint itself (e.g. "
+                    "https://test.sky.maskinporten.no/token), not an address that redirects",
+                    status=response.status_code,
+                )
             if response.status_code == 200:
-                return self._parse_success(response, sent_at)
+                return self._parse_success(response, body, sent_at)
             if (response.status_code >= 500 or response.status_code == 429) and attempt <= self.max_retries:
                 self._backoff(attempt, response.headers.get("Retry-After"))
                 continue
-            error = self._parse_error(response)
+            error = self._parse_error(response, body)
             if error.code == "MP-130" and not clock_retry_used:
                 # Clock skew or a slow path: one retry with a fresh grant, and a warning (PROTOCOL.md 1).
                 clock_retry_used = True
@@ -250,40 +287,53 @@ class MaskinportenClient:
             except (TypeError, ValueError):
                 pass
 
-    def _parse_success(self, response: requests.Response, sent_at: float) -> SkyportenToken:
+    def _read_capped(self, response: requests.Response) -> bytes:
+        """The answer's body, at most MAX_ANSWER_BYTES; a larger one is refused without reading the rest."""
+        data = bytearray()
         try:
-            body = response.json()
-        except ValueError:
-            body = None
+            for chunk in response.iter_content(64 * 1024):
+                data += chunk
+                if len(data) > MAX_ANSWER_BYTES:
+                    raise MaskinportenError(
+                        f"Skyporten's token endpoint {self.token_endpoint} answered with a body larger than "
+                        f"{MAX_ANSWER_BYTES // 1024} KiB; a token answer is a few KiB.",
+                        hint=_ENDPOINT_HINT, status=response.status_code)
+        finally:
+            response.close()
+        return bytes(data)
+
+    def _malformed(self, what: str, response: requests.Response, body: bytes) -> MaskinportenError:
+        return MaskinportenError(
+            f"Skyporten answered 200 {what} ({_describe_body(response, body)}).", hint=_ENDPOINT_HINT,
+            status=response.status_code)
+
+    def _parse_success(self, response: requests.Response, raw: bytes, sent_at: float) -> SkyportenToken:
+        body = _json(raw)
         if not isinstance(body, dict) or not isinstance(body.get("access_token"), str):
-            raise MaskinportenError(
-                f"Skyporten answered 200 without an access_token ({_describe_body(response)}).",
-                hint="check MASKINPORTEN_TOKEN_ENDPOINT: it must be the Skyporten token endpoint",
-                status=200,
-            )
+            raise self._malformed("without an access_token", response, raw)
         access_token = body["access_token"]
         claims = decode_unverified(access_token)
-        try:
-            expires_in = float(body.get("expires_in", 0))
-        except (TypeError, ValueError):
-            expires_in = 0.0
-        expires_at = sent_at + expires_in if expires_in > 0 else float(claims.get("exp", sent_at))
-        if isinstance(claims.get("exp"), int | float):
-            expires_at = min(expires_at, float(claims["exp"]))  # valid until min(sent_at + expires_in, exp)
-        claims.setdefault("iat", sent_at)
-        log.info("Skyporten token issued: scope=%s expires_in=%s", body.get("scope", self.request.scope),
-                 body.get("expires_in"))
-        return SkyportenToken(access_token, expires_at, body.get("scope", self.request.scope), claims)
+        if not claims:
+            raise self._malformed("with an access_token that is not a JWT with a JSON object as payload", response, raw)
+        expires_in, exp = _number(body.get("expires_in")), _number(claims.get("exp"))
+        if (expires_in is None or expires_in <= 0) and exp is None:
+            raise self._malformed("with a token whose lifetime is unknown (no numeric expires_in or exp)",
+                                  response, raw)
+        # Valid until min(sent_at + expires_in, exp): PROTOCOL.md section 1.
+        expires_at = min(t for t in (sent_at + expires_in if expires_in and expires_in > 0 else None, exp)
+                         if t is not None)
+        if _number(claims.get("iat")) is None:
+            claims["iat"] = sent_at  # the refresh margin is measured from it
+        scope = body.get("scope") if isinstance(body.get("scope"), str) else self.request.scope
+        log.info("Skyporten token issued: scope=%s expires_in=%s", scope, expires_in)
+        return SkyportenToken(access_token, expires_at, scope, claims)
 
-    def _parse_error(self, response: requests.Response) -> MaskinportenError:
+    def _parse_error(self, response: requests.Response, raw: bytes) -> MaskinportenError:
         status = response.status_code
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
+        body = _json(raw)
         if not isinstance(body, dict) or "error" not in body:
             return MaskinportenError(
-                f"Skyporten answered HTTP {status} without an OAuth error ({_describe_body(response)}).",
+                f"Skyporten answered HTTP {status} without an OAuth error ({_describe_body(response, raw)}).",
                 hint="check MASKINPORTEN_TOKEN_ENDPOINT; a proxy or the wrong host may be answering",
                 status=status, transient=status >= 500,
             )
@@ -300,10 +350,23 @@ class MaskinportenClient:
                                  transient=status >= 500 or status == 429)
 
 
-def _describe_body(response: requests.Response) -> str:
+def _describe_body(response: requests.Response, body: bytes) -> str:
     ctype = response.headers.get("Content-Type", "no content type")
-    size = len(response.content or b"")
-    return f"{ctype}, {size} bytes" if size else "empty body"
+    return f"{ctype}, {len(body)} bytes" if body else "empty body"
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:  # includes UnicodeDecodeError
+        return None
+
+
+def _number(value: Any) -> float | None:
+    """A JSON number as float; None for anything else (strings, booleans, null)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
 
 
 def client_from_settings(settings: Any, keys: SigningKeyProvider, **kwargs: Any) -> MaskinportenClient:

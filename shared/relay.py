@@ -29,6 +29,7 @@ from .skyporten import gateway_error
 
 log = logging.getLogger(__name__)
 
+UNAUTHORIZED_RETRIES = 2  # after a gateway 401: once with a new Entra token, once more after a new Skyporten token
 _REPLACE_ROUNDS = 3  # looks at a destination that keeps changing while an updated export replaces it
 # A claim lasts CLAIM_TTL and is renewed every CLAIM_RENEW_SECONDS while its copy makes progress (block by block), so
 # a copy of any length keeps it, and an instance that died (killed at the function timeout, say) frees it after
@@ -174,7 +175,7 @@ class Relay:
         archive: Any = None,  # ContainerClient for ARCHIVE_CONTAINER (AFTER_DELIVERY=archive)
         credential: Any = None,  # the Bane NOR credential, for the sync's preflight
         source_url: Callable[[Any], str] | None = None,  # read-only SAS URL of a source (archive copies)
-        on_unauthorized: Callable[[], None] | None = None,  # drop cached storage tokens after a gateway 401
+        on_unauthorized: Callable[[BaseException], None] | None = None,  # drop the refused token after a 401
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -284,7 +285,9 @@ class Relay:
 
     def _copy_and_record(self, source: Any, version: SourceVersion, dest_path: str, failure: Any,
                          record: Callable[[Receipt], Receipt] | None = None,
-                         on_progress: Callable[[], None] | None = None) -> Outcome:
+                         on_progress: Callable[[], None] | None = None,
+                         unauthorized_retries: int = UNAUTHORIZED_RETRIES,
+                         metadata: dict[str, str] | None = None) -> Outcome:
         """Copy, verify, write the receipt (`record`: the ledger's own by default), then the after-delivery step.
 
         Without a claim (sync's small exports, `record` = the run's ReceiptBuffer) the create-only Put Blob is the
@@ -295,7 +298,7 @@ class Relay:
         """
         name, etag = version.name, version.etag
         dest = self.destination.get_blob_client(dest_path)
-        metadata = self._metadata(version)
+        metadata = metadata or self._metadata(version)  # a retry after a 401 is the same attempt: same attempt id
         first_attempt_at = self.clock()
         attempts = failure.attempts if failure is not None else 0
         try:
@@ -315,7 +318,13 @@ class Relay:
         except Exception as exc:
             if _is_trust_chain(exc):
                 if getattr(exc, "status", None) == 401 and self.on_unauthorized is not None:
-                    self.on_unauthorized()  # the next attempt gets a fresh storage token (azure-core style)
+                    # A token refused before its expiry (revoked, say): drop it (once for every delivery in flight)
+                    # and try again at once with one Entra issued anew; the credential also fetches a new Skyporten
+                    # token when a fresh one is refused again. Only then does the delivery fail.
+                    self.on_unauthorized(exc)
+                    if unauthorized_retries > 0:
+                        return self._copy_and_record(source, version, dest_path, failure, record, on_progress,
+                                                     unauthorized_retries - 1, metadata)
                 raise
             return self._record_failure(version, exc, dest_path)
 

@@ -35,6 +35,7 @@ class Runtime:
         quiet_sdk_logs()
         self._partner_credential = partner_credential
         self._sas_lock = threading.Lock()
+        self._reset_lock = threading.Lock()
         self._delegation_key: Any = None
         self._delegation_expiry = 0.0
 
@@ -119,14 +120,20 @@ class Runtime:
                               mode=s.copy_mode, max_request_bytes=MAX_REQUEST_BYTES)
         return Copier(options, source_sas=self.source_sas if s.copy_mode != "stream" else None)
 
-    def reset_banenor_tokens(self) -> None:
-        """After a gateway 401: forget the cached storage token everywhere (our credential and the storage
-        client's bearer policy, by building a new client), so the next request gets a fresh one."""
-        self.banenor_credential.invalidate()
-        for name in ("banenor_service", "destination"):
-            self.__dict__.pop(name, None)
-        if "relay" in self.__dict__:
-            self.relay.destination = self.destination
+    def reset_banenor_tokens(self, refused: BaseException | None = None) -> None:
+        """After a gateway 401: forget the refused storage token everywhere (our credential and the storage
+        client's bearer policy, by building a new client), so the next request gets one Entra issues anew.
+
+        `refused` is the error of the refused request: when its token was already replaced (another delivery's
+        401 came first), nothing is dropped, so concurrent deliveries share one new exchange.
+        """
+        with self._reset_lock:
+            if not self.banenor_credential.invalidate(refused_bearer_token(refused)):
+                return
+            for name in ("banenor_service", "destination"):
+                self.__dict__.pop(name, None)
+            if "relay" in self.__dict__:
+                self.relay.destination = self.destination
 
     def source_sas(self, blob: Any) -> str:
         """A read-only SAS URL for the source, valid 15 minutes, for server-side copy.
@@ -167,6 +174,19 @@ class Runtime:
         return Relay(self.settings, exports=self.exports, destination=self.destination, ledger=self.ledger,
                      copier=self.copier, archive=self.archive, credential=self.banenor_credential,
                      source_url=self.source_sas, on_unauthorized=self.reset_banenor_tokens, clock=self.clock)
+
+
+def refused_bearer_token(exc: BaseException | None) -> str | None:
+    """The bearer token a refused storage request carried, from the azure-core error in `exc`'s chain (the
+    request is kept on the error's response); None when it cannot be told. Compared, never logged."""
+    seen = 0
+    while exc is not None and seen < 10:
+        request = getattr(getattr(exc, "response", None), "request", None)
+        auth = getattr(request, "headers", {}).get("Authorization", "") if request is not None else ""
+        if isinstance(auth, str) and auth[:7].lower() == "bearer ":
+            return auth[7:].strip()
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
 
 
 _runtime: Runtime | None = None

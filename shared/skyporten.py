@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import EntraError, GatewayError, RelayError, scrub
-from .maskinporten import MaskinportenClient
+from .errors import EntraError, GatewayError, MaskinportenError, RelayError, scrub
+from .maskinporten import UNSPECIFIED_AUDIENCE, MaskinportenClient
 
 log = logging.getLogger(__name__)
 
@@ -91,17 +91,24 @@ def entra_error(exc: Exception, assertion_claims: dict[str, Any], settings_view:
     label = f"AADSTS{code}" if code else "no AADSTS code"
     message = f"Entra ID in Bane NOR's tenant refused the token exchange ({label}"
     message += f": {entry.meaning})." if entry else ")."
+    fix = entry.fix if entry else None
     if entry is not None and entry.kind == "federation":
         seen = dict(_ECHO.findall(text))
+        resource = settings_view.get("resource")
+        aud = seen.get("Audience", assertion_claims.get("aud"))
         message += (
             " The Skyporten token carried"
             f" issuer={seen.get('Issuer', assertion_claims.get('iss'))!r},"
             f" subject={seen.get('Subject', assertion_claims.get('sub'))!r},"
-            f" audience={seen.get('Audience', assertion_claims.get('aud'))!r};"
+            f" audience={aud!r} (resource sent: {resource or 'none'});"
             f" the federated credential on managed identity {settings_view.get('client_id')!r} must have exactly"
             f" issuer={settings_view.get('issuer')!r},"
-            f" subject={assertion_claims.get('sub')!r}, audience={assertion_claims.get('aud')!r}."
+            f" subject={assertion_claims.get('sub')!r}, audience="
+            + ("<the one Bane NOR configured>." if aud == UNSPECIFIED_AUDIENCE else
+               f"{assertion_claims.get('aud')!r}.")
         )
+        if "resource" in settings_view:  # what was sent is known: say which reading of the audience is in play
+            fix = _audience_fix(code, aud, resource) or fix
     description = _entra_description(text)
     if description:
         message += f" Entra said: {description}"
@@ -111,7 +118,7 @@ def entra_error(exc: Exception, assertion_claims: dict[str, Any], settings_view:
             f" The answer carried no Entra error ({_first_line(text)[:160]!r})."
     return EntraError(
         message,
-        hint=entry.fix if entry else (
+        hint=fix if entry else (
             "see docs/troubleshooting.md for the AADSTS code" if code else
             "check BANENOR_AUTHORITY_HOST (https://login.microsoftonline.com) and BANENOR_TENANT_ID; "
             "a proxy may be answering instead of Entra ID"),
@@ -119,6 +126,26 @@ def entra_error(exc: Exception, assertion_claims: dict[str, Any], settings_view:
         code=label if code else None,
         transient=bool(entry and entry.kind == "transient"),
     )
+
+
+def _audience_fix(code: int | None, aud: Any, resource: str | None) -> str | None:
+    """The fix for a federated credential that did not match the token's audience, from the two readings of the
+    open point (PROTOCOL.md 1-2): the audience bound to the scope, or taken from the grant's resource."""
+    if aud == UNSPECIFIED_AUDIENCE and resource is None:
+        return ("the Skyporten token has no audience (aud 'unspecified'): Skyporten takes it from the grant's "
+                "resource here, and none was sent. Set MASKINPORTEN_RESOURCE to the audience of Bane NOR's "
+                "federated credential (ask Bane NOR; Entra's default is api://AzureADTokenExchange)")
+    if code != 700212:
+        return None  # AADSTS70021 does not say which of issuer, subject and audience failed
+    if resource is not None and aud == resource:
+        return (f"the token's audience is MASKINPORTEN_RESOURCE ({resource!r}) and Bane NOR's federated credential "
+                "expects another: set MASKINPORTEN_RESOURCE to exactly the audience Bane NOR configured")
+    if resource is not None:
+        return (f"Skyporten bound the audience {aud!r} to the scope and ignored MASKINPORTEN_RESOURCE: ask Bane NOR "
+                "to check the federated credential's audience (unset MASKINPORTEN_RESOURCE unless they ask for it)")
+    return (f"Skyporten bound the audience {aud!r} to the scope (no MASKINPORTEN_RESOURCE sent): if Bane NOR gave "
+            "you a resource value, set MASKINPORTEN_RESOURCE to it; otherwise ask Bane NOR to check the "
+            "federated credential's audience")
 
 
 def _entra_description(text: str) -> str:
@@ -163,21 +190,37 @@ class BaneNorCredential:
         self._federation_failing_since: float | None = None
         self.exchanges = 0
         self._last_assertion_claims: dict[str, Any] = {}
-        if inner is None:
-            from azure.identity import ClientAssertionCredential
+        self._ca_bundle = ca_bundle
+        # After a 401 the next token comes from an exchange made anew; if that one is refused too, the Skyporten
+        # token goes as well (`invalidate`).
+        self._recovering = False
+        self._recovery_token: str | None = None
+        self._new_inner: Callable[[], Any] = (lambda: inner) if inner is not None else self._assertion_credential
+        self._inner = self._new_inner()
 
-            kwargs: dict[str, Any] = {"authority": authority, "retry_total": 2}
-            if ca_bundle:
-                kwargs["connection_verify"] = ca_bundle
-            inner = ClientAssertionCredential(tenant_id, client_id, self._assertion, **kwargs)
-        self._inner = inner
+    def _assertion_credential(self) -> Any:
+        from azure.identity import ClientAssertionCredential
+
+        kwargs: dict[str, Any] = {"authority": self.authority, "retry_total": 2}
+        if self._ca_bundle:
+            kwargs["connection_verify"] = self._ca_bundle
+        return ClientAssertionCredential(self.tenant_id, self.client_id, self._assertion, **kwargs)
 
     def __repr__(self) -> str:
         return f"BaneNorCredential(tenant_id={self.tenant_id!r}, client_id={self.client_id!r})"
 
     def _assertion(self) -> str:
-        # Called by azure-identity for every exchange: hand it a Skyporten token that is still valid.
-        token = self.skyporten.get_token()
+        # Called by azure-identity for every exchange: hand it a Skyporten token that is still valid. Whatever
+        # fails in here is Skyporten's (or the key's) failure, never Entra's: keep it labelled so.
+        try:
+            token = self.skyporten.get_token()
+        except RelayError:
+            raise
+        except Exception as exc:
+            raise MaskinportenError(
+                f"The Skyporten token could not be obtained ({type(exc).__name__}: {_first_line(str(exc))[:120]}).",
+                hint="check MASKINPORTEN_TOKEN_ENDPOINT: it must be the Skyporten token endpoint itself",
+            ) from None
         self._last_assertion_claims = token.claims
         return token.access_token
 
@@ -203,11 +246,35 @@ class BaneNorCredential:
                 return cached
             info = self._exchange(scopes, kwargs)
             self._cache[scopes] = info
+            self._recovery_token = info.token if self._recovering else None
+            self._recovering = False
             return info
 
-    def invalidate(self) -> None:
+    def invalidate(self, refused: str | None = None) -> bool:
+        """Drop the storage token the gateway refused (401) so the next caller gets one Entra issues anew.
+
+        With `refused` (the bearer token that was refused) nothing happens when it is no longer the cached one:
+        another delivery's 401 already replaced it, and every delivery in flight shares that one new exchange.
+        When the refused token was itself issued anew after a 401, the Skyporten token is dropped too. Returns
+        whether anything was dropped. azure-identity keeps a token cache of its own, so a new inner credential
+        replaces it: otherwise it would hand back the very token that was refused.
+        """
         with self._lock:
+            cached = {info.token for info in self._cache.values()}
+            if refused is not None and refused not in cached:
+                return False
+            if refused is not None and refused == self._recovery_token:
+                log.warning("A storage token Entra issued anew was refused too: fetching a new Skyporten token")
+                self.skyporten.invalidate()
             self._cache.clear()
+            self._recovering = True
+            self._recovery_token = None
+            old, self._inner = self._inner, self._new_inner()
+            if old is not self._inner:
+                close = getattr(old, "close", None)
+                if close:
+                    close()
+            return True
 
     def _exchange(self, scopes: tuple[str, ...], kwargs: dict[str, Any]) -> Any:
         from azure.core.credentials import AccessTokenInfo
@@ -229,6 +296,7 @@ class BaneNorCredential:
             except ClientAuthenticationError as exc:
                 error = entra_error(exc, self._last_assertion_claims, {
                     "client_id": self.client_id, "issuer": self.skyporten.request.audience,
+                    "resource": self.skyporten.request.resource,
                 })
                 entry = AADSTS.get(aadsts_code(str(exc)) or -1)
                 kind = entry.kind if entry else ("transient" if error.transient else "fatal")

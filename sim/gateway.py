@@ -94,6 +94,10 @@ class GatewaySim(SimServer):
         self.options = options or GatewayOptions()
         self.upstream_context = ssl.create_default_context(cafile=upstream_ca)
         self._grants: dict[str, list[tuple[str, str]]] = {}
+        self._seen_tokens: set[str] = set()  # `uti` of every token presented
+        self._revoked_tokens: set[str] = set()
+        self._revoke_next = 0
+        self._revoke_after = 0
         self._lock = threading.Lock()
         self._stats = GatewayStats()
 
@@ -134,6 +138,32 @@ class GatewaySim(SimServer):
         with self._lock:
             self._grants.pop(object_id, None)
 
+    def revoke_tokens(self, also_next: int = 0, after_requests: int = 0) -> None:
+        """Refuse (401) every token presented so far, as when sessions are revoked before their expiry, and the
+        next `also_next` new tokens the moment they are first presented. With `after_requests`, the revocation
+        happens only after that many more requests were let through."""
+        with self._lock:
+            self._revoke_next = also_next
+            self._revoke_after = after_requests
+            if not after_requests:
+                self._revoked_tokens |= self._seen_tokens
+
+    def _token_revoked(self, claims: dict[str, Any]) -> bool:
+        uti = str(claims.get("uti"))
+        with self._lock:
+            if uti not in self._seen_tokens:
+                self._seen_tokens.add(uti)
+                if self._revoke_next > 0:
+                    self._revoke_next -= 1
+                    self._revoked_tokens.add(uti)
+            if uti in self._revoked_tokens:
+                return True
+            if self._revoke_after > 0:
+                self._revoke_after -= 1
+                if not self._revoke_after:
+                    self._revoked_tokens |= self._seen_tokens  # from the next request on
+            return False
+
     def count(self, *, method: str | None = None, rejection: str | None = None, bytes_in: int = 0,
               response: tuple[str, int] | None = None) -> None:
         with self._lock:
@@ -161,6 +191,8 @@ class GatewaySim(SimServer):
             reason = "" if token in str(exc) else f": {exc}"  # never echo the token itself
             message = f"Unauthorized. Access token is missing or invalid{reason}"
             raise Refusal(401, "invalid_token", message) from exc
+        if self._token_revoked(claims):
+            raise Refusal(401, "invalid_token", "Unauthorized. Access token is missing or invalid: revoked")
         upstream = self.backends.get(str(claims.get("aud")))
         if upstream is None:  # the gateway picks the storage account from the audience
             raise Refusal(401, "audience_not_routed", "Unauthorized. Token audience not routed to a backend.")

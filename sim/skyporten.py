@@ -32,7 +32,7 @@ JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 GRANT_ALGS = ("RS256", "RS384", "RS512")
 # Maskinporten refuses every claim it does not document (PROTOCOL.md section 1).
 KNOWN_CLAIMS = frozenset({"aud", "iss", "scope", "iat", "exp", "jti", "resource"})
-# Maskinporten's audience when the grant names no resource.
+# Maskinporten's audience when the grant names no resource (docs.digdir.no, audience-restricted tokens).
 UNSPECIFIED_AUDIENCE = "unspecified"
 
 
@@ -279,9 +279,9 @@ class SkyportenSim(SimServer):
                 raise _grant(f"Unknown claim {name}")
 
         if opts.audience_mode == "resource":
-            if resource is None:
-                raise _grant("Invalid resource: this scope needs a resource claim", "MP-110")
-            audience = resource
+            # Maskinporten: without a resource the token's aud is "unspecified" (no audience restriction);
+            # Entra then finds no federated credential for it (AADSTS700212 / 70021).
+            audience = resource or UNSPECIFIED_AUDIENCE
         else:
             audience = opts.scope_audiences.get(scope) or resource or UNSPECIFIED_AUDIENCE
         return client, {"scope": scope, "amr": amr}, scope, audience

@@ -52,6 +52,9 @@ SECRET_PEM, SECRET_JWK, CERTIFICATE, VAULT_KEY = (
     "maskinporten-signing",
 )
 READY_TIMEOUT = 90.0
+# The open point of PROTOCOL.md sections 1-2, played either way: the token's audience bound to the scope by Bane
+# NOR (the relay sends no resource), or taken from the grant's `resource` (the relay must send MASKINPORTEN_RESOURCE).
+AUDIENCE_MODES = ("scope", "resource")
 
 
 def make_azurite_tls(directory: Path) -> TlsFiles:
@@ -107,9 +110,12 @@ def private_jwk(key: rsa.RSAPrivateKey, kid: str) -> dict[str, str]:
 class Stack:
     """Everything the relay talks to, on loopback. `settings` is filled by `start()`."""
 
-    def __init__(self, workdir: Path, clock: Clock = time.time) -> None:
+    def __init__(self, workdir: Path, clock: Clock = time.time, audience_mode: str = "scope") -> None:
+        if audience_mode not in AUDIENCE_MODES:
+            raise ValueError(f"STACK_AUDIENCE_MODE is {audience_mode!r}; use scope or resource")
         self.workdir = Path(workdir).resolve()
         self.clock = clock
+        self.audience_mode = audience_mode
         self.settings: dict[str, str] = {}
         self.azurite: Azurite | None = None
         self.skyporten: SkyportenSim | None = None
@@ -146,6 +152,7 @@ class Stack:
         context = tls.server_context()
         options = SkyportenOptions(scope_audiences={SCOPE: EXCHANGE_AUDIENCE})
         self.skyporten = SkyportenSim(context, clock=self.clock, options=options).start()
+        self.skyporten.options.audience_mode = self.audience_mode  # type: ignore[assignment]
         self.entra = EntraSim(context, clock=self.clock, ca_bundle=bundle).start()
         banenor_tenant, partner_tenant = str(uuid.uuid4()), str(uuid.uuid4())
         self.keyvault = KeyVaultSim(
@@ -156,6 +163,21 @@ class Stack:
             context, self.entra.validate_token, backends, str(azurite_tls.ca_cert), clock=self.clock
         ).start()
         self.settings = self._wire(banenor_tenant, partner_tenant)
+        self.set_audience_mode(self.audience_mode)
+
+    def set_audience_mode(self, mode: str) -> None:
+        """Play one reading of the audience (see AUDIENCE_MODES) from now on; the published settings follow:
+        in `resource` mode the relay sends MASKINPORTEN_RESOURCE, the audience Bane NOR's credential expects."""
+        if mode not in AUDIENCE_MODES:
+            raise ValueError(f"STACK_AUDIENCE_MODE is {mode!r}; use scope or resource")
+        assert self.skyporten is not None
+        self.audience_mode = mode
+        self.skyporten.options.audience_mode = mode  # type: ignore[assignment]
+        self.settings["STACK_AUDIENCE_MODE"] = mode
+        if mode == "resource":
+            self.settings["MASKINPORTEN_RESOURCE"] = EXCHANGE_AUDIENCE
+        else:
+            self.settings.pop("MASKINPORTEN_RESOURCE", None)
 
     def _wire(self, banenor_tenant: str, partner_tenant: str) -> dict[str, str]:
         assert self.azurite and self.skyporten and self.entra and self.keyvault and self.gateway
@@ -303,13 +325,13 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
-def _serve(workdir: Path, local_settings: Path | None) -> int:
+def _serve(workdir: Path, local_settings: Path | None, audience_mode: str = "scope") -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "stack.pid").write_text(f"{os.getpid()}\n")
-    stack = Stack(workdir)
+    stack = Stack(workdir, audience_mode=audience_mode)
     try:
         stack.start()
         assert stack.azurite is not None and stack.azurite.process is not None
@@ -325,7 +347,7 @@ def _serve(workdir: Path, local_settings: Path | None) -> int:
     return 0
 
 
-def _start(workdir: Path, local_settings: Path | None) -> int:
+def _start(workdir: Path, local_settings: Path | None, audience_mode: str = "scope") -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     pid = _read_pid(workdir / "stack.pid")
     if pid is not None and _pid_alive(pid, "sim.stack"):
@@ -333,7 +355,7 @@ def _start(workdir: Path, local_settings: Path | None) -> int:
               f"--workdir {workdir}", file=sys.stderr)
         return 1
     (workdir / "settings.env").unlink(missing_ok=True)
-    command = [sys.executable, "-m", "sim.stack", "serve", "--workdir", str(workdir)]
+    command = [sys.executable, "-m", "sim.stack", "serve", "--workdir", str(workdir), "--audience-mode", audience_mode]
     if local_settings is not None:
         command += ["--local-settings", str(local_settings)]
     with open(workdir / "stack.log", "ab") as log:
@@ -343,8 +365,8 @@ def _start(workdir: Path, local_settings: Path | None) -> int:
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
         if (workdir / "settings.env").exists():
-            print(f"local stack running (pid {process.pid}); settings in {workdir / 'settings.env'} and "
-                  f"{local_settings or REPO / 'local.settings.json'}")
+            print(f"local stack running (pid {process.pid}, audience mode {audience_mode}); settings in "
+                  f"{workdir / 'settings.env'} and {local_settings or REPO / 'local.settings.json'}")
             return 0
         if process.poll() is not None:
             print(f"the local stack failed to start; see {workdir / 'stack.log'}", file=sys.stderr)
@@ -387,13 +409,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--local-settings", type=Path, default=None, help="local.settings.json to write (default: repo root)"
     )
+    parser.add_argument(
+        "--audience-mode", default=None, metavar="MODE",
+        help="scope (default): Bane NOR binds the token's audience to the scope; resource: the audience is the "
+        "grant's resource (MASKINPORTEN_RESOURCE). Default: the STACK_AUDIENCE_MODE environment variable, else scope",
+    )
     args = parser.parse_args(argv)
+    audience_mode = args.audience_mode or os.environ.get("STACK_AUDIENCE_MODE", "").strip() or "scope"
+    if audience_mode not in AUDIENCE_MODES:
+        print(f"STACK_AUDIENCE_MODE is {audience_mode!r}; use scope (the audience bound to the scope, the default) "
+              "or resource (the audience taken from MASKINPORTEN_RESOURCE), e.g. make stack "
+              "STACK_AUDIENCE_MODE=resource", file=sys.stderr)
+        return 2
     workdir = args.workdir.resolve()
     local_settings = args.local_settings.resolve() if args.local_settings else None
     if args.command == "serve":
-        return _serve(workdir, local_settings)
+        return _serve(workdir, local_settings, audience_mode)
     if args.command == "start":
-        return _start(workdir, local_settings)
+        return _start(workdir, local_settings, audience_mode)
     return _stop(workdir)
 
 

@@ -39,6 +39,7 @@ def response(status: int, body=None, headers: dict | None = None, raw: bytes | N
         r._content = json.dumps(body).encode() if body is not None else b""
         r.headers["Content-Type"] = "application/json"
     r.headers.update(headers or {})
+    r._content_consumed = True  # the body is in memory: iter_content reads it, as after a real download
     return r
 
 
@@ -50,10 +51,11 @@ class FakeSession:
         self.forms: list[dict] = []
         self.lock = threading.Lock()
 
-    def post(self, url, data=None, headers=None, timeout=None, verify=None):
+    def post(self, url, data=None, headers=None, timeout=None, verify=None, **kwargs):
         form = {k: v for k, v in (data or {}).items()}
         with self.lock:
             self.forms.append(form)
+            self.options = kwargs  # e.g. allow_redirects, stream
         result = self.answer(form)
         if isinstance(result, Exception):
             raise result

@@ -211,3 +211,45 @@ def test_without_proxy_variables_the_storage_clients_skip_the_environment():
 
 def test_http_from_environment_is_not_listed_as_a_setting():
     assert "HTTP_FROM_ENVIRONMENT" not in {row[0] for row in Settings.load(base_env()).describe()}
+
+
+# -- MASKINPORTEN_RESOURCE: any absolute URI (RFC 8707 section 2), issue 18 ----------------------------------
+
+@pytest.mark.parametrize("value", [
+    "api://AzureADTokenExchange",  # Entra's default audience for a federated credential
+    "https://skyporten.example.no",  # Digdir's recommended pattern
+    "urn:banenor:payloadmanager",
+])
+def test_resource_accepts_any_absolute_uri(value):
+    assert Settings.load(base_env(MASKINPORTEN_RESOURCE=value)).maskinporten_resource == value
+
+
+@pytest.mark.parametrize("value", ["skyporten.example.no", "AzureADTokenExchange", "https://x.example/#part",
+                                   "api://has space", "https://"])
+def test_resource_that_is_no_absolute_uri_is_refused_with_a_valid_example(value):
+    found = problems_of(base_env(MASKINPORTEN_RESOURCE=value))
+    assert "absolute URI" in found["MASKINPORTEN_RESOURCE"]
+    assert "api://AzureADTokenExchange" in found["MASKINPORTEN_RESOURCE"]
+
+
+# -- EXPORT_STORAGE connection strings: https or loopback (issue 17 point 7) ---------------------------------
+
+@pytest.mark.parametrize("connection", [
+    "DefaultEndpointsProtocol=http;AccountName=a;AccountKey=c2VjcmV0;BlobEndpoint=http://partner.example.no/a;",
+    "DefaultEndpointsProtocol=http;AccountName=partnerexports;AccountKey=c2VjcmV0;EndpointSuffix=core.windows.net",
+    "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=c2VjcmV0;BlobEndpoint=http://10.0.0.5:10000/a;",
+])
+def test_plain_http_connection_string_to_a_remote_account_is_refused(connection):
+    found = problems_of(base_env(EXPORT_STORAGE=connection))
+    assert "plain http" in found["EXPORT_STORAGE"]
+    assert "c2VjcmV0" not in found["EXPORT_STORAGE"]
+
+
+@pytest.mark.parametrize("connection", [
+    "DefaultEndpointsProtocol=http;AccountName=a;AccountKey=c2VjcmV0;BlobEndpoint=http://127.0.0.1:10000/a;",
+    "UseDevelopmentStorage=true",
+    "DefaultEndpointsProtocol=https;AccountName=partnerexports;AccountKey=c2VjcmV0;EndpointSuffix=core.windows.net",
+    "DefaultEndpointsProtocol=http;AccountName=a;AccountKey=c2VjcmV0;BlobEndpoint=https://partner.example.no/a;",
+])
+def test_https_or_loopback_connection_strings_pass(connection):
+    assert Settings.load(base_env(EXPORT_STORAGE=connection)).export_storage_connection_string == connection

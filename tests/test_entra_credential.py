@@ -170,3 +170,65 @@ def test_credential_repr_and_errors_hold_no_token(caplog):
     assert assertion not in repr(cred)
     assert assertion not in caplog.text
     assert session.forms[0]["assertion"] not in caplog.text
+
+
+def test_a_malformed_skyporten_answer_inside_the_assertion_callback_stays_a_skyporten_error():
+    # The real azure-identity credential calls our callback before it contacts Entra (the authority here is
+    # never reached): the error must name Skyporten's setting, not BANENOR_AUTHORITY_HOST.
+    from shared.errors import MaskinportenError
+    from shared.signing import b64url
+
+    clock = FakeClock()
+    not_a_claims_object = b64url(b'{"alg":"none"}') + "." + b64url(b"[1, 2]") + ".c2ln"
+    session = FakeSession(lambda form: response(200, {"access_token": not_a_claims_object, "expires_in": 120}))
+    sky = MaskinportenClient(GrantRequest(ISSUER, "c", "banenor:payloadmanager.storage"), ISSUER + "/token",
+                             key_provider(KEY), session=session, clock=clock, sleep=clock.sleep, max_retries=0)
+    cred = BaneNorCredential("6ee535f2-3064-4ac9-81d8-4ceb2ff790c6", "11111111-2222-3333-4444-555555555555", sky,
+                             authority="https://127.0.0.1:9", clock=clock, sleep=clock.sleep)
+    with pytest.raises(MaskinportenError) as info:
+        cred.get_token(SCOPE)
+    assert "MASKINPORTEN_TOKEN_ENDPOINT" in str(info.value)
+    assert "BANENOR_AUTHORITY_HOST" not in str(info.value)
+
+
+@pytest.mark.parametrize(("resource", "aud", "expect"), [
+    (None, "unspecified", "Set MASKINPORTEN_RESOURCE"),
+    ("https://skyporten.example.no", "https://skyporten.example.no", "the token's audience is MASKINPORTEN_RESOURCE"),
+    ("https://skyporten.example.no", "api://bound", "ignored MASKINPORTEN_RESOURCE"),
+    (None, "api://bound", "bound the audience 'api://bound' to the scope (no MASKINPORTEN_RESOURCE sent)"),
+])
+def test_audience_mismatch_fix_says_which_reading_of_the_audience_is_in_play(resource, aud, expect):
+    error = entra_error(refusal(700212), {"iss": ISSUER, "sub": SUB, "aud": aud},
+                        {"client_id": "x", "issuer": ISSUER, "resource": resource})
+    assert expect in error.hint
+    assert f"resource sent: {resource or 'none'}" in str(error)
+
+
+# -- after a gateway 401 (issue 18) ---------------------------------------------------------------------------
+
+def test_dropping_the_refused_token_makes_the_next_call_exchange_anew():
+    cred, session, _ = make([])
+    refused = cred.get_token(SCOPE).token
+    assert cred.invalidate(refused) is True
+    cred.get_token(SCOPE)
+    assert cred.exchanges == 2
+    assert len(session.forms) == 1  # the Skyporten token was still good
+
+
+def test_a_token_already_replaced_is_not_dropped_again():
+    cred, _, _ = make([])
+    cred.get_token(SCOPE)
+    assert cred.invalidate("a-token-no-longer-cached") is False
+    cred.get_token(SCOPE)
+    assert cred.exchanges == 1
+
+
+def test_a_token_issued_anew_and_refused_again_drops_the_skyporten_token_too():
+    cred, session, _ = make([])
+    cred.invalidate(cred.get_token(SCOPE).token)
+    fresh = cred.get_token(SCOPE).token
+    assert len(session.forms) == 1
+    assert cred.invalidate(fresh) is True
+    cred.get_token(SCOPE)
+    assert len(session.forms) == 2
+

@@ -1,5 +1,6 @@
 """The Skyporten token client: grant claims, token request, cache boundaries, concurrency, retries, errors."""
 
+import http.server
 import json
 import threading
 
@@ -261,3 +262,101 @@ def test_token_repr_and_errors_never_show_the_token_or_grant(caplog):
     assert session.forms[0]["assertion"] not in caplog.text
     assert body["access_token"] not in caplog.text
     assert json.dumps(body["access_token"])[1:20] not in caplog.text
+
+
+# -- redirects and malformed answers (issue 17 points 5 and 6) ----------------------------------------------
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """A loopback HTTP server: /token answers with `reply` (status, headers, body); records each request."""
+
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        self.server.seen.append((self.path, self.rfile.read(length)))
+        status, headers, body = self.server.reply
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_servers():
+    servers = []
+
+    def start(reply):
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+        server.seen, server.reply = [], reply
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+@pytest.mark.parametrize("where", ["another origin", "plain http elsewhere"])
+def test_a_redirect_from_the_token_endpoint_is_an_error_naming_the_endpoint_setting(http_servers, status, where):
+    elsewhere = http_servers((200, {}, b"{}"))
+    target = f"http://127.0.0.1:{elsewhere.server_port}/token"
+    if where == "plain http elsewhere":
+        target = f"http://localhost:{elsewhere.server_port}/stolen"
+    endpoint = http_servers((status, {"Location": target}, b""))
+    client = MaskinportenClient(REQUEST, f"http://127.0.0.1:{endpoint.server_port}/token", key_provider(KEY),
+                                max_retries=0)
+    with pytest.raises(MaskinportenError) as info:
+        client.get_token()
+    assert "MASKINPORTEN_TOKEN_ENDPOINT" in str(info.value)
+    assert "redirect" in str(info.value)
+    assert len(endpoint.seen) == 1
+    assert elsewhere.seen == []  # the signed grant went nowhere else
+
+
+def _jwt_with_payload(payload: bytes) -> str:
+    from shared.signing import b64url
+
+    return b64url(b'{"alg":"none"}') + "." + b64url(payload) + ".c2ln"
+
+
+@pytest.mark.parametrize(("body", "what"), [
+    ({"access_token": _jwt_with_payload(b"[1, 2]"), "expires_in": 120}, "payload is a JSON list"),
+    ({"access_token": _jwt_with_payload(b"null"), "expires_in": 120}, "payload is null"),
+    ({"access_token": _jwt_with_payload(b"not json"), "expires_in": 120}, "payload is not JSON"),
+    ({"access_token": "no-dots-at-all", "expires_in": 120}, "not a JWT"),
+    ({"access_token": _jwt_with_payload(b'{"exp": "soon"}')}, "non-numeric exp without expires_in"),
+    ({"access_token": _jwt_with_payload(b'{"exp": "soon"}'), "expires_in": "a while"}, "neither is a number"),
+    ([{"access_token": "x"}], "answer is a JSON list"),
+    (None, "answer is null"),
+    ({"access_token": 42, "expires_in": 120}, "access_token is a number"),
+])
+def test_each_malformed_answer_is_one_skyporten_error_naming_the_endpoint_setting(body, what):
+    client, _, _ = make_client(lambda f: response(200, body), max_retries=0)
+    with pytest.raises(MaskinportenError) as info:
+        client.get_token().expires_at + 0  # a usable token must also say when it expires
+    assert "MASKINPORTEN_TOKEN_ENDPOINT" in str(info.value), what
+
+
+def test_an_answer_over_the_size_cap_is_refused_without_reading_it_all(http_servers):
+    from shared.maskinporten import MAX_ANSWER_BYTES
+
+    body = b'{"access_token": "' + b"a" * (MAX_ANSWER_BYTES * 4) + b'"}'
+    endpoint = http_servers((200, {"Content-Type": "application/json"}, body))
+    client = MaskinportenClient(REQUEST, f"http://127.0.0.1:{endpoint.server_port}/token", key_provider(KEY),
+                                max_retries=0)
+    with pytest.raises(MaskinportenError, match="larger than"):
+        client.get_token()
+
+
+def test_a_non_numeric_iat_is_ignored_and_the_token_is_cached_from_when_it_was_sent():
+    body = {"access_token": _jwt_with_payload(b'{"iat": "now", "exp": 1800000100}'), "expires_in": 120}
+    client, _, clock = make_client(lambda f: response(200, body), max_retries=0)
+    first = client.get_token()
+    assert client.get_token() is first
+    assert first.claims["iat"] == clock()
