@@ -194,3 +194,26 @@ def test_in_memory_stack_writes_no_storage_files(tmp_path):
         stack.stop()
     assert not (tmp_path / "azurite").exists()
     assert not any(Path(tmp_path).rglob("__azurite_db_*"))
+
+
+def test_the_documented_drop_command_puts_a_file_into_the_export_container(local_values, tmp_path):
+    import re
+    import subprocess
+    import sys
+    import textwrap
+
+    from sim.azurite import REPO
+
+    doc = (REPO / "docs" / "local-development.md").read_text()
+    block = re.search(r"<!-- drop-command -->\s*```sh\n(.*?)```\s*<!-- /drop-command -->", doc, re.S).group(1)
+    script = textwrap.dedent(block).replace(".venv/bin/python", sys.executable)
+    (tmp_path / "local.settings.json").write_text(json.dumps({"IsEncrypted": False, "Values": local_values}))
+    name = f"drop-{uuid.uuid4().hex[:8]}.csv"
+    (tmp_path / name).write_bytes(b"a;b\n1;2\n")
+    env = {k: v for k, v in os.environ.items() if k not in PYTHON_ONLY_ENV}
+    result = subprocess.run(["bash", "-c", script.replace("report.csv", name)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    with BlobServiceClient.from_connection_string(local_values["EXPORT_STORAGE"]) as service:
+        blob = service.get_blob_client(local_values["EXPORT_CONTAINER"], name)
+        assert blob.download_blob().readall() == b"a;b\n1;2\n"
