@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -95,8 +96,6 @@ def start_azurite(accounts: dict[str, str], tls: TlsFiles, **options: Any) -> Az
 def _port_free(port: int) -> bool:
     """True when nothing listens on the loopback port (TIME_WAIT left by our last stop does not count: Node
     listens with SO_REUSEADDR, and so does this probe)."""
-    import socket
-
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
