@@ -2,9 +2,12 @@
 #   install     the Python venv (.venv) and the pinned Azurite (node_modules)
 #   demo        the main job end to end on the local stack, with a delivery report
 #   test        lint and the whole test suite (starts its own Azurite and simulators)
-#   stack       start the local stack in the background; settings in .local/settings.env
-#               (STACK_AUDIENCE_MODE=scope|resource: how the Skyporten simulator sets the token's audience)
+#   stack       start the local stack in the background; data on disk in .local/azurite (kept across restarts),
+#               settings in .local/settings.env and local.settings.json (STACK_ARGS=--in-memory: data in memory;
+#               STACK_AUDIENCE_MODE=scope|resource: how the Skyporten simulator sets the token's audience)
 #   stack-stop  stop exactly what `make stack` started
+#   func        `func start` (Azure Functions Core Tools) on the running stack (FUNC_ARGS: more func options)
+#   test-large  the 2 GiB export end to end on the on-disk stack (not part of `make test`)
 #   bench       benchmarks (not part of `make test`); results in bench/RESULTS.md
 #   lint-infra  parse the Bicep templates and run checkov offline
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -13,7 +16,10 @@ PY := $(VENV)/bin/python
 STAMP_PY := $(VENV)/.installed
 STAMP_NODE := node_modules/.installed
 
-.PHONY: install demo test stack stack-stop bench lint-infra lint clean
+STACK_ARGS ?=
+FUNC_ARGS ?=
+
+.PHONY: install demo test test-large stack stack-stop func bench lint-infra lint clean
 
 install: $(STAMP_PY) $(STAMP_NODE)
 
@@ -35,11 +41,17 @@ test: install lint
 demo: install
 	$(PY) -m sim.demo
 
+test-large: install
+	$(PY) -m pytest -m large -p no:cacheprovider tests/sim/test_large_export.py
+
 stack: install
-	$(PY) -m sim.stack start --workdir .local $(if $(STACK_AUDIENCE_MODE),--audience-mode $(STACK_AUDIENCE_MODE))
+	$(PY) -m sim.stack start --workdir .local $(if $(STACK_AUDIENCE_MODE),--audience-mode $(STACK_AUDIENCE_MODE)) $(STACK_ARGS)
 
 stack-stop:
 	@if [ -x $(PY) ]; then $(PY) -m sim.stack stop --workdir .local; fi
+
+func: install
+	$(PY) -m sim.func $(FUNC_ARGS)
 
 bench: install
 	$(PY) -m bench.run

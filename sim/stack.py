@@ -1,7 +1,18 @@
 """The local stack: Azurite plus the Skyporten, Entra, Key Vault and gateway simulators, wired as in Azure.
 
 `Stack` starts everything in-process and publishes the relay's settings; the CLI (`python -m sim.stack
-start|stop|serve`) runs the same stack in a detached background process for `make stack` and `make demo`.
+start|stop|serve`) runs the same stack in a detached background process for `make stack`.
+
+Two layouts (docs/local-development.md says why):
+- "split" (`make stack`, `func start`): the partner's account in an Azurite of its own with blob, queue and table
+  on plain HTTP loopback and shared-key connection strings, which the Functions host (a .NET process that does not
+  read REQUESTS_CA_BUNDLE) can use as Microsoft's own local setup does; Bane NOR's account in a second Azurite,
+  HTTPS with OAuth, behind the gateway simulator. Azurite's server-side copies need source and destination on one
+  host:port, so COPY_MODE=auto falls back to streaming here.
+- "single" (the default of `Stack`, used by the tests, `make demo` and the benchmarks): both accounts in one
+  HTTPS+OAuth Azurite, which keeps the copier's server mode (start_copy_from_url, stage_block_from_url) testable.
+Data lives on disk under `<workdir>/azurite/` ("disk", the CLI's default: a restart keeps exports, ledger and
+Bane NOR's side) or in memory ("memory": tests and benchmarks; `--in-memory` on the CLI).
 """
 
 from __future__ import annotations
@@ -11,6 +22,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,11 +32,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob import BlobServiceClient
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from .azurite import REPO, Azurite
+from .azurite import REPO, SERVICES, Azurite, free_port
 from .entra import EntraSim, FederatedCredential
 from .gateway import GatewaySim
 from .httpbase import Clock
@@ -55,6 +68,9 @@ READY_TIMEOUT = 90.0
 # The open point of PROTOCOL.md sections 1-2, played either way: the token's audience bound to the scope by Bane
 # NOR (the relay sends no resource), or taken from the grant's `resource` (the relay must send MASKINPORTEN_RESOURCE).
 AUDIENCE_MODES = ("scope", "resource")
+LAYOUTS = ("single", "split")
+PERSISTENCE = ("memory", "disk")
+STATE_FILE = "stack-state.json"  # account keys and ports of an on-disk stack, reused at the next start
 
 
 def make_azurite_tls(directory: Path) -> TlsFiles:
@@ -74,10 +90,22 @@ def make_azurite_tls(directory: Path) -> TlsFiles:
     return files
 
 
-def start_azurite(accounts: dict[str, str], tls: TlsFiles) -> Azurite:
+def start_azurite(accounts: dict[str, str], tls: TlsFiles, **options: Any) -> Azurite:
     """Azurite over HTTPS with OAuth, trusting its own certificate for server-side copies."""
     with _environment(NODE_EXTRA_CA_CERTS=str(tls.ca_cert)):
-        return Azurite(accounts, tls=tls, oauth=True).start()
+        return Azurite(accounts, tls=tls, oauth=True, **options).start()
+
+
+def _port_free(port: int) -> bool:
+    """True when nothing listens on the loopback port (TIME_WAIT left by our last stop does not count: Node
+    listens with SO_REUSEADDR, and so does this probe)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 @contextlib.contextmanager
@@ -110,14 +138,29 @@ def private_jwk(key: rsa.RSAPrivateKey, kid: str) -> dict[str, str]:
 class Stack:
     """Everything the relay talks to, on loopback. `settings` is filled by `start()`."""
 
-    def __init__(self, workdir: Path, clock: Clock = time.time, audience_mode: str = "scope") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        clock: Clock = time.time,
+        audience_mode: str = "scope",
+        *,
+        layout: str = "single",
+        persistence: str = "memory",
+        memory_limit_mb: int = 1024,
+    ) -> None:
         if audience_mode not in AUDIENCE_MODES:
             raise ValueError(f"STACK_AUDIENCE_MODE is {audience_mode!r}; use scope or resource")
+        if layout not in LAYOUTS or persistence not in PERSISTENCE:
+            raise ValueError(f"layout must be one of {LAYOUTS} and persistence one of {PERSISTENCE}")
         self.workdir = Path(workdir).resolve()
         self.clock = clock
         self.audience_mode = audience_mode
+        self.layout, self.persistence, self.memory_limit_mb = layout, persistence, memory_limit_mb
         self.settings: dict[str, str] = {}
+        # `azurite` holds Bane NOR's account (behind the gateway); `partner_azurite` the partner's (the same
+        # instance in the single layout).
         self.azurite: Azurite | None = None
+        self.partner_azurite: Azurite | None = None
         self.skyporten: SkyportenSim | None = None
         self.entra: EntraSim | None = None
         self.keyvault: KeyVaultSim | None = None
@@ -130,7 +173,8 @@ class Stack:
         self.partner_client_id = self.partner_object_id = ""
 
     def __repr__(self) -> str:
-        return f"Stack(workdir={str(self.workdir)!r}, running={self.azurite is not None})"
+        return (f"Stack(workdir={str(self.workdir)!r}, layout={self.layout!r}, persistence={self.persistence!r}, "
+                f"running={self.azurite is not None})")
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> Stack:
@@ -148,7 +192,8 @@ class Stack:
         # One trust file for every client: the simulators' CA and Azurite's self-signed certificate.
         self.ca_bundle.write_bytes(tls.ca_cert.read_bytes() + azurite_tls.server_cert.read_bytes())
         bundle = str(self.ca_bundle)
-        self.azurite = start_azurite({BANENOR_ACCOUNT: "", PARTNER_ACCOUNT: ""}, azurite_tls)
+        self._start_azurite(azurite_tls)
+        assert self.azurite is not None
         context = tls.server_context()
         options = SkyportenOptions(scope_audiences={SCOPE: EXCHANGE_AUDIENCE})
         self.skyporten = SkyportenSim(context, clock=self.clock, options=options).start()
@@ -179,8 +224,65 @@ class Stack:
         else:
             self.settings.pop("MASKINPORTEN_RESOURCE", None)
 
+    def _start_azurite(self, tls: TlsFiles) -> None:
+        """Start Azurite in the chosen layout; an on-disk stack reuses its account keys and ports."""
+        state = self._load_state()
+        keys: dict[str, str] = state.get("accounts", {})
+        ports: dict[str, int] = {name: port for name, port in state.get("ports", {}).items() if _port_free(port)}
+        memory = {"memory_limit_mb": self.memory_limit_mb}
+        if self.layout == "single":
+            accounts = {BANENOR_ACCOUNT: keys.get(BANENOR_ACCOUNT, ""), PARTNER_ACCOUNT: keys.get(PARTNER_ACCOUNT, "")}
+            self.azurite = start_azurite(
+                accounts, tls, port=ports.get("azurite", 0), location=self._location("azurite"), **memory
+            )
+            self.partner_azurite = self.azurite
+        else:
+            self.azurite = start_azurite(
+                {BANENOR_ACCOUNT: keys.get(BANENOR_ACCOUNT, "")},
+                tls,
+                port=ports.get("banenor", 0),
+                location=self._location("banenor"),
+                **memory,
+            )
+            # The partner's side as the Functions host needs it: blob, queue and table on plain HTTP loopback.
+            self.partner_azurite = Azurite(
+                {PARTNER_ACCOUNT: keys.get(PARTNER_ACCOUNT, "")},
+                port=ports.get("partner-blob", 0) or free_port(),
+                ports={s: ports.get(f"partner-{s}", 0) for s in SERVICES[1:]},
+                location=self._location("partner"),
+                services=SERVICES,
+                **memory,
+            ).start()
+        self._save_state()
+
+    def _location(self, name: str) -> Path | None:
+        return self.workdir / "azurite" / name if self.persistence == "disk" else None
+
+    def _load_state(self) -> dict[str, Any]:
+        path = self.workdir / STATE_FILE
+        if self.persistence != "disk" or not path.exists():
+            return {}
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return state if isinstance(state, dict) else {}
+
+    def _save_state(self) -> None:
+        if self.persistence != "disk":
+            return
+        assert self.azurite is not None and self.partner_azurite is not None
+        accounts = self.azurite.accounts | self.partner_azurite.accounts
+        if self.layout == "single":
+            ports = {"azurite": self.azurite.port}
+        else:
+            ports = {"banenor": self.azurite.port, "partner-blob": self.partner_azurite.port}
+            ports |= {f"partner-{s}": p for s, p in self.partner_azurite.ports.items()}
+        _write_private(self.workdir / STATE_FILE, json.dumps({"accounts": accounts, "ports": ports}, indent=2))
+
     def _wire(self, banenor_tenant: str, partner_tenant: str) -> dict[str, str]:
-        assert self.azurite and self.skyporten and self.entra and self.keyvault and self.gateway
+        assert self.azurite and self.partner_azurite and self.skyporten and self.entra and self.keyvault
+        assert self.gateway
         bundle = str(self.ca_bundle)
         # The partner's Maskinporten client and its keys (PROTOCOL.md section 1).
         client_id = str(uuid.uuid4())
@@ -229,14 +331,15 @@ class Stack:
         key_file.write_bytes(pem)
         # Containers: Bane NOR's domain container, the partner's exports and ledger.
         backend = self.azurite.connection_string(BANENOR_ACCOUNT)
-        partner = self.azurite.connection_string(PARTNER_ACCOUNT)
+        partner = self.partner_azurite.connection_string(PARTNER_ACCOUNT)
         for connection, container in (
             (backend, BANENOR_CONTAINER),
             (partner, EXPORT_CONTAINER),
             (partner, LEDGER_CONTAINER),
         ):
             with BlobServiceClient.from_connection_string(connection, connection_verify=bundle) as service:
-                service.create_container(container)
+                with contextlib.suppress(ResourceExistsError):  # an on-disk stack keeps its containers
+                    service.create_container(container)
         return {
             "BANENOR_ENVIRONMENT": "test",
             "MASKINPORTEN_ISSUER": self.skyporten.issuer,
@@ -264,7 +367,14 @@ class Stack:
             "STACK_BANENOR_BACKEND_CONNECTION_STRING": backend,
             "STACK_KEYVAULT_KEY_ID": vault_kid,
             "STACK_PARTNER_ORGNO": PARTNER_ORGNO,
-        }
+        } | self._layout_settings()
+
+    def _layout_settings(self) -> dict[str, str]:
+        if self.layout == "single":
+            return {}
+        # Azurite copies server-side only from its own host:port (it refuses with CannotVerifyCopySource), and the
+        # partner's account is a separate instance here: stream, rather than warn about it in every process.
+        return {"COPY_MODE": "stream"}
 
     def stop(self) -> None:
         """Stop every server and Azurite; safe to call twice or after a failed start."""
@@ -274,9 +384,14 @@ class Stack:
                 with contextlib.suppress(Exception):
                     server.stop()
                 setattr(self, name, None)
-        if self.azurite is not None:
-            self.azurite.stop()
-            self.azurite = None
+        for azurite in {id(a): a for a in (self.partner_azurite, self.azurite) if a is not None}.values():
+            azurite.stop()
+        self.azurite = self.partner_azurite = None
+
+    def azurite_pids(self) -> list[int]:
+        """The Azurite processes this stack runs (one or two)."""
+        found = {a.process.pid for a in (self.azurite, self.partner_azurite) if a is not None and a.process}
+        return sorted(found)
 
     # -- settings files --------------------------------------------------------------------------
     def write_settings(self, local_settings: Path | None = None) -> Path:
@@ -319,25 +434,31 @@ def _pid_alive(pid: int, marker: str) -> bool:
 
 
 def _read_pid(path: Path) -> int | None:
+    pids = _read_pids(path)
+    return pids[0] if pids else None
+
+
+def _read_pids(path: Path) -> list[int]:
     try:
-        return int(path.read_text().strip())
+        return [int(line) for line in path.read_text().split()]
     except (OSError, ValueError):
-        return None
+        return []
 
 
-def _serve(workdir: Path, local_settings: Path | None, audience_mode: str = "scope") -> int:
+def _serve(workdir: Path, local_settings: Path | None, audience_mode: str = "scope",
+           persistence: str = "disk") -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "stack.pid").write_text(f"{os.getpid()}\n")
-    stack = Stack(workdir, audience_mode=audience_mode)
+    stack = Stack(workdir, audience_mode=audience_mode, layout="split", persistence=persistence)
     try:
         stack.start()
-        assert stack.azurite is not None and stack.azurite.process is not None
-        (workdir / "azurite.pid").write_text(f"{stack.azurite.process.pid}\n")
+        (workdir / "azurite.pid").write_text("".join(f"{pid}\n" for pid in stack.azurite_pids()))
         env_file = stack.write_settings(local_settings)
-        print(f"local stack ready: settings in {env_file}", flush=True)
+        where = f"on disk in {workdir / 'azurite'}" if persistence == "disk" else "in memory"
+        print(f"local stack ready (data {where}): settings in {env_file}", flush=True)
         while not stop.wait(0.5):
             pass
     finally:
@@ -347,7 +468,8 @@ def _serve(workdir: Path, local_settings: Path | None, audience_mode: str = "sco
     return 0
 
 
-def _start(workdir: Path, local_settings: Path | None, audience_mode: str = "scope") -> int:
+def _start(workdir: Path, local_settings: Path | None, audience_mode: str = "scope",
+           persistence: str = "disk") -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     pid = _read_pid(workdir / "stack.pid")
     if pid is not None and _pid_alive(pid, "sim.stack"):
@@ -356,6 +478,8 @@ def _start(workdir: Path, local_settings: Path | None, audience_mode: str = "sco
         return 1
     (workdir / "settings.env").unlink(missing_ok=True)
     command = [sys.executable, "-m", "sim.stack", "serve", "--workdir", str(workdir), "--audience-mode", audience_mode]
+    if persistence == "memory":
+        command.append("--in-memory")
     if local_settings is not None:
         command += ["--local-settings", str(local_settings)]
     with open(workdir / "stack.log", "ab") as log:
@@ -365,7 +489,8 @@ def _start(workdir: Path, local_settings: Path | None, audience_mode: str = "sco
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
         if (workdir / "settings.env").exists():
-            print(f"local stack running (pid {process.pid}, audience mode {audience_mode}); settings in "
+            where = f"on disk in {workdir / 'azurite'}" if persistence == "disk" else "in memory"
+            print(f"local stack running (pid {process.pid}, audience mode {audience_mode}, data {where}); settings in "
                   f"{workdir / 'settings.env'} and {local_settings or REPO / 'local.settings.json'}")
             return 0
         if process.poll() is not None:
@@ -380,7 +505,7 @@ def _start(workdir: Path, local_settings: Path | None, audience_mode: str = "sco
 
 def _stop(workdir: Path) -> int:
     pid = _read_pid(workdir / "stack.pid")
-    azurite_pid = _read_pid(workdir / "azurite.pid")
+    azurite_pids = _read_pids(workdir / "azurite.pid")
     if pid is None or not _pid_alive(pid, "sim.stack"):
         print("the local stack is not running")
     else:
@@ -392,11 +517,12 @@ def _stop(workdir: Path) -> int:
             os.kill(pid, signal.SIGKILL)
         print(f"local stack stopped (pid {pid})")
     # Azurite runs in its own session: if the stack process could not stop it, stop it here.
-    if azurite_pid is not None and _pid_alive(azurite_pid, "azurite"):
-        os.kill(azurite_pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while _pid_alive(azurite_pid, "azurite") and time.monotonic() < deadline:
-            time.sleep(0.1)
+    for azurite_pid in azurite_pids:
+        if _pid_alive(azurite_pid, "azurite"):
+            os.kill(azurite_pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while _pid_alive(azurite_pid, "azurite") and time.monotonic() < deadline:
+                time.sleep(0.1)
     for name in ("settings.env", "stack.pid", "azurite.pid"):
         (workdir / name).unlink(missing_ok=True)
     return 0
@@ -414,7 +540,13 @@ def main(argv: list[str] | None = None) -> int:
         help="scope (default): Bane NOR binds the token's audience to the scope; resource: the audience is the "
         "grant's resource (MASKINPORTEN_RESOURCE). Default: the STACK_AUDIENCE_MODE environment variable, else scope",
     )
+    parser.add_argument(
+        "--in-memory",
+        action="store_true",
+        help="keep Azurite's data in memory (gone at stop; 1 GiB cap) instead of on disk under <workdir>/azurite",
+    )
     args = parser.parse_args(argv)
+    persistence = "memory" if args.in_memory else "disk"
     audience_mode = args.audience_mode or os.environ.get("STACK_AUDIENCE_MODE", "").strip() or "scope"
     if audience_mode not in AUDIENCE_MODES:
         print(f"STACK_AUDIENCE_MODE is {audience_mode!r}; use scope (the audience bound to the scope, the default) "
@@ -424,9 +556,9 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.workdir.resolve()
     local_settings = args.local_settings.resolve() if args.local_settings else None
     if args.command == "serve":
-        return _serve(workdir, local_settings, audience_mode)
+        return _serve(workdir, local_settings, audience_mode, persistence)
     if args.command == "start":
-        return _start(workdir, local_settings, audience_mode)
+        return _start(workdir, local_settings, audience_mode, persistence)
     return _stop(workdir)
 
 

@@ -220,12 +220,25 @@ def test_cli_start_refuses_a_second_start_and_stop_leaves_no_process(tmp_path):
     try:
         assert started.returncode == 0, started.stderr
         assert (workdir / "settings.env").exists() and local.exists()
+        assert (workdir / "azurite" / "partner").is_dir() and (workdir / "azurite" / "banenor").is_dir()
         pid = int((workdir / "stack.pid").read_text())
-        azurite_pid = int((workdir / "azurite.pid").read_text())
+        azurite_pids = [int(line) for line in (workdir / "azurite.pid").read_text().split()]
+        assert len(azurite_pids) == 2  # the partner's (HTTP) and Bane NOR's (HTTPS) Azurite
         again = _cli("start", "--workdir", str(workdir), "--local-settings", str(local))
         assert again.returncode == 1 and "already running" in again.stderr
     finally:
         stopped = _cli("stop", "--workdir", str(workdir))
     assert stopped.returncode == 0
-    assert not _alive(pid) and not _alive(azurite_pid)
+    assert not _alive(pid) and not any(_alive(azurite_pid) for azurite_pid in azurite_pids)
     assert not (workdir / "stack.pid").exists() and not (workdir / "settings.env").exists()
+
+
+def test_cli_start_in_memory_keeps_no_storage_data_on_disk(tmp_path):
+    workdir, local = tmp_path / "local", tmp_path / "local.settings.json"
+    started = _cli("start", "--in-memory", "--workdir", str(workdir), "--local-settings", str(local))
+    try:
+        assert started.returncode == 0, started.stderr
+        assert "in memory" in started.stdout
+        assert not (workdir / "azurite").exists()
+    finally:
+        _cli("stop", "--workdir", str(workdir))
