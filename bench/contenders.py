@@ -257,6 +257,21 @@ def relay_deliver(job: Job) -> dict[str, Any]:
     return m.row(size=outcome.size, mode=outcome.mode, chain_seconds=chain)
 
 
+def relay_sync_large(job: Job) -> dict[str, Any]:
+    """The product's `sync` entry point over a container that holds only the large export: the copy runs on a
+    sync pool thread, as in `python -m shared sync` and the timer (the arena-per-thread case for memory)."""
+    p = job.params
+    rt = job.runtime(COPY_MODE="stream", EXPORT_CONTAINER=p["container"], LEDGER_CONTAINER=p["ledger"],
+                     DESTINATION_TEMPLATE=p["folder"] + "/{path}")
+    relay = rt.relay
+    chain = job.warm(rt)
+    with Measure() as m:
+        summary = relay.sync()
+    if summary.delivered != 1 or summary.error:
+        raise RuntimeError(f"sync: delivered={summary.delivered} error={summary.error}")
+    return m.row(size=summary.bytes, mode="stream", chain_seconds=chain)
+
+
 def plain_copy(job: Job) -> dict[str, Any]:
     """Plain azure-storage-blob. style "best": ranged downloads and staged blocks on `parallelism` threads
     (the relay's block size), one commit; style "naive": download_blob().readall() then upload_blob()."""
@@ -315,10 +330,12 @@ def relay_sync(job: Job) -> dict[str, Any]:
                  exchanges=rt.banenor_credential.exchanges)
 
 
-def copies_without_ledger(job: Job) -> dict[str, Any]:
+def copies_without_ledger(job: Job, evidence: bool = False) -> dict[str, Any]:
     """The relay's own copy steps for every listed export, as `sync` runs them for small files (the version from
     the listing, `Copier.copy` create-only: one ranged GET pinned to the etag, one Put Blob with Content-MD5) on
-    SYNC_CONCURRENCY threads, with no ledger at all: the difference to `relay-sync` is what the ledger costs."""
+    SYNC_CONCURRENCY threads, with no ledger at all: the difference to `relay-sync` is what the ledger costs.
+    With `evidence`, each copy is also read back as the relay does before a receipt (one Get Blob Properties
+    through the gateway: size and Content-MD5): the difference between the two is what the evidence costs."""
     from shared.copier import SourceVersion
 
     p = job.params
@@ -334,9 +351,36 @@ def copies_without_ledger(job: Job) -> dict[str, Any]:
                              overwrite=False)
         if result.size != version.size:
             raise RuntimeError(f"{props.name}: size differs")
+        if evidence:
+            landed = dest.get_blob_properties()
+            if landed.size != version.size or bytes(landed.content_settings.content_md5 or b"") != result.md5:
+                raise RuntimeError(f"{props.name}: the destination does not hold the bytes sent")
 
     with Measure() as m, ThreadPoolExecutor(rt.settings.sync_concurrency) as pool:
         count = sum(1 for _ in pool.map(one, exports.list_blobs()))
+    return m.row(count=count, chain_seconds=chain, concurrency=rt.settings.sync_concurrency)
+
+
+def copies_with_evidence(job: Job) -> dict[str, Any]:
+    return copies_without_ledger(job, evidence=True)
+
+
+def plain_threaded(job: Job) -> dict[str, Any]:
+    """The fair baseline for a sync: plain azure-storage-blob on SYNC_CONCURRENCY threads, list, then for each
+    file download it and upload it create-only through the gateway with the relay's credential. No read-back,
+    no ledger, no name policy."""
+    p = job.params
+    rt = job.runtime()
+    chain = job.warm(rt)
+    source = job.source_service().get_container_client(p["container"])
+    dest = job.gateway_service(rt.banenor_credential).get_container_client(job.settings["BANENOR_CONTAINER"])
+
+    def one(name: str) -> None:
+        data = source.download_blob(name).readall()
+        dest.upload_blob(job.dest_path(name), data, overwrite=False)
+
+    with Measure() as m, ThreadPoolExecutor(rt.settings.sync_concurrency) as pool:
+        count = sum(1 for _ in pool.map(one, (b.name for b in source.list_blobs())))
     return m.row(count=count, chain_seconds=chain, concurrency=rt.settings.sync_concurrency)
 
 
@@ -377,9 +421,12 @@ CONTENDERS: dict[str, Callable[[Job], dict[str, Any]]] = {
     "setup-scale": setup_scale,
     "relay-sync-idle": relay_sync_idle,
     "relay-deliver": relay_deliver,
+    "relay-sync-large": relay_sync_large,
     "plain-copy": plain_copy,
     "relay-sync": relay_sync,
     "copies-without-ledger": copies_without_ledger,
+    "copies-with-evidence": copies_with_evidence,
+    "plain-threaded": plain_threaded,
     "plain-loop": plain_loop,
 }
 

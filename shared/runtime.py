@@ -33,6 +33,9 @@ class Runtime:
         self.settings = settings
         self.clock = clock
         quiet_sdk_logs()
+        from .memory import bound_large_buffers
+
+        bound_large_buffers()  # a copy's blocks go back to the system when freed, on every thread
         self._partner_credential = partner_credential
         self._sas_lock = threading.Lock()
         self._reset_lock = threading.Lock()
