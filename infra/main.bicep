@@ -471,4 +471,5 @@ output SIGNING_KEY_NAME string = signingKeyName
 // that decides whether to create it: the hook asks Azure).
 output EVENT_GRID_SYSTEM_TOPIC_NAME string = eventGrid.outputs.systemTopicName
 output EVENT_GRID_SUBJECT_PREFIX string = '/blobServices/default/containers/${exportContainerName}/'
-output EVENT_GRID_DEAD_LETTER_ENDPOINT string = '${storage.outputs.id}/blobServices/default/containers/${deadLetterContainerName}'
+output EVENT_GRID_DEAD_LETTER_ACCOUNT_ID string = storage.outputs.id
+output EVENT_GRID_DEAD_LETTER_CONTAINER string = deadLetterContainerName
