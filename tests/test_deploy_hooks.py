@@ -34,6 +34,11 @@ FAKE_AZ = textwrap.dedent("""\
         if state.get("user_type") is None:
             sys.exit("ERROR: Please run 'az login' to setup account.")
         print(state["user_type"])
+    elif args[:2] == ["keyvault", "list-deleted"]:
+        env = arg("--query").split("=='")[1].split("'")[0]
+        print("\\n".join(v for v, e in state.get("deleted_vaults", []) if e == env))
+    elif args[:2] in (["group", "create"], ["keyvault", "recover"]):
+        pass
     elif args[:3] == ["functionapp", "keys", "list"]:
         answer = state["keys"].pop(0) if state["keys"] else ""
         save()
@@ -58,6 +63,7 @@ FAKE_AZ = textwrap.dedent("""\
     """)
 
 ENV = {
+    "AZURE_ENV_NAME": "relay-test",
     "AZURE_LOCATION": "norwayeast",
     "AZURE_RESOURCE_GROUP": "rg-relay",
     "AZURE_FUNCTION_APP_NAME": "func-relay-abc",
@@ -162,6 +168,21 @@ def test_preprovision_says_how_to_sign_in_when_the_cli_is_not(fakes):
     done = fakes.run("preprovision.sh")
     assert done.returncode == 1 and "the Azure CLI is not signed in. Fix: az login" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_preprovision_recovers_the_key_vault_an_earlier_azd_down_soft_deleted(fakes):
+    fakes.state["deleted_vaults"] = [["kv-abc", "relay-test"], ["kv-other", "someone-else"]]
+    done = fakes.run("preprovision.sh", AZURE_RESOURCE_GROUP="")
+    assert done.returncode == 0, done.stderr
+    changes = [c for c in fakes.calls() if c[:2] in (["group", "create"], ["keyvault", "recover"])]
+    assert [c[:4] for c in changes] == [["group", "create", "--name", "rg-relay-test"],
+                                        ["keyvault", "recover", "--name", "kv-abc"]]
+    assert "recovered Key Vault kv-abc" in done.stdout
+
+
+def test_preprovision_recovers_nothing_when_no_vault_is_soft_deleted(fakes):
+    assert fakes.run("preprovision.sh").returncode == 0
+    assert [c for c in fakes.calls() if c[0] == "group" or c[:2] == ["keyvault", "recover"]] == []
 
 
 # --- postdeploy -----------------------------------------------------------------------------------------

@@ -41,6 +41,21 @@ switch ($userType) {
 azd env set AZURE_PRINCIPAL_TYPE $principalType
 if ($LASTEXITCODE -ne 0) { exit $LASTEXITCODE }
 
+# A Key Vault of this environment soft-deleted by an earlier `azd down` is recovered (purge protection keeps
+# its name for 90 days), with the signing key in it.
+$envName = $env:AZURE_ENV_NAME
+if ($envName) {
+    $deleted = az keyvault list-deleted --resource-type vault --query "[?properties.tags.\"azd-env-name\"=='$envName'].name" --output tsv 2>$null
+    foreach ($vault in @($deleted | Where-Object { $_ })) {
+        $group = if ($env:AZURE_RESOURCE_GROUP) { $env:AZURE_RESOURCE_GROUP } else { "rg-$envName" }
+        az group create --name $group --location $location --tags "azd-env-name=$envName" --output none
+        if ($LASTEXITCODE -ne 0) { Fail "could not create resource group $group to recover Key Vault $vault into. Fix: check your role on the subscription." }
+        az keyvault recover --name $vault --output none
+        if ($LASTEXITCODE -ne 0) { Fail "Key Vault $vault of this environment is soft-deleted and could not be recovered. Fix: az keyvault recover --name $vault, or use a new azd environment name." }
+        Write-Host "preprovision: recovered Key Vault $vault (soft-deleted by an earlier azd down), with its signing key"
+    }
+}
+
 $autoSku = if ($ZoneRegions -contains $location) { 'Standard_ZRS' } else { 'Standard_LRS' }
 $shownSku = if ($sku) { $sku } else { "$autoSku (by region)" }
 Write-Host "preprovision: region $location, storage $shownSku, azd runs as a $principalType"

@@ -4,7 +4,9 @@
 #   - STORAGE_SKU Standard_ZRS/GZRS needs a region with availability zones (empty picks one by region);
 #   - VNET_ENABLED=true cannot go with COPY_MODE=server (Bane NOR's storage cannot pull from a private account);
 #   - AZURE_PRINCIPAL_TYPE is set from the Azure CLI's sign-in: User for a person, ServicePrincipal for CI,
-#     so role assignments to the principal running azd (GRANT_KEY_IMPORT_ROLE) carry the right type.
+#     so role assignments to the principal running azd (GRANT_KEY_IMPORT_ROLE) carry the right type;
+#   - a Key Vault of this azd environment soft-deleted by an earlier `azd down` (purge protection keeps it and
+#     its name for 90 days) is recovered, with the signing key in it, so provisioning can use the name again.
 # Nothing here is remembered for later runs: every provision checks again.
 set -eu
 
@@ -42,6 +44,20 @@ case "$user_type" in
   *) fail "az account show reports user.type '$user_type', expected user or servicePrincipal. Fix: az login again." ;;
 esac
 azd env set AZURE_PRINCIPAL_TYPE "$principal_type"
+
+env_name="${AZURE_ENV_NAME:-}"
+if [ -n "$env_name" ]; then
+  deleted="$(az keyvault list-deleted --resource-type vault --query "[?properties.tags.\"azd-env-name\"=='$env_name'].name" --output tsv 2>/dev/null || true)"
+  for vault in $deleted; do
+    group="${AZURE_RESOURCE_GROUP:-rg-$env_name}"
+    # Recovery puts the vault back into its resource group, which `azd down` deleted.
+    az group create --name "$group" --location "$location" --tags "azd-env-name=$env_name" --output none ||
+      fail "could not create resource group $group to recover Key Vault $vault into. Fix: check your role on the subscription."
+    az keyvault recover --name "$vault" --output none ||
+      fail "Key Vault $vault of this environment is soft-deleted and could not be recovered. Fix: az keyvault recover --name $vault, or use a new azd environment name."
+    echo "preprovision: recovered Key Vault $vault (soft-deleted by an earlier azd down), with its signing key"
+  done
+fi
 
 if listed "$ZONE_REGIONS" "$location"; then auto_sku=Standard_ZRS; else auto_sku=Standard_LRS; fi
 echo "preprovision: region $location, storage ${sku:-$auto_sku (by region)}, azd runs as a $principal_type"
