@@ -141,9 +141,12 @@ resource privateEndpoints 'Microsoft.Network/privateEndpoints@2024-01-01' = [for
   name: endpoint.name
   location: location
   tags: tags
+  dependsOn: [
+    vnet
+  ]
   properties: {
     subnet: {
-      id: vnet.properties.subnets[0].id
+      id: resourceId('Microsoft.Network/virtualNetworks/subnets', vnet.name, 'private-endpoints')
     }
     privateLinkServiceConnections: [
       {
@@ -174,4 +177,4 @@ resource zoneGroups 'Microsoft.Network/privateEndpoints/privateDnsZoneGroups@202
   }
 }]
 
-output appSubnetId string = vnet.properties.subnets[1].id
+output appSubnetId string = resourceId('Microsoft.Network/virtualNetworks/subnets', vnet.name, 'app')
