@@ -24,6 +24,9 @@ from shared.config import blob_trigger_source
 app = func.FunctionApp()
 log = logging.getLogger("relay.functions")
 
+# _CONTEXT: the worker passes the invocation's Context to a parameter named `context` only if its annotation is
+# exactly func.Context (`func.Context | None` fails indexing); the default None serves callers outside the host
+# (sim/demo.py), where there is no invocation id to carry.
 _SOURCE = {"EventGrid": func.BlobSource.EVENT_GRID, "LogsAndContainerScan": func.BlobSource.LOGS_AND_CONTAINER_SCAN}
 
 
@@ -40,7 +43,7 @@ def export_name(trigger: object) -> str:
 @app.function_name("on_export")
 @app.blob_trigger(arg_name="client", path="%EXPORT_CONTAINER%/{name}", connection="EXPORT_STORAGE",
                   source=_SOURCE[blob_trigger_source()])
-def on_export(client: BlobReference, context: func.Context) -> None:
+def on_export(client: BlobReference, context: func.Context = None) -> None:  # see _CONTEXT
     from shared.runtime import get_runtime
 
     invocation.bind(context)
@@ -53,7 +56,7 @@ def on_export(client: BlobReference, context: func.Context) -> None:
 
 @app.function_name("sync")
 @app.timer_trigger(arg_name="timer", schedule="%SYNC_SCHEDULE%", run_on_startup=False, use_monitor=True)
-def sync(timer: func.TimerRequest, context: func.Context) -> None:
+def sync(timer: func.TimerRequest, context: func.Context = None) -> None:  # see _CONTEXT
     from shared.runtime import get_runtime
 
     invocation.bind(context)
