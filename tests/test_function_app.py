@@ -171,9 +171,10 @@ def test_a_delivery_poisoned_in_a_sync_is_logged_with_the_invocation_id(app_on_s
 
 
 @pytest.mark.stack
-def test_block_copies_log_from_the_copiers_threads_with_the_invocation_id(app_on_stack, worker, monkeypatch):
+@pytest.mark.parametrize("mode", ["stream", "server"])
+def test_block_copies_log_from_the_copiers_threads_with_the_invocation_id(app_on_stack, worker, monkeypatch, mode):
     app, _ = app_on_stack
-    rt = runtime_with(monkeypatch, BLOCK_SIZE="262144", SINGLE_PUT_LIMIT="262144", COPY_MODE="stream")
+    rt = runtime_with(monkeypatch, BLOCK_SIZE="262144", SINGLE_PUT_LIMIT="262144", COPY_MODE=mode)
     rt.exports.get_blob_client("big/one.csv").upload_blob(b"x" * (3 * 256 * 1024))
     sdk = logging.getLogger("azure.core.pipeline.policies.http_logging_policy")
     level = sdk.level
@@ -182,9 +183,11 @@ def test_block_copies_log_from_the_copiers_threads_with_the_invocation_id(app_on
         invocation_id, _ = worker.invoke(app.sync, TimerRequest(past_due=False), function_name="sync")
     finally:
         sdk.setLevel(level)
-    copier_lines = [s for s in worker.sent if s.thread.startswith("copier")]
-    assert copier_lines, "no record was logged on a copier thread"
+    pool = "copier-url" if mode == "server" else "copier_"  # the block pool of each mode
+    copier_lines = [s for s in worker.sent if s.thread.startswith(pool)]
+    assert copier_lines, f"no record was logged on a {pool} thread"
     assert {s.invocation_id for s in copier_lines} == {invocation_id}
+    assert any(f"mode {mode}" in s.message for s in worker.sent)  # copied in the mode under test
     assert worker.dropped() == []
 
 
