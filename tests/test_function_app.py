@@ -20,11 +20,10 @@ from azure.functions.blob import InputStream  # the concrete class; func.InputSt
 from azure.functions.timer import TimerRequest
 from azurefunctions.extensions.base import Datum, get_binding_registry
 
-from shared import invocation
 from shared.blob_reference import BlobReference, BlobReferenceConverter
 from shared.errors import ConfigError
 from shared.runtime import get_runtime, reset_runtime
-from tests.worker import Context, Worker
+from tests.worker import Context, worker_fixture  # noqa: F401 (the fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -146,14 +145,6 @@ def runtime_with(monkeypatch, **settings):
         monkeypatch.setenv(key, value)
     reset_runtime()
     return get_runtime()
-
-
-@pytest.fixture
-def worker():
-    invocation.reset()
-    with Worker() as w:
-        yield w
-    invocation.reset()
 
 
 @pytest.mark.stack

@@ -43,39 +43,46 @@ def test_allowed_regions_include_norway_east_and_match_the_hooks():
     assert sorted(checks.sh_list((ROOT / "infra/hooks/preprovision.sh").read_text(), "FLEX_REGIONS")) == sorted(flex)
 
 
-def test_a_hook_region_list_that_differs_from_main_bicep_is_a_problem(repo):
-    edit(repo, "infra/hooks/preprovision.sh", " norwayeast ", " ")
-    assert any("preprovision.sh: its Flex region list differs" in p for p in checks.run(repo))
+RBAC = "infra/modules/rbac-exports.bicep"
+BROKEN = {
+    "a hook region list that differs from main.bicep": (
+        "infra/hooks/preprovision.sh", " norwayeast ", " ", "preprovision.sh: its Flex region list differs"),
+    "a location without an allowed list": (
+        "infra/main.bicep", "@allowed([\n  'australiaeast'", "@metadata([\n  'australiaeast'", "has no @allowed list"),
+    "blob data owner on the export account": (
+        RBAC, "storageBlobDataContributor: 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'",
+        "storageBlobDataContributor: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'",
+        "Storage Blob Data Owner on the export account"),
+    "delete on exports without archive or delete": (
+        RBAC, "= if (removesExports) {\n  name: guid(exportContainer.id", "= {\n  name: guid(exportContainer.id",
+        "exportsReadDelete must be conditional on `removesExports`"),
+    "write on the export container": (
+        RBAC, "roleDefinitions', roles.storageBlobDataReader)\n    principalId",
+        "roleDefinitions', roles.storageBlobDataContributor)\n    principalId",
+        "exportsRead must grant storageBlobDataReader"),
+    "a role at account scope other than the delegator": (
+        RBAC, "  scope: ledgerContainer\n  properties", "  scope: account\n  properties",
+        "ledgerWrite must be scoped to ledgerContainer"),
+    "a custom role that can write": (
+        RBAC, "blobs/delete'\n",
+        "blobs/delete'\n          'Microsoft.Storage/storageAccounts/blobServices/containers/blobs/write'\n",
+        "the custom role may only read and delete blobs"),
+    "a delegator without a signed sas": (
+        RBAC, "var signsSas = copyMode != 'stream' || afterDelivery == 'archive'", "var signsSas = true",
+        "var signsSas must be"),
+    "a postdeploy hook that does not poll for the key": (
+        "infra/hooks/postdeploy.sh", 'while [ "$i" -lt "$attempts" ]; do\n  i=$((i + 1))\n  key=',
+        "for once in 1; do\n  key=", "postdeploy.sh: must poll"),
+    "host.json sampling traces": (
+        "host.json", '"excludedTypes": "Exception;Request;Trace"', '"excludedTypes": "Exception;Request"',
+        'add "Trace" to excludedTypes'),
+}
 
 
-def test_a_location_without_an_allowed_list_is_a_problem(repo):
-    edit(repo, "infra/main.bicep", "@allowed([\n  'australiaeast'", "@metadata([\n  'australiaeast'")
-    assert any("has no @allowed list" in p for p in checks.run(repo))
-
-
-def test_blob_data_owner_on_the_export_account_is_a_problem(repo):
-    edit(repo, "infra/modules/rbac-exports.bicep", "storageBlobDataContributor: 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'",
-         "storageBlobDataContributor: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'")
-    assert any("Storage Blob Data Owner on the export account" in p for p in checks.run(repo))
-
-
-def test_delete_on_exports_without_archive_or_delete_is_a_problem(repo):
-    edit(repo, "infra/modules/rbac-exports.bicep", "= if (removesExports) {\n  name: guid(exportContainer.id",
-         "= {\n  name: guid(exportContainer.id")
-    assert any("exportsReadDelete must be conditional on `removesExports`" in p for p in checks.run(repo))
-
-
-def test_write_on_the_export_container_is_a_problem(repo):
-    edit(repo, "infra/modules/rbac-exports.bicep",
-         "roleDefinitions', roles.storageBlobDataReader)\n    principalId",
-         "roleDefinitions', roles.storageBlobDataContributor)\n    principalId")
-    assert any("exportsRead must grant storageBlobDataReader" in p for p in checks.run(repo))
-
-
-def test_a_role_at_account_scope_other_than_the_delegator_is_a_problem(repo):
-    edit(repo, "infra/modules/rbac-exports.bicep", "  scope: ledgerContainer\n  properties",
-         "  scope: account\n  properties")
-    assert any("ledgerWrite must be scoped to ledgerContainer" in p for p in checks.run(repo))
+@pytest.mark.parametrize(("rel", "old", "new", "message"), BROKEN.values(), ids=[f"{k} is a problem" for k in BROKEN])
+def test_each_broken_copy_is_a_problem(repo, rel, old, new, message):
+    edit(repo, rel, old, new)
+    assert any(message in p for p in checks.run(repo))
 
 
 def test_an_extra_role_assignment_on_the_export_account_is_a_problem(repo):
@@ -85,33 +92,10 @@ def test_an_extra_role_assignment_on_the_export_account_is_a_problem(repo):
     assert any("role assignment extra is not one the settings need" in p for p in checks.run(repo))
 
 
-def test_a_custom_role_that_can_write_is_a_problem(repo):
-    edit(repo, "infra/modules/rbac-exports.bicep", "blobs/delete'\n", "blobs/delete'\n          "
-         "'Microsoft.Storage/storageAccounts/blobServices/containers/blobs/write'\n")
-    assert any("the custom role may only read and delete blobs" in p for p in checks.run(repo))
-
-
-def test_a_delegator_without_a_signed_sas_is_a_problem(repo):
-    edit(repo, "infra/modules/rbac-exports.bicep", "var signsSas = copyMode != 'stream' || afterDelivery == 'archive'",
-         "var signsSas = true")
-    assert any("var signsSas must be" in p for p in checks.run(repo))
-
-
-def test_a_postdeploy_hook_that_does_not_poll_for_the_key_is_a_problem(repo):
-    edit(repo, "infra/hooks/postdeploy.sh", 'while [ "$i" -lt "$attempts" ]; do\n  i=$((i + 1))\n  key=',
-         'for once in 1; do\n  key=')
-    assert any("postdeploy.sh: must poll" in p for p in checks.run(repo))
-
-
 def test_list_keys_in_a_template_is_a_problem(repo):
     path = repo / "infra/modules/eventgrid.bicep"
     path.write_text(path.read_text() + "\nvar k = listKeys('x', '2023-12-01')\n")
     assert any("eventgrid.bicep: reads keys with listKeys" in p for p in checks.run(repo))
-
-
-def test_host_json_sampling_traces_is_a_problem(repo):
-    edit(repo, "host.json", '"excludedTypes": "Exception;Request;Trace"', '"excludedTypes": "Exception;Request"')
-    assert any('add "Trace" to excludedTypes' in p for p in checks.run(repo))
 
 
 def test_host_json_with_sampling_off_is_fine(repo):

@@ -5,20 +5,10 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
-
 from shared import invocation
-from tests.worker import Worker
+from tests.worker import worker_fixture  # noqa: F401 (the `worker` fixture)
 
 log = logging.getLogger("relay.test")
-
-
-@pytest.fixture
-def worker():
-    invocation.reset()
-    with Worker() as w:
-        yield w
-    invocation.reset()
 
 
 def log_on_pool(name: str, initializer=None, nested: bool = False) -> None:

@@ -21,6 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import azure.functions as func
+import pytest
+
+from shared import invocation
 
 
 class Context(func.Context):
@@ -111,3 +114,12 @@ class Worker(logging.Handler):
         root.removeHandler(self)
         root.setLevel(self._saved_level)
         self._pool.shutdown()
+
+
+@pytest.fixture(name="worker")
+def worker_fixture():
+    """A Worker on the root logger, with nothing bound in shared.invocation before or after."""
+    invocation.reset()
+    with Worker() as w:
+        yield w
+    invocation.reset()
