@@ -50,6 +50,8 @@ FAKE_AZ = textwrap.dedent("""\
         if sub is None:
             sys.exit("ERROR: Not Found({\\"error\\":{\\"code\\":\\"ResourceNotFound\\"}})")
         print("\\t".join([sub["base"], sub["prefix"], sub["state"]]))
+    elif args[:1] == ["rest"] and arg("--method") == "post" and "/getFullUrl?" in arg("--url"):
+        print(state["put"]["properties"]["destination"]["properties"]["endpointUrl"])
     elif args[:1] == ["rest"] and arg("--method") == "put":
         body = json.loads(Path(arg("--body")[1:]).read_text())
         state["put"] = body
@@ -219,7 +221,17 @@ def test_postdeploy_a_second_time_changes_nothing(fakes):
     done = fakes.run("postdeploy.sh")
     assert done.returncode == 0 and "unchanged" in done.stdout
     again = fakes.calls()[first:]
-    assert [c[:3] for c in again] == [["rest", "--method", "get"]]  # no key read, no write
+    assert [c[:3] for c in again] == [["functionapp", "keys", "list"], ["rest", "--method", "get"],
+                                      ["rest", "--method", "post"]]  # no write
+
+
+def test_postdeploy_updates_a_subscription_whose_key_is_stale(fakes):
+    assert fakes.run("postdeploy.sh").returncode == 0
+    fakes.state["keys"] = ["renewed-key"]
+    done = fakes.run("postdeploy.sh")
+    assert done.returncode == 0, done.stderr
+    assert fakes.state["put"]["properties"]["destination"]["properties"]["endpointUrl"].endswith("&code=renewed-key")
+    assert "renewed-key" not in done.stdout + done.stderr
 
 
 def test_postdeploy_updates_a_subscription_that_points_elsewhere(fakes):

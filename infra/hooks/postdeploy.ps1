@@ -1,7 +1,7 @@
 # azd postdeploy hook (Windows): the same steps as postdeploy.sh, which documents them. Polls until the host
 # has its blobs_extension key, then creates the Event Grid subscription to the blob trigger, unless one already
-# delivers to this app with this filter. Keeps nothing in the azd environment; the key goes to Azure in a
-# request body file, never on a command line or in output.
+# delivers to this app, with the host's current key, and this filter. Keeps nothing in the azd environment; the
+# key goes to Azure in a request body file, never on a command line or in output.
 $ErrorActionPreference = 'Stop'
 
 $SubscriptionName = 'exports-blob-created'
@@ -23,19 +23,14 @@ $rg = $env:AZURE_RESOURCE_GROUP
 $app = $env:AZURE_FUNCTION_APP_NAME
 $prefix = $env:EVENT_GRID_SUBJECT_PREFIX
 $sub = if ($env:AZURE_SUBSCRIPTION_ID) { $env:AZURE_SUBSCRIPTION_ID } else { '{subscriptionId}' }
-$url = "/subscriptions/$sub/resourceGroups/$rg/providers/Microsoft.EventGrid/systemTopics/$($env:EVENT_GRID_SYSTEM_TOPIC_NAME)/eventSubscriptions/$SubscriptionName`?api-version=$Api"
+$resource = "/subscriptions/$sub/resourceGroups/$rg/providers/Microsoft.EventGrid/systemTopics/$($env:EVENT_GRID_SYSTEM_TOPIC_NAME)/eventSubscriptions/$SubscriptionName"
+$url = "$resource`?api-version=$Api"
 $base = "https://$app.azurewebsites.net/runtime/webhooks/blobs"
 
 function Get-Current {
     $out = az rest --method get --url $url --query '[properties.destination.properties.endpointBaseUrl, properties.filter.subjectBeginsWith, properties.provisioningState]' --output tsv 2>$null
     if ($LASTEXITCODE -ne 0 -or -not $out) { return @('', '', '') }
     return (($out -join "`t") -split "`t")
-}
-
-$current = Get-Current
-if ($current[0] -eq $base -and $current[1] -eq $prefix -and $current[2] -eq 'Succeeded') {
-    Write-Host "postdeploy: Event Grid subscription $SubscriptionName already delivers to $app; unchanged."
-    exit 0
 }
 
 try { Invoke-WebRequest -Uri "https://$app.azurewebsites.net/" -TimeoutSec 60 -UseBasicParsing | Out-Null } catch { }
@@ -57,10 +52,21 @@ if (-not $key) {
     Fail "the host of $app has no blobs_extension key after $attempts tries $($interval)s apart: the blob trigger has not started$detail. Fix: check the deployment (azd deploy output, the app's log stream, Application Insights traces for indexing errors), then run azd hooks run postdeploy."
 }
 
+$webhook = "$base`?functionName=Host.Functions.$FunctionName&code=$key"
+$current = Get-Current
+if ($current[0] -eq $base -and $current[1] -eq $prefix -and $current[2] -eq 'Succeeded') {
+    # Event Grid returns the URL with its key only on request (getFullUrl); compared here, never printed.
+    $full = az rest --method post --url "$resource/getFullUrl`?api-version=$Api" --query endpointUrl --output tsv 2>$null
+    if ($LASTEXITCODE -eq 0 -and $full -eq $webhook) {
+        Write-Host "postdeploy: Event Grid subscription $SubscriptionName already delivers to $app; unchanged."
+        exit 0
+    }
+}
+
 $body = @{
     properties = @{
         destination = @{ endpointType = 'WebHook'; properties = @{
-                endpointUrl = "$base`?functionName=Host.Functions.$FunctionName&code=$key"
+                endpointUrl = $webhook
                 maxEventsPerBatch = 1; preferredBatchSizeInKilobytes = 64 } }
         eventDeliverySchema = 'EventGridSchema'
         filter = @{ includedEventTypes = @('Microsoft.Storage.BlobCreated'); subjectBeginsWith = $prefix }
@@ -71,6 +77,8 @@ $body = @{
     }
 } | ConvertTo-Json -Depth 8
 $key = ''
+$webhook = ''
+$full = ''
 $file = New-TemporaryFile
 try {
     Set-Content -Path $file -Value $body -Encoding utf8

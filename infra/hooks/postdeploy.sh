@@ -3,8 +3,9 @@
 # container -> the blobs_extension webhook of on_export, dead-lettering with the topic's identity).
 # It runs after the code is deployed because the webhook URL carries the host's blobs_extension system key,
 # which exists only once the host runs the blob trigger; the hook polls for the key until it exists.
-# Idempotent: a subscription that already points at this app with this filter is left alone. Nothing is
-# stored in the azd environment: whether to create is decided by asking Azure, so `azd down` + `azd up` works.
+# Idempotent: a subscription that already delivers to this app, with its current key, and this filter is left
+# alone; one with a stale key (host keys renewed) or another endpoint is updated. Nothing is stored in the azd
+# environment: whether to create is decided by asking Azure, so `azd down` + `azd up` works.
 # The key never appears on the command line or in output: it goes to Azure in a request body file (mode 600).
 set -eu
 
@@ -29,7 +30,8 @@ rg="$AZURE_RESOURCE_GROUP"
 app="$AZURE_FUNCTION_APP_NAME"
 sub="${AZURE_SUBSCRIPTION_ID:-}"
 [ -n "$sub" ] || sub='{subscriptionId}'  # az rest fills in the signed-in subscription
-url="/subscriptions/$sub/resourceGroups/$rg/providers/Microsoft.EventGrid/systemTopics/$EVENT_GRID_SYSTEM_TOPIC_NAME/eventSubscriptions/$SUBSCRIPTION_NAME?api-version=$API"
+resource="/subscriptions/$sub/resourceGroups/$rg/providers/Microsoft.EventGrid/systemTopics/$EVENT_GRID_SYSTEM_TOPIC_NAME/eventSubscriptions/$SUBSCRIPTION_NAME"
+url="$resource?api-version=$API"
 base="https://$app.azurewebsites.net/runtime/webhooks/blobs"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -39,11 +41,6 @@ umask 077
 current() {
   az rest --method get --url "$url" --query "[properties.destination.properties.endpointBaseUrl, properties.filter.subjectBeginsWith, properties.provisioningState]" --output tsv 2>/dev/null | tr '\t\n' '  ' || true
 }
-set -- $(current)
-if [ "${1:-}" = "$base" ] && [ "${2:-}" = "$EVENT_GRID_SUBJECT_PREFIX" ] && [ "${3:-}" = "Succeeded" ]; then
-  echo "postdeploy: Event Grid subscription $SUBSCRIPTION_NAME already delivers to $app; unchanged."
-  exit 0
-fi
 
 # Flex Consumption starts an instance on demand: a request wakes the host so it writes its system keys.
 if command -v curl >/dev/null 2>&1; then
@@ -64,10 +61,21 @@ if [ -z "$key" ]; then
   fail "the host of $app has no blobs_extension key after $attempts tries ${interval}s apart: the blob trigger has not started${last:+ (last answer: $last)}. Fix: check the deployment (azd deploy output, the app's log stream, Application Insights traces for indexing errors), then run azd hooks run postdeploy."
 fi
 
+webhook="$base?functionName=Host.Functions.$FUNCTION_NAME&code=$key"
+set -- $(current)
+if [ "${1:-}" = "$base" ] && [ "${2:-}" = "$EVENT_GRID_SUBJECT_PREFIX" ] && [ "${3:-}" = "Succeeded" ]; then
+  # Event Grid returns the URL with its key only on request (getFullUrl); compared here, never printed.
+  full="$(az rest --method post --url "$resource/getFullUrl?api-version=$API" --query endpointUrl --output tsv 2>/dev/null || true)"
+  if [ "$full" = "$webhook" ]; then
+    echo "postdeploy: Event Grid subscription $SUBSCRIPTION_NAME already delivers to $app; unchanged."
+    exit 0
+  fi
+fi
+
 cat >"$work/body.json" <<JSON
 {"properties": {
   "destination": {"endpointType": "WebHook", "properties": {
-    "endpointUrl": "$base?functionName=Host.Functions.$FUNCTION_NAME&code=$key",
+    "endpointUrl": "$webhook",
     "maxEventsPerBatch": 1, "preferredBatchSizeInKilobytes": 64}},
   "eventDeliverySchema": "EventGridSchema",
   "filter": {"includedEventTypes": ["Microsoft.Storage.BlobCreated"], "subjectBeginsWith": "$EVENT_GRID_SUBJECT_PREFIX"},
@@ -78,6 +86,8 @@ cat >"$work/body.json" <<JSON
 }}
 JSON
 key=""
+webhook=""
+full=""
 az rest --method put --url "$url" --body "@$work/body.json" --output none 2>"$work/error" ||
   fail "creating the Event Grid subscription was refused: $(head -n 1 "$work/error"). Fix: see docs/deploy.md (troubleshooting the first deploy), then run azd hooks run postdeploy."
 
