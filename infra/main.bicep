@@ -1,7 +1,9 @@
 // The Skyporten relay in the partner's subscription: one resource group with the function app (Flex
-// Consumption), the partner's storage account, Key Vault for the Maskinporten key, Event Grid wiring for the
-// blob trigger, monitoring with alerts, and least-privilege role assignments. Deployed by `azd up`
-// (azure.yaml); parameters come from the azd environment through main.parameters.json. See docs/deploy.md.
+// Consumption) and its own host storage account, the partner's export account, Key Vault for the Maskinporten
+// key, the Event Grid topic for the blob trigger (its subscription is made by the postdeploy hook), monitoring
+// with alerts and diagnostic settings, least-privilege role assignments, and optionally a VNet with private
+// endpoints. Deployed by `azd up` (azure.yaml); parameters come from the azd environment through
+// main.parameters.json; the preprovision hook checks region and SKU first. See docs/deploy.md.
 targetScope = 'subscription'
 
 @minLength(1)
@@ -9,8 +11,44 @@ targetScope = 'subscription'
 @description('Name of the azd environment; used in resource names and the azd-env-name tag.')
 param environmentName string
 
+// Regions with Flex Consumption (as Microsoft's Flex Consumption azd samples list them; `az functionapp
+// list-flexconsumption-locations` shows the current list). infra/hooks/preprovision.* keep the same list and
+// refuse any other region before anything is created; `make lint-infra` checks that the three agree.
 @minLength(1)
-@description('Azure region for every resource.')
+@description('Azure region for every resource; only regions with Flex Consumption.')
+@allowed([
+  'australiaeast'
+  'australiasoutheast'
+  'brazilsouth'
+  'canadacentral'
+  'centralindia'
+  'centralus'
+  'eastasia'
+  'eastus'
+  'eastus2'
+  'francecentral'
+  'germanywestcentral'
+  'italynorth'
+  'japaneast'
+  'koreacentral'
+  'northcentralus'
+  'northeurope'
+  'norwayeast'
+  'southafricanorth'
+  'southcentralus'
+  'southeastasia'
+  'southindia'
+  'spaincentral'
+  'swedencentral'
+  'uaenorth'
+  'uksouth'
+  'ukwest'
+  'westcentralus'
+  'westeurope'
+  'westus'
+  'westus2'
+  'westus3'
+])
 @metadata({
   azd: {
     type: 'location'
@@ -122,13 +160,14 @@ param maxAttempts int = 5
 param namePolicy string = 'sanitize'
 
 @allowed([
+  ''
   'Standard_LRS'
   'Standard_ZRS'
   'Standard_GRS'
   'Standard_GZRS'
 ])
-@description('Replication of the partner storage account.')
-param storageSkuName string = 'Standard_ZRS'
+@description('Replication of the storage accounts (STORAGE_SKU); empty picks Standard_ZRS where the region has availability zones, else Standard_LRS. The preprovision hook refuses ZRS and GZRS in a region without zones.')
+param storageSkuName string = ''
 
 @minValue(1)
 @maxValue(365)
@@ -159,10 +198,10 @@ param alertEmail string = ''
 @description('Alert when no sync has finished with outcome=ok for this many minutes (at most two days).')
 param noSuccessfulSyncMinutes int = 120
 
-@description('Create the Event Grid subscription. Needs the deployed code (the blobs_extension key): the azd postdeploy hook sets it.')
-param deployEventSubscription bool = false
+@description('Grant the principal running azd (keyAdminPrincipalId) the Key Vault officer role for SIGNING_KEY_SOURCE, to import the signing key (GRANT_KEY_IMPORT_ROLE). Off by default: turn it on for the import, then off (docs/deploy.md).')
+param grantKeyImportRole bool = false
 
-@description('Object id of the person or pipeline that puts the signing key into Key Vault (azd fills in the signed-in user); empty for none.')
+@description('Object id of the principal running azd (AZURE_PRINCIPAL_ID, set by azd); used only with grantKeyImportRole.')
 param keyAdminPrincipalId string = ''
 
 @allowed([
@@ -170,10 +209,44 @@ param keyAdminPrincipalId string = ''
   'Group'
   'ServicePrincipal'
 ])
-@description('Principal type of keyAdminPrincipalId.')
+@description('Principal type of keyAdminPrincipalId (AZURE_PRINCIPAL_TYPE), detected by the preprovision hook: User for a person, ServicePrincipal for a CI pipeline.')
 param keyAdminPrincipalType string = 'User'
 
+@description('VNet integration for the function app with private endpoints for both storage accounts and Key Vault (VNET_ENABLED). Needs COPY_MODE stream or auto: Bane NOR\'s storage cannot pull from a private account.')
+param vnetEnabled bool = false
+
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
+// Flex Consumption regions that also have availability zones (ZRS); the others get LRS unless told otherwise.
+var zoneRedundantRegions = [
+  'australiaeast'
+  'brazilsouth'
+  'canadacentral'
+  'centralindia'
+  'centralus'
+  'eastasia'
+  'eastus'
+  'eastus2'
+  'francecentral'
+  'germanywestcentral'
+  'italynorth'
+  'japaneast'
+  'koreacentral'
+  'northeurope'
+  'norwayeast'
+  'southafricanorth'
+  'southcentralus'
+  'southeastasia'
+  'spaincentral'
+  'swedencentral'
+  'uaenorth'
+  'uksouth'
+  'westeurope'
+  'westus2'
+  'westus3'
+]
+var effectiveStorageSku = !empty(storageSkuName) ? storageSkuName : (contains(zoneRedundantRegions, location) ? 'Standard_ZRS' : 'Standard_LRS')
+// The blob trigger's poison queue, in its connection's (EXPORT_STORAGE) account.
+var poisonQueueName = 'webjobs-blobtrigger-poison'
 var tags = {
   'azd-env-name': environmentName
 }
@@ -246,16 +319,32 @@ module storage 'modules/storage.bicep' = {
     name: 'st${resourceToken}'
     location: location
     tags: tags
-    skuName: storageSkuName
+    skuName: effectiveStorageSku
     softDeleteDays: blobSoftDeleteDays
     ledgerContainerName: ledgerContainerName
     containerNames: [
       exportContainerName
       ledgerContainerName
       archiveContainerName
-      deploymentContainerName
       deadLetterContainerName
     ]
+    queueNames: [
+      poisonQueueName
+    ]
+    vnetEnabled: vnetEnabled
+  }
+}
+
+module hostStorage 'modules/hoststorage.bicep' = {
+  name: 'hoststorage'
+  scope: rg
+  params: {
+    name: 'stfn${resourceToken}'
+    location: location
+    tags: tags
+    skuName: effectiveStorageSku
+    deploymentContainerName: deploymentContainerName
+    vnetEnabled: vnetEnabled
   }
 }
 
@@ -266,6 +355,20 @@ module keyVault 'modules/keyvault.bicep' = {
     name: 'kv-${resourceToken}'
     location: location
     tags: tags
+    vnetEnabled: vnetEnabled
+  }
+}
+
+module network 'modules/network.bicep' = if (vnetEnabled) {
+  name: 'network'
+  scope: rg
+  params: {
+    name: 'vnet-${resourceToken}'
+    location: location
+    tags: tags
+    hostStorageAccountName: hostStorage.outputs.name
+    exportStorageAccountName: storage.outputs.name
+    keyVaultName: keyVault.outputs.name
   }
 }
 
@@ -274,27 +377,40 @@ module rbac 'modules/rbac.bicep' = {
   scope: rg
   params: {
     principalId: identity.outputs.principalId
-    storageAccountName: storage.outputs.name
+    hostStorageAccountName: hostStorage.outputs.name
     keyVaultName: keyVault.outputs.name
     applicationInsightsName: monitoring.outputs.applicationInsightsName
+    signingKeySource: signingKeySource
+    grantKeyImportRole: grantKeyImportRole
+    keyAdminPrincipalId: keyAdminPrincipalId
+    keyAdminPrincipalType: keyAdminPrincipalType
+  }
+}
+
+module rbacExports 'modules/rbac-exports.bicep' = {
+  name: 'rbac-exports'
+  scope: rg
+  params: {
+    principalId: identity.outputs.principalId
+    storageAccountName: storage.outputs.name
     exportContainerName: exportContainerName
     ledgerContainerName: ledgerContainerName
     archiveContainerName: archiveContainerName
-    deploymentContainerName: deploymentContainerName
-    signingKeySource: signingKeySource
+    poisonQueueName: poisonQueueName
     copyMode: copyMode
     afterDelivery: afterDelivery
-    keyAdminPrincipalId: keyAdminPrincipalId
-    keyAdminPrincipalType: keyAdminPrincipalType
   }
 }
 
 module functionApp 'modules/functionapp.bicep' = {
   name: 'functionapp'
   scope: rg
-  // The roles exist before the host first starts, so it never runs without access to its own storage.
+  // The roles (and in VNet mode the private endpoints) exist before the host first starts, so it never runs
+  // without access to its own storage.
   dependsOn: [
     rbac
+    rbacExports
+    network
   ]
   params: {
     name: functionAppName
@@ -303,8 +419,10 @@ module functionApp 'modules/functionapp.bicep' = {
     tags: tags
     identityId: identity.outputs.id
     identityClientId: identity.outputs.clientId
-    storageAccountName: storage.outputs.name
+    hostStorageAccountName: hostStorage.outputs.name
+    exportStorageAccountName: storage.outputs.name
     deploymentContainerName: deploymentContainerName
+    virtualNetworkSubnetId: vnetEnabled ? network.outputs.appSubnetId : ''
     applicationInsightsConnectionString: monitoring.outputs.connectionString
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB
@@ -322,11 +440,20 @@ module eventGrid 'modules/eventgrid.bicep' = {
     location: location
     tags: tags
     storageAccountName: storage.outputs.name
-    exportContainerName: exportContainerName
     deadLetterContainerName: deadLetterContainerName
-    functionAppName: functionApp.outputs.name
-    functionName: 'on_export'
-    deployEventSubscription: deployEventSubscription
+    actionGroupIds: monitoring.outputs.actionGroupIds
+  }
+}
+
+module diagnostics 'modules/diagnostics.bicep' = {
+  name: 'diagnostics'
+  scope: rg
+  params: {
+    workspaceId: monitoring.outputs.workspaceId
+    keyVaultName: keyVault.outputs.name
+    exportStorageAccountName: storage.outputs.name
+    hostStorageAccountName: hostStorage.outputs.name
+    systemTopicName: eventGrid.outputs.systemTopicName
   }
 }
 
@@ -335,7 +462,14 @@ output AZURE_TENANT_ID string = tenant().tenantId
 output AZURE_RESOURCE_GROUP string = rg.name
 output AZURE_FUNCTION_APP_NAME string = functionApp.outputs.name
 output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
+output AZURE_HOST_STORAGE_ACCOUNT_NAME string = hostStorage.outputs.name
+output AZURE_STORAGE_SKU string = effectiveStorageSku
 output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
 output KEY_VAULT_URL string = keyVault.outputs.uri
 output SIGNING_KEY_NAME string = signingKeyName
+// What the postdeploy hook needs to create the Event Grid subscription (descriptions of what exists, nothing
+// that decides whether to create it: the hook asks Azure).
 output EVENT_GRID_SYSTEM_TOPIC_NAME string = eventGrid.outputs.systemTopicName
+output EVENT_GRID_SUBJECT_PREFIX string = '/blobServices/default/containers/${exportContainerName}/'
+output EVENT_GRID_DEAD_LETTER_ACCOUNT_ID string = storage.outputs.id
+output EVENT_GRID_DEAD_LETTER_CONTAINER string = deadLetterContainerName

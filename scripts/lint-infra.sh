@@ -3,7 +3,11 @@
 #   1. pycep-parser parses every infra/**/*.bicep (checkov alone exits 0 on a file it cannot parse);
 #      every `param` carries @description; main.parameters.json and azure.yaml agree with main.bicep;
 #   2. no key material in infra/ or azure.yaml;
-#   3. checkov --framework bicep --skip-download: fails on failed checks, parsing errors, and on
+#   3. scripts/infra_checks.py: allowed regions (Flex Consumption, Norway East included) agree between
+#      main.bicep and the preprovision hooks; no role on the partner's export account wider than the settings
+#      need; the postdeploy hooks poll for the blobs_extension key (no listKeys in templates); host.json does
+#      not sample traces; azure.yaml runs the preprovision and postdeploy hooks;
+#   4. checkov --framework bicep --skip-download: fails on failed checks, parsing errors, and on
 #      suppressions (`// checkov:skip=CKV_...: reason` inside a resource) that give no reason.
 # Tools live in .venv-infra (created from requirements-infra.txt; reused while that file is unchanged).
 set -euo pipefail
@@ -31,7 +35,7 @@ echo "   $("$VENV/bin/checkov" --version | sed 's/^/checkov /'), pycep-parser $(
 
 status=0
 
-echo "== 1/3 parse (pycep-parser) and parameter checks"
+echo "== 1/4 parse (pycep-parser) and parameter checks"
 "$VENV/bin/python" - <<'PY' || status=1
 import json
 import sys
@@ -81,6 +85,11 @@ try:
     for key, value in expected.items():
         if relay.get(key) not in (value, "./" if value == "." else value):
             problems.append(f"azure.yaml: services.relay.{key} is {relay.get(key)!r}, expected {value!r}")
+    for hook in ("preprovision", "postdeploy"):
+        for platform, ext in (("posix", "sh"), ("windows", "ps1")):
+            run = ((azure.get("hooks") or {}).get(hook) or {}).get(platform, {}).get("run")
+            if run != f"./infra/hooks/{hook}.{ext}" or not Path(run).is_file():
+                problems.append(f"azure.yaml: hooks.{hook}.{platform}.run must be ./infra/hooks/{hook}.{ext}")
 except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
     problems.append(f"azure.yaml: unreadable or no services.relay: {exc}")
 
@@ -90,7 +99,7 @@ print(f"   {len(files)} files, {len(problems)} problems")
 sys.exit(1 if problems else 0)
 PY
 
-echo "== 2/3 no key material in templates or parameters"
+echo "== 2/4 no key material in templates or parameters"
 if grep -rnIE -- '-----BEGIN [A-Z ]*PRIVATE KEY-----|AccountKey=|SharedAccessSignature=|"privateKey"' infra azure.yaml; then
   echo "   FAIL key material above"
   status=1
@@ -98,7 +107,10 @@ else
   echo "   none found"
 fi
 
-echo "== 3/3 checkov (bicep, offline)"
+echo "== 3/4 regions, export-account roles, key polling, trace sampling (scripts/infra_checks.py)"
+"$VENV/bin/python" scripts/infra_checks.py "$ROOT" || status=1
+
+echo "== 4/4 checkov (bicep, offline)"
 report="$(mktemp)"
 trap 'rm -f "$report"' EXIT
 # Exit code ignored here: the JSON report is judged below (checkov exits 0 on parse errors).

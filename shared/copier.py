@@ -355,7 +355,10 @@ class Copier:
         source_sas: Callable[[BlobClient], str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sas_refresh_seconds: float = SAS_REFRESH_SECONDS,
+        # Called where a block pool is made; returns its threads' initializer (shared/invocation.py).
+        pool_initializer: Callable[[], Callable[[], None] | None] | None = None,
     ) -> None:
+        self._pool_initializer = pool_initializer
         problems = options.validate()
         if problems:
             raise ValueError("invalid copy options: " + "; ".join(problems))
@@ -650,7 +653,8 @@ class Copier:
         # the hash, which needs them in order. Memory stays ~block_size x (parallelism + 1) plus the SDK's
         # transient copies, whatever the file size (bench/copy_memory.py measures it).
         window = self._options.parallelism + 1
-        pool = ThreadPoolExecutor(self._options.parallelism, thread_name_prefix="copier")
+        pool = ThreadPoolExecutor(self._options.parallelism, thread_name_prefix="copier",
+                                  initializer=self._pool_initializer and self._pool_initializer())
         pending: deque[Future[bytes]] = deque()
         upcoming = iter(range(len(ranges)))
         try:
@@ -714,7 +718,8 @@ class Copier:
                     raise _ServerRefusal(reason, error) from err
                 raise error from err
 
-        with ThreadPoolExecutor(self._options.parallelism, thread_name_prefix="copier-url") as pool:
+        with ThreadPoolExecutor(self._options.parallelism, thread_name_prefix="copier-url",
+                                initializer=self._pool_initializer and self._pool_initializer()) as pool:
             futures = [pool.submit(pull, i) for i in range(len(ranges))]
             try:
                 for future in futures:

@@ -177,8 +177,11 @@ class Relay:
         source_url: Callable[[Any], str] | None = None,  # read-only SAS URL of a source (archive copies)
         on_unauthorized: Callable[[BaseException], None] | None = None,  # drop the refused token after a 401
         clock: Callable[[], float] = time.time,
+        # Called where the sync's pool is made; returns its threads' initializer (shared/invocation.py).
+        pool_initializer: Callable[[], Callable[[], None] | None] | None = None,
     ) -> None:
         self.settings = settings
+        self.pool_initializer = pool_initializer
         self.exports = exports
         self.destination = destination
         self.ledger = ledger
@@ -619,7 +622,8 @@ class Relay:
         in_flight: set[Future] = set()
         interrupted: BaseException | None = None
         try:
-            with ThreadPoolExecutor(max_workers=limit, thread_name_prefix="relay-sync") as pool:
+            with ThreadPoolExecutor(max_workers=limit, thread_name_prefix="relay-sync",
+                                    initializer=self.pool_initializer and self.pool_initializer()) as pool:
                 for blob in self.exports.list_blobs(name_starts_with=self.settings.sync_prefix or None):
                     if error:
                         break

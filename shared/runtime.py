@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from functools import cached_property
 from typing import Any
 
+from . import invocation
 from .config import Settings
 
 
@@ -121,7 +122,8 @@ class Runtime:
         s = self.settings
         options = CopyOptions(block_size=s.block_size, parallelism=s.parallelism, single_put_limit=s.single_put_limit,
                               mode=s.copy_mode, max_request_bytes=MAX_REQUEST_BYTES)
-        return Copier(options, source_sas=self.source_sas if s.copy_mode != "stream" else None)
+        return Copier(options, source_sas=self.source_sas if s.copy_mode != "stream" else None,
+                      pool_initializer=invocation.pool_initializer)
 
     def reset_banenor_tokens(self, refused: BaseException | None = None) -> None:
         """After a gateway 401: forget the refused storage token everywhere (our credential and the storage
@@ -176,7 +178,8 @@ class Runtime:
 
         return Relay(self.settings, exports=self.exports, destination=self.destination, ledger=self.ledger,
                      copier=self.copier, archive=self.archive, credential=self.banenor_credential,
-                     source_url=self.source_sas, on_unauthorized=self.reset_banenor_tokens, clock=self.clock)
+                     source_url=self.source_sas, on_unauthorized=self.reset_banenor_tokens, clock=self.clock,
+                     pool_initializer=invocation.pool_initializer)
 
 
 def refused_bearer_token(exc: BaseException | None) -> str | None:

@@ -9,10 +9,12 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 import typing
 import uuid
 from pathlib import Path
 
+import azure.functions as func
 import pytest
 from azure.functions.blob import InputStream  # the concrete class; func.InputStream is the abstract one
 from azure.functions.timer import TimerRequest
@@ -21,6 +23,7 @@ from azurefunctions.extensions.base import Datum, get_binding_registry
 from shared.blob_reference import BlobReference, BlobReferenceConverter
 from shared.errors import ConfigError
 from shared.runtime import get_runtime, reset_runtime
+from tests.worker import Context, worker_fixture  # noqa: F401 (the fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,7 +66,7 @@ def test_functions_are_indexed_even_when_settings_are_broken(monkeypatch):
     assert sorted(bindings(app)) == ["on_export", "sync"]
     reset_runtime()
     with pytest.raises(ConfigError, match="BANENOR_ENVIRONMENT"):
-        app.sync(TimerRequest(past_due=False))
+        app.sync(TimerRequest(past_due=False), Context("sync", "inv-1", threading.local()))
     reset_runtime()
 
 
@@ -97,7 +100,8 @@ def test_blob_trigger_handler_delivers_the_export(app_on_stack, backend):
     app, rt = app_on_stack
     rt.exports.get_blob_client("inbox/Rapport 1.csv").upload_blob(b"a;b\n")
     handler = {f.get_function_name(): f.get_user_function() for f in app.app.get_functions()}["on_export"]
-    handler(InputStream(name=f"{rt.settings.export_container}/inbox/Rapport 1.csv", data=b""))
+    handler(InputStream(name=f"{rt.settings.export_container}/inbox/Rapport 1.csv", data=b""),
+            Context("on_export", "inv-1", threading.local()))
     landed = backend.get_blob_client(f"{rt.settings.banenor_directory}/{rt.settings.destination_template[:10]}"
                                      "/inbox/Rapport-1.csv")
     assert landed.download_blob().readall() == b"a;b\n"
@@ -110,7 +114,8 @@ def test_blob_trigger_handler_raises_when_the_delivery_failed_so_the_host_retrie
     stack.gateway.revoke(stack.mi_object_id)
     try:
         with pytest.raises(RuntimeError, match=r"denied\.csv"):
-            app.on_export(InputStream(name=f"{rt.settings.export_container}/denied.csv", data=b""))
+            app.on_export(InputStream(name=f"{rt.settings.export_container}/denied.csv", data=b""),
+                          Context("on_export", "inv-1", threading.local()))
     finally:
         stack.gateway.grant(stack.mi_object_id, "integration-dev", "partner-987654321")
     assert next(rt.ledger.failures()).attempts == 1
@@ -122,10 +127,59 @@ def test_timer_handler_syncs_the_backlog_and_warns_when_past_due(app_on_stack, c
     for i in range(5):
         rt.exports.get_blob_client(f"backlog/{i}.json").upload_blob(b"{}")
     caplog.set_level(logging.INFO)
-    app.sync(TimerRequest(past_due=True))
+    app.sync(TimerRequest(past_due=True), Context("sync", "inv-1", threading.local()))
     assert rt.ledger.counts()["delivered"] == 5
     assert "past due" in caplog.text
     assert "sync summary outcome=ok delivered=5" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["on_export", "sync"])
+def test_each_handler_asks_the_worker_for_its_context(monkeypatch, name):
+    # The worker passes the invocation's Context to a parameter named `context` annotated func.Context.
+    function = {f.get_function_name(): f for f in load_app(monkeypatch).app.get_functions()}[name]
+    assert typing.get_type_hints(function.get_user_function())["context"] is func.Context
+
+
+def runtime_with(monkeypatch, **settings):
+    for key, value in settings.items():
+        monkeypatch.setenv(key, value)
+    reset_runtime()
+    return get_runtime()
+
+
+@pytest.mark.stack
+def test_a_delivery_poisoned_in_a_sync_is_logged_with_the_invocation_id(app_on_stack, backend, monkeypatch, worker):
+    app, _ = app_on_stack
+    rt = runtime_with(monkeypatch, MAX_ATTEMPTS="1")
+    rt.exports.get_blob_client("p/bad.csv").upload_blob(b"ours")
+    # A foreign file where the export would land: the delivery fails, and with MAX_ATTEMPTS=1 it is poisoned.
+    backend.get_blob_client(f"{rt.settings.banenor_directory}/{rt.settings.destination_template[:10]}/p/bad.csv"
+                            ).upload_blob(b"someone else's")
+    invocation_id, _ = worker.invoke(app.sync, TimerRequest(past_due=False), function_name="sync")
+    poisoned = [s for s in worker.sent if "delivery outcome=poisoned" in s.message]
+    assert [(s.invocation_id, s.thread.startswith("relay-sync")) for s in poisoned] == [(invocation_id, True)]
+    assert any("sync summary" in s.message and s.invocation_id == invocation_id for s in worker.sent)
+
+
+@pytest.mark.stack
+@pytest.mark.parametrize("mode", ["stream", "server"])
+def test_block_copies_log_from_the_copiers_threads_with_the_invocation_id(app_on_stack, worker, monkeypatch, mode):
+    app, _ = app_on_stack
+    rt = runtime_with(monkeypatch, BLOCK_SIZE="262144", SINGLE_PUT_LIMIT="262144", COPY_MODE=mode)
+    rt.exports.get_blob_client("big/one.csv").upload_blob(b"x" * (3 * 256 * 1024))
+    sdk = logging.getLogger("azure.core.pipeline.policies.http_logging_policy")
+    level = sdk.level
+    sdk.setLevel(logging.INFO)  # the SDK logs each request (and its retries) on the thread that sends it
+    try:
+        invocation_id, _ = worker.invoke(app.sync, TimerRequest(past_due=False), function_name="sync")
+    finally:
+        sdk.setLevel(level)
+    pool = "copier-url" if mode == "server" else "copier_"  # the block pool of each mode
+    copier_lines = [s for s in worker.sent if s.thread.startswith(pool)]
+    assert copier_lines, f"no record was logged on a {pool} thread"
+    assert {s.invocation_id for s in copier_lines} == {invocation_id}
+    assert any(f"mode {mode}" in s.message for s in worker.sent)  # copied in the mode under test
+    assert worker.dropped() == []
 
 
 # --- the SDK-type binding: BlobReference and its converter, through the Python worker's own steps ---------------
@@ -276,7 +330,7 @@ def test_host_reference_decoded_and_handled_delivers_the_export(app_on_stack, ba
     converter = get_binding_registry().get("blobTrigger")
     ref = converter.decode(host_datum(rt.settings.export_container, name), trigger_metadata={},
                            pytype=client_annotation(function))
-    function.get_user_function()(ref)
+    function.get_user_function()(ref, Context("on_export", "inv-1", threading.local()))
     receipt = rt.ledger.receipt(name, etag)
     assert receipt is not None and receipt.source_name == name
     landed = backend.get_blob_client(f"{rt.settings.banenor_directory}/{rt.settings.destination_template[:10]}"

@@ -1,6 +1,5 @@
-// Event Grid wiring for the Flex Consumption blob trigger: a system topic on the partner storage account and
-// a subscription that delivers BlobCreated for the export container to the `blobs_extension` webhook of the
-// function `on_export`, with retries and dead-lettering (through the topic's own identity: shared key is off).
+// Event Grid wiring for the Flex Consumption blob trigger: the system topic on the partner's export account,
+// the role its identity dead-letters with (shared key is off), and the alert on dead-lettered events.
 @description('Event Grid system topic name.')
 param systemTopicName string
 
@@ -13,30 +12,11 @@ param tags object
 @description('Partner storage account that raises the events.')
 param storageAccountName string
 
-@description('Export container whose BlobCreated events trigger deliveries.')
-param exportContainerName string
-
 @description('Container for events Event Grid could not deliver.')
 param deadLetterContainerName string
 
-@description('Function app that hosts the blob trigger.')
-param functionAppName string
-
-@description('Name of the blob-trigger function in function_app.py.')
-param functionName string
-
-@description('Create the subscription; false until the code is deployed and the blobs_extension key exists.')
-param deployEventSubscription bool
-
-@minValue(1)
-@maxValue(30)
-@description('Delivery attempts before Event Grid dead-letters an event.')
-param maxDeliveryAttempts int = 30
-
-@minValue(1)
-@maxValue(1440)
-@description('Minutes Event Grid keeps retrying an event before dead-lettering it.')
-param eventTimeToLiveInMinutes int = 1440
+@description('Action groups the dead-letter alert notifies; empty for none.')
+param actionGroupIds array
 
 // Storage Blob Data Contributor: the topic's identity writes dead-lettered events.
 var storageBlobDataContributor = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
@@ -73,53 +53,45 @@ resource deadLetterWriter 'Microsoft.Authorization/roleAssignments@2022-04-01' =
   }
 }
 
-// The Flex Consumption blob trigger (source EventGrid) is called at the host's blobs webhook with the
-// blobs_extension system key; the key exists only once the host has started with the deployed code, which
-// is why deployEventSubscription waits for azd's postdeploy hook. Event Grid validates the endpoint when
-// the subscription is created, which again needs the running code. ARM evaluates list* functions of a
-// conditional resource even when the condition is false, hence the guard around listKeys.
-var blobsExtensionKey = deployEventSubscription ? listKeys(resourceId('Microsoft.Web/sites/host', functionAppName, 'default'), '2023-12-01').systemKeys.blobs_extension : ''
-var webhookUrl = 'https://${functionAppName}.azurewebsites.net/runtime/webhooks/blobs?functionName=Host.Functions.${functionName}&code=${blobsExtensionKey}'
+// The subscription itself (BlobCreated on the export container -> the blobs_extension webhook of on_export,
+// with retries and dead-lettering into deadLetterContainerName through the topic's identity) is created by
+// azd's postdeploy hook (infra/hooks/postdeploy.sh), after the code is deployed: its webhook URL carries the
+// host's blobs_extension system key, which exists only once the host runs the blob trigger, and Event Grid
+// validates the endpoint on creation. Reading the key here (listKeys) in the same deployment that rewrites the
+// site's settings fails with ServiceUnavailable often enough to break first and later provisions.
 
-resource exportCreated 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2022-06-15' = if (deployEventSubscription) {
-  parent: systemTopic
-  name: 'exports-blob-created'
-  dependsOn: [
-    deadLetterWriter
-  ]
+// Dead-lettered events: a broken webhook is otherwise silent while the timer sync catches up.
+resource deadLetterAlert 'Microsoft.Insights/metricAlerts@2018-03-01' = {
+  name: 'alert-deadletter-${systemTopicName}'
+  location: 'global'
+  tags: tags
   properties: {
-    destination: {
-      endpointType: 'WebHook'
-      properties: {
-        endpointUrl: webhookUrl
-        maxEventsPerBatch: 1
-        preferredBatchSizeInKilobytes: 64
-      }
-    }
-    eventDeliverySchema: 'EventGridSchema'
-    filter: {
-      includedEventTypes: [
-        'Microsoft.Storage.BlobCreated'
-      ]
-      // The trailing slash keeps a container named e.g. exports-archive out.
-      subjectBeginsWith: '/blobServices/default/containers/${exportContainerName}/'
-    }
-    retryPolicy: {
-      maxDeliveryAttempts: maxDeliveryAttempts
-      eventTimeToLiveInMinutes: eventTimeToLiveInMinutes
-    }
-    deadLetterWithResourceIdentity: {
-      identity: {
-        type: 'SystemAssigned'
-      }
-      deadLetterDestination: {
-        endpointType: 'StorageBlob'
-        properties: {
-          resourceId: storage.id
-          blobContainerName: deadLetterContainerName
+    description: 'Event Grid dead-lettered a BlobCreated event for the relay (webhook unreachable or refusing); the timer sync still delivers the export. See docs/operations.md.'
+    severity: 2
+    enabled: true
+    scopes: [
+      systemTopic.id
+    ]
+    evaluationFrequency: 'PT5M'
+    windowSize: 'PT15M'
+    criteria: {
+      'odata.type': 'Microsoft.Azure.Monitor.SingleResourceMultipleMetricCriteria'
+      allOf: [
+        {
+          criterionType: 'StaticThresholdCriterion'
+          name: 'dead-lettered'
+          metricNamespace: 'Microsoft.EventGrid/systemTopics'
+          metricName: 'DeadLetteredCount'
+          operator: 'GreaterThan'
+          threshold: 0
+          timeAggregation: 'Total'
         }
-      }
+      ]
     }
+    autoMitigate: true
+    actions: [for id in actionGroupIds: {
+      actionGroupId: id
+    }]
   }
 }
 

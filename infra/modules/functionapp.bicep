@@ -19,8 +19,14 @@ param identityId string
 @description('Client id of the user-assigned managed identity (AZURE_CLIENT_ID and the connections\' clientId).')
 param identityClientId string
 
-@description('Partner storage account: host storage, export source and deployment package.')
-param storageAccountName string
+@description('The Functions host\'s own storage account: AzureWebJobsStorage and the deployment package.')
+param hostStorageAccountName string
+
+@description('The partner\'s export account: the blob trigger\'s connection (EXPORT_STORAGE).')
+param exportStorageAccountName string
+
+@description('Subnet for VNet integration (vnetEnabled); empty for none.')
+param virtualNetworkSubnetId string
 
 @description('Container Flex Consumption deploys the app package to.')
 param deploymentContainerName string
@@ -39,8 +45,12 @@ param instanceMemoryMB int
 @description('The relay\'s own settings (BANENOR_*, MASKINPORTEN_*, SIGNING_KEY_*, ...), built in main.bicep.')
 param relaySettings object
 
-resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
-  name: storageAccountName
+resource hostStorage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+  name: hostStorageAccountName
+}
+
+resource exportStorage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+  name: exportStorageAccountName
 }
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
@@ -61,13 +71,13 @@ resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
 var hostSettings = {
   // Host storage, identity-based (https://learn.microsoft.com/azure/azure-functions/functions-reference
   // #connecting-to-host-storage-with-an-identity): no AzureWebJobsStorage connection string.
-  AzureWebJobsStorage__accountName: storage.name
+  AzureWebJobsStorage__accountName: hostStorage.name
   AzureWebJobsStorage__credential: 'managedidentity'
   AzureWebJobsStorage__clientId: identityClientId
-  // The blob trigger's connection (EXPORT_STORAGE), identity-based. A blob trigger needs the queue service
-  // URI too: it keeps its poison queue there.
-  EXPORT_STORAGE__blobServiceUri: storage.properties.primaryEndpoints.blob
-  EXPORT_STORAGE__queueServiceUri: storage.properties.primaryEndpoints.queue
+  // The blob trigger's connection (EXPORT_STORAGE), identity-based, to the partner's export account. A blob
+  // trigger needs the queue service URI too: it keeps its poison queue (webjobs-blobtrigger-poison) there.
+  EXPORT_STORAGE__blobServiceUri: exportStorage.properties.primaryEndpoints.blob
+  EXPORT_STORAGE__queueServiceUri: exportStorage.properties.primaryEndpoints.queue
   EXPORT_STORAGE__credential: 'managedidentity'
   EXPORT_STORAGE__clientId: identityClientId
   // Flex Consumption's Event Grid-based blob trigger; the subscription is in eventgrid.bicep.
@@ -81,7 +91,7 @@ var hostSettings = {
 var appSettings = union(relaySettings, hostSettings)
 
 resource site 'Microsoft.Web/sites@2024-04-01' = {
-  // checkov:skip=CKV_AZURE_222: Event Grid delivers to the blobs_extension webhook over the public endpoint (no VNet integration); the webhook needs the system key
+  // checkov:skip=CKV_AZURE_222: Event Grid delivers to the blobs_extension webhook over the public endpoint (also with vnetEnabled, which covers outbound traffic); the webhook needs the system key
   // checkov:skip=CKV_AZURE_17: Event Grid cannot present a client certificate to the webhook; it authenticates with the blobs_extension key
   // checkov:skip=CKV_AZURE_212: Flex Consumption scales from zero by design; a cold start delays an event, Event Grid retries it, and the timer sync catches anything missed
   // checkov:skip=CKV_AZURE_213: The app has no HTTP endpoint of its own to probe (blob and timer triggers only); failures surface through the alerts in monitoring.bicep
@@ -100,6 +110,8 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
   properties: {
     serverFarmId: plan.id
     httpsOnly: true
+    // VNet mode: outbound traffic (storage, Key Vault through private endpoints) goes through this subnet.
+    virtualNetworkSubnetId: empty(virtualNetworkSubnetId) ? null : virtualNetworkSubnetId
     clientCertEnabled: false
     siteConfig: {
       minTlsVersion: '1.2'
@@ -115,7 +127,7 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
       deployment: {
         storage: {
           type: 'blobContainer'
-          value: '${storage.properties.primaryEndpoints.blob}${deploymentContainerName}'
+          value: '${hostStorage.properties.primaryEndpoints.blob}${deploymentContainerName}'
           authentication: {
             type: 'UserAssignedIdentity'
             userAssignedIdentityResourceId: identityId

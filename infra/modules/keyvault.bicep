@@ -17,9 +17,12 @@ param tags object
 @description('Days a deleted secret, key or certificate stays recoverable.')
 param softDeleteRetentionInDays int = 90
 
+@description('VNet mode: no public network access; the relay reads the key through a private endpoint.')
+param vnetEnabled bool
+
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
-  // checkov:skip=CKV_AZURE_109: Flex Consumption without VNet integration reaches the vault over its public endpoint; every call needs an Entra token and an RBAC role
-  // checkov:skip=CKV_AZURE_189: Same reason: the function app needs the public endpoint; access is Entra ID and RBAC only, no access policies
+  // checkov:skip=CKV_AZURE_109: Without vnetEnabled, Flex Consumption reaches the vault over its public endpoint; every call needs an Entra token and an RBAC role. vnetEnabled turns public access off
+  // checkov:skip=CKV_AZURE_189: Same reason: without vnetEnabled the function app needs the public endpoint; access is Entra ID and RBAC only, no access policies
   name: name
   location: location
   tags: tags
@@ -35,13 +38,14 @@ resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
     softDeleteRetentionInDays: softDeleteRetentionInDays
     // Purge protection cannot be turned off again: a deleted signing key stays recoverable.
     enablePurgeProtection: true
-    publicNetworkAccess: 'Enabled'
+    publicNetworkAccess: vnetEnabled ? 'Disabled' : 'Enabled'
     networkAcls: {
       bypass: 'AzureServices'
-      defaultAction: 'Allow'
+      defaultAction: vnetEnabled ? 'Deny' : 'Allow'
     }
   }
 }
 
 output name string = vault.name
 output uri string = vault.properties.vaultUri
+output id string = vault.id

@@ -155,3 +155,4 @@ resource noSyncAlert 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
 output applicationInsightsName string = appInsights.name
 output connectionString string = appInsights.properties.ConnectionString
 output workspaceId string = workspace.id
+output actionGroupIds array = actionGroups
