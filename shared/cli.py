@@ -309,16 +309,17 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
-def why_not_poisoned(rt: Any, name: str) -> str:
-    """Why `retry NAME` found nothing to retry: unknown, delivered, rejected, failing but not poisoned, new."""
+def why_not_poisoned(rt: Any, name: str) -> tuple[str, str]:
+    """Why `retry NAME` found nothing to retry (unknown, delivered, rejected, failing but not poisoned, new), and
+    what to do instead: (message, fix)."""
     from azure.core.exceptions import ResourceNotFoundError
 
     ledger = rt.ledger
     failing = [f for f in ledger.failures() if f.source_name == name]
     if failing:
         f = failing[0]
-        return (f"{name!r} is not poisoned: it failed {f.attempts} time(s) and the sync retries it at "
-                f"{_fmt_time(f.next_retry_at)}; nothing to do")
+        return (f"{name!r} is not poisoned: it failed {f.attempts} time(s), and the sync retries it at "
+                f"{_fmt_time(f.next_retry_at)}.", "nothing to do; `status` shows its last error")
     try:
         with on_link("exports", rt.settings):
             props = rt.exports.get_blob_client(name).get_blob_properties()
@@ -327,15 +328,16 @@ def why_not_poisoned(rt: Any, name: str) -> str:
             raise
         props = None
     if props is None:
-        return (f"no export named {name!r} in container {rt.settings.export_container!r}, and no failure recorded "
-                "for it; check the name (as `status` shows it, with its folders)")
+        return (f"no export named {name!r} in container {rt.settings.export_container!r}, and no failure "
+                "recorded for it.", "give the name as `status` shows it, with its folders")
     if ledger.delivered(name, props.etag):
-        return f"{name!r} is delivered (its current version); nothing to retry"
+        return f"{name!r} is delivered (its current version).", "nothing to retry"
     rejection = ledger.rejection(name, props.etag)
     if rejection is not None:
-        return (f"{name!r} was rejected for good, and a rejection is never retried: {rejection.reason}. Fix the "
-                "cause, then upload the export again (a new version is delivered)")
-    return f"{name!r} is not delivered yet and has not failed; the next sync delivers it"
+        reason = rejection.reason.split(" Fix: ")[0]
+        return (f"{name!r} was rejected, and a rejection is never retried: {reason}.",
+                "remove the cause the rejection names, then upload the export again: a new version is delivered")
+    return f"{name!r} is not delivered yet and has not failed.", "nothing to retry: the next sync delivers it"
 
 
 def cmd_retry(args: argparse.Namespace, out: Output) -> int:
@@ -346,11 +348,10 @@ def cmd_retry(args: argparse.Namespace, out: Output) -> int:
         return EXIT_CONFIG
     with on_link("ledger", rt.settings):
         count = rt.ledger.retry_all_poisoned() if args.all_poisoned else rt.ledger.retry(args.name)
-        reason = why_not_poisoned(rt, args.name) if args.name and count == 0 else None
-    out.data({"retried": count, **({"reason": reason} if reason else {})})
-    if reason:
-        print(reason, file=sys.stderr)
-        return EXIT_FAILED
+        nothing = why_not_poisoned(rt, args.name) if args.name and count == 0 else None
+    if nothing:
+        return _report(out, EXIT_FAILED, nothing[0], nothing[1], retried=0)
+    out.data({"retried": count})
     out.line(f"{count} poisoned version(s) will be retried by the next sync")
     return EXIT_OK
 
@@ -383,7 +384,8 @@ class Doctor:
         mark = {"ok": "OK  ", "warn": "WARN", "fail": "FAIL"}[status]
         self.out.line(f"[{mark}] {title}")
         for note in notes:
-            self.out.line(f"       {note}")
+            for text in note.splitlines():
+                self.out.line(f"       {text.strip()}")
         if fix:
             self.out.line(f"       Fix: {fix}")
 
@@ -396,7 +398,7 @@ def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
         try:
             s = load_settings()
         except ConfigError as exc:
-            raise RelayError(exc.message, hint="set the settings named above (docs/settings.md)") from None
+            raise RelayError(exc.message, hint="set or rename the settings named above (docs/settings.md)") from None
         from .naming import NamePolicy
         from .runtime import get_runtime
 
@@ -607,7 +609,11 @@ class _QuietFilter:
     def filter(self, record: Any) -> bool:
         if record.name.split(".")[0] in SDK_LOGGERS:
             return False
-        return not (record.name.startswith("shared.") and str(record.msg).startswith(RELAY_OUTCOME_LOGS))
+        if not record.name.startswith("shared."):
+            return True
+        text = str(record.msg)
+        # each outcome is printed by the command; a retry in progress is detail until its end is reported
+        return not (text.startswith(RELAY_OUTCOME_LOGS) or (record.levelno < 40 and "; retry " in text))
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -624,7 +630,8 @@ def _setup_logging(verbose: bool) -> None:
 
 def _report(out: Output, code: int, message: str, fix: str | None, **extra: Any) -> int:
     out.data({"error": message, "fix": fix, "exit_code": code, **extra})
-    print(f"{message}{' Fix: ' + fix if fix else ''}", file=sys.stderr, flush=True)
+    separator = "\n" if "\n" in message else " "  # a list of setting problems: the fix on a line of its own
+    print(f"{message}{separator + 'Fix: ' + fix if fix else ''}", file=sys.stderr, flush=True)
     return code
 
 
@@ -650,6 +657,16 @@ def _run(args: argparse.Namespace, out: Output) -> int:
         failure = diagnose(exc, None)
         assert failure is not None  # every RelayError has a link
         return _report(out, DOCTOR_EXIT[failure.link], failure.message, failure.fix, link=failure.link)
+    except (BrokenPipeError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # nothing we know: still one line (the traceback only with --verbose)
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
+        first = (str(exc).splitlines() or [""])[0]
+        return _report(out, EXIT_FAILED, f"unexpected error: {type(exc).__name__}: {scrub(first)[:300]}",
+                       "run it again with --verbose for the detail, and report it with that output")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -229,6 +229,18 @@ class _Reader:
             self.problem(name, f"uses plain http to {parts.hostname}; only https is allowed outside loopback.")
         return value
 
+    def connection_string(self, name: str, value: str) -> None:
+        """`Name=value` parts separated by `;` (as the storage SDK parses them: an empty part is malformed), with a
+        blob endpoint or an account name. The value itself is never repeated: it holds a key."""
+        parts = value.strip().rstrip(";").split(";")
+        names = {p.split("=", 1)[0].strip().lower() for p in parts if "=" in p}
+        if any("=" not in p for p in parts):
+            self.problem(name, "is not a storage connection string: every part is Name=value, separated by one ';' "
+                         "(an empty or broken part is refused). Copy it whole (portal: Storage account > Access "
+                         "keys), or use EXPORT_STORAGE__blobServiceUri in Azure.")
+        elif not names & {"blobendpoint", "accountname", "usedevelopmentstorage"}:
+            self.problem(name, "is not a storage connection string: it has neither AccountName nor BlobEndpoint.")
+
     def guid(self, name: str, value: str | None, what: str) -> None:
         if value is not None and not _GUID.match(value):
             self.problem(name, f"is {value!r}, not a GUID; {what}")
@@ -335,6 +347,8 @@ class _Reader:
                 "is required: set EXPORT_STORAGE__blobServiceUri=https://<account>.blob.core.windows.net "
                 "(identity-based, Azure) or EXPORT_STORAGE to a connection string (local stack).",
             )
+        if export_conn is not None and export_uri is None:
+            self.connection_string("EXPORT_STORAGE", export_conn)
         export_container = self.text("EXPORT_CONTAINER", "exports") or "exports"
         ledger_container = self.text("LEDGER_CONTAINER", "relay-ledger") or "relay-ledger"
         archive_container = self.text("ARCHIVE_CONTAINER", "exports-archive") or "exports-archive"

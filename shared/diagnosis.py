@@ -15,7 +15,7 @@ from .errors import EntraError, GatewayError, MaskinportenError, RelayError, Sig
 
 PARTNER_ROLES = {"exports": "Storage Blob Data Reader", "ledger": "Storage Blob Data Contributor"}
 PARTNER_SETTINGS = {"exports": "EXPORT_CONTAINER", "ledger": "LEDGER_CONTAINER"}
-STORAGE_SETTING = "EXPORT_STORAGE (local) / EXPORT_STORAGE__blobServiceUri (Azure)"
+STORAGE_SETTING = "EXPORT_STORAGE (local) or EXPORT_STORAGE__blobServiceUri (Azure)"
 
 
 @dataclass  # not frozen: raising sets __traceback__
@@ -68,7 +68,7 @@ def partner_storage_failure(exc: BaseException, link: str, container: str, endpo
     cause = transport_cause(exc)
     where = f" at {endpoint}" if endpoint else ""
     if cause is not None:
-        fix = (f"check {STORAGE_SETTING} (the account's blob endpoint) and the account's network rules"
+        fix = (f"check the account's blob endpoint in {STORAGE_SETTING}, and the account's network rules"
                + ("; give REQUESTS_CA_BUNDLE the CA that signed the endpoint's certificate" if "TLS" in cause else ""))
         return LinkFailure(link, f"the partner's storage{where} cannot be reached for container {container!r}: "
                            f"{cause}.", fix)
