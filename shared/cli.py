@@ -259,8 +259,8 @@ def cmd_sync(args: argparse.Namespace, out: Output) -> int:
     out.data(summary.as_dict())
     if args.dry_run:
         out.line(f"dry run (nothing written): listed {summary.listed}, would deliver {summary.would_deliver}, "
-                 f"already delivered {summary.already_delivered}, rejected {summary.rejected}, "
-                 f"poisoned {summary.poisoned}, waiting for a retry {summary.pending}")
+                 f"already delivered {summary.already_delivered}, rejected {summary.rejected}, would fail "
+                 f"{summary.failed}, poisoned {summary.poisoned}, waiting for a retry {summary.pending}")
     else:
         out.line(f"listed {summary.listed}, delivered {summary.delivered}, already delivered "
                  f"{summary.already_delivered}, rejected {summary.rejected}, failed {summary.failed}, poisoned "
@@ -588,7 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--to", metavar="PATH", help="folder inside the export container (default: its root)")
     p = add("sync", "deliver everything not yet delivered, now, and print the summary")
-    p.add_argument("--dry-run", action="store_true", help="decide for each file as the sync would (name policy, "
+    p.add_argument("--dry-run", action="store_true", help="decide for each file as the sync would (name policy, size, "
                    "extensions, delivered, due retry or new) and show it with its destination; write nothing")
     add("status", "ledger counts, and the poisoned, failed and rejected versions with their reasons")
     p = add("retry", "retry a poisoned export (all its versions) or every poisoned one")

@@ -443,7 +443,8 @@ class Relay:
     def plan(self, props: Any, *, delivered: bool, rejected: bool, failure: Any, now: float) -> Outcome:
         """What `sync` would do with one listed version, and why, without writing anything (`sync --dry-run`):
         already_delivered, rejected (recorded, or by the name policy now), poisoned, pending (a failure whose
-        retry is not due), or would_deliver (new, or a due retry) with its destination name."""
+        retry is not due), failed (too big for BLOCK_SIZE), or would_deliver (new, or a due retry) with its
+        destination name."""
         name, etag = props.name, props.etag
         if delivered:
             return Outcome("already_delivered", name, etag, size=props.size, reason="its receipt is in the ledger")
@@ -462,6 +463,13 @@ class Relay:
                                          SourceVersion.from_properties(props).last_modified)
         except NameRejected as exc:
             return Outcome("rejected", name, etag, size=props.size, reason=str(exc))
+        from .copier import MAX_BLOCKS
+
+        blocks = -(-props.size // self.settings.block_size)
+        if blocks > MAX_BLOCKS:  # the copy would refuse it: too big for the block size (Copier.copy)
+            return Outcome("failed", name, etag, destination=dest_path, size=props.size,
+                           reason=f"it needs {blocks} blocks of BLOCK_SIZE; a block blob holds at most {MAX_BLOCKS}: "
+                           "raise BLOCK_SIZE")
         reason = "new" if failure is None else \
             f"retry {failure.attempts + 1} of {self.settings.max_attempts} (last error: {failure.last_error})"
         return Outcome("would_deliver", name, etag, destination=dest_path, size=props.size, reason=reason)

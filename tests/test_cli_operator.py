@@ -177,6 +177,14 @@ def test_dry_run_makes_the_real_decisions_and_writes_nothing(cli, backend):
     assert "would_deliver" in text and "Maalinger-1.csv" in text and "pending retry" not in text
 
 
+def test_dry_run_knows_a_file_too_big_for_the_block_size(cli):
+    # A page blob declares its size without its bytes: 13 GiB listed, nothing stored.
+    exports_client(cli).get_blob_client("huge.csv").create_page_blob(size=13 * 2**30)
+    dry = as_json(cli("sync", "--dry-run", "--json", BLOCK_SIZE="256KiB", expect=EXIT_OK))
+    huge = next(o for o in dry["outcomes"] if o["source_name"] == "huge.csv")
+    assert huge["status"] == "failed" and "BLOCK_SIZE" in huge["reason"]
+
+
 def test_dry_run_shows_already_delivered_and_a_due_retry(cli, stack):
     exports = exports_client(cli)
     exports.get_blob_client("done.csv").upload_blob(b"a\n")
