@@ -683,3 +683,6 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_OK
+    except KeyboardInterrupt:  # Ctrl-C: a sync stops between files; the ledger keeps what was delivered
+        print("interrupted", file=sys.stderr)
+        return 130
