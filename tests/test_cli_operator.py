@@ -82,6 +82,22 @@ def test_partner_storage_refusing_connections_is_one_message_with_the_links_exit
     assert seconds < BOUND_SECONDS + 5  # + the interpreter's start and the token chain on a loaded machine
 
 
+def test_partner_storage_that_accepts_and_never_answers_ends_within_the_bound(cli, stack):
+    from tests.faultproxy import Fault, match, proxied_settings, proxies_for
+
+    proxies = proxies_for(stack)
+    try:
+        proxies["EXPORT_STORAGE"].add(Fault("stall", when=match(path=rf"/{cli.base['LEDGER_CONTAINER']}(/|$)"),
+                                            stall=60, times=None))
+        result, seconds = timed(cli, "status", EXPORT_STORAGE=proxied_settings(stack, proxies)["EXPORT_STORAGE"])
+    finally:
+        for proxy in proxies.values():
+            proxy.stop()
+    assert result.returncode == DOCTOR_EXIT["ledger"], result.stderr
+    assert "timed out" in one_clear_message(result)
+    assert seconds < BOUND_SECONDS + 5
+
+
 def test_partner_storage_host_that_does_not_resolve_names_dns(cli):
     endpoint = "https://partnerexports.invalid/devstoreaccount1"
     result = cli("status", EXPORT_STORAGE=with_blob_endpoint(cli.base["EXPORT_STORAGE"], endpoint),
