@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from .config import ENV_FILE_FORMATS, Settings, misspelt_settings, read_env_file
-from .diagnosis import LinkFailure, container_of, diagnose, partner_endpoint, partner_storage_failure
+from .diagnosis import (
+    LinkFailure,
+    container_of,
+    diagnose,
+    gateway_unreachable,
+    partner_endpoint,
+    partner_storage_failure,
+)
 from .errors import ConfigError, RelayError, SigningKeyError, scrub
 
 # One exit-code table for every command (docs/troubleshooting.md): send and sync say what became of the files,
@@ -179,6 +186,22 @@ class Progress:
         sys.stderr.flush()
 
 
+def check_gateway(rt: Any) -> None:
+    """Before any file: Bane NOR's gateway answers at all (one small listing of our directory; any HTTP answer,
+    a refusal included, will do). A gateway that cannot be reached is the gateway link, not a failure charged to
+    every file. Raises LinkFailure."""
+    s = rt.settings
+    with on_link(None, s):
+        rt.relay.preflight()  # the token first: a broken chain of trust is its own link
+    prefix = (s.banenor_directory + "/") if s.banenor_directory else None
+    try:
+        next(iter(rt.destination.list_blobs(name_starts_with=prefix, results_per_page=1)), None)
+    except Exception as exc:
+        failure = gateway_unreachable(exc, s)
+        if failure is not None:
+            raise failure from exc
+
+
 def delivery_exit(statuses: list[str] | set[str], error: bool = False) -> int:
     """send's and sync's exit code from what became of the files (EXIT_* above)."""
     if error or {"failed", "poisoned"} & set(statuses):
@@ -208,6 +231,9 @@ def cmd_send(args: argparse.Namespace, out: Output) -> int:
     """Put local files into the export container, then deliver them with the same engine as the triggers."""
     rt = _runtime(args)
     s = rt.settings
+    with on_link("ledger", s):
+        rt.relay  # noqa: B018 - builds the ledger (creates its container if missing)
+    check_gateway(rt)
     results = []
     for path_text in args.files:
         path = Path(path_text)
@@ -241,8 +267,7 @@ def cmd_sync(args: argparse.Namespace, out: Output) -> int:
     with on_link("ledger", s):
         relay = rt.relay  # builds the ledger (creates its container if missing)
     if not args.dry_run:
-        with on_link(None, s):
-            relay.preflight()  # a broken chain of trust: its own link's message and code, before any file
+        check_gateway(rt)  # a broken chain of trust or an unreachable gateway: its link's code, before any file
     count = [0]
     lock = threading.Lock()
 

@@ -143,3 +143,17 @@ def container_of(exc: BaseException, settings: Any) -> str | None:
     if settings.export_container in segments[:2]:
         return "exports"
     return None
+
+
+def gateway_unreachable(exc: BaseException, settings: Any) -> LinkFailure | None:
+    """A LinkFailure when `exc` means Bane NOR's gateway gave no answer at all (any HTTP answer means it is
+    reachable: what it answered is for the delivery to judge)."""
+    cause = transport_cause(exc)
+    if cause is None:
+        return None
+    fix = ("check BANENOR_STORAGE_URL (leave it unset in Azure: BANENOR_ENVIRONMENT presets it) and this machine's "
+           "outbound network access (firewall, proxy)")
+    if "TLS" in cause:
+        fix += "; a proxy that inspects TLS needs its CA in REQUESTS_CA_BUNDLE"
+    return LinkFailure("gateway", f"Bane NOR's gateway at {scrub(settings.banenor_storage_url)} cannot be reached: "
+                       f"{cause}.", fix)

@@ -99,7 +99,11 @@ class Runtime:
     def banenor_service(self) -> Any:
         from .skyporten import banenor_service_client
 
-        return banenor_service_client(self.settings, self.banenor_credential)
+        # The command line: the same connect timeout and retries as for the partner's storage, but the functions'
+        # read timeout (an upload's answer through the gateway may take a while after its body is sent).
+        overrides = {k: v for k, v in interactive_storage_options().items() if k != "read_timeout"} \
+            if self.interactive else {}
+        return banenor_service_client(self.settings, self.banenor_credential, **overrides)
 
     @cached_property
     def destination(self) -> Any:

@@ -149,6 +149,31 @@ def test_skyporten_unreachable_is_the_skyporten_link_for_token_and_sync(cli):
         assert "retry 1" not in result.stderr  # our retries are detail: --verbose
 
 
+@pytest.mark.parametrize("command", ["token", "sync"])
+def test_key_vault_unreachable_is_the_key_vault_link(cli, command):
+    result, seconds = timed(cli, command, KEY_VAULT_URL=f"https://127.0.0.1:{closed_port()}")
+    assert result.returncode == DOCTOR_EXIT["key_vault"], result.stderr
+    assert "KEY_VAULT_URL" in one_clear_message(result)
+    assert seconds < BOUND_SECONDS + 5
+
+
+def test_entra_unreachable_is_the_entra_link(cli):
+    result = cli("sync", BANENOR_AUTHORITY_HOST=f"https://127.0.0.1:{closed_port()}", expect=DOCTOR_EXIT["entra"])
+    assert "BANENOR_AUTHORITY_HOST" in one_clear_message(result)
+
+
+@pytest.mark.parametrize("command", ["sync", "send"])
+def test_gateway_unreachable_is_the_gateway_link_and_charges_no_file(cli, command):
+    exports_client(cli).get_blob_client("waiting.csv").upload_blob(b"w\n")
+    args = ("send", str(REPO / "README.md")) if command == "send" else ("sync",)
+    url = f"https://127.0.0.1:{closed_port()}/payload-manager/v1"
+    result, seconds = timed(cli, *args, BANENOR_STORAGE_URL=url)
+    assert result.returncode == DOCTOR_EXIT["gateway"], result.stdout + result.stderr
+    assert "cannot be reached" in one_clear_message(result) and "BANENOR_STORAGE_URL" in result.stderr
+    assert seconds < BOUND_SECONDS + 5
+    assert as_json(cli("status", "--json", expect=EXIT_OK))["counts"]["failed"] == 0
+
+
 def test_a_refused_entra_exchange_shows_our_diagnosis_without_the_sdks_raw_warning(cli):
     result = cli("sync", BANENOR_CLIENT_ID=str(uuid.uuid4()), expect=DOCTOR_EXIT["entra"])
     message = one_clear_message(result)
