@@ -186,6 +186,13 @@ class Progress:
         sys.stderr.flush()
 
 
+def check_exports(rt: Any) -> None:
+    """One small listing of the export container: the first link send and sync need, checked as doctor does, so
+    a storage account that cannot be reached is reported as the export container (17). Raises LinkFailure."""
+    with on_link("exports", rt.settings):
+        next(iter(rt.exports.list_blobs(results_per_page=1)), None)
+
+
 def check_gateway(rt: Any) -> None:
     """Before any file: Bane NOR's gateway answers at all (one small listing of our directory; any HTTP answer,
     a refusal included, will do). A gateway that cannot be reached is the gateway link, not a failure charged to
@@ -231,6 +238,7 @@ def cmd_send(args: argparse.Namespace, out: Output) -> int:
     """Put local files into the export container, then deliver them with the same engine as the triggers."""
     rt = _runtime(args)
     s = rt.settings
+    check_exports(rt)
     with on_link("ledger", s):
         rt.relay  # noqa: B018 - builds the ledger (creates its container if missing)
     check_gateway(rt)
@@ -262,8 +270,7 @@ def cmd_send(args: argparse.Namespace, out: Output) -> int:
 def cmd_sync(args: argparse.Namespace, out: Output) -> int:
     rt = _runtime(args)
     s = rt.settings
-    with on_link("exports", s):  # one small listing: the first link a sync needs, checked as doctor does
-        next(iter(rt.exports.list_blobs(results_per_page=1)), None)
+    check_exports(rt)
     with on_link("ledger", s):
         relay = rt.relay  # builds the ledger (creates its container if missing)
     if not args.dry_run:
