@@ -246,8 +246,9 @@ def cmd_send(args: argparse.Namespace, out: Output) -> int:
     for path_text in args.files:
         path = Path(path_text)
         if not path.is_file():
-            results.append({"status": "failed", "source_name": str(path), "source_etag": None,
-                            "reason": "no such local file"})
+            from .relay import Outcome
+
+            results.append(Outcome("failed", str(path), reason="no such local file").as_dict())
             continue
         name = f"{args.to.strip('/')}/{path.name}" if args.to else path.name
         size = path.stat().st_size

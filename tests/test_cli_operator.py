@@ -289,7 +289,10 @@ def test_send_and_sync_share_the_exit_code_table(cli, tmp_path):
     assert cli("send", str(good)).returncode == EXIT_OK
     assert cli("send", str(good), str(bad)).returncode == EXIT_REJECTED
     assert cli("sync").returncode == EXIT_REJECTED  # the rejected version is still there
-    assert cli("send", str(tmp_path / "absent.csv")).returncode == EXIT_FAILED
+    absent = cli("send", str(tmp_path / "absent.csv"), str(good), "--json")
+    assert absent.returncode == EXIT_FAILED
+    first, second = as_json(absent)
+    assert first["status"] == "failed" and set(first) == set(second)  # the same fields for every file
 
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
