@@ -18,15 +18,15 @@ from urllib.parse import urlsplit
 from .errors import ConfigError, scrub
 
 DEFAULT_SCOPE = "banenor:payloadmanager.storage"
-DEFAULT_API_VERSION = "2025-01-05"  # Bane NOR's examples and API description pin it (PROTOCOL.md 4)
+DEFAULT_API_VERSION = "2025-01-05"  # Bane NOR's examples and API description pin it (docs/protocol.md, section 6)
 DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
-MAX_REQUEST_BYTES = 100 * 1000 * 1000  # the gateway's limit is "100 MB per request" (PROTOCOL.md 4)
+MAX_REQUEST_BYTES = 100 * 1000 * 1000  # the gateway's limit is "100 MB per request" (docs/protocol.md, section 6)
 MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
 class Environment:
-    """One of Bane NOR's environments and the Skyporten environment it pairs with (PROTOCOL.md 1 and 4)."""
+    """One of Bane NOR's environments and the Skyporten environment it pairs with (docs/protocol.md, section 2)."""
 
     name: str
     skyporten_issuer: str
@@ -38,11 +38,11 @@ class Environment:
         return self.skyporten_issuer + "/token"
 
 
-# The Skyporten issuers have no trailing slash (unlike ordinary Maskinporten): PROTOCOL.md section 1.
+# The Skyporten issuers have no trailing slash (unlike ordinary Maskinporten): docs/protocol.md section 2.
 _SKY_TEST = "https://test.sky.maskinporten.no"
 _SKY_PROD = "https://sky.maskinporten.no"
 ENVIRONMENTS: dict[str, Environment] = {
-    # dev pairs with Skyporten test: open in PROTOCOL.md, so MASKINPORTEN_ISSUER can override it.
+    # dev pairs with Skyporten test: open in docs/protocol.md, so MASKINPORTEN_ISSUER can override it.
     "dev": Environment(
         "dev", _SKY_TEST, "https://dev.api.apps.banenor.no/payload-manager/v1",
         "https://bnplmextnwestdev.blob.core.windows.net",
