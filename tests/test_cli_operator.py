@@ -98,6 +98,31 @@ def test_partner_storage_that_accepts_and_never_answers_ends_within_the_bound(cl
     assert seconds < BOUND_SECONDS + 5
 
 
+def test_ctrl_c_ends_with_one_word_and_exit_130(cli, stack, tmp_path):
+    import signal
+
+    from tests.faultproxy import Fault, match, proxied_settings, proxies_for
+
+    proxies = proxies_for(stack)
+    try:
+        stall = proxies["EXPORT_STORAGE"].add(Fault("stall", when=match(path=rf"/{cli.base['LEDGER_CONTAINER']}(/|$)"),
+                                                    stall=30, times=None))
+        env_file = tmp_path / "stall.env"
+        values = dict(cli.base, EXPORT_STORAGE=proxied_settings(stack, proxies)["EXPORT_STORAGE"])
+        env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+        process = subprocess.Popen([sys.executable, "-m", "shared", "--env-file", str(env_file), "status"],
+                                   cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 20
+        while not stall.fired and time.monotonic() < deadline:  # until the command waits for the stalled ledger
+            time.sleep(0.02)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        for proxy in proxies.values():
+            proxy.stop()
+    assert process.returncode == 130 and stderr.strip() == "interrupted", stderr
+
+
 def test_partner_storage_host_that_does_not_resolve_names_dns(cli):
     endpoint = "https://partnerexports.invalid/devstoreaccount1"
     result = cli("status", EXPORT_STORAGE=with_blob_endpoint(cli.base["EXPORT_STORAGE"], endpoint),
