@@ -1,8 +1,8 @@
-"""The command line: `python -m shared <command>` for onboarding, manual sends and diagnosis.
+"""The command line: `.venv/bin/python -m shared <command>` for onboarding, manual sends and diagnosis.
 
-Commands: doctor, token, send, sync, status, retry. Every command takes `--json`; a refusal prints one clear
-message (cause and fix) and exits non-zero without a traceback. Tokens and grants are never printed unless
-`token --raw` asks for it explicitly.
+Commands: doctor, token, send, sync, status, retry. Every command takes `--json` and `--verbose`; a broken link
+prints one message (link, cause and fix) and exits with that link's code (EXIT_CODES, as `doctor` uses them),
+never a traceback. Tokens and grants are never printed unless `token --raw` asks for it explicitly.
 """
 
 from __future__ import annotations
@@ -20,14 +20,33 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .config import Settings, read_env_file
+from .config import ENV_FILE_FORMATS, Settings, misspelt_settings, read_env_file
+from .diagnosis import (
+    LinkFailure,
+    container_of,
+    diagnose,
+    gateway_unreachable,
+    partner_endpoint,
+    partner_storage_failure,
+)
 from .errors import ConfigError, RelayError, SigningKeyError, scrub
 
-EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
-ENV_FILE_FIX = "give a file of KEY=value lines; `make stack` writes the local stack's to .local/settings.env"
-# doctor: the exit code says which link failed first
+# One exit-code table for every command (docs/troubleshooting.md): send and sync say what became of the files,
+# a broken link says which link (doctor stops at the first broken one with the same codes).
+EXIT_OK = 0  # every file delivered (or already delivered); the command did what was asked
+EXIT_FAILED = 1  # some file failed (retried by the next sync) or is poisoned; or `retry` had nothing to retry
+EXIT_CONFIG = 2  # a setting, the --env-file or the command line is wrong
+EXIT_REJECTED = 3  # nothing failed, but some file is rejected for good (its name or extension)
+EXIT_FAIL = EXIT_FAILED
+ENV_FILE_FIX = ("give one of: " + ENV_FILE_FORMATS + "; `make stack` writes the local stack's to "
+                ".local/settings.env")
+# doctor: the exit code says which link failed first; every other command uses the same codes for a broken link
 DOCTOR_LINKS = ("settings", "clock", "key_vault", "key", "skyporten", "entra", "gateway", "exports", "ledger")
 DOCTOR_EXIT = {name: 10 + i for i, name in enumerate(DOCTOR_LINKS)}
+# What the SDKs log (the raw Entra error body, retries, connection pool notes) and what the relay logs per file
+# (the CLI prints each outcome itself) reach the terminal only with --verbose.
+SDK_LOGGERS = ("azure", "msal", "urllib3")
+RELAY_OUTCOME_LOGS = ("delivery outcome", "sync stopped", "sync summary", "sync: ")
 KEY_LIFETIME_DAYS = 365  # self-service keys expire a year after upload
 KEY_WARN_DAYS = 30
 
@@ -43,19 +62,67 @@ class Output:
 
     def data(self, payload: Any) -> None:
         if self.as_json:
-            print(json.dumps(payload, indent=2, default=str), file=self.stream, flush=True)
+            print(json.dumps(json_ready(payload), indent=2, default=str), file=self.stream, flush=True)
 
 
 def _fmt_time(epoch: float | None) -> str:
+    """ISO 8601 in UTC, to the second: what every command prints, as text and in --json."""
     if not epoch:
         return "-"
-    return dt.datetime.fromtimestamp(float(epoch), dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return dt.datetime.fromtimestamp(float(epoch), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def json_ready(value: Any, key: str = "") -> Any:
+    """--json output in one form for every command: `*_at` times as ISO 8601 UTC strings, etags without the
+    quotes HTTP puts around them, a failure's error under `reason` (as for every other outcome)."""
+    if isinstance(value, dict):
+        return {("reason" if k == "last_error" else k): json_ready(v, k) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(v) for v in value]
+    if key.endswith("_at") and isinstance(value, int | float) and not isinstance(value, bool):
+        return _fmt_time(value) if value else None
+    if key.endswith("etag") and isinstance(value, str):
+        return value.strip('"')
+    return value
+
+
+def load_settings() -> Settings:
+    """The settings, with every problem at once: bad values and names that look like ours but are not."""
+    typos = misspelt_settings(os.environ)
+    try:
+        settings = Settings.load()
+    except ConfigError as exc:
+        raise ConfigError(exc.problems + typos) from None
+    if typos:
+        raise ConfigError(typos)
+    return settings
 
 
 def _runtime(args: argparse.Namespace) -> Any:
     from .runtime import get_runtime
 
-    return get_runtime()
+    return get_runtime(settings=load_settings(), interactive=True)
+
+
+class on_link:
+    """Turns what a block meets into the LinkFailure of `link` (our errors keep their own link)."""
+
+    def __init__(self, link: str | None, settings: Any = None) -> None:
+        self.link, self.settings = link, settings
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None or isinstance(exc, ConfigError | BrokenPipeError | KeyboardInterrupt):
+            return False
+        link = self.link
+        if self.settings is not None and link in ("exports", "ledger"):
+            link = container_of(exc, self.settings) or link
+        failure = diagnose(exc, link, self.settings)
+        if failure is None:
+            return False
+        raise failure from exc
 
 
 # -- token ---------------------------------------------------------------------------------------------------
@@ -74,14 +141,15 @@ def token_facts(token: Any, now: float, resource: str | None = None) -> dict[str
         "issuer": claims.get("iss"),
         "consumer_org": consumer.get("ID") if isinstance(consumer, dict) else None,
         "client_id": claims.get("client_id"),
-        "expires_at": _fmt_time(token.expires_at),
+        "expires_at": _fmt_time(token.expires_at),  # ISO 8601 UTC
         "expires_in": int(token.expires_at - now),
     }
 
 
 def cmd_token(args: argparse.Namespace, out: Output) -> int:
     rt = _runtime(args)
-    token = rt.maskinporten.get_token()
+    with on_link(None):
+        token = rt.maskinporten.get_token()
     facts = token_facts(token, time.time(), rt.maskinporten.request.resource)
     if args.decode:
         facts["claims"] = {k: v for k, v in token.claims.items() if k not in ("jti",)}
@@ -123,33 +191,96 @@ class Progress:
         sys.stderr.flush()
 
 
+def check_exports(rt: Any) -> None:
+    """One small listing of the export container: the first link send and sync need, checked as doctor does, so
+    a storage account that cannot be reached is reported as the export container (17). Raises LinkFailure."""
+    with on_link("exports", rt.settings):
+        next(iter(rt.exports.list_blobs(results_per_page=1)), None)
+
+
+def check_gateway(rt: Any) -> None:
+    """Before any file: Bane NOR's gateway answers at all (one small listing of our directory; any HTTP answer,
+    a refusal included, will do). A gateway that cannot be reached is the gateway link, not a failure charged to
+    every file. Raises LinkFailure."""
+    s = rt.settings
+    with on_link(None, s):
+        rt.relay.preflight()  # the token first: a broken chain of trust is its own link
+    prefix = (s.banenor_directory + "/") if s.banenor_directory else None
+    try:
+        next(iter(rt.destination.list_blobs(name_starts_with=prefix, results_per_page=1)), None)
+    except Exception as exc:
+        failure = gateway_unreachable(exc, s)
+        if failure is not None:
+            raise failure from exc
+
+
+def delivery_exit(statuses: list[str] | set[str], error: bool = False) -> int:
+    """send's and sync's exit code from what became of the files (EXIT_* above)."""
+    if error or {"failed", "poisoned"} & set(statuses):
+        return EXIT_FAILED
+    if "rejected" in statuses:
+        return EXIT_REJECTED
+    return EXIT_OK
+
+
+def _next_step(status: str, name: str) -> str:
+    """What happens next to a file in this state: the same words in sync's, send's and status's output."""
+    if status == "poisoned":
+        return f"poisoned: not retried until `retry {name}` (after the cause is fixed)"
+    if status == "failed":
+        return "retried by the next sync"
+    return ""
+
+
+def outcome_line(o: dict[str, Any]) -> str:
+    step = _next_step(o["status"], o["source_name"])
+    reason = o.get("reason") if o["status"] != "delivered" else None
+    return (f"  {o['status']:<17} {o['source_name']}{' -> ' + o['destination'] if o.get('destination') else ''}"
+            f"{'  ' + reason if reason else ''}{'  [' + step + ']' if step else ''}")
+
+
 def cmd_send(args: argparse.Namespace, out: Output) -> int:
     """Put local files into the export container, then deliver them with the same engine as the triggers."""
     rt = _runtime(args)
+    s = rt.settings
+    check_exports(rt)
+    with on_link("ledger", s):
+        rt.relay  # noqa: B018 - builds the ledger (creates its container if missing)
+    check_gateway(rt)
     results = []
     for path_text in args.files:
         path = Path(path_text)
         if not path.is_file():
-            results.append({"status": "failed", "source_name": str(path), "reason": "no such file"})
+            from .relay import Outcome
+
+            results.append(Outcome("failed", str(path), reason="no such local file").as_dict())
             continue
         name = f"{args.to.strip('/')}/{path.name}" if args.to else path.name
         size = path.stat().st_size
-        with path.open("rb") as handle:
+        with path.open("rb") as handle, on_link("exports", s):
             rt.exports.get_blob_client(name).upload_blob(
                 handle, length=size, overwrite=True, max_concurrency=4,
                 progress_hook=Progress(name, size, not args.json and size > 8 * 2**20),
             )
-        results.append(rt.relay.deliver(name).as_dict())
+        with on_link("ledger", s):
+            relay = rt.relay  # builds the ledger (creates its container if missing)
+        with on_link("ledger", s):
+            results.append(relay.deliver(name).as_dict())
     out.data(results)
     for r in results:
-        out.line(f"{r['status']:<18} {r['source_name']} -> {r.get('destination') or '-'}"
-                 f"{'  ' + r['reason'] if r.get('reason') and r['status'] != 'delivered' else ''}")
-    return EXIT_OK if all(r["status"] in ("delivered", "already_delivered") for r in results) else EXIT_FAIL
+        out.line(outcome_line(r))
+    return delivery_exit([r["status"] for r in results])
 
 
 # -- sync ----------------------------------------------------------------------------------------------------
 def cmd_sync(args: argparse.Namespace, out: Output) -> int:
     rt = _runtime(args)
+    s = rt.settings
+    check_exports(rt)
+    with on_link("ledger", s):
+        relay = rt.relay  # builds the ledger (creates its container if missing)
+    if not args.dry_run:
+        check_gateway(rt)  # a broken chain of trust or an unreachable gateway: its link's code, before any file
     count = [0]
     lock = threading.Lock()
 
@@ -159,32 +290,45 @@ def cmd_sync(args: argparse.Namespace, out: Output) -> int:
         if not args.json and sys.stderr.isatty():
             sys.stderr.write(f"\r{count[0]} processed, last: {outcome.status} {outcome.source_name[:50]:<50}")
 
-    summary = rt.relay.sync(dry_run=args.dry_run, progress=progress)
+    with on_link("ledger", s):  # a ledger or listing failure that ends the run (per-file ones are outcomes)
+        summary = relay.sync(dry_run=args.dry_run, progress=progress)
     if count[0] and not args.json and sys.stderr.isatty():
         sys.stderr.write("\n")
     out.data(summary.as_dict())
-    if summary.error:
-        out.line(f"sync stopped: {summary.error}")
-    out.line(f"{'dry run: ' if args.dry_run else ''}listed {summary.listed}, delivered {summary.delivered}, "
-             f"already delivered {summary.already_delivered}, rejected {summary.rejected}, failed {summary.failed}, "
-             f"poisoned {summary.poisoned}, pending retry {summary.pending}, in progress {summary.in_progress}; "
-             f"{summary.bytes / 2**20:.1f} MiB in {summary.seconds:.1f} s")
+    if args.dry_run:
+        out.line(f"dry run (nothing written): listed {summary.listed}, would deliver {summary.would_deliver}, "
+                 f"already delivered {summary.already_delivered}, rejected {summary.rejected}, would fail "
+                 f"{summary.failed}, poisoned {summary.poisoned}, waiting for a retry {summary.pending}")
+    else:
+        out.line(f"listed {summary.listed}, delivered {summary.delivered}, already delivered "
+                 f"{summary.already_delivered}, rejected {summary.rejected}, failed {summary.failed}, poisoned "
+                 f"{summary.poisoned}, waiting for a retry {summary.pending}, in progress {summary.in_progress}; "
+                 f"{summary.bytes / 2**20:.1f} MiB in {summary.seconds:.1f} s")
     for o in summary.outcomes:
         if o.status != "delivered" or args.verbose:
-            out.line(f"  {o.status:<10} {o.source_name}{' -> ' + o.destination if o.destination else ''}"
-                     f"{'  ' + o.reason if o.reason else ''}")
+            out.line(outcome_line(o.as_dict()))
+    shown = sum(1 for o in summary.outcomes if o.status in ("rejected", "poisoned", "pending"))
+    if summary.rejected + summary.poisoned + summary.pending > shown:
+        out.line("  (versions rejected, poisoned or failed in earlier runs are counted above; `status` lists them "
+                 "with their reasons)")
     if summary.error:
-        return EXIT_FAIL
-    return EXIT_OK if summary.failed == 0 and summary.poisoned == 0 else EXIT_FAIL
+        # The chain of trust broke during the run (the preflight passed): most often the gateway's 401.
+        print(f"sync stopped: {summary.error}", file=sys.stderr)
+        return DOCTOR_EXIT["gateway"]
+    if args.dry_run:
+        return EXIT_OK
+    statuses = {name for name in ("failed", "poisoned", "rejected") if getattr(summary, name)}
+    return delivery_exit(statuses)
 
 
 # -- status and retry ------------------------------------------------------------------------------------
 def cmd_status(args: argparse.Namespace, out: Output) -> int:
     rt = _runtime(args)
-    ledger = rt.ledger
-    counts = ledger.counts()
-    failures = [f for f in ledger.failures()]
-    rejected = list(ledger.rejections())
+    with on_link("ledger", rt.settings):
+        ledger = rt.ledger
+        counts = ledger.counts()
+        failures = [f for f in ledger.failures()]
+        rejected = list(ledger.rejections())
     payload = {
         "counts": counts,
         "poisoned": [asdict(f) for f in failures if f.poisoned],
@@ -195,21 +339,56 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
     out.line("ledger: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     for title, items in (("poisoned", payload["poisoned"]), ("failed", payload["failed"])):
         for f in items:
-            out.line(f"  {title:<9} {f['source_name']} (attempts {f['attempts']}, next retry "
-                     f"{_fmt_time(f['next_retry_at']) if title == 'failed' else 'after `retry`'}): {f['last_error']}")
+            step = (_next_step("poisoned", f["source_name"]) if title == "poisoned"
+                    else f"next retry {_fmt_time(f['next_retry_at'])}")
+            out.line(f"  {title:<9} {f['source_name']} (attempts {f['attempts']}; {step}): {f['last_error']}")
     for r in payload["rejected"]:
         out.line(f"  rejected  {r['source_name']}: {r['reason']}")
     return EXIT_OK
 
 
+def why_not_poisoned(rt: Any, name: str) -> tuple[str, str]:
+    """Why `retry NAME` found nothing to retry (unknown, delivered, rejected, failing but not poisoned, new), and
+    what to do instead: (message, fix)."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    ledger = rt.ledger
+    failing = [f for f in ledger.failures() if f.source_name == name]
+    if failing:
+        f = failing[0]
+        return (f"{name!r} is not poisoned: it failed {f.attempts} time(s), and the sync retries it at "
+                f"{_fmt_time(f.next_retry_at)}.", "nothing to do; `status` shows its last error")
+    try:
+        with on_link("exports", rt.settings):
+            props = rt.exports.get_blob_client(name).get_blob_properties()
+    except LinkFailure as failure:
+        if not isinstance(failure.__cause__, ResourceNotFoundError):
+            raise
+        props = None
+    if props is None:
+        return (f"no export named {name!r} in container {rt.settings.export_container!r}, and no failure "
+                "recorded for it.", "give the name as `status` shows it, with its folders")
+    if ledger.delivered(name, props.etag):
+        return f"{name!r} is delivered (its current version).", "nothing to retry"
+    rejection = ledger.rejection(name, props.etag)
+    if rejection is not None:
+        reason = rejection.reason.split(" Fix: ")[0]
+        return (f"{name!r} was rejected, and a rejection is never retried: {reason}.",
+                "remove the cause the rejection names, then upload the export again: a new version is delivered")
+    return f"{name!r} is not delivered yet and has not failed.", "nothing to retry: the next sync delivers it"
+
+
 def cmd_retry(args: argparse.Namespace, out: Output) -> int:
     rt = _runtime(args)
-    if args.all_poisoned:
-        count = rt.ledger.retry_all_poisoned()
-    elif args.name:
-        count = rt.ledger.retry(args.name)
-    else:
-        raise SystemExit("retry needs a NAME or --all-poisoned")
+    if not args.all_poisoned and not args.name:
+        print("retry needs a NAME or --all-poisoned. Fix: `retry NAME` (as `status` shows it) or "
+              "`retry --all-poisoned`", file=sys.stderr)
+        return EXIT_CONFIG
+    with on_link("ledger", rt.settings):
+        count = rt.ledger.retry_all_poisoned() if args.all_poisoned else rt.ledger.retry(args.name)
+        nothing = why_not_poisoned(rt, args.name) if args.name and count == 0 else None
+    if nothing:
+        return _report(out, EXIT_FAILED, nothing[0], nothing[1], retried=0)
     out.data({"retried": count})
     out.line(f"{count} poisoned version(s) will be retried by the next sync")
     return EXIT_OK
@@ -243,7 +422,8 @@ class Doctor:
         mark = {"ok": "OK  ", "warn": "WARN", "fail": "FAIL"}[status]
         self.out.line(f"[{mark}] {title}")
         for note in notes:
-            self.out.line(f"       {note}")
+            for text in note.splitlines():
+                self.out.line(f"       {text.strip()}")
         if fix:
             self.out.line(f"       Fix: {fix}")
 
@@ -254,9 +434,9 @@ def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
 
     def settings() -> list[str]:
         try:
-            s = Settings.load()
+            s = load_settings()
         except ConfigError as exc:
-            raise RelayError(exc.message, hint="set the settings named above (docs/settings.md)") from None
+            raise RelayError(exc.message, hint="set or rename the settings named above (docs/settings.md)") from None
         from .naming import NamePolicy
         from .runtime import get_runtime
 
@@ -265,7 +445,7 @@ def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
         if problems:
             raise RelayError("the name policy is invalid: " + "; ".join(problems),
                              hint="fix DESTINATION_TEMPLATE / ALLOWED_EXTENSIONS / NAME_POLICY (docs/gateway.md)")
-        state["rt"] = get_runtime()
+        state["rt"] = get_runtime(settings=s, interactive=True)
         state["s"] = s
         return [f"environment {s.environment}: issuer {s.maskinporten_issuer}, gateway {s.banenor_storage_url}, "
                 f"audience {s.banenor_storage_audience}",
@@ -388,7 +568,8 @@ def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
         try:
             names = [b.name for _, b in zip(range(1), rt.exports.list_blobs(), strict=False)]
         except Exception as exc:
-            raise partner_storage_error(exc, container, "Storage Blob Data Reader", "EXPORT_CONTAINER") from None
+            failure = partner_storage_failure(exc, "exports", container, partner_endpoint(state["s"]))
+            raise RelayError(failure.message, hint=failure.fix) from None
         return [f"container {container} readable ({'not empty' if names else 'empty'})"]
 
     def ledger() -> list[str]:
@@ -399,7 +580,8 @@ def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
             probe.upload_blob(b"probe", overwrite=True)
             probe.delete_blob()
         except Exception as exc:
-            raise partner_storage_error(exc, container, "Storage Blob Data Contributor", "LEDGER_CONTAINER") from None
+            failure = partner_storage_failure(exc, "ledger", container, partner_endpoint(state["s"]))
+            raise RelayError(failure.message, hint=failure.fix) from None
         return [f"container {state['s'].ledger_container} writable; " +
                 ", ".join(f"{k} {v}" for k, v in rt.ledger.counts().items())]
 
@@ -427,34 +609,25 @@ def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
     return code
 
 
-def partner_storage_error(exc: Exception, container: str, role: str, setting: str) -> RelayError:
-    """One clear message for a failure on the partner's own storage account."""
-    status = getattr(exc, "status_code", None)
-    if status == 404:
-        return RelayError(f"container {container!r} does not exist in the partner's storage account.",
-                          hint=f"check {setting}, or create the container")
-    if status == 403:
-        return RelayError(f"access to container {container!r} was denied (403).",
-                          hint=f"grant the function app's managed identity '{role}' on it")
-    return RelayError(f"the partner's storage failed on container {container!r} "
-                      f"({type(exc).__name__}{f', HTTP {status}' if status else ''}).",
-                      hint="check EXPORT_STORAGE / EXPORT_STORAGE__blobServiceUri and the account's network rules")
-
-
 # -- entry point ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m shared",
+        prog=".venv/bin/python -m shared",
         description="The Skyporten relay: deliver export files into Bane NOR's storage through Skyporten. "
         "Settings come from the environment (app settings), or from --env-file.",
+        epilog="Exit codes: 0 all delivered, 1 some failed or poisoned, 2 a setting or the command line is wrong, "
+        "3 some rejected (nothing failed), 10-18 a broken link (10 settings, 11 clock, 12 key vault, 13 key, "
+        "14 Skyporten, 15 Entra, 16 gateway, 17 export container, 18 ledger). docs/troubleshooting.md",
     )
-    parser.add_argument("--env-file", help="read settings from KEY=value lines (e.g. .local/settings.env written "
-                        "by `make stack`); they override the environment")
+    parser.add_argument("--env-file", help="read settings from a file (" + ENV_FILE_FORMATS + "), e.g. "
+                        ".local/settings.env written by `make stack`; they override the environment")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.add_argument("--verbose", action="store_true",
+                       help="also show the SDKs' raw detail (and, for sync, the delivered files)")
         return p
 
     p = add("doctor", "check every link: settings, clock, key, Skyporten, Entra, gateway, exports, ledger")
@@ -468,8 +641,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--to", metavar="PATH", help="folder inside the export container (default: its root)")
     p = add("sync", "deliver everything not yet delivered, now, and print the summary")
-    p.add_argument("--dry-run", action="store_true", help="only list what would be delivered")
-    p.add_argument("--verbose", action="store_true", help="list delivered files too")
+    p.add_argument("--dry-run", action="store_true", help="decide for each file as the sync would (name policy, size, "
+                   "extensions, delivered, due retry or new) and show it with its destination; write nothing")
     add("status", "ledger counts, and the poisoned, failed and rejected versions with their reasons")
     p = add("retry", "retry a poisoned export (all its versions) or every poisoned one")
     p.add_argument("name", nargs="?", metavar="NAME")
@@ -483,29 +656,86 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.env_file:
-        try:
-            os.environ.update(read_env_file(args.env_file))
-        except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
-            reason = (exc.strerror or type(exc).__name__) if isinstance(exc, OSError) else \
-                "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else str(exc)
-            message = f"--env-file {args.env_file}: {reason}"
-            Output(args.json).data({"error": message, "fix": ENV_FILE_FIX})
-            print(f"{message}. Fix: {ENV_FILE_FIX}", file=sys.stderr)
-            return EXIT_CONFIG
+class _QuietFilter:
+    """Without --verbose: no SDK log lines, and no relay outcome lines (the CLI prints each outcome itself)."""
+
+    def filter(self, record: Any) -> bool:
+        if record.name.split(".")[0] in SDK_LOGGERS:
+            return False
+        if not record.name.startswith("shared."):
+            return True
+        text = str(record.msg)
+        # each outcome is printed by the command; a retry in progress is detail until its end is reported
+        return not (text.startswith(RELAY_OUTCOME_LOGS) or (record.levelno < 40 and "; retry " in text))
+
+
+def _setup_logging(verbose: bool) -> None:
     import logging
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    out = Output(args.json)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    if not verbose:
+        handler.addFilter(_QuietFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+
+
+def _report(out: Output, code: int, message: str, fix: str | None, **extra: Any) -> int:
+    out.data({"error": message, "fix": fix, "exit_code": code, **extra})
+    separator = "\n" if "\n" in message else " "  # a list of setting problems: the fix on a line of its own
+    print(f"{message}{separator + 'Fix: ' + fix if fix else ''}", file=sys.stderr, flush=True)
+    return code
+
+
+def _read_env_file(args: argparse.Namespace) -> int | None:
+    try:
+        os.environ.update(read_env_file(args.env_file))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        reason = (exc.strerror or type(exc).__name__) if isinstance(exc, OSError) else \
+            "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else str(exc)
+        return _report(Output(args.json), EXIT_CONFIG, f"--env-file {args.env_file}: {reason}", ENV_FILE_FIX)
+    return None
+
+
+def _run(args: argparse.Namespace, out: Output) -> int:
     try:
         return COMMANDS[args.command](args, out)
     except ConfigError as exc:
-        out.data({"error": exc.message, "problems": exc.problems})
-        print(exc.message, file=sys.stderr)
-        return EXIT_CONFIG
+        return _report(out, EXIT_CONFIG, exc.message, "set or rename the settings named above (docs/settings.md)",
+                       problems=exc.problems)
+    except LinkFailure as failure:
+        return _report(out, DOCTOR_EXIT[failure.link], failure.message, failure.fix, link=failure.link)
     except RelayError as exc:
-        out.data({"error": exc.message, "fix": exc.hint})
-        print(str(exc), file=sys.stderr)
-        return EXIT_FAIL
+        failure = diagnose(exc, None)
+        assert failure is not None  # every RelayError has a link
+        return _report(out, DOCTOR_EXIT[failure.link], failure.message, failure.fix, link=failure.link)
+    except (BrokenPipeError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # nothing we know: still one line (the traceback only with --verbose)
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
+        first = (str(exc).splitlines() or [""])[0]
+        return _report(out, EXIT_FAILED, f"unexpected error: {type(exc).__name__}: {scrub(first)[:300]}",
+                       "run it again with --verbose for the detail, and report it with that output")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.env_file:
+        code = _read_env_file(args)
+        if code is not None:
+            return code
+    _setup_logging(args.verbose)
+    try:
+        return _run(args, Output(args.json))
+    except BrokenPipeError:
+        # The reader went away (`status | head`): end quietly, as Unix tools do; nothing more is written to it.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+    except KeyboardInterrupt:  # Ctrl-C: a sync stops between files; the ledger keeps what was delivered
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -18,15 +18,15 @@ from urllib.parse import urlsplit
 from .errors import ConfigError, scrub
 
 DEFAULT_SCOPE = "banenor:payloadmanager.storage"
-DEFAULT_API_VERSION = "2025-01-05"  # Bane NOR's examples and API description pin it (PROTOCOL.md 4)
+DEFAULT_API_VERSION = "2025-01-05"  # Bane NOR's examples and API description pin it (docs/protocol.md, section 6)
 DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
-MAX_REQUEST_BYTES = 100 * 1000 * 1000  # the gateway's limit is "100 MB per request" (PROTOCOL.md 4)
+MAX_REQUEST_BYTES = 100 * 1000 * 1000  # the gateway's limit is "100 MB per request" (docs/protocol.md, section 6)
 MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
 class Environment:
-    """One of Bane NOR's environments and the Skyporten environment it pairs with (PROTOCOL.md 1 and 4)."""
+    """One of Bane NOR's environments and the Skyporten environment it pairs with (docs/protocol.md, section 2)."""
 
     name: str
     skyporten_issuer: str
@@ -38,11 +38,11 @@ class Environment:
         return self.skyporten_issuer + "/token"
 
 
-# The Skyporten issuers have no trailing slash (unlike ordinary Maskinporten): PROTOCOL.md section 1.
+# The Skyporten issuers have no trailing slash (unlike ordinary Maskinporten): docs/protocol.md section 2.
 _SKY_TEST = "https://test.sky.maskinporten.no"
 _SKY_PROD = "https://sky.maskinporten.no"
 ENVIRONMENTS: dict[str, Environment] = {
-    # dev pairs with Skyporten test: open in PROTOCOL.md, so MASKINPORTEN_ISSUER can override it.
+    # dev pairs with Skyporten test: open in docs/protocol.md, so MASKINPORTEN_ISSUER can override it.
     "dev": Environment(
         "dev", _SKY_TEST, "https://dev.api.apps.banenor.no/payload-manager/v1",
         "https://bnplmextnwestdev.blob.core.windows.net",
@@ -266,6 +266,18 @@ class _Reader:
                          f"{name}__blobServiceUri=https://<account>.blob.core.windows.net.")
         return value
 
+    def connection_string_format(self, name: str, value: str) -> None:
+        """`Name=value` parts separated by `;` (as the storage SDK parses them: an empty part is malformed), with a
+        blob endpoint or an account name. The value itself is never repeated: it holds a key."""
+        parts = value.strip().rstrip(";").split(";")
+        names = {p.split("=", 1)[0].strip().lower() for p in parts if "=" in p}
+        if any("=" not in p for p in parts):
+            self.problem(name, "is not a storage connection string: every part is Name=value, separated by one ';' "
+                         "(an empty or broken part is refused). Copy it whole (portal: Storage account > Access "
+                         "keys), or use EXPORT_STORAGE__blobServiceUri in Azure.")
+        elif not names & {"blobendpoint", "accountname", "usedevelopmentstorage"}:
+            self.problem(name, "is not a storage connection string: it has neither AccountName nor BlobEndpoint.")
+
     def guid(self, name: str, value: str | None, what: str) -> None:
         if value is not None and not _GUID.match(value):
             self.problem(name, f"is {value!r}, not a GUID; {what}")
@@ -370,6 +382,8 @@ class _Reader:
                 "is required: set EXPORT_STORAGE__blobServiceUri=https://<account>.blob.core.windows.net "
                 "(identity-based, Azure) or EXPORT_STORAGE to a connection string (local stack).",
             )
+        if export_conn is not None and export_uri is None:
+            self.connection_string_format("EXPORT_STORAGE", export_conn)
         export_container = self.text("EXPORT_CONTAINER", "exports") or "exports"
         ledger_container = self.text("LEDGER_CONTAINER", "relay-ledger") or "relay-ledger"
         archive_container = self.text("ARCHIVE_CONTAINER", "exports-archive") or "exports-archive"
@@ -456,20 +470,93 @@ class _Reader:
         )
 
 
+# Every app setting the relay or its function app reads (Settings.load, function_app.py's %NAME% bindings and
+# the identity-based connection EXPORT_STORAGE__*), and the host's own: a name close to one of these that is not
+# one of them is a misspelling that would be ignored silently (`misspelt_settings`).
+SETTING_NAMES = frozenset({
+    "BANENOR_ENVIRONMENT", "MASKINPORTEN_ISSUER", "MASKINPORTEN_TOKEN_ENDPOINT", "BANENOR_STORAGE_URL",
+    "BANENOR_STORAGE_AUDIENCE", "MASKINPORTEN_CLIENT_ID", "MASKINPORTEN_SCOPE", "MASKINPORTEN_RESOURCE",
+    "MASKINPORTEN_RESOURCE_FORM", "MASKINPORTEN_KEY_ID", "SIGNING_KEY_SOURCE", "KEY_VAULT_URL", "SIGNING_KEY_NAME",
+    "SIGNING_KEY_FILE", "SIGNING_KEY_CACHE_SECONDS", "BANENOR_TENANT_ID", "BANENOR_CLIENT_ID",
+    "BANENOR_AUTHORITY_HOST", "BANENOR_CONTAINER", "BANENOR_DIRECTORY", "BANENOR_STORAGE_API_VERSION",
+    "EXPORT_STORAGE", "EXPORT_STORAGE__blobServiceUri", "EXPORT_STORAGE__serviceUri", "EXPORT_STORAGE__queueServiceUri",
+    "EXPORT_STORAGE__credential", "EXPORT_STORAGE__clientId", "EXPORT_STORAGE__accountName", "EXPORT_CONTAINER",
+    "LEDGER_CONTAINER", "ARCHIVE_CONTAINER", "COPY_MODE", "AFTER_DELIVERY", "MAX_ATTEMPTS", "NAME_POLICY",
+    "ALLOWED_EXTENSIONS", "FOLDER_MODE", "DESTINATION_TEMPLATE", "BLOCK_SIZE", "PARALLELISM", "SINGLE_PUT_LIMIT",
+    "SYNC_CONCURRENCY", "SYNC_PREFIX", "SYNC_SUFFIX", "SYNC_SCHEDULE", "REQUESTS_CA_BUNDLE",
+    "FEDERATION_RETRY_SECONDS", "BLOB_TRIGGER_SOURCE", "AzureWebJobsStorage", "FUNCTIONS_WORKER_RUNTIME",
+    "FUNCTIONS_EXTENSION_VERSION", "APPLICATIONINSIGHTS_CONNECTION_STRING", "IDENTITY_ENDPOINT", "IDENTITY_HEADER",
+})
+_SETTING_PREFIXES = ("BANENOR_", "MASKINPORTEN_", "EXPORT_", "LEDGER_", "ARCHIVE_", "SIGNING_", "SYNC_", "KEY_VAULT")
+
+
+def misspelt_settings(env: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(name, problem) for each name in `env` that looks like one of SETTING_NAMES but is not one (wrong case,
+    a typo): the relay would ignore it and use the default. Other names (the platform's own) are left alone."""
+    import difflib
+
+    upper = {name.upper(): name for name in SETTING_NAMES}
+    problems = []
+    for name in sorted(env):
+        if name in SETTING_NAMES or name.startswith("STACK_"):
+            continue
+        close = difflib.get_close_matches(name.upper(), upper, n=1, cutoff=0.85)
+        if not close and name.upper().startswith(_SETTING_PREFIXES):
+            close = difflib.get_close_matches(name.upper(), upper, n=1, cutoff=0.6)
+        if close:
+            problems.append((name, f"is not a setting the relay reads (it would be ignored); did you mean "
+                             f"{upper[close[0]]}? Rename it."))
+    return problems
+
+
+ENV_FILE_FORMATS = ("KEY=value lines (dotenv, `export` and quotes allowed), a Functions local.settings.json (its "
+                    "Values), or the JSON that `az functionapp config appsettings list` prints")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]*$")
 
 
 def read_env_file(path: str | Path) -> dict[str, str]:
-    """Parse `KEY=value` lines (the local stack's `.local/settings.env`). Raises OSError when the file cannot be
-    read and ValueError (naming the line) for a key that is not a setting name."""
+    """Read settings from a file in one of ENV_FILE_FORMATS. Raises OSError when the file cannot be read and
+    ValueError (naming the line or the JSON's problem) when it is in none of the formats."""
+    text = Path(path).read_text(encoding="utf-8-sig")
+    if text.lstrip().startswith(("{", "[")):
+        return _settings_json(text)
     values: dict[str, str] = {}
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
+        if line.startswith("export "):
+            line = line[len("export "):].lstrip()
         if line and not line.startswith("#") and "=" in line:
             key, _, value = line.partition("=")
             if not _ENV_KEY.match(key.strip()):
                 raise ValueError(f"line {number}: {key.strip()[:40]!r} is not a setting name")
-            values[key.strip()] = value.strip()
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+                value = value[1:-1]
+            values[key.strip()] = value
+    return values
+
+
+def _settings_json(text: str) -> dict[str, str]:
+    """local.settings.json (`{"Values": {...}}`) or `az functionapp config appsettings list` (`[{"name", "value",
+    "slotSetting"}, ...]`); a null value (a setting az does not show) is left out."""
+    import json
+
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if isinstance(data, dict) and isinstance(data.get("Values"), dict):
+        pairs = list(data["Values"].items())
+    elif isinstance(data, list) and all(isinstance(r, dict) and "name" in r for r in data):
+        pairs = [(r["name"], r.get("value")) for r in data]
+    else:
+        raise ValueError("JSON, but neither a local.settings.json with Values nor an appsettings list")
+    values = {}
+    for key, value in pairs:
+        if not isinstance(key, str) or not _ENV_KEY.match(key):
+            raise ValueError(f"{str(key)[:40]!r} is not a setting name")
+        if value is not None:
+            values[key] = str(value).lower() if isinstance(value, bool) else str(value)
     return values
 
 

@@ -47,7 +47,7 @@ _TRANSLITERATE = str.maketrans({"æ": "ae", "ø": "oe", "å": "aa", "Æ": "Ae", 
 _APOSTROPHES = str.maketrans(dict.fromkeys("'`´’‘‛ʼʹˊˋ′", None))
 
 _HINT_CHARS = "Bane NOR accepts only [a-zA-Z0-9.-] in each path segment: rename the export"
-_HINT_STRICT = _HINT_CHARS + ", or use the naming mode 'sanitize' to have the relay rename it"
+_HINT_STRICT = _HINT_CHARS + ", or set NAME_POLICY=sanitize to have the relay rename it"
 
 
 @dataclass(frozen=True)
@@ -201,14 +201,14 @@ def _check_extension(name: str, policy: NamePolicy, source_name: str) -> tuple[s
         raise NameRejected(
             source_name,
             f"{name!r} has no file extension",
-            hint="Bane NOR accepts only files with an extension on its allow list",
+            hint="Bane NOR accepts only files with an extension on its allow list (ALLOWED_EXTENSIONS)",
         )
     if ext.lower() not in policy.allowed_extensions:
         raise NameRejected(
             source_name,
-            f"the extension '.{ext}' is not on Bane NOR's allow list",
-            hint=f"ask Bane NOR to allow '.{ext.lower()}', then add it to the allowed extensions; "
-            f"allowed now: {' '.join(sorted(policy.allowed_extensions))}",
+            f"the extension '.{ext}' is not on Bane NOR's allow list (ALLOWED_EXTENSIONS)",
+            # short: it is stored with the rejection and shown per file; docs/gateway.md lists the default
+            hint=f"ask Bane NOR to allow '.{ext.lower()}', then add it to ALLOWED_EXTENSIONS",
         )
     return stem, ext
 

@@ -59,7 +59,7 @@ class Outcome:
 
 
 STATUSES = ("delivered", "already_delivered", "rejected", "failed", "poisoned", "in_progress", "missing",
-            "pending")
+            "pending", "would_deliver")
 
 
 @dataclass
@@ -72,6 +72,7 @@ class SyncSummary:
     in_progress: int = 0
     missing: int = 0
     pending: int = 0  # failures waiting for their next retry time
+    would_deliver: int = 0  # a dry run: new versions and due retries it would deliver
     bytes: int = 0
     seconds: float = 0.0
     listed: int = 0
@@ -552,6 +553,40 @@ class Relay:
                 f" reason={outcome.reason}" if outcome.reason and outcome.status != "already_delivered" else "",
                 extra={"relay": outcome.as_dict()})
 
+    def plan(self, props: Any, *, delivered: bool, rejected: bool, failure: Any, now: float) -> Outcome:
+        """What `sync` would do with one listed version, and why, without writing anything (`sync --dry-run`):
+        already_delivered, rejected (recorded, or by the name policy now), poisoned, pending (a failure whose
+        retry is not due), failed (too big for BLOCK_SIZE), or would_deliver (new, or a due retry) with its
+        destination name."""
+        name, etag = props.name, props.etag
+        if delivered:
+            return Outcome("already_delivered", name, etag, size=props.size, reason="its receipt is in the ledger")
+        if rejected:
+            found = self.ledger.rejection(name, etag)
+            return Outcome("rejected", name, etag, size=props.size,
+                           reason=found.reason if found else "rejected earlier (recorded in the ledger)")
+        if failure is not None and failure.poisoned:
+            return Outcome("poisoned", name, etag, size=props.size, reason=failure.last_error)
+        if failure is not None and failure.next_retry_at > now:
+            retry_at = dt.datetime.fromtimestamp(failure.next_retry_at, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            return Outcome("pending", name, etag, size=props.size,
+                           reason=f"failed {failure.attempts} time(s); next retry {retry_at}")
+        try:
+            dest_path = destination_path(name, self.settings.banenor_directory, self.policy,
+                                         SourceVersion.from_properties(props).last_modified)
+        except NameRejected as exc:
+            return Outcome("rejected", name, etag, size=props.size, reason=str(exc))
+        from .copier import MAX_BLOCKS
+
+        blocks = -(-props.size // self.settings.block_size)
+        if blocks > MAX_BLOCKS:  # the copy would refuse it: too big for the block size (Copier.copy)
+            return Outcome("failed", name, etag, destination=dest_path, size=props.size,
+                           reason=f"it needs {blocks} blocks of BLOCK_SIZE; a block blob holds at most {MAX_BLOCKS}: "
+                           "raise BLOCK_SIZE")
+        reason = "new" if failure is None else \
+            f"retry {failure.attempts + 1} of {self.settings.max_attempts} (last error: {failure.last_error})"
+        return Outcome("would_deliver", name, etag, destination=dest_path, size=props.size, reason=reason)
+
     # -- the batch ------------------------------------------------------------------------------------------
     def preflight(self) -> None:
         """One token for the storage audience: fails fast, before any file, when the chain is broken."""
@@ -631,6 +666,12 @@ class Relay:
                         continue
                     key = Ledger.key(blob.name, blob.etag)
                     failure = failures.get(key)
+                    if dry_run:  # the real decisions, each file with its reason; nothing written
+                        with lock:
+                            summary.listed += 1
+                        record(self.plan(blob, delivered=key in delivered, rejected=key in rejected,
+                                         failure=failure, now=now))
+                        continue
                     skipped = ("already_delivered" if key in delivered else "rejected" if key in rejected
                                else "poisoned" if failure is not None and failure.poisoned
                                else "pending" if failure is not None and failure.next_retry_at > now else None)
@@ -639,9 +680,6 @@ class Relay:
                         if skipped:
                             setattr(summary, skipped, getattr(summary, skipped) + 1)
                     if skipped:
-                        continue
-                    if dry_run:
-                        record(Outcome("pending", blob.name, blob.etag, size=blob.size, reason="would deliver"))
                         continue
                     in_flight.add(pool.submit(run, blob, failure, receipts))
                     if len(in_flight) >= 2 * limit:  # bounded: a 100,000-blob container never piles up futures

@@ -26,13 +26,37 @@ def quiet_sdk_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+# The command line's bound on a broken link to the partner's storage: each request is tried 3 times, 1 s apart; a
+# connection may take 2.5 s to open and an answer 3 s to start (the CLI's requests are listings and small ledger
+# records; an upload's read timeout starts only once its body is sent). A refused connection, a failed DNS lookup
+# or an untrusted certificate is reported in 2 to 3 s, a host that never answers in about 10 s, one that accepts
+# and then stalls in about 11 s. docs/troubleshooting.md says so.
+INTERACTIVE_CONNECT_SECONDS = 2.5
+INTERACTIVE_READ_SECONDS = 3
+INTERACTIVE_RETRIES = 2
+
+
+def interactive_storage_options() -> dict[str, Any]:
+    """Client options for the partner's storage when a person runs the command line (see above)."""
+    from azure.storage.blob import LinearRetry
+
+    return {
+        "connection_timeout": INTERACTIVE_CONNECT_SECONDS,
+        "read_timeout": INTERACTIVE_READ_SECONDS,
+        "retry_policy": LinearRetry(backoff=1, retry_total=INTERACTIVE_RETRIES, random_jitter_range=0),
+    }
+
+
 class Runtime:
     """Every long-lived client of the relay, built on first use from one `Settings`."""
 
     def __init__(self, settings: Settings, *, partner_credential: Any = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, interactive: bool = False) -> None:
         self.settings = settings
         self.clock = clock
+        # The command line: a person waits, so the partner's storage gets shorter timeouts and retries
+        # (INTERACTIVE_STORAGE_OPTIONS) than the functions use; a broken link is reported in about 10 s.
+        self.interactive = interactive
         quiet_sdk_logs()
         from .memory import bound_large_buffers
 
@@ -80,7 +104,11 @@ class Runtime:
     def banenor_service(self) -> Any:
         from .skyporten import banenor_service_client
 
-        return banenor_service_client(self.settings, self.banenor_credential)
+        # The command line: the same connect timeout and retries as for the partner's storage, but the functions'
+        # read timeout (an upload's answer through the gateway may take a while after its body is sent).
+        overrides = {k: v for k, v in interactive_storage_options().items() if k != "read_timeout"} \
+            if self.interactive else {}
+        return banenor_service_client(self.settings, self.banenor_credential, **overrides)
 
     @cached_property
     def destination(self) -> Any:
@@ -94,6 +122,8 @@ class Runtime:
 
         s = self.settings
         kwargs = storage_connection_options(s)
+        if self.interactive:
+            kwargs.update(interactive_storage_options())
         if s.export_storage_connection_string:
             return BlobServiceClient.from_connection_string(s.export_storage_connection_string, **kwargs)
         return BlobServiceClient(s.export_storage_service_uri, credential=self.partner_credential, **kwargs)
@@ -199,12 +229,14 @@ _runtime: Runtime | None = None
 _runtime_lock = threading.Lock()
 
 
-def get_runtime(env: Mapping[str, str] | None = None) -> Runtime:
-    """The process-wide runtime (built once; raises ConfigError listing every bad setting)."""
+def get_runtime(env: Mapping[str, str] | None = None, *, settings: Settings | None = None,
+                interactive: bool = False) -> Runtime:
+    """The process-wide runtime (built once; raises ConfigError listing every bad setting). `interactive`: the
+    command line's shorter limits on the partner's storage (`interactive_storage_options`)."""
     global _runtime
     with _runtime_lock:
         if _runtime is None:
-            _runtime = Runtime(Settings.load(env))
+            _runtime = Runtime(settings or Settings.load(env), interactive=interactive)
         return _runtime
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.cli import DOCTOR_EXIT
+from shared.cli import DOCTOR_EXIT, EXIT_REJECTED
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.stack
@@ -17,6 +17,12 @@ pytestmark = pytest.mark.stack
 
 @pytest.fixture
 def cli(stack, tmp_path):
+    return make_cli(stack, tmp_path)
+
+
+def make_cli(stack, tmp_path):
+    """`run(*args, expect=None, **overrides)`: the CLI as a subprocess with the stack's settings in an env file,
+    on containers of its own (`run.tag`, `run.base`)."""
     tag = uuid.uuid4().hex[:8]
     base = dict(stack.settings, EXPORT_CONTAINER=f"cli-exports-{tag}", LEDGER_CONTAINER=f"cli-ledger-{tag}",
                 DESTINATION_TEMPLATE=f"cli{tag}/{{path}}")
@@ -66,7 +72,7 @@ def test_token_raw_prints_the_token_when_asked(cli):
 
 
 def test_token_refusal_is_one_clear_message_without_traceback(cli):
-    result = cli("token", MASKINPORTEN_SCOPE="banenor:not.granted", expect=1)
+    result = cli("token", MASKINPORTEN_SCOPE="banenor:not.granted", expect=DOCTOR_EXIT["skyporten"])
     assert "MP-200" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -88,7 +94,7 @@ def test_send_delivers_local_files(cli, tmp_path, backend):
 def test_send_refused_extension_exits_non_zero(cli, tmp_path):
     path = tmp_path / "tool.exe"
     path.write_bytes(b"MZ")
-    results = as_json(cli("send", str(path), "--json", expect=1))
+    results = as_json(cli("send", str(path), "--json", expect=EXIT_REJECTED))
     assert results[0]["status"] == "rejected"
 
 
@@ -105,7 +111,7 @@ def test_sync_dry_run_lists_then_sync_delivers_then_status_counts(cli, tmp_path)
     ).get_container_client(cli.base["EXPORT_CONTAINER"])
     exports.get_blob_client("late.csv").upload_blob(b"late\n")
     dry = as_json(cli("sync", "--dry-run", "--json", expect=0))
-    assert dry["pending"] == 1 and dry["delivered"] == 0
+    assert dry["would_deliver"] == 1 and dry["delivered"] == 0
     done = as_json(cli("sync", "--json", expect=0))
     assert done["delivered"] == 1 and done["already_delivered"] == 3
     status = as_json(cli("status", "--json", expect=0))
@@ -126,7 +132,7 @@ def test_status_shows_poisoned_and_retry_makes_them_due(cli, stack):
         stack.gateway.grant(stack.mi_object_id, "integration-dev", "partner-987654321")
     status = cli("status", "--json", expect=0)
     assert [p["source_name"] for p in as_json(status)["poisoned"]] == ["stuck.csv"]
-    assert "403" in as_json(status)["poisoned"][0]["last_error"]
+    assert "403" in as_json(status)["poisoned"][0]["reason"]
     text = cli("status", expect=0).stdout
     assert "poisoned  stuck.csv" in text
     assert as_json(cli("retry", "--all-poisoned", "--json", expect=0)) == {"retried": 1}
