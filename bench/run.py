@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import functools
 import json
 import os
 import platform
@@ -194,21 +193,13 @@ def cold_start(runs: int) -> dict[str, Any]:
 
 
 def start_stack(workdir: Path, azurite_memory_mib: int) -> Any:
-    """The local stack, with Azurite's in-memory store sized for the benchmark.
-
-    `Stack` caps Azurite at its default 1024 MiB, less than one 1 GiB source plus its copies, and Azurite
-    frees deleted blobs only in a garbage collection every 10 minutes; so the cap is raised here (through
-    the `Azurite` name `sim.stack` calls) for this process only.
-    """
+    """The local stack (in memory), with Azurite's in-memory store sized for the benchmark: `Stack` caps it at
+    1024 MiB by default, less than one 1 GiB source plus its copies, and Azurite frees deleted blobs only in a
+    garbage collection every 10 minutes."""
     import sim.stack as stack_module
 
-    original = stack_module.Azurite
-    stack_module.Azurite = functools.partial(original, memory_limit_mb=azurite_memory_mib)  # type: ignore[misc]
-    try:
-        stack = stack_module.Stack(workdir)
-        stack.start()
-    finally:
-        stack_module.Azurite = original  # type: ignore[misc]
+    stack = stack_module.Stack(workdir, memory_limit_mb=azurite_memory_mib)
+    stack.start()
     return stack
 
 

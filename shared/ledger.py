@@ -208,11 +208,14 @@ class Ledger:
 
     def _create(self, blob: BlobClient, body: str, metadata: dict[str, str],
                 content_settings: ContentSettings = _JSON) -> str | None:
-        """Create-only write (If-None-Match: *); the new blob's etag, or None when it already exists."""
+        """Create-only write (If-None-Match: *); the new blob's etag, or None when it already exists. Any other
+        409 (a full store, a lease) is raised: taken for "exists", it would pass for another instance's claim."""
         try:
             response = blob.upload_blob(body.encode(), overwrite=False, metadata=metadata,
                                         content_settings=content_settings)
-        except ResourceExistsError:
+        except ResourceExistsError as exc:
+            if getattr(exc, "error_code", None) not in ("BlobAlreadyExists", None):
+                raise
             return None
         return str(response.get("etag") or "*")
 
