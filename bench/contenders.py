@@ -268,7 +268,8 @@ def relay_sync_large(job: Job) -> dict[str, Any]:
     with Measure() as m:
         summary = relay.sync()
     if summary.delivered != 1 or summary.error:
-        raise RuntimeError(f"sync: delivered={summary.delivered} error={summary.error}")
+        reasons = [o.reason for o in summary.outcomes]
+        raise RuntimeError(f"sync: delivered={summary.delivered} error={summary.error} outcomes={reasons}")
     return m.row(size=summary.bytes, mode="stream", chain_seconds=chain)
 
 

@@ -601,9 +601,9 @@ def main(argv: list[str] | None = None) -> int:
     r["cold"] = cold_start(import_runs)
 
     workdir = WORK / f"run-{uuid.uuid4().hex[:8]}"
-    # Every contender's bytes stay in Azurite's memory until its GC (10 min): the source, 6 x repeat + 2
-    # copies of it, and headroom for the small files and the ledgers.
-    azurite_mib = (6 * args.repeat + 3) * size // MiB + 1024
+    # Every contender's bytes stay in Azurite's memory until its GC (10 min): the source, 6 x repeat + 3
+    # copies of it (naive, server, sync), and headroom for the small files and the ledgers.
+    azurite_mib = (6 * args.repeat + 4) * size // MiB + 1024
     log(f"starting the local stack (Azurite capped at {azurite_mib} MiB)")
     stack = start_stack(workdir, azurite_mib)
     try:
