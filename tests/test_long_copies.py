@@ -159,7 +159,7 @@ def test_a_long_copy_renews_its_claim_so_it_never_expires_under_it(relay_env):
     from shared.relay import CLAIM_TTL
 
     relay_env.put("long.csv", os.urandom(6 * MiB))
-    rt = relay_env.make(COPY_MODE="stream", BLOCK_SIZE="1MiB", PARALLELISM="1")
+    rt = relay_env.make(COPY_MODE="stream", BLOCK_SIZE="1MiB", SINGLE_PUT_LIMIT="1MiB", PARALLELISM="1")
     started = time.time()
     ticks = [0.0]
 
@@ -168,11 +168,24 @@ def test_a_long_copy_renews_its_claim_so_it_never_expires_under_it(relay_env):
         return time.time() + ticks[0]
 
     rt.relay.clock = rt.ledger.clock = slow_clock  # the relay's and the ledger's clocks (tokens keep real time)
+    claims = rt.ledger.container
+    first: dict = {}
+    original = rt.ledger.claim
+
+    def claim_and_look(name, etag, owner, ttl):  # the claim record as it was first written
+        made = original(name, etag, owner, ttl)
+        first["record"] = json.loads(claims.get_blob_client(f"claims/{rt.ledger.key(name, etag)}.json")
+                                     .download_blob().readall())
+        return made
+
+    rt.ledger.claim = claim_and_look
     assert rt.relay.deliver("long.csv").status == "delivered"
     etag = rt.exports.get_blob_client("long.csv").get_blob_properties().etag
     key = rt.ledger.key("long.csv", etag)
-    claim = json.loads(rt.ledger.container.get_blob_client(f"claims/{key}.json").download_blob().readall())
-    assert claim["expires_at"] > started + CLAIM_TTL  # renewed while the copy ran
+    claim = json.loads(claims.get_blob_client(f"claims/{key}.json").download_blob().readall())
+    assert claim["owner"] == first["record"]["owner"]
+    assert claim["expires_at"] > first["record"]["expires_at"] + CLAIM_TTL / 2  # renewed while the copy ran
+    assert claim["expires_at"] > started + CLAIM_TTL
 
 
 @pytest.mark.stack
