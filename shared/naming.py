@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from .errors import NameRejected
@@ -60,6 +60,9 @@ class NamePolicy:
     plus the name), {name}, {dir}, {stem}, {ext} (without the dot), and {yyyy} {MM} {dd} {HH} from `when`.
     Sanitising keeps the extension's case in the name (`Report.CSV` stays `.CSV`); only the allow-list
     check is case-insensitive.
+
+    The policy is validated once, when it is built: `validate()` returns what was found then, and an invalid
+    policy raises ValueError when it is used (`destination_path`), never a rejection of a name.
     """
 
     mode: str = "sanitize"
@@ -68,9 +71,16 @@ class NamePolicy:
     template: str = "{path}"
     max_segment: int = AZURE_MAX_SEGMENT
     max_path: int = AZURE_MAX_PATH
+    _problems: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_problems", tuple(self._find_problems()))
 
     def validate(self) -> list[str]:
         """Problems with the policy itself (never with a name), one sentence each; empty when usable."""
+        return list(self._problems)
+
+    def _find_problems(self) -> list[str]:
         problems: list[str] = []
         if self.mode not in MODES:
             problems.append(f"mode {self.mode!r} is unknown: use one of {', '.join(MODES)}")
@@ -234,9 +244,8 @@ def destination_path(source_name: str, directory: str, policy: NamePolicy, when:
     Raises NameRejected (reason and hint) when the name cannot be delivered under `policy`, and
     ValueError when the policy itself is invalid (see NamePolicy.validate).
     """
-    problems = policy.validate()
-    if problems:
-        raise ValueError("invalid naming policy: " + "; ".join(problems))
+    if policy._problems:
+        raise ValueError("invalid naming policy: " + "; ".join(policy._problems))
     problem = _structure_problem(source_name, "name") if source_name else "the name is empty"
     if problem:
         raise NameRejected(source_name, problem, hint="only regular export files with a plain path can go")
