@@ -509,6 +509,20 @@ def misspelt_settings(env: Mapping[str, str]) -> list[tuple[str, str]]:
     return problems
 
 
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """The settings, with every problem at once: bad values and names that look like ours but are not
+    (`misspelt_settings`). Raises ConfigError."""
+    env = os.environ if env is None else env
+    typos = misspelt_settings(env)
+    try:
+        settings = Settings.load(env)
+    except ConfigError as exc:
+        raise ConfigError(exc.problems + typos) from None
+    if typos:
+        raise ConfigError(typos)
+    return settings
+
+
 ENV_FILE_FORMATS = ("KEY=value lines (dotenv, `export` and quotes allowed), a Functions local.settings.json (its "
                     "Values), or the JSON that `az functionapp config appsettings list` prints")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]*$")
