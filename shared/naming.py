@@ -10,6 +10,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 
 from .errors import NameRejected
 
@@ -24,8 +25,24 @@ BANENOR_EXTENSIONS: frozenset[str] = frozenset(
     "vp0 vspe kmm kmm2 hdr".split()
 )
 
-MODES = ("sanitize", "strict")
-FOLDER_MODES = ("keep", "flatten")
+
+
+class NameMode(StrEnum):
+    """NAME_POLICY: rewrite invalid characters, or refuse any segment that is not already valid."""
+
+    SANITIZE = "sanitize"
+    STRICT = "strict"
+
+
+class FolderMode(StrEnum):
+    """FOLDER_MODE: keep source folders as folders, or join them into the file name with "-"."""
+
+    KEEP = "keep"
+    FLATTEN = "flatten"
+
+
+MODES = tuple(NameMode)
+FOLDER_MODES = tuple(FolderMode)
 PLACEHOLDERS = ("path", "name", "dir", "stem", "ext", "yyyy", "MM", "dd", "HH")
 
 # Azure: a blob name is at most 1024 characters; ADLS Gen2 (hierarchical namespace) caps a segment at 255.
@@ -65,9 +82,9 @@ class NamePolicy:
     policy raises ValueError when it is used (`destination_path`), never a rejection of a name.
     """
 
-    mode: str = "sanitize"
+    mode: str = NameMode.SANITIZE
     allowed_extensions: frozenset[str] = BANENOR_EXTENSIONS
-    folders: str = "keep"
+    folders: str = FolderMode.KEEP
     template: str = "{path}"
     max_segment: int = AZURE_MAX_SEGMENT
     max_path: int = AZURE_MAX_PATH
@@ -170,7 +187,7 @@ def _structure_problem(path: str, what: str) -> str | None:
 
 def _segment(seg: str, policy: NamePolicy, source_name: str, what: str) -> str:
     """One segment made valid (sanitize) or checked (strict); raises NameRejected."""
-    if policy.mode == "strict":
+    if policy.mode == NameMode.STRICT:
         bad = sorted(set(_INVALID_CHAR.findall(seg)))
         if bad:
             raise NameRejected(
@@ -250,7 +267,7 @@ def destination_path(source_name: str, directory: str, policy: NamePolicy, when:
     if problem:
         raise NameRejected(source_name, problem, hint="only regular export files with a plain path can go")
     segments = [_segment(s, policy, source_name, "name") for s in source_name.split("/")]
-    if policy.folders == "flatten":
+    if policy.folders == FolderMode.FLATTEN:
         segments = ["-".join(segments)]
         _check_segment(segments[0], policy, source_name, "flattened name")
     name = segments[-1]
