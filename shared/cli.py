@@ -159,7 +159,7 @@ def check_gateway(rt: Any) -> None:
     s = rt.settings
     with on_link(None, s):
         rt.relay.preflight()  # the token first: a broken chain of trust is its own link
-    prefix = (s.banenor_directory + "/") if s.banenor_directory else None
+    prefix = (s.banenor.directory + "/") if s.banenor.directory else None
     try:
         next(iter(rt.destination.list_blobs(name_starts_with=prefix, results_per_page=1)), None)
     except Exception as exc:
@@ -320,7 +320,7 @@ def why_not_poisoned(rt: Any, name: str) -> tuple[str, str]:
             raise
         props = None
     if props is None:
-        return (f"no export named {name!r} in container {rt.settings.export_container!r}, and no failure "
+        return (f"no export named {name!r} in container {rt.settings.exports.container!r}, and no failure "
                 "recorded for it.", "give the name as `status` shows it, with its folders")
     if ledger.delivered(name, props.etag):
         return f"{name!r} is delivered (its current version).", "nothing to retry"

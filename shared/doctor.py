@@ -122,16 +122,17 @@ def probe_settings(run: Run) -> list[str]:
     from .naming import NamePolicy
     from .runtime import get_runtime
 
-    problems = NamePolicy(mode=s.name_policy, allowed_extensions=s.allowed_extensions, folders=s.folder_mode,
-                          template=s.destination_template).validate()
+    relay = s.relay
+    problems = NamePolicy(mode=relay.name_policy, allowed_extensions=relay.allowed_extensions,
+                          folders=relay.folder_mode, template=relay.destination_template).validate()
     if problems:
         raise RelayError("the name policy is invalid: " + "; ".join(problems),
                          hint="fix DESTINATION_TEMPLATE / ALLOWED_EXTENSIONS / NAME_POLICY (docs/gateway.md)")
     run.runtime = get_runtime(settings=s, interactive=True)
     run.settings = s
-    return [f"environment {s.environment}: issuer {s.maskinporten_issuer}, gateway {s.banenor_storage_url}, "
-            f"audience {s.banenor_storage_audience}",
-            f"key source {s.signing_key_source}, container {s.banenor_container}/{s.banenor_directory}"]
+    return [f"environment {s.banenor.environment}: issuer {s.skyporten.issuer}, gateway {s.banenor.storage_url}, "
+            f"audience {s.banenor.storage_audience}",
+            f"key source {s.signing_key.source}, container {s.banenor.container}/{s.banenor.directory}"]
 
 
 def probe_clock(run: Run) -> list[str]:
@@ -140,7 +141,7 @@ def probe_clock(run: Run) -> list[str]:
     import requests
 
     s = run.settings
-    url = s.maskinporten_issuer + "/.well-known/openid-configuration"
+    url = s.skyporten.issuer + "/.well-known/openid-configuration"
     response = requests.get(url, timeout=15, verify=s.ca_bundle or True)
     date = response.headers.get("Date")
     if not date:
@@ -149,19 +150,19 @@ def probe_clock(run: Run) -> list[str]:
     if abs(skew) > CLOCK_SKEW_ALLOWED:
         raise RelayError(f"this machine's clock is {skew:+.0f} s off Skyporten's; Skyporten allows 10 s.",
                          hint="fix the clock (NTP)")
-    return [f"skew {skew:+.1f} s against {s.maskinporten_issuer} (allowed: 10 s)"]
+    return [f"skew {skew:+.1f} s against {s.skyporten.issuer} (allowed: 10 s)"]
 
 
 def probe_key_vault(run: Run) -> list[str]:
-    s = run.settings
-    where = s.key_vault_url if s.signing_key_source.startswith("keyvault") else s.signing_key_file
+    key = run.settings.signing_key
+    where = key.vault_url if key.source.in_key_vault else key.file
     try:
         run.key = run.runtime.signing_keys.get()
     except SigningKeyError as exc:
         if exc.stage != "material":
             raise
         run.key_error = exc  # it was read; what is wrong with it is the next link's finding
-    return [f"{s.signing_key_source} {s.signing_key_name or s.signing_key_file!r} read from {where}"]
+    return [f"{key.source} {key.name or key.file!r} read from {where}"]
 
 
 def probe_key(run: Run) -> list[str]:
@@ -206,7 +207,7 @@ def probe_entra(run: Run) -> list[str]:
 
     s = run.settings
     try:
-        token = run.runtime.banenor_credential.get_token(s.banenor_storage_audience + "/.default")
+        token = run.runtime.banenor_credential.get_token(s.banenor.storage_audience + "/.default")
     except EntraError as exc:
         sky = run.sky
         if exc.code in ("AADSTS70021", "AADSTS700212"):
@@ -225,17 +226,17 @@ def probe_entra(run: Run) -> list[str]:
 def probe_gateway(run: Run) -> list[str]:
     from .skyporten import gateway_error
 
-    s = run.settings
+    banenor = run.settings.banenor
     rt = run.runtime
-    directory = s.banenor_directory
+    directory = banenor.directory
     if run.read_only:
         prefix = (directory + "/") if directory else None
         try:
             listing = rt.destination.list_blobs(name_starts_with=prefix)
             names = [b.name for _, b in zip(range(5), listing, strict=False)]
         except Exception as exc:
-            raise gateway_error(exc, f"{s.banenor_container}/{directory}") from None
-        return [f"listed {s.banenor_container}/{directory}: {len(names)} item(s) seen (read-only check)"]
+            raise gateway_error(exc, f"{banenor.container}/{directory}") from None
+        return [f"listed {banenor.container}/{directory}: {len(names)} item(s) seen (read-only check)"]
     # A name no export can have (a fresh uuid), written create-only: the probe never overwrites a delivery.
     name = f"relay-doctor-probe-{uuid.uuid4().hex}.txt"
     probe = f"{directory}/{name}" if directory else name
@@ -248,11 +249,11 @@ def probe_gateway(run: Run) -> list[str]:
         blob.delete_blob()  # tidy up where Bane NOR allows it; otherwise it goes with the 8-day retention
     except Exception:  # noqa: S110 - a probe left behind is harmless
         pass
-    return [f"wrote {s.banenor_container}/{probe} through {s.banenor_storage_url}"]
+    return [f"wrote {banenor.container}/{probe} through {banenor.storage_url}"]
 
 
 def probe_exports(run: Run) -> list[str]:
-    container = run.settings.export_container
+    container = run.settings.exports.container
     try:
         names = [b.name for _, b in zip(range(1), run.runtime.exports.list_blobs(), strict=False)]
     except Exception as exc:
@@ -263,7 +264,7 @@ def probe_exports(run: Run) -> list[str]:
 
 def probe_ledger(run: Run) -> list[str]:
     rt = run.runtime
-    container = run.settings.ledger_container
+    container = run.settings.exports.ledger_container
     try:
         probe = rt.ledger.container.get_blob_client("doctor/probe.txt")
         probe.upload_blob(b"probe", overwrite=True)
