@@ -1,8 +1,8 @@
 """The command line: `.venv/bin/python -m shared <command>` for onboarding, manual sends and diagnosis.
 
-Commands: doctor, token, send, sync, status, retry. Every command takes `--json` and `--verbose`; a broken link
-prints one message (link, cause and fix) and exits with that link's code (EXIT_CODES, as `doctor` uses them),
-never a traceback. Tokens and grants are never printed unless `token --raw` asks for it explicitly.
+Commands: doctor (its checks are shared/doctor.py's), token, send, sync, status, retry. Every command takes
+`--json` and `--verbose`; a broken link prints one message (link, cause and fix) and exits with that link's code
+(DOCTOR_EXIT), never a traceback. Grants are never printed; a token only when `token --raw` asks for it.
 """
 
 from __future__ import annotations

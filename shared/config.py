@@ -87,10 +87,6 @@ class Environment:
     gateway_url: str
     storage_audience: str
 
-    @property
-    def token_endpoint(self) -> str:
-        return self.skyporten_issuer + "/token"
-
 
 # The Skyporten issuers have no trailing slash (unlike ordinary Maskinporten): docs/protocol.md section 2.
 _SKY_TEST = "https://test.sky.maskinporten.no"

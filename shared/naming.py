@@ -1,6 +1,6 @@
 """Destination names: turn a partner's export name into a blob path Bane NOR accepts.
 
-Owns Bane NOR's naming rules (PROTOCOL.md section 4: `[a-zA-Z0-9.-]` per segment, an extension allow
+Owns Bane NOR's naming rules (docs/protocol.md section 6: `[a-zA-Z0-9.-]` per segment, an extension allow
 list), the sanitising transliteration, the destination template and every refusal. Pure: no I/O.
 """
 
