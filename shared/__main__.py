@@ -1,4 +1,6 @@
-"""`python -m shared <command>`: see shared/cli.py."""
+"""`python -m shared <command>`: the operator's command line.
+
+Only starts shared/cli.py's `main` and exits with its code."""
 
 import sys
 

@@ -1,35 +1,34 @@
 """The command line: `.venv/bin/python -m shared <command>` for onboarding, manual sends and diagnosis.
 
-Commands: doctor, token, send, sync, status, retry. Every command takes `--json` and `--verbose`; a broken link
-prints one message (link, cause and fix) and exits with that link's code (EXIT_CODES, as `doctor` uses them),
-never a traceback. Tokens and grants are never printed unless `token --raw` asks for it explicitly.
+Commands: doctor (its checks are shared/doctor.py's), token, send, sync, status, retry. Every command takes
+`--json` and `--verbose`; a broken link prints one message (link, cause and fix) and exits with that link's code
+(DOCTOR_EXIT), never a traceback. Grants are never printed; a token only when `token --raw` asks for it.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .config import ENV_FILE_FORMATS, Settings, misspelt_settings, read_env_file
+from . import doctor
+from .config import ENV_FILE_FORMATS, load_settings, read_env_file
 from .diagnosis import (
     LinkFailure,
     container_of,
     diagnose,
     gateway_unreachable,
-    partner_endpoint,
-    partner_storage_failure,
 )
-from .errors import ConfigError, RelayError, SigningKeyError, scrub
+from .doctor import DOCTOR_EXIT, token_facts
+from .doctor import fmt_time as _fmt_time
+from .errors import ConfigError, RelayError, scrub
 
 # One exit-code table for every command (docs/troubleshooting.md): send and sync say what became of the files,
 # a broken link says which link (doctor stops at the first broken one with the same codes).
@@ -37,18 +36,12 @@ EXIT_OK = 0  # every file delivered (or already delivered); the command did what
 EXIT_FAILED = 1  # some file failed (retried by the next sync) or is poisoned; or `retry` had nothing to retry
 EXIT_CONFIG = 2  # a setting, the --env-file or the command line is wrong
 EXIT_REJECTED = 3  # nothing failed, but some file is rejected for good (its name or extension)
-EXIT_FAIL = EXIT_FAILED
 ENV_FILE_FIX = ("give one of: " + ENV_FILE_FORMATS + "; `make stack` writes the local stack's to "
                 ".local/settings.env")
-# doctor: the exit code says which link failed first; every other command uses the same codes for a broken link
-DOCTOR_LINKS = ("settings", "clock", "key_vault", "key", "skyporten", "entra", "gateway", "exports", "ledger")
-DOCTOR_EXIT = {name: 10 + i for i, name in enumerate(DOCTOR_LINKS)}
 # What the SDKs log (the raw Entra error body, retries, connection pool notes) and what the relay logs per file
 # (the CLI prints each outcome itself) reach the terminal only with --verbose.
 SDK_LOGGERS = ("azure", "msal", "urllib3")
 RELAY_OUTCOME_LOGS = ("delivery outcome", "sync stopped", "sync summary", "sync: ")
-KEY_LIFETIME_DAYS = 365  # self-service keys expire a year after upload
-KEY_WARN_DAYS = 30
 
 
 class Output:
@@ -65,13 +58,6 @@ class Output:
             print(json.dumps(json_ready(payload), indent=2, default=str), file=self.stream, flush=True)
 
 
-def _fmt_time(epoch: float | None) -> str:
-    """ISO 8601 in UTC, to the second: what every command prints, as text and in --json."""
-    if not epoch:
-        return "-"
-    return dt.datetime.fromtimestamp(float(epoch), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def json_ready(value: Any, key: str = "") -> Any:
     """--json output in one form for every command: `*_at` times as ISO 8601 UTC strings, etags without the
     quotes HTTP puts around them, a failure's error under `reason` (as for every other outcome)."""
@@ -84,18 +70,6 @@ def json_ready(value: Any, key: str = "") -> Any:
     if key.endswith("etag") and isinstance(value, str):
         return value.strip('"')
     return value
-
-
-def load_settings() -> Settings:
-    """The settings, with every problem at once: bad values and names that look like ours but are not."""
-    typos = misspelt_settings(os.environ)
-    try:
-        settings = Settings.load()
-    except ConfigError as exc:
-        raise ConfigError(exc.problems + typos) from None
-    if typos:
-        raise ConfigError(typos)
-    return settings
 
 
 def _runtime(args: argparse.Namespace) -> Any:
@@ -126,26 +100,6 @@ class on_link:
 
 
 # -- token ---------------------------------------------------------------------------------------------------
-def token_facts(token: Any, now: float, resource: str | None = None) -> dict[str, Any]:
-    """What a Skyporten token says (never the token), with the resource the grant sent (None: none)."""
-    from .maskinporten import audience_reading
-
-    claims = token.claims
-    consumer = claims.get("consumer") or {}
-    return {
-        "scope": token.scope,
-        "resource_sent": resource,
-        "audience": claims.get("aud"),
-        "audience_from": audience_reading(resource, claims.get("aud")),
-        "subject": claims.get("sub"),
-        "issuer": claims.get("iss"),
-        "consumer_org": consumer.get("ID") if isinstance(consumer, dict) else None,
-        "client_id": claims.get("client_id"),
-        "expires_at": _fmt_time(token.expires_at),  # ISO 8601 UTC
-        "expires_in": int(token.expires_at - now),
-    }
-
-
 def cmd_token(args: argparse.Namespace, out: Output) -> int:
     rt = _runtime(args)
     with on_link(None):
@@ -205,7 +159,7 @@ def check_gateway(rt: Any) -> None:
     s = rt.settings
     with on_link(None, s):
         rt.relay.preflight()  # the token first: a broken chain of trust is its own link
-    prefix = (s.banenor_directory + "/") if s.banenor_directory else None
+    prefix = (s.banenor.directory + "/") if s.banenor.directory else None
     try:
         next(iter(rt.destination.list_blobs(name_starts_with=prefix, results_per_page=1)), None)
     except Exception as exc:
@@ -366,7 +320,7 @@ def why_not_poisoned(rt: Any, name: str) -> tuple[str, str]:
             raise
         props = None
     if props is None:
-        return (f"no export named {name!r} in container {rt.settings.export_container!r}, and no failure "
+        return (f"no export named {name!r} in container {rt.settings.exports.container!r}, and no failure "
                 "recorded for it.", "give the name as `status` shows it, with its folders")
     if ledger.delivered(name, props.etag):
         return f"{name!r} is delivered (its current version).", "nothing to retry"
@@ -395,218 +349,38 @@ def cmd_retry(args: argparse.Namespace, out: Output) -> int:
 
 
 # -- doctor --------------------------------------------------------------------------------------------------
-class Doctor:
-    """Checks each link of the chain in order and stops at the first broken one."""
-
-    def __init__(self, out: Output, read_only: bool) -> None:
-        self.out = out
-        self.read_only = read_only
-        self.results: list[dict[str, Any]] = []
-
-    def check(self, link: str, title: str, fn: Callable[[], list[str] | None]) -> bool:
-        try:
-            notes = fn() or []
-        except RelayError as exc:
-            self._record(link, title, "fail", [exc.message], exc.hint)
-            return False
-        except Exception as exc:  # an unexpected failure: still one line, no traceback
-            first = (str(exc).splitlines() or [""])[0]
-            self._record(link, title, "fail", [f"{type(exc).__name__}: {scrub(first)[:300]}"], None)
-            return False
-        status = "warn" if any(n.startswith("WARNING") for n in notes) else "ok"
-        self._record(link, title, status, notes, None)
-        return True
-
-    def _record(self, link: str, title: str, status: str, notes: list[str], fix: str | None) -> None:
-        self.results.append({"link": link, "title": title, "status": status, "details": notes, "fix": fix})
-        mark = {"ok": "OK  ", "warn": "WARN", "fail": "FAIL"}[status]
-        self.out.line(f"[{mark}] {title}")
-        for note in notes:
-            for text in note.splitlines():
-                self.out.line(f"       {text.strip()}")
-        if fix:
-            self.out.line(f"       Fix: {fix}")
-
-
 def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
-    doc = Doctor(out, args.read_only)
-    state: dict[str, Any] = {}
-
-    def settings() -> list[str]:
-        try:
-            s = load_settings()
-        except ConfigError as exc:
-            raise RelayError(exc.message, hint="set or rename the settings named above (docs/settings.md)") from None
-        from .naming import NamePolicy
-        from .runtime import get_runtime
-
-        problems = NamePolicy(mode=s.name_policy, allowed_extensions=s.allowed_extensions, folders=s.folder_mode,
-                              template=s.destination_template).validate()
-        if problems:
-            raise RelayError("the name policy is invalid: " + "; ".join(problems),
-                             hint="fix DESTINATION_TEMPLATE / ALLOWED_EXTENSIONS / NAME_POLICY (docs/gateway.md)")
-        state["rt"] = get_runtime(settings=s, interactive=True)
-        state["s"] = s
-        return [f"environment {s.environment}: issuer {s.maskinporten_issuer}, gateway {s.banenor_storage_url}, "
-                f"audience {s.banenor_storage_audience}",
-                f"key source {s.signing_key_source}, container {s.banenor_container}/{s.banenor_directory}"]
-
-    def clock() -> list[str]:
-        from email.utils import parsedate_to_datetime
-
-        import requests
-
-        s = state["s"]
-        url = s.maskinporten_issuer + "/.well-known/openid-configuration"
-        response = requests.get(url, timeout=15, verify=s.ca_bundle or True)
-        date = response.headers.get("Date")
-        if not date:
-            return ["WARNING: Skyporten's metadata endpoint sent no Date header; clock not checked"]
-        skew = time.time() - parsedate_to_datetime(date).timestamp()
-        if abs(skew) > 10:
-            raise RelayError(f"this machine's clock is {skew:+.0f} s off Skyporten's; Skyporten allows 10 s.",
-                             hint="fix the clock (NTP)")
-        return [f"skew {skew:+.1f} s against {s.maskinporten_issuer} (allowed: 10 s)"]
-
-    def key_vault() -> list[str]:
-        s = state["s"]
-        where = s.key_vault_url if s.signing_key_source.startswith("keyvault") else s.signing_key_file
-        try:
-            state["key"] = state["rt"].signing_keys.get()
-        except SigningKeyError as exc:
-            if exc.stage != "material":
-                raise
-            state["key_error"] = exc  # it was read; what is wrong with it is the next link's finding
-        return [f"{s.signing_key_source} {s.signing_key_name or s.signing_key_file!r} read from {where}"]
-
-    def key() -> list[str]:
-        if "key_error" in state:
-            raise state["key_error"]
-        info = state["key"].info
-        notes = [f"RSA {info.bits} bits, kid {info.kid or '-'}"
-                 + (f", x5c certificate {info.certificate_subject}" if info.certificate_subject else "")]
-        if info.source != "keyvault-certificate" and not info.kid:
-            raise RelayError("the key has no kid.", hint="set MASKINPORTEN_KEY_ID to the kid registered on the "
-                             "integration in Samarbeidsportalen")
-        now = dt.datetime.now(dt.UTC)
-        expires = info.certificate_not_after or info.expires_on
-        if expires is None and info.created_on is not None and info.source != "keyvault-certificate":
-            expires = info.created_on + dt.timedelta(days=KEY_LIFETIME_DAYS)
-            notes.append(f"stored {info.created_on:%Y-%m-%d}; self-service keys expire a year after upload")
-        if expires is not None:
-            days = (expires - now).days
-            if days < 0:
-                raise RelayError(f"the key expired {expires:%Y-%m-%d} (Skyporten answers MP-121).",
-                                 hint="register a new key in Samarbeidsportalen, store it, switch MASKINPORTEN_KEY_ID")
-            note = f"expires about {expires:%Y-%m-%d} ({days} days)"
-            notes.append(("WARNING: " if days <= KEY_WARN_DAYS else "") + note +
-                         ("; register the next key now (docs/key-rotation.md)" if days <= KEY_WARN_DAYS else ""))
-        return notes
-
-    def skyporten() -> list[str]:
-        client = state["rt"].maskinporten
-        token = client.get_token()
-        facts = token_facts(token, time.time(), client.request.resource)
-        state["sky"] = facts
-        reading = facts["audience_from"]
-        aud_line = f"aud {facts['audience']}: {reading}"
-        return [f"sub {facts['subject']}", f"resource sent: {facts['resource_sent'] or 'none'}",
-                ("WARNING: " if reading.startswith("no audience") else "") + aud_line,
-                f"scope {facts['scope']}", f"consumer {facts['consumer_org']}", f"expires {facts['expires_at']}"]
-
-    def entra() -> list[str]:
-        from .errors import EntraError
-
-        s = state["s"]
-        try:
-            token = state["rt"].banenor_credential.get_token(s.banenor_storage_audience + "/.default")
-        except EntraError as exc:
-            sky = state.get("sky") or {}
-            if exc.code in ("AADSTS70021", "AADSTS700212"):
-                # Which reading of the audience is in play, and what was sent: MASKINPORTEN_RESOURCE is the one
-                # setting of the partner's that decides the token's aud.
-                exc.message += (f" MASKINPORTEN_RESOURCE: resource sent: {sky.get('resource_sent') or 'none'};"
-                                f" the Skyporten token's aud {sky.get('audience')!r} ({sky.get('audience_from')}).")
-            raise
-        from .maskinporten import decode_unverified
-
-        claims = decode_unverified(token.token)
-        return [f"token for {claims.get('aud')} (tenant {claims.get('tid')}, identity {claims.get('oid')}), "
-                f"expires {_fmt_time(token.expires_on)}"]
-
-    def gateway() -> list[str]:
-        from .skyporten import gateway_error
-
-        s = state["s"]
-        rt = state["rt"]
-        directory = s.banenor_directory
-        if doc.read_only:
-            prefix = (directory + "/") if directory else None
-            try:
-                listing = rt.destination.list_blobs(name_starts_with=prefix)
-                names = [b.name for _, b in zip(range(5), listing, strict=False)]
-            except Exception as exc:
-                raise gateway_error(exc, f"{s.banenor_container}/{directory}") from None
-            return [f"listed {s.banenor_container}/{directory}: {len(names)} item(s) seen (read-only check)"]
-        # A name no export can have (a fresh uuid), written create-only: the probe never overwrites a delivery.
-        name = f"relay-doctor-probe-{uuid.uuid4().hex}.txt"
-        probe = f"{directory}/{name}" if directory else name
-        blob = rt.destination.get_blob_client(probe)
-        try:
-            blob.upload_blob(b"skyporten relay doctor probe\n", overwrite=False)
-        except Exception as exc:
-            raise gateway_error(exc, probe) from None
-        try:
-            blob.delete_blob()  # tidy up where Bane NOR allows it; otherwise it goes with the 8-day retention
-        except Exception:  # noqa: S110 - a probe left behind is harmless
-            pass
-        return [f"wrote {s.banenor_container}/{probe} through {s.banenor_storage_url}"]
-
-    def exports() -> list[str]:
-        rt = state["rt"]
-        container = state["s"].export_container
-        try:
-            names = [b.name for _, b in zip(range(1), rt.exports.list_blobs(), strict=False)]
-        except Exception as exc:
-            failure = partner_storage_failure(exc, "exports", container, partner_endpoint(state["s"]))
-            raise RelayError(failure.message, hint=failure.fix) from None
-        return [f"container {container} readable ({'not empty' if names else 'empty'})"]
-
-    def ledger() -> list[str]:
-        rt = state["rt"]
-        container = state["s"].ledger_container
-        try:
-            probe = rt.ledger.container.get_blob_client("doctor/probe.txt")
-            probe.upload_blob(b"probe", overwrite=True)
-            probe.delete_blob()
-        except Exception as exc:
-            failure = partner_storage_failure(exc, "ledger", container, partner_endpoint(state["s"]))
-            raise RelayError(failure.message, hint=failure.fix) from None
-        return [f"container {state['s'].ledger_container} writable; " +
-                ", ".join(f"{k} {v}" for k, v in rt.ledger.counts().items())]
-
-    steps = [("settings", "Settings", settings), ("clock", "Clock against Skyporten", clock),
-             ("key_vault", "Signing key readable", key_vault), ("key", "Signing key valid", key),
-             ("skyporten", "Skyporten token", skyporten), ("entra", "Entra exchange in Bane NOR's tenant", entra),
-             ("gateway", "Bane NOR gateway " + ("read" if args.read_only else "write"), gateway),
-             ("exports", "Export container readable", exports), ("ledger", "Ledger writable", ledger)]
+    """Runs shared/doctor.py's checks and prints each as it finishes; stops at the first broken link."""
+    run = doctor.Run(args.read_only)
+    checks = []
     code = EXIT_OK
-    for link, title, fn in steps:
-        if not doc.check(link, title, fn):
-            code = DOCTOR_EXIT[link]
-            break
-    rows = state["s"].describe() if args.settings and "s" in state else []
+    for result in doctor.run_checks(doctor.CHECKS, args.read_only, run):
+        checks.append(result.as_dict())
+        _print_check(out, result)
+        if result.status == "fail":
+            code = result.exit_code
+    rows = run.settings.describe() if args.settings and run.settings is not None else []
     if rows:
         width = max(len(name) for name, _, _ in rows)
         out.line("Settings in force (connection-string keys redacted):")
         for name, value, origin in rows:
             out.line(f"  {name.ljust(width)}  {value or '-'}  ({origin or 'derived'})")
-    payload: dict[str, Any] = {"ok": code == EXIT_OK, "exit_code": code, "checks": doc.results}
+    payload: dict[str, Any] = {"ok": code == EXIT_OK, "exit_code": code, "checks": checks}
     if args.settings:
         payload["settings"] = [{"name": n, "value": v, "origin": o} for n, v, o in rows]
     out.data(payload)
     out.line("All links work." if code == EXIT_OK else f"Stopped at the first broken link (exit code {code}).")
     return code
+
+
+def _print_check(out: Output, result: doctor.Result) -> None:
+    mark = {"ok": "OK  ", "warn": "WARN", "fail": "FAIL"}[result.status]
+    out.line(f"[{mark}] {result.title}")
+    for note in result.details:
+        for text in note.splitlines():
+            out.line(f"       {text.strip()}")
+    if result.fix:
+        out.line(f"       Fix: {result.fix}")
 
 
 # -- entry point ---------------------------------------------------------------------------------------------

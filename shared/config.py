@@ -1,8 +1,8 @@
-"""The one settings object: read every app setting once, validate, explain.
+"""The settings: read every app setting once, validate, explain; typed per concern.
 
 `Settings.load()` reads the environment (Azure app settings, `local.settings.json` under `func start`, or
-`.local/settings.env` from the local stack), applies the Bane NOR environment preset, and reports *all*
-problems at once as a `ConfigError`, each naming the setting and the fix. Nothing else reads `os.environ`.
+`.local/settings.env` from the local stack), applies the Bane NOR environment preset, parses each mode into its
+enum and reports *all* problems at once as a `ConfigError`, each naming the setting and the fix.
 """
 
 from __future__ import annotations
@@ -11,17 +11,71 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from .errors import ConfigError, scrub
+from .naming import BANENOR_EXTENSIONS, FolderMode, NameMode
 
 DEFAULT_SCOPE = "banenor:payloadmanager.storage"
 DEFAULT_API_VERSION = "2025-01-05"  # Bane NOR's examples and API description pin it (docs/protocol.md, section 6)
 DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
 MAX_REQUEST_BYTES = 100 * 1000 * 1000  # the gateway's limit is "100 MB per request" (docs/protocol.md, section 6)
 MIB = 1024 * 1024
+
+
+class BanenorEnvironment(StrEnum):
+    """BANENOR_ENVIRONMENT: which of Bane NOR's environments (and so which preset) the relay delivers to."""
+
+    DEV = "dev"
+    TEST = "test"
+    PROD = "prod"
+
+
+class SigningKeySource(StrEnum):
+    """SIGNING_KEY_SOURCE: where the key that signs the Skyporten grant lives."""
+
+    KEYVAULT_SECRET = "keyvault-secret"
+    KEYVAULT_CERTIFICATE = "keyvault-certificate"
+    KEYVAULT_KEY = "keyvault-key"
+    FILE = "file"
+
+    @property
+    def in_key_vault(self) -> bool:
+        return self is not SigningKeySource.FILE
+
+
+class ResourceForm(StrEnum):
+    """MASKINPORTEN_RESOURCE_FORM: the grant's resource claim as a string or as a one-element array."""
+
+    STRING = "string"
+    ARRAY = "array"
+
+
+class CopyMode(StrEnum):
+    """COPY_MODE: how the bytes go (auto: Bane NOR's storage reads from ours where it can, else streamed)."""
+
+    AUTO = "auto"
+    STREAM = "stream"
+    SERVER = "server"
+
+
+class AfterDelivery(StrEnum):
+    """AFTER_DELIVERY: what becomes of an export once it is delivered."""
+
+    KEEP = "keep"
+    ARCHIVE = "archive"
+    DELETE = "delete"
+
+
+class BlobTriggerSource(StrEnum):
+    """BLOB_TRIGGER_SOURCE: EventGrid (Azure; required on Flex Consumption) or LogsAndContainerScan (local)."""
+
+    EVENT_GRID = "EventGrid"
+    LOGS_AND_CONTAINER_SCAN = "LogsAndContainerScan"
 
 
 @dataclass(frozen=True)
@@ -33,25 +87,21 @@ class Environment:
     gateway_url: str
     storage_audience: str
 
-    @property
-    def token_endpoint(self) -> str:
-        return self.skyporten_issuer + "/token"
-
 
 # The Skyporten issuers have no trailing slash (unlike ordinary Maskinporten): docs/protocol.md section 2.
 _SKY_TEST = "https://test.sky.maskinporten.no"
 _SKY_PROD = "https://sky.maskinporten.no"
-ENVIRONMENTS: dict[str, Environment] = {
+ENVIRONMENTS: dict[BanenorEnvironment, Environment] = {
     # dev pairs with Skyporten test: open in docs/protocol.md, so MASKINPORTEN_ISSUER can override it.
-    "dev": Environment(
+    BanenorEnvironment.DEV: Environment(
         "dev", _SKY_TEST, "https://dev.api.apps.banenor.no/payload-manager/v1",
         "https://bnplmextnwestdev.blob.core.windows.net",
     ),
-    "test": Environment(
+    BanenorEnvironment.TEST: Environment(
         "test", _SKY_TEST, "https://test.api.apps.banenor.no/payload-manager/v1",
         "https://bnplmextnwesttest.blob.core.windows.net",
     ),
-    "prod": Environment(
+    BanenorEnvironment.PROD: Environment(
         "prod", _SKY_PROD, "https://api.banenor.no/payload-manager/v1",
         "https://bnplmextnwestprod.blob.core.windows.net",
     ),
@@ -59,47 +109,72 @@ ENVIRONMENTS: dict[str, Environment] = {
 
 # What requests reads from the environment on every request (besides REQUESTS_CA_BUNDLE, which is a setting).
 HTTP_ENV_VARIABLES = frozenset({"http_proxy", "https_proxy", "all_proxy", "no_proxy", "curl_ca_bundle"})
-SIGNING_KEY_SOURCES = ("keyvault-secret", "keyvault-certificate", "keyvault-key", "file")
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _CONTAINER = re.compile(r"^[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]$")
 _URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:.")  # RFC 3986 section 3.1: scheme ":" and more
 
 
 @dataclass(frozen=True)
-class Settings:
-    """Every setting the relay uses, validated. Field names mirror the app setting names."""
+class SigningKeySettings:
+    """The key that signs the Skyporten grant: where it is read from and which kid Skyporten knows it by."""
 
-    environment: str
-    maskinporten_issuer: str
-    maskinporten_token_endpoint: str
-    banenor_storage_url: str
-    banenor_storage_audience: str
-    maskinporten_client_id: str
-    maskinporten_scope: str
-    maskinporten_resource: str | None
-    maskinporten_resource_form: str
-    maskinporten_key_id: str | None
-    signing_key_source: str
-    key_vault_url: str | None
-    signing_key_name: str | None
-    signing_key_file: str | None
-    banenor_tenant_id: str
-    banenor_client_id: str
-    banenor_authority_host: str
-    banenor_container: str
-    banenor_directory: str
-    banenor_storage_api_version: str
-    export_storage_connection_string: str | None = field(repr=False)  # may hold an AccountKey or SAS
-    export_storage_service_uri: str | None
-    export_container: str
+    source: SigningKeySource
+    vault_url: str | None
+    name: str | None
+    file: str | None
+    key_id: str | None
+    cache_seconds: int
+
+
+@dataclass(frozen=True)
+class SkyportenSettings:
+    """The Skyporten (Maskinporten) integration: issuer, token endpoint, client id, scope and resource."""
+
+    issuer: str
+    token_endpoint: str
+    client_id: str
+    scope: str
+    resource: str | None
+    resource_form: ResourceForm
+
+
+@dataclass(frozen=True)
+class BanenorSettings:
+    """Bane NOR's side: the environment, Entra (tenant, managed identity) and the gateway with its container."""
+
+    environment: BanenorEnvironment
+    storage_url: str
+    storage_audience: str
+    tenant_id: str
+    client_id: str
+    authority_host: str
+    container: str
+    directory: str
+    api_version: str
+    federation_retry_seconds: int
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """The partner's storage: how to reach it and its export, ledger and archive containers."""
+
+    connection_string: str | None = field(repr=False)  # may hold an AccountKey or SAS
+    service_uri: str | None
+    container: str
     ledger_container: str
     archive_container: str
-    copy_mode: str
-    after_delivery: str
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    """How the relay behaves: copy mode, what follows a delivery, naming, sizes and concurrency."""
+
+    copy_mode: CopyMode
+    after_delivery: AfterDelivery
     max_attempts: int
-    name_policy: str
+    name_policy: NameMode
     allowed_extensions: frozenset[str]
-    folder_mode: str
+    folder_mode: FolderMode
     destination_template: str
     block_size: int
     parallelism: int
@@ -107,9 +182,65 @@ class Settings:
     sync_concurrency: int
     sync_prefix: str
     sync_suffix: str
-    ca_bundle: str | None
-    key_cache_seconds: int
-    federation_retry_seconds: int
+
+
+# The flat names other modules read today (settings.copy_mode, ...), each the section and field it reads, in the
+# order `describe` lists them. Next: each factory takes its own section, and these go.
+_FLAT: tuple[tuple[str, str | None, str], ...] = (
+    ("environment", "banenor", "environment"),
+    ("maskinporten_issuer", "skyporten", "issuer"),
+    ("maskinporten_token_endpoint", "skyporten", "token_endpoint"),
+    ("banenor_storage_url", "banenor", "storage_url"),
+    ("banenor_storage_audience", "banenor", "storage_audience"),
+    ("maskinporten_client_id", "skyporten", "client_id"),
+    ("maskinporten_scope", "skyporten", "scope"),
+    ("maskinporten_resource", "skyporten", "resource"),
+    ("maskinporten_resource_form", "skyporten", "resource_form"),
+    ("maskinporten_key_id", "signing_key", "key_id"),
+    ("signing_key_source", "signing_key", "source"),
+    ("key_vault_url", "signing_key", "vault_url"),
+    ("signing_key_name", "signing_key", "name"),
+    ("signing_key_file", "signing_key", "file"),
+    ("banenor_tenant_id", "banenor", "tenant_id"),
+    ("banenor_client_id", "banenor", "client_id"),
+    ("banenor_authority_host", "banenor", "authority_host"),
+    ("banenor_container", "banenor", "container"),
+    ("banenor_directory", "banenor", "directory"),
+    ("banenor_storage_api_version", "banenor", "api_version"),
+    ("export_storage_connection_string", "exports", "connection_string"),
+    ("export_storage_service_uri", "exports", "service_uri"),
+    ("export_container", "exports", "container"),
+    ("ledger_container", "exports", "ledger_container"),
+    ("archive_container", "exports", "archive_container"),
+    ("copy_mode", "relay", "copy_mode"),
+    ("after_delivery", "relay", "after_delivery"),
+    ("max_attempts", "relay", "max_attempts"),
+    ("name_policy", "relay", "name_policy"),
+    ("allowed_extensions", "relay", "allowed_extensions"),
+    ("folder_mode", "relay", "folder_mode"),
+    ("destination_template", "relay", "destination_template"),
+    ("block_size", "relay", "block_size"),
+    ("parallelism", "relay", "parallelism"),
+    ("single_put_limit", "relay", "single_put_limit"),
+    ("sync_concurrency", "relay", "sync_concurrency"),
+    ("sync_prefix", "relay", "sync_prefix"),
+    ("sync_suffix", "relay", "sync_suffix"),
+    ("ca_bundle", None, "ca_bundle"),
+    ("key_cache_seconds", "signing_key", "cache_seconds"),
+    ("federation_retry_seconds", "banenor", "federation_retry_seconds"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting the relay uses, validated, in one section per concern (`settings.skyporten`, ...)."""
+
+    signing_key: SigningKeySettings
+    skyporten: SkyportenSettings
+    banenor: BanenorSettings
+    exports: ExportSettings
+    relay: RelaySettings
+    ca_bundle: str | None  # REQUESTS_CA_BUNDLE, for every HTTP client
     # A proxy variable (HTTPS_PROXY, NO_PROXY, ...) or CURL_CA_BUNDLE is set: the storage clients then read the
     # environment on every request, as requests does by default; without one they skip that work
     # (skyporten.storage_connection_options).
@@ -125,16 +256,24 @@ class Settings:
     def describe(self) -> list[tuple[str, str, str]]:
         """(setting, value, origin) rows for display, by app setting name; values here are never secret."""
         rows = []
-        for f in fields(self):
-            if f.name in ("origins", "http_from_environment"):  # not settings
-                continue
-            value = getattr(self, f.name)
+        for flat, _, _ in _FLAT:
+            value = getattr(self, flat)
             if isinstance(value, frozenset):
                 value = ",".join(sorted(value))
-            name = _SETTING_NAMES.get(f.name, f.name.upper())
+            name = _SETTING_NAMES.get(flat, flat.upper())
             # scrub: account keys (any case), SAS signatures and URL query strings, in every value
             rows.append((name, "" if value is None else scrub(str(value)), self.origins.get(name.lower(), "")))
         return rows
+
+
+def _flat_property(section: str, attribute: str) -> property:
+    return property(lambda self: getattr(getattr(self, section), attribute),
+                    doc=f"settings.{section}.{attribute} (a flat name kept for the modules that read it)")
+
+
+for _flat, _section, _attribute in _FLAT:
+    if _section is not None:
+        setattr(Settings, _flat, _flat_property(_section, _attribute))
 
 
 def is_loopback(host: str | None) -> bool:
@@ -156,6 +295,9 @@ _SETTING_NAMES = {
     "ca_bundle": "REQUESTS_CA_BUNDLE",
     "key_cache_seconds": "SIGNING_KEY_CACHE_SECONDS",
 }
+
+
+_Mode = TypeVar("_Mode", bound=StrEnum)
 
 
 class _Reader:
@@ -183,12 +325,14 @@ class _Reader:
             self.problem(name, f"is required. {hint}".strip())
         return value if value is not None else default
 
-    def choice(self, name: str, options: tuple[str, ...], default: str) -> str:
+    def choice(self, name: str, default: _Mode) -> _Mode:
+        """One of the values of `default`'s enum, parsed once here."""
+        modes = type(default)
         value = self.text(name, default) or default
-        if value not in options:
-            self.problem(name, f"is {value!r}; use one of {', '.join(options)}.")
+        if value not in tuple(modes):
+            self.problem(name, f"is {value!r}; use one of {', '.join(modes)}.")
             return default
-        return value
+        return modes(value)
 
     def integer(self, name: str, default: int, low: int, high: int) -> int:
         value = self.text(name)
@@ -287,7 +431,7 @@ class _Reader:
         preset = ENVIRONMENTS.get(env_name or "")
         if env_name is not None and preset is None:
             self.problem("BANENOR_ENVIRONMENT", f"is {env_name!r}; use dev, test or prod.")
-        preset = preset or ENVIRONMENTS["test"]
+        preset = preset or ENVIRONMENTS[BanenorEnvironment.TEST]
 
         def preset_value(name: str, value: str) -> str:
             override = self.raw(name)
@@ -327,14 +471,14 @@ class _Reader:
                 "token's subject, and Bane NOR's federated credential matches that one scope only.",
             )
         resource = self.resource("MASKINPORTEN_RESOURCE", self.text("MASKINPORTEN_RESOURCE"))
-        resource_form = self.choice("MASKINPORTEN_RESOURCE_FORM", ("string", "array"), "string")
+        resource_form = self.choice("MASKINPORTEN_RESOURCE_FORM", ResourceForm.STRING)
         key_id = self.text("MASKINPORTEN_KEY_ID")
 
-        source = self.choice("SIGNING_KEY_SOURCE", SIGNING_KEY_SOURCES, "keyvault-secret")
+        source = self.choice("SIGNING_KEY_SOURCE", SigningKeySource.KEYVAULT_SECRET)
         vault_url = self.url("KEY_VAULT_URL", self.text("KEY_VAULT_URL"))
         key_name = self.text("SIGNING_KEY_NAME")
         key_file = self.text("SIGNING_KEY_FILE")
-        if source.startswith("keyvault"):
+        if source.in_key_vault:
             if vault_url is None:
                 self.problem("KEY_VAULT_URL", f"is required with SIGNING_KEY_SOURCE={source}; "
                              "use https://<vault-name>.vault.azure.net.")
@@ -345,7 +489,7 @@ class _Reader:
             self.problem("SIGNING_KEY_FILE", "is required with SIGNING_KEY_SOURCE=file (development only).")
         elif not Path(key_file).is_file():
             self.problem("SIGNING_KEY_FILE", f"{key_file!r} does not exist or is not a file.")
-        if source != "keyvault-certificate" and key_id is None:
+        if source is not SigningKeySource.KEYVAULT_CERTIFICATE and key_id is None:
             self.problem(
                 "MASKINPORTEN_KEY_ID",
                 "is required: the kid of the key registered on your Maskinporten integration "
@@ -396,16 +540,14 @@ class _Reader:
                 self.problem(name, f"is {value!r}, the same as EXPORT_CONTAINER: its own records would be "
                              "delivered as exports. Use a container of its own.")
 
-        copy_mode = self.choice("COPY_MODE", ("auto", "stream", "server"), "auto")
-        after = self.choice("AFTER_DELIVERY", ("keep", "archive", "delete"), "keep")
+        copy_mode = self.choice("COPY_MODE", CopyMode.AUTO)
+        after = self.choice("AFTER_DELIVERY", AfterDelivery.KEEP)
         max_attempts = self.integer("MAX_ATTEMPTS", 5, 1, 100)
-        name_policy = self.choice("NAME_POLICY", ("sanitize", "strict"), "sanitize")
-        folder_mode = self.choice("FOLDER_MODE", ("keep", "flatten"), "keep")
+        name_policy = self.choice("NAME_POLICY", NameMode.SANITIZE)
+        folder_mode = self.choice("FOLDER_MODE", FolderMode.KEEP)
         template = self.text("DESTINATION_TEMPLATE", "{path}") or "{path}"
         ext_raw = self.text("ALLOWED_EXTENSIONS")
         if ext_raw is None:
-            from .naming import BANENOR_EXTENSIONS
-
             extensions = frozenset(BANENOR_EXTENSIONS)
         else:
             extensions = frozenset(e.strip().lstrip(".").lower() for e in ext_raw.split(",") if e.strip())
@@ -424,47 +566,57 @@ class _Reader:
         assert env_name and client_id and tenant and mi_client and container and issuer and token_endpoint
         assert storage_url
         return Settings(
-            environment=env_name,
-            maskinporten_issuer=issuer,
-            maskinporten_token_endpoint=token_endpoint,
-            banenor_storage_url=storage_url.rstrip("/"),
-            banenor_storage_audience=audience,
-            maskinporten_client_id=client_id,
-            maskinporten_scope=scope,
-            maskinporten_resource=resource,
-            maskinporten_resource_form=resource_form,
-            maskinporten_key_id=key_id,
-            signing_key_source=source,
-            key_vault_url=vault_url,
-            signing_key_name=key_name,
-            signing_key_file=key_file,
-            banenor_tenant_id=tenant,
-            banenor_client_id=mi_client,
-            banenor_authority_host=authority.rstrip("/"),
-            banenor_container=container,
-            banenor_directory=directory,
-            banenor_storage_api_version=api_version,
-            export_storage_connection_string=export_conn,
-            export_storage_service_uri=export_uri,
-            export_container=export_container,
-            ledger_container=ledger_container,
-            archive_container=archive_container,
-            copy_mode=copy_mode,
-            after_delivery=after,
-            max_attempts=max_attempts,
-            name_policy=name_policy,
-            allowed_extensions=extensions,
-            folder_mode=folder_mode,
-            destination_template=template,
-            block_size=block_size,
-            parallelism=parallelism,
-            single_put_limit=single_put,
-            sync_concurrency=sync_concurrency,
-            sync_prefix=self.text("SYNC_PREFIX", "") or "",
-            sync_suffix=self.text("SYNC_SUFFIX", "") or "",
+            signing_key=SigningKeySettings(
+                source=source,
+                vault_url=vault_url,
+                name=key_name,
+                file=key_file,
+                key_id=key_id,
+                cache_seconds=self.integer("SIGNING_KEY_CACHE_SECONDS", 300, 0, 86400),
+            ),
+            skyporten=SkyportenSettings(
+                issuer=issuer,
+                token_endpoint=token_endpoint,
+                client_id=client_id,
+                scope=scope,
+                resource=resource,
+                resource_form=resource_form,
+            ),
+            banenor=BanenorSettings(
+                environment=BanenorEnvironment(env_name),
+                storage_url=storage_url.rstrip("/"),
+                storage_audience=audience,
+                tenant_id=tenant,
+                client_id=mi_client,
+                authority_host=authority.rstrip("/"),
+                container=container,
+                directory=directory,
+                api_version=api_version,
+                federation_retry_seconds=self.integer("FEDERATION_RETRY_SECONDS", 300, 0, 3600),
+            ),
+            exports=ExportSettings(
+                connection_string=export_conn,
+                service_uri=export_uri,
+                container=export_container,
+                ledger_container=ledger_container,
+                archive_container=archive_container,
+            ),
+            relay=RelaySettings(
+                copy_mode=copy_mode,
+                after_delivery=after,
+                max_attempts=max_attempts,
+                name_policy=name_policy,
+                allowed_extensions=extensions,
+                folder_mode=folder_mode,
+                destination_template=template,
+                block_size=block_size,
+                parallelism=parallelism,
+                single_put_limit=single_put,
+                sync_concurrency=sync_concurrency,
+                sync_prefix=self.text("SYNC_PREFIX", "") or "",
+                sync_suffix=self.text("SYNC_SUFFIX", "") or "",
+            ),
             ca_bundle=ca_bundle,
-            key_cache_seconds=self.integer("SIGNING_KEY_CACHE_SECONDS", 300, 0, 86400),
-            federation_retry_seconds=self.integer("FEDERATION_RETRY_SECONDS", 300, 0, 3600),
             http_from_environment=any(k.lower() in HTTP_ENV_VARIABLES and v for k, v in self.env.items()),
             origins=self.origins,
         )
@@ -507,6 +659,20 @@ def misspelt_settings(env: Mapping[str, str]) -> list[tuple[str, str]]:
             problems.append((name, f"is not a setting the relay reads (it would be ignored); did you mean "
                              f"{upper[close[0]]}? Rename it."))
     return problems
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """The settings, with every problem at once: bad values and names that look like ours but are not
+    (`misspelt_settings`). Raises ConfigError."""
+    env = os.environ if env is None else env
+    typos = misspelt_settings(env)
+    try:
+        settings = Settings.load(env)
+    except ConfigError as exc:
+        raise ConfigError(exc.problems + typos) from None
+    if typos:
+        raise ConfigError(typos)
+    return settings
 
 
 ENV_FILE_FORMATS = ("KEY=value lines (dotenv, `export` and quotes allowed), a Functions local.settings.json (its "
@@ -560,12 +726,9 @@ def _settings_json(text: str) -> dict[str, str]:
     return values
 
 
-BLOB_TRIGGER_SOURCES = ("EventGrid", "LogsAndContainerScan")
-
-
 def blob_trigger_source(env: Mapping[str, str] | None = None) -> str:
     """BLOB_TRIGGER_SOURCE, read at indexing time: EventGrid (default; required on Flex Consumption) or
-    LogsAndContainerScan (local `func start` with Azurite). An unknown value falls back to EventGrid; `doctor`
-    reports it."""
-    value = (os.environ if env is None else env).get("BLOB_TRIGGER_SOURCE", "EventGrid").strip()
-    return value if value in BLOB_TRIGGER_SOURCES else "EventGrid"
+    LogsAndContainerScan (local `func start` with Azurite), as plain text. An unknown value falls back to
+    EventGrid."""
+    value = (os.environ if env is None else env).get("BLOB_TRIGGER_SOURCE", BlobTriggerSource.EVENT_GRID).strip()
+    return value if value in tuple(BlobTriggerSource) else BlobTriggerSource.EVENT_GRID.value

@@ -20,7 +20,7 @@ STORAGE_SETTING = "EXPORT_STORAGE (local) or EXPORT_STORAGE__blobServiceUri (Azu
 
 @dataclass  # not frozen: raising sets __traceback__
 class LinkFailure(Exception):
-    """One broken link: `link` is one of cli.DOCTOR_LINKS."""
+    """One broken link: `link` is one of doctor.DOCTOR_LINKS."""
 
     link: str
     message: str

@@ -1,6 +1,6 @@
 """Destination names: turn a partner's export name into a blob path Bane NOR accepts.
 
-Owns Bane NOR's naming rules (PROTOCOL.md section 4: `[a-zA-Z0-9.-]` per segment, an extension allow
+Owns Bane NOR's naming rules (docs/protocol.md section 6: `[a-zA-Z0-9.-]` per segment, an extension allow
 list), the sanitising transliteration, the destination template and every refusal. Pure: no I/O.
 """
 
@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 
 from .errors import NameRejected
 
@@ -24,8 +25,24 @@ BANENOR_EXTENSIONS: frozenset[str] = frozenset(
     "vp0 vspe kmm kmm2 hdr".split()
 )
 
-MODES = ("sanitize", "strict")
-FOLDER_MODES = ("keep", "flatten")
+
+
+class NameMode(StrEnum):
+    """NAME_POLICY: rewrite invalid characters, or refuse any segment that is not already valid."""
+
+    SANITIZE = "sanitize"
+    STRICT = "strict"
+
+
+class FolderMode(StrEnum):
+    """FOLDER_MODE: keep source folders as folders, or join them into the file name with "-"."""
+
+    KEEP = "keep"
+    FLATTEN = "flatten"
+
+
+MODES = tuple(NameMode)
+FOLDER_MODES = tuple(FolderMode)
 PLACEHOLDERS = ("path", "name", "dir", "stem", "ext", "yyyy", "MM", "dd", "HH")
 
 # Azure: a blob name is at most 1024 characters; ADLS Gen2 (hierarchical namespace) caps a segment at 255.
@@ -60,17 +77,27 @@ class NamePolicy:
     plus the name), {name}, {dir}, {stem}, {ext} (without the dot), and {yyyy} {MM} {dd} {HH} from `when`.
     Sanitising keeps the extension's case in the name (`Report.CSV` stays `.CSV`); only the allow-list
     check is case-insensitive.
+
+    The policy is validated once, when it is built: `validate()` returns what was found then, and an invalid
+    policy raises ValueError when it is used (`destination_path`), never a rejection of a name.
     """
 
-    mode: str = "sanitize"
+    mode: str = NameMode.SANITIZE
     allowed_extensions: frozenset[str] = BANENOR_EXTENSIONS
-    folders: str = "keep"
+    folders: str = FolderMode.KEEP
     template: str = "{path}"
     max_segment: int = AZURE_MAX_SEGMENT
     max_path: int = AZURE_MAX_PATH
+    _problems: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_problems", tuple(self._find_problems()))
 
     def validate(self) -> list[str]:
         """Problems with the policy itself (never with a name), one sentence each; empty when usable."""
+        return list(self._problems)
+
+    def _find_problems(self) -> list[str]:
         problems: list[str] = []
         if self.mode not in MODES:
             problems.append(f"mode {self.mode!r} is unknown: use one of {', '.join(MODES)}")
@@ -160,7 +187,7 @@ def _structure_problem(path: str, what: str) -> str | None:
 
 def _segment(seg: str, policy: NamePolicy, source_name: str, what: str) -> str:
     """One segment made valid (sanitize) or checked (strict); raises NameRejected."""
-    if policy.mode == "strict":
+    if policy.mode == NameMode.STRICT:
         bad = sorted(set(_INVALID_CHAR.findall(seg)))
         if bad:
             raise NameRejected(
@@ -234,14 +261,13 @@ def destination_path(source_name: str, directory: str, policy: NamePolicy, when:
     Raises NameRejected (reason and hint) when the name cannot be delivered under `policy`, and
     ValueError when the policy itself is invalid (see NamePolicy.validate).
     """
-    problems = policy.validate()
-    if problems:
-        raise ValueError("invalid naming policy: " + "; ".join(problems))
+    if policy._problems:
+        raise ValueError("invalid naming policy: " + "; ".join(policy._problems))
     problem = _structure_problem(source_name, "name") if source_name else "the name is empty"
     if problem:
         raise NameRejected(source_name, problem, hint="only regular export files with a plain path can go")
     segments = [_segment(s, policy, source_name, "name") for s in source_name.split("/")]
-    if policy.folders == "flatten":
+    if policy.folders == FolderMode.FLATTEN:
         segments = ["-".join(segments)]
         _check_segment(segments[0], policy, source_name, "flattened name")
     name = segments[-1]

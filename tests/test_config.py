@@ -253,3 +253,60 @@ def test_plain_http_connection_string_to_a_remote_account_is_refused(connection)
 ])
 def test_https_or_loopback_connection_strings_pass(connection):
     assert Settings.load(base_env(EXPORT_STORAGE=connection)).export_storage_connection_string == connection
+
+
+# -- settings typed per concern -------------------------------------------------------------------------------
+def test_settings_are_grouped_by_concern_in_sections():
+    s = Settings.load(base_env())
+    assert (s.signing_key.source, s.signing_key.vault_url, s.signing_key.name, s.signing_key.key_id) == (
+        "keyvault-secret", "https://partner-kv.vault.azure.net", "maskinporten-key", "partner-key-2026")
+    assert (s.skyporten.client_id, s.skyporten.issuer) == (
+        "a1b2c3d4-0000-0000-0000-000000000000", "https://test.sky.maskinporten.no")
+    assert (s.banenor.environment, s.banenor.tenant_id, s.banenor.container, s.banenor.directory) == (
+        "test", TENANT, "integration-dev", "partner-987654321")
+    assert (s.exports.service_uri, s.exports.container, s.exports.ledger_container) == (
+        "https://partnerexports.blob.core.windows.net", "exports", "relay-ledger")
+    assert (s.relay.copy_mode, s.relay.max_attempts, s.relay.sync_concurrency) == ("auto", 5, 8)
+
+
+def test_each_section_is_frozen():
+    import dataclasses
+
+    s = Settings.load(base_env())
+    for section in (s.signing_key, s.skyporten, s.banenor, s.exports, s.relay):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            section.__setattr__(dataclasses.fields(section)[0].name, "changed")
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "section", "attribute", "enum"),
+    [
+        ("COPY_MODE", "server", "relay", "copy_mode", "CopyMode"),
+        ("AFTER_DELIVERY", "archive", "relay", "after_delivery", "AfterDelivery"),
+        ("NAME_POLICY", "strict", "relay", "name_policy", "NameMode"),
+        ("FOLDER_MODE", "flatten", "relay", "folder_mode", "FolderMode"),
+        ("SIGNING_KEY_SOURCE", "keyvault-key", "signing_key", "source", "SigningKeySource"),
+        ("MASKINPORTEN_RESOURCE_FORM", "array", "skyporten", "resource_form", "ResourceForm"),
+        ("BANENOR_ENVIRONMENT", "prod", "banenor", "environment", "BanenorEnvironment"),
+    ],
+)
+def test_each_mode_is_parsed_once_into_its_enum(setting, value, section, attribute, enum):
+    import shared.config as config
+
+    parsed = getattr(getattr(Settings.load(base_env(**{setting: value})), section), attribute)
+    assert parsed is getattr(config, enum)(value)
+    assert parsed == value  # a str enum: code that compares with the setting's text keeps working
+
+
+def test_the_flat_names_read_the_sections():
+    s = Settings.load(base_env(COPY_MODE="stream", SYNC_PREFIX="in/"))
+    assert (s.copy_mode, s.sync_prefix, s.maskinporten_client_id, s.banenor_container, s.export_container) == (
+        s.relay.copy_mode, s.relay.sync_prefix, s.skyporten.client_id, s.banenor.container, s.exports.container)
+
+
+def test_the_blob_trigger_source_is_a_plain_text_value_and_unknown_falls_back_to_event_grid():
+    from shared.config import blob_trigger_source
+
+    assert blob_trigger_source({"BLOB_TRIGGER_SOURCE": "LogsAndContainerScan"}) == "LogsAndContainerScan"
+    assert type(blob_trigger_source({"BLOB_TRIGGER_SOURCE": "Polling"})) is str
+    assert blob_trigger_source({"BLOB_TRIGGER_SOURCE": "Polling"}) == "EventGrid"

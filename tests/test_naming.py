@@ -260,3 +260,15 @@ def test_policy_validation_names_each_problem(policy: NamePolicy, problem_part: 
 def test_an_invalid_policy_raises_value_error_not_a_rejection() -> None:
     with pytest.raises(ValueError, match="invalid naming policy"):
         dest("data.csv", "", NamePolicy(mode="lenient"))
+
+
+def test_the_policy_is_validated_once_when_built_not_on_every_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    import shared.naming as naming
+
+    calls = []
+    real = naming._template_problems
+    monkeypatch.setattr(naming, "_template_problems", lambda template: calls.append(template) or real(template))
+    policy = NamePolicy(template="{yyyy}/{path}")
+    for name in ("a.csv", "b.csv", "c/d.csv"):
+        destination_path(name, "", policy, WHEN)
+    assert calls == ["{yyyy}/{path}"]
