@@ -128,7 +128,7 @@ class on_link:
 # -- token ---------------------------------------------------------------------------------------------------
 def token_facts(token: Any, now: float, resource: str | None = None) -> dict[str, Any]:
     """What a Skyporten token says (never the token), with the resource the grant sent (None: none)."""
-    from .maskinporten import audience_reading
+    from .skyporten_token import audience_reading
 
     claims = token.claims
     consumer = claims.get("consumer") or {}
@@ -528,14 +528,14 @@ def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
                 exc.message += (f" MASKINPORTEN_RESOURCE: resource sent: {sky.get('resource_sent') or 'none'};"
                                 f" the Skyporten token's aud {sky.get('audience')!r} ({sky.get('audience_from')}).")
             raise
-        from .maskinporten import decode_unverified
+        from .skyporten_token import decode_unverified
 
         claims = decode_unverified(token.token)
         return [f"token for {claims.get('aud')} (tenant {claims.get('tid')}, identity {claims.get('oid')}), "
                 f"expires {_fmt_time(token.expires_on)}"]
 
     def gateway() -> list[str]:
-        from .skyporten import gateway_error
+        from .banenor_credential import gateway_error
 
         s = state["s"]
         rt = state["rt"]

@@ -85,13 +85,13 @@ class Runtime:
 
     @cached_property
     def maskinporten(self) -> Any:
-        from .maskinporten import client_from_settings
+        from .skyporten_token import client_from_settings
 
         return client_from_settings(self.settings, self.signing_keys, clock=self.clock)
 
     @cached_property
     def banenor_credential(self) -> Any:
-        from .skyporten import BaneNorCredential
+        from .banenor_credential import BaneNorCredential
 
         s = self.settings
         return BaneNorCredential(
@@ -102,7 +102,7 @@ class Runtime:
     # -- storage ------------------------------------------------------------------------------------------
     @cached_property
     def banenor_service(self) -> Any:
-        from .skyporten import banenor_service_client
+        from .banenor_credential import banenor_service_client
 
         # The command line: the same connect timeout and retries as for the partner's storage, but the functions'
         # read timeout (an upload's answer through the gateway may take a while after its body is sent).
@@ -118,7 +118,7 @@ class Runtime:
     def export_service(self) -> Any:
         from azure.storage.blob import BlobServiceClient
 
-        from .skyporten import storage_connection_options
+        from .banenor_credential import storage_connection_options
 
         s = self.settings
         kwargs = storage_connection_options(s)

@@ -9,9 +9,9 @@ import pytest
 from azure.core.credentials import AccessTokenInfo
 from azure.core.exceptions import ClientAuthenticationError
 
+from shared.banenor_credential import AADSTS, BaneNorCredential, entra_error
 from shared.errors import EntraError
-from shared.maskinporten import GrantRequest, MaskinportenClient
-from shared.skyporten import AADSTS, BaneNorCredential, entra_error
+from shared.skyporten_token import GrantRequest, MaskinportenClient
 from tests.fakes import FakeClock, FakeSession, key_provider, make_key, response
 
 ISSUER = "https://test.sky.maskinporten.no"

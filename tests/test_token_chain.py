@@ -6,10 +6,10 @@ identity through the simulated MSI endpoint), requests against the Skyporten sim
 
 import pytest
 
-import shared.maskinporten as maskinporten
+import shared.skyporten_token as maskinporten
 from shared.errors import ConfigError, MaskinportenError, SigningKeyError
-from shared.maskinporten import GrantRequest, MaskinportenClient
 from shared.signing import provider_from_settings
+from shared.skyporten_token import GrantRequest, MaskinportenClient
 from sim.pki import new_rsa_key, private_pem
 
 pytestmark = pytest.mark.stack

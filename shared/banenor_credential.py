@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import EntraError, GatewayError, MaskinportenError, RelayError, scrub
-from .maskinporten import UNSPECIFIED_AUDIENCE, MaskinportenClient
+from .skyporten_token import UNSPECIFIED_AUDIENCE, MaskinportenClient
 
 log = logging.getLogger(__name__)
 
