@@ -535,7 +535,7 @@ def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
                 f"expires {_fmt_time(token.expires_on)}"]
 
     def gateway() -> list[str]:
-        from .banenor_credential import gateway_error
+        from .storage import gateway_error
 
         s = state["s"]
         rt = state["rt"]

@@ -21,11 +21,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote
 
-from .banenor_credential import gateway_error
 from .copier import Copier, CopyFailed, DestinationExistsError, SourceChangedError, SourceVersion
 from .errors import GatewayError, NameRejected, RelayError, scrub
 from .ledger import Ledger, Receipt, ReceiptBuffer
 from .naming import NamePolicy, destination_path
+from .storage import gateway_error
 
 log = logging.getLogger(__name__)
 

@@ -471,19 +471,11 @@ def provider_from_settings(settings: Any, credential: Any = None,
         path, kid = settings.signing_key_file, settings.maskinporten_key_id
         return SigningKeyProvider(lambda: key_from_file(path, kid), settings.key_cache_seconds, clock)
     if credential is None:
+        from .storage import partner_credential
+
         credential = partner_credential(settings.ca_bundle)
     source = KeyVaultSource(
         settings.key_vault_url, settings.signing_key_name, settings.signing_key_source,
         settings.maskinporten_key_id, credential, settings.ca_bundle, clock,
     )
     return SigningKeyProvider(source.load, settings.key_cache_seconds, clock)
-
-
-def partner_credential(ca_bundle: str | None = None) -> Any:
-    """The partner's own identity (managed identity in Azure; `az login` or the local stack's MSI locally)."""
-    from azure.identity import DefaultAzureCredential
-
-    kwargs: dict[str, Any] = {"exclude_interactive_browser_credential": True}
-    if ca_bundle:
-        kwargs["connection_verify"] = ca_bundle
-    return DefaultAzureCredential(**kwargs)

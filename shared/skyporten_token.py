@@ -34,7 +34,7 @@ GRANT_LIFETIME = 100  # seconds; Maskinporten refuses exp - iat > 120 s (MP-130)
 MAX_ANSWER_BYTES = 256 * 1024
 _ENDPOINT_HINT = "check MASKINPORTEN_TOKEN_ENDPOINT: it must be the Skyporten token endpoint itself"
 
-# MP-nnn codes -> (what it means, what to fix). Kept as data: Digdir adds codes. PROTOCOL.md section 1.
+# MP-nnn codes -> (what it means, what to fix). Kept as data: Digdir adds codes (docs/protocol.md section 3).
 MP_CODES: dict[str, tuple[str, str]] = {
     "MP-100": ("the client was not found or the assertion is invalid",
                "check MASKINPORTEN_CLIENT_ID (the client id of the integration in this environment; test and prod "
@@ -125,7 +125,8 @@ UNSPECIFIED_AUDIENCE = "unspecified"  # Maskinporten's aud when no resource was 
 
 
 def audience_reading(resource: str | None, aud: Any) -> str:
-    """Which reading of the open audience point (PROTOCOL.md 1-2) a token shows, from the resource sent and its aud."""
+    """Which reading of the open audience point (docs/protocol.md section 3) a token shows, from the resource sent
+    and its aud."""
     if aud == UNSPECIFIED_AUDIENCE or aud is None:
         return ("no audience: no resource was sent and none is bound to the scope; Entra refuses such a token "
                 "unless MASKINPORTEN_RESOURCE is set" if resource is None else
@@ -262,7 +263,7 @@ class MaskinportenClient:
                 continue
             error = self._parse_error(response, body)
             if error.code == "MP-130" and not clock_retry_used:
-                # Clock skew or a slow path: one retry with a fresh grant, and a warning (PROTOCOL.md 1).
+                # Clock skew or a slow path: one retry with a fresh grant, and a warning (docs/protocol.md section 3).
                 clock_retry_used = True
                 log.warning("Skyporten says the grant was expired or from the future (MP-130): check the clock; "
                             "retrying once with a fresh grant")
@@ -319,7 +320,7 @@ class MaskinportenClient:
         if (expires_in is None or expires_in <= 0) and exp is None:
             raise self._malformed("with a token whose lifetime is unknown (no numeric expires_in or exp)",
                                   response, raw)
-        # Valid until min(sent_at + expires_in, exp): PROTOCOL.md section 1.
+        # Valid until min(sent_at + expires_in, exp) (docs/protocol.md section 3).
         expires_at = min(t for t in (sent_at + expires_in if expires_in and expires_in > 0 else None, exp)
                          if t is not None)
         if _number(claims.get("iat")) is None:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.banenor_credential import gateway_error
 from shared.cli import DOCTOR_EXIT
 from shared.errors import EntraError
+from shared.storage import gateway_error
 
 pytestmark = pytest.mark.stack
 REPO = Path(__file__).resolve().parent.parent

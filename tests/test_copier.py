@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import (
     BlobClient,
     BlobSasPermissions,
@@ -420,6 +421,23 @@ def test_missing_destination_container_is_a_permanent_copy_failure(stores: Store
     assert (err.status, err.error_code, err.transient) == (404, "ContainerNotFound", False)
     assert err.side == "destination"
     assert isinstance(err, DeliveryError) and err.hint and err.__cause__ is not None
+
+
+def test_a_refusal_from_bane_nors_side_gets_the_same_hint_from_the_copier_and_the_gateway_check(
+        stores: Stores) -> None:
+    from shared.storage import gateway_error
+
+    source = stores.put_source("x.csv", b"1")
+    copier = Copier(CopyOptions())
+    dest = stores.dest_service.get_blob_client("no-such-container", "x.csv")
+    with pytest.raises(CopyFailed) as caught:
+        copier.copy(source, copier.read_source(source), dest, metadata={})
+    with pytest.raises(ResourceNotFoundError) as probed:
+        dest.get_blob_properties()  # a HEAD: the status without a storage error code
+    with pytest.raises(ResourceNotFoundError) as listed:
+        stores.dest_service.get_container_client("no-such-container").get_container_properties()
+    assert caught.value.hint == gateway_error(listed.value, "x.csv").hint
+    assert "BANENOR_CONTAINER" in gateway_error(probed.value, "x.csv").hint
 
 
 def test_unreachable_destination_is_a_transient_copy_failure(stores: Stores) -> None:

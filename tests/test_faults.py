@@ -66,9 +66,10 @@ def fast_runtime(env, proxies, *, timeout: float = 10.0, **overrides):
     from azure.identity import ClientAssertionCredential
     from azure.storage.blob import BlobServiceClient, LinearRetry
 
-    from shared.banenor_credential import BaneNorCredential, banenor_service_client
+    from shared.banenor_credential import BaneNorCredential
     from shared.signing import KeyVaultSource, SigningKeyProvider
     from shared.skyporten_token import client_from_settings
+    from shared.storage import banenor_service_client
 
     rt = env.make(**proxied_settings(env.stack, proxies), **overrides)
     s = rt.settings

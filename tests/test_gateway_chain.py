@@ -7,8 +7,8 @@ import pytest
 from azure.core.credentials import AccessToken
 from azure.storage.blob import BlobServiceClient
 
-from shared.banenor_credential import banenor_service_client, gateway_error
 from shared.errors import EntraError, GatewayError
+from shared.storage import banenor_service_client, gateway_error
 from sim.entra import FederatedCredential
 
 pytestmark = pytest.mark.stack
