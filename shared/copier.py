@@ -174,7 +174,8 @@ class SourceVersion:
 class CopyResult:
     """What was committed. `md5` is the whole file's MD5: computed from the bytes in stream mode (always
     known), the source's own Content-MD5 in server mode (None when the source has none: the bytes never
-    pass through this process, and reading the destination back would defeat the point)."""
+    pass through this process, and reading the destination back would defeat the point). `single_put`: the
+    copy was one Put Blob (read whole, sent whole), not blocks committed with Put Block List."""
 
     size: int
     md5: bytes | None
@@ -182,6 +183,7 @@ class CopyResult:
     mode: str
     blocks: int
     seconds: float
+    single_put: bool
 
 
 # --- secret scrubbing and error translation -------------------------------------------------------------
@@ -418,7 +420,8 @@ class Copier:
             )
         mode = self._options.mode
         condition = _WriteCondition(overwrite or replace_etag is not None, replace_etag)
-        if self.single_put(size):
+        one_put = self.single_put(size)
+        if one_put:
             md5, etag, blocks, used = self._single_put(source, source_version, dest, metadata, condition)
         elif self._server_enabled():
             try:
@@ -435,7 +438,7 @@ class Copier:
         else:
             md5, etag, blocks = self._stream_copy(source, source_version, dest, metadata, condition, on_progress)
             used = "stream"
-        result = CopyResult(size, md5, etag, used, blocks, self._clock() - started)
+        result = CopyResult(size, md5, etag, used, blocks, self._clock() - started, single_put=one_put)
         log.info(
             "copied %s: %d bytes, mode %s, %d block(s), %.3f s",
             source_version.name, size, used, blocks, result.seconds,

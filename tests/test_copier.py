@@ -238,6 +238,26 @@ def test_small_file_goes_in_one_put_blob(stores: Stores, wire: Wire) -> None:
     assert (result.mode, result.blocks, result.size) == ("stream", 1, len(data))
 
 
+def test_a_copy_in_one_put_blob_says_so_in_its_result(stores: Stores, wire: Wire) -> None:
+    source = stores.put_source("small.bin", payload(100_000))
+    wire.requests.clear()
+    result = copy(Copier(CopyOptions()), stores, source)
+    assert len(wire.of("destination", method="PUT")) == 1
+    assert result.single_put is True
+
+
+def test_a_copy_in_blocks_says_it_was_not_one_put_blob(stores: Stores) -> None:
+    source = stores.put_source("mid.bin", payload(int(3.5 * MiB)))
+    result = copy(Copier(SMALL_BLOCKS), stores, source)
+    assert result.blocks > 1 and result.single_put is False
+
+
+def test_an_empty_file_is_one_put_blob_even_in_server_mode(stores: Stores) -> None:
+    source = stores.put_source("empty.bin", b"")
+    copier = Copier(dataclasses.replace(SMALL_BLOCKS, mode="server"), source_sas=stores.source_sas)
+    assert copy(copier, stores, source).single_put is True
+
+
 def test_multi_block_copy_stores_equal_content_and_whole_file_md5(stores: Stores) -> None:
     data = payload(24 * MiB)
     source = stores.put_source("big.bin", data)
