@@ -1,13 +1,12 @@
 """Skyporten (Maskinporten) token client: JWT grant (RFC 7523), token request, cache, retries.
 
-Building the grant and the form is pure (`grant_claims`, `encode_jwt`); `MaskinportenClient.get_token()`
+Building the grant's claims is pure (`grant_claims`; the key encodes it); `MaskinportenClient.get_token()`
 sends it, caches the token until `min(sent_at + expires_in, exp) - margin`, lets exactly one of many
 concurrent callers refresh it, retries what is transient and turns refusals into one clear error.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import random
@@ -21,10 +20,11 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+import jwt
 import requests
 
 from .errors import MaskinportenError
-from .signing import SigningKeyProvider, b64url
+from .signing import SigningKeyProvider
 
 log = logging.getLogger(__name__)
 
@@ -100,23 +100,12 @@ def grant_claims(request: GrantRequest, now: float, jti: str) -> dict[str, Any]:
     return claims
 
 
-def encode_jwt(header: dict[str, Any], claims: dict[str, Any], sign: Callable[[bytes], bytes]) -> str:
-    """JWS compact serialisation (RFC 7515): base64url(header).base64url(claims).base64url(signature)."""
-    signing_input = (
-        b64url(json.dumps(header, separators=(",", ":")).encode())
-        + "."
-        + b64url(json.dumps(claims, separators=(",", ":")).encode())
-    )
-    return signing_input + "." + b64url(sign(signing_input.encode("ascii")))
-
-
 def decode_unverified(token: str) -> dict[str, Any]:
     """The claims of a JWT, NOT verified: only for caching and diagnostics (sub/aud/exp). {} when the token
     is not a JWT whose payload is a JSON object."""
     try:
-        payload = token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (IndexError, ValueError, TypeError, AttributeError):
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except (jwt.PyJWTError, ValueError, TypeError, AttributeError):
         return {}
     return claims if isinstance(claims, dict) else {}
 
@@ -212,7 +201,7 @@ class MaskinportenClient:
     def build_grant(self) -> str:
         key = self.keys.get()
         claims = grant_claims(self.request, self.clock(), str(uuid.uuid4()))
-        return encode_jwt(key.header(), claims, key.sign)
+        return key.encode(claims)
 
     def _fetch(self) -> SkyportenToken:
         clock_retry_used = False

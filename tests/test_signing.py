@@ -4,6 +4,7 @@ import base64
 import datetime as dt
 import json
 
+import jwt
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding
@@ -113,6 +114,22 @@ def test_file_key_signs_and_takes_kid_from_setting(tmp_path):
     assert key.header() == {"alg": "RS256", "typ": "JWT", "kid": "kid-9"}
     KEY.public_key().verify(key.sign(b"data"), b"data", padding.PKCS1v15(), hashes.SHA256())
     assert "BEGIN" not in repr(key)
+
+
+def test_a_local_key_encodes_a_jwt_that_verifies_with_its_public_key_and_names_its_kid(tmp_path):
+    path = tmp_path / "key.pem"
+    path.write_bytes(private_pem(KEY))
+    token = key_from_file(str(path), "kid-9").encode({"sub": "x", "n": 1})
+    assert jwt.get_unverified_header(token) == {"alg": "RS256", "typ": "JWT", "kid": "kid-9"}
+    assert jwt.decode(token, KEY.public_key(), algorithms=["RS256"]) == {"sub": "x", "n": 1}
+
+
+def test_a_key_that_signs_elsewhere_encodes_the_same_verifiable_jwt():
+    info = KeyInfo("keyvault-key", "k", "kid-7", KEY.key_size)
+    remote = SigningKey(info, lambda alg, data: KEY.sign(data, padding.PKCS1v15(), hashes.SHA256()))
+    token = remote.encode({"sub": "x"})
+    assert jwt.get_unverified_header(token) == {"alg": "RS256", "typ": "JWT", "kid": "kid-7"}
+    assert jwt.decode(token, KEY.public_key(), algorithms=["RS256"]) == {"sub": "x"}
 
 
 def test_file_jwk_supplies_its_own_kid(tmp_path):
