@@ -144,9 +144,11 @@ def test_missing_file_is_named(tmp_path):
 
 
 def _pfx(cert_kwargs=None, with_key=True):
+    # Dated from NOW, the time the tests check against (a slow suite may reach them minutes after import).
+    dates = {"not_before": NOW - dt.timedelta(minutes=5), "not_after": NOW + dt.timedelta(days=365)}
     ca_key = new_rsa_key()
-    ca = issue_certificate(ca_key, "Test CA", is_ca=True)
-    leaf = issue_certificate(KEY, "Partner AS", ca_key, ca, **(cert_kwargs or {}))
+    ca = issue_certificate(ca_key, "Test CA", is_ca=True, **dates)
+    leaf = issue_certificate(KEY, "Partner AS", ca_key, ca, **{**dates, **(cert_kwargs or {})})
     return pkcs12.serialize_key_and_certificates(
         b"p", KEY if with_key else None, leaf, [ca], serialization.NoEncryption()), leaf, ca
 
