@@ -156,13 +156,13 @@ def _entra_description(text: str) -> str:
 class BaneNorCredential:
     """azure-core TokenCredential for Bane NOR's tenant: Skyporten token -> Entra -> storage token.
 
-    One lock makes concurrent callers share one exchange. AADSTS70021-family refusals (a new federated
-    credential propagating) are retried with backoff for `federation_retry_seconds`; AADSTS700024 drops
-    the cached Skyporten token and retries once. Raises `EntraError`, `MaskinportenError` or
-    `SigningKeyError` (not azure-core errors, so the storage SDK does not retry them for a minute).
+    The storage token is cached by azure-identity (renewed from five minutes before expiry); one lock makes
+    concurrent callers share one exchange. AADSTS70021-family refusals (a new federated credential propagating)
+    are retried with backoff for `federation_retry_seconds`; AADSTS700024 drops the cached Skyporten token and
+    retries once. `exchanges` counts the exchanges azure-identity made (each asks for an assertion). Raises
+    `EntraError`, `MaskinportenError` or `SigningKeyError` (not azure-core errors, so the storage SDK does not
+    retry them for a minute).
     """
-
-    REFRESH_MARGIN = 300.0  # as azure-identity: refresh from five minutes before expiry
 
     def __init__(
         self,
@@ -175,7 +175,7 @@ class BaneNorCredential:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         ca_bundle: str | None = None,
-        inner: Any = None,
+        new_inner: Callable[[Callable[[], str]], Any] | None = None,
     ) -> None:
         self.tenant_id = tenant_id
         self.client_id = client_id
@@ -185,7 +185,8 @@ class BaneNorCredential:
         self.clock = clock
         self.sleep = sleep
         self._lock = threading.Lock()
-        self._cache: dict[tuple[str, ...], Any] = {}
+        # The token last handed out per scope: compared with a refused one (`invalidate`), never handed out again.
+        self._issued: dict[tuple[str, ...], Any] = {}
         self._federation_failing_since: float | None = None
         self.exchanges = 0
         self._last_assertion_claims: dict[str, Any] = {}
@@ -194,7 +195,10 @@ class BaneNorCredential:
         # token goes as well (`invalidate`).
         self._recovering = False
         self._recovery_token: str | None = None
-        self._new_inner: Callable[[], Any] = (lambda: inner) if inner is not None else self._assertion_credential
+        # The inner credential (azure-identity's, with its token cache), given the assertion callback; built anew
+        # after a 401 (`invalidate`). `new_inner` stands in for it (tests: shorter retries, scripted answers).
+        self._new_inner: Callable[[], Any] = (lambda: new_inner(self._assertion)) if new_inner is not None \
+            else self._assertion_credential
         self._inner = self._new_inner()
 
     def _assertion_credential(self) -> Any:
@@ -211,6 +215,7 @@ class BaneNorCredential:
     def _assertion(self) -> str:
         # Called by azure-identity for every exchange: hand it a Skyporten token that is still valid. Whatever
         # fails in here is Skyporten's (or the key's) failure, never Entra's: keep it labelled so.
+        self.exchanges += 1
         try:
             token = self.skyporten.get_token()
         except RelayError:
@@ -240,13 +245,11 @@ class BaneNorCredential:
 
     def _get(self, scopes: tuple[str, ...], kwargs: dict[str, Any]) -> Any:
         with self._lock:
-            cached = self._cache.get(scopes)
-            if cached is not None and self.clock() < cached.expires_on - self.REFRESH_MARGIN:
-                return cached
-            info = self._exchange(scopes, kwargs)
-            self._cache[scopes] = info
-            self._recovery_token = info.token if self._recovering else None
-            self._recovering = False
+            info = self._exchange(scopes, kwargs)  # azure-identity answers from its cache while the token is good
+            self._issued[scopes] = info
+            if self._recovering:
+                self._recovery_token = info.token
+                self._recovering = False
             return info
 
     def invalidate(self, refused: str | None = None) -> bool:
@@ -255,17 +258,16 @@ class BaneNorCredential:
         With `refused` (the bearer token that was refused) nothing happens when it is no longer the cached one:
         another delivery's 401 already replaced it, and every delivery in flight shares that one new exchange.
         When the refused token was itself issued anew after a 401, the Skyporten token is dropped too. Returns
-        whether anything was dropped. azure-identity keeps a token cache of its own, so a new inner credential
+        whether anything was dropped. azure-identity's token cache lives in the inner credential, so a new one
         replaces it: otherwise it would hand back the very token that was refused.
         """
         with self._lock:
-            cached = {info.token for info in self._cache.values()}
-            if refused is not None and refused not in cached:
+            if refused is not None and refused not in {info.token for info in self._issued.values()}:
                 return False
             if refused is not None and refused == self._recovery_token:
                 log.warning("A storage token Entra issued anew was refused too: fetching a new Skyporten token")
                 self.skyporten.invalidate()
-            self._cache.clear()
+            self._issued.clear()
             self._recovering = True
             self._recovery_token = None
             old, self._inner = self._inner, self._new_inner()
@@ -284,7 +286,6 @@ class BaneNorCredential:
         while True:
             attempt += 1
             try:
-                self.exchanges += 1
                 if hasattr(self._inner, "get_token_info"):
                     result = self._inner.get_token_info(*scopes, options=kwargs or None)
                 else:  # pragma: no cover - older azure-identity
