@@ -243,7 +243,7 @@ class Settings:
     ca_bundle: str | None  # REQUESTS_CA_BUNDLE, for every HTTP client
     # A proxy variable (HTTPS_PROXY, NO_PROXY, ...) or CURL_CA_BUNDLE is set: the storage clients then read the
     # environment on every request, as requests does by default; without one they skip that work
-    # (skyporten.storage_connection_options).
+    # (storage.storage_connection_options).
     http_from_environment: bool = False
     # Which settings each value came from (preset, default or set), for `doctor`.
     origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)

@@ -23,13 +23,14 @@ from azure.core.exceptions import AzureError, HttpResponseError
 from azure.storage.blob import BlobClient, ContentSettings
 
 from .errors import DeliveryError, scrub
+from .storage import GATEWAY_OWN_STATUSES, NOT_STORAGE_HINT, banenor_hint
 
 log = logging.getLogger(__name__)
 
 MODES = ("stream", "server", "auto")
-# Block blobs hold at most 50,000 committed blocks (PROTOCOL.md section 5).
+# Block blobs hold at most 50,000 committed blocks (the Blob service's limit).
 MAX_BLOCKS = 50_000
-# Put Block allows up to 4000 MiB; Bane NOR's gateway allows 100 MB per request (PROTOCOL.md section 4).
+# Put Block allows up to 4000 MiB; Bane NOR's gateway allows 100 MB per request (docs/protocol.md section 6).
 MAX_BLOCK_BYTES = 4000 * 1024 * 1024
 # A source SAS is re-signed once it is this old (the runtime signs each for 15 minutes): a long server copy never
 # presents an expired one.
@@ -126,7 +127,7 @@ class CopyOptions:
         if self.block_size < 1:
             problems.append(f"block_size must be positive, got {self.block_size}")
         elif self.block_size > self.max_request_bytes:
-            # Bane NOR's gateway refuses requests over 100 MB (restrictions page, PROTOCOL.md section 4).
+            # Bane NOR's gateway refuses requests over 100 MB (docs/protocol.md section 6).
             problems.append(
                 f"block_size {self.block_size} is over the gateway's per-request limit of "
                 f"{self.max_request_bytes} bytes"
@@ -173,7 +174,8 @@ class SourceVersion:
 class CopyResult:
     """What was committed. `md5` is the whole file's MD5: computed from the bytes in stream mode (always
     known), the source's own Content-MD5 in server mode (None when the source has none: the bytes never
-    pass through this process, and reading the destination back would defeat the point)."""
+    pass through this process, and reading the destination back would defeat the point). `single_put`: the
+    copy was one Put Blob (read whole, sent whole), not blocks committed with Put Block List."""
 
     size: int
     md5: bytes | None
@@ -181,6 +183,7 @@ class CopyResult:
     mode: str
     blocks: int
     seconds: float
+    single_put: bool
 
 
 # --- secret scrubbing and error translation -------------------------------------------------------------
@@ -215,25 +218,14 @@ def _code(err: HttpResponseError) -> str | None:
     return None if code is None else str(getattr(code, "value", code))
 
 
-_DEST_HINTS: dict[object, str] = {
-    401: "the storage token was refused: run `doctor` to check the trust chain and the storage audience",
-    "AuthorizationPermissionMismatch": "only Bane NOR can fix this: ask them to grant the identity RBAC "
-    "and ACL (-wx on the directory, --x on every parent) for this path",
-    "ContainerNotFound": "check BANENOR_CONTAINER with Bane NOR",
-    413: "the gateway refused the request size: lower block_size / single_put_limit under 100 MB",
-    400: "the gateway or storage refused the request: check the destination name and extension rules",
-}
-
-
 def _hint(side: str, status: int | None, code: str | None, transient: bool) -> str | None:
-    if side == "destination" and code is None and status is not None and status < 500 and status not in _DEST_HINTS:
-        return ("the answer was not a storage error: check BANENOR_STORAGE_URL (Bane NOR's gateway); the next run "
-                "retries it")
+    if side == "destination" and code is None and status is not None and status < 500 \
+            and status not in GATEWAY_OWN_STATUSES:
+        return f"{NOT_STORAGE_HINT}; the next run retries it"
     if transient:
         return "transient: the next run retries it"
-    if side == "destination":
-        return (_DEST_HINTS.get(code) or _DEST_HINTS.get(status)
-                or "the answer was not a storage error: check BANENOR_STORAGE_URL (Bane NOR's gateway)")
+    if side == "destination":  # Bane NOR's side: the one table of hints (shared.storage)
+        return banenor_hint(status, code) or NOT_STORAGE_HINT
     if status in (401, 403):
         return "the relay's identity cannot read the partner's export: check its role on the source account"
     return None
@@ -288,7 +280,7 @@ def _translate(err: AzureError, *, blob: str, side: str, action: str) -> CopyFai
 def _is_server_refusal(err: CopyFailed) -> bool:
     """Auto mode falls back to streaming when the destination cannot pull from the source URL.
 
-    403 AuthorizationPermissionMismatch is about the destination's own RBAC/ACL (PROTOCOL.md section 4)
+    403 AuthorizationPermissionMismatch is about the destination's own RBAC/ACL (docs/protocol.md section 6)
     and would fail a streamed write too, so it is not a reason to switch modes.
     """
     if err.error_code == "CannotVerifyCopySource":
@@ -428,7 +420,8 @@ class Copier:
             )
         mode = self._options.mode
         condition = _WriteCondition(overwrite or replace_etag is not None, replace_etag)
-        if self.single_put(size):
+        one_put = self.single_put(size)
+        if one_put:
             md5, etag, blocks, used = self._single_put(source, source_version, dest, metadata, condition)
         elif self._server_enabled():
             try:
@@ -445,7 +438,7 @@ class Copier:
         else:
             md5, etag, blocks = self._stream_copy(source, source_version, dest, metadata, condition, on_progress)
             used = "stream"
-        result = CopyResult(size, md5, etag, used, blocks, self._clock() - started)
+        result = CopyResult(size, md5, etag, used, blocks, self._clock() - started, single_put=one_put)
         log.info(
             "copied %s: %d bytes, mode %s, %d block(s), %.3f s",
             source_version.name, size, used, blocks, result.seconds,
@@ -548,7 +541,7 @@ class Copier:
         condition: _WriteCondition,
     ) -> str:
         try:
-            # One Put Block List: readers never see a partial file (PROTOCOL.md section 5).
+            # One Put Block List: readers never see a partial file (docs/protocol.md section 6).
             response = dest.commit_block_list(
                 ids,
                 content_settings=self._content_settings(version, md5),

@@ -32,7 +32,7 @@ def fmt_time(epoch: float | None) -> str:
 
 def token_facts(token: Any, now: float, resource: str | None = None) -> dict[str, Any]:
     """What a Skyporten token says (never the token), with the resource the grant sent (None: none)."""
-    from .maskinporten import audience_reading
+    from .skyporten_token import audience_reading
 
     claims = token.claims
     consumer = claims.get("consumer") or {}
@@ -216,7 +216,7 @@ def probe_entra(run: Run) -> list[str]:
             exc.message += (f" MASKINPORTEN_RESOURCE: resource sent: {sky.get('resource_sent') or 'none'};"
                             f" the Skyporten token's aud {sky.get('audience')!r} ({sky.get('audience_from')}).")
         raise
-    from .maskinporten import decode_unverified
+    from .skyporten_token import decode_unverified
 
     claims = decode_unverified(token.token)
     return [f"token for {claims.get('aud')} (tenant {claims.get('tid')}, identity {claims.get('oid')}), "
@@ -224,7 +224,7 @@ def probe_entra(run: Run) -> list[str]:
 
 
 def probe_gateway(run: Run) -> list[str]:
-    from .skyporten import gateway_error
+    from .storage import gateway_error
 
     banenor = run.settings.banenor
     rt = run.runtime

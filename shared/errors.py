@@ -31,6 +31,11 @@ def scrub(text: str) -> str:
     return _JWT.sub("[jwt]", text)
 
 
+def first_line(text: str) -> str:
+    """The first line of an error's text, scrubbed of secrets and bounded: what a message may quote of it."""
+    return scrub((text.splitlines() or [""])[0])[:200]
+
+
 class RelayError(Exception):
     """Root of every error the relay raises on purpose.
 

@@ -25,7 +25,7 @@ from .copier import Copier, CopyFailed, DestinationExistsError, SourceChangedErr
 from .errors import GatewayError, NameRejected, RelayError, scrub
 from .ledger import Ledger, Receipt, ReceiptBuffer
 from .naming import NamePolicy, destination_path
-from .skyporten import gateway_error
+from .storage import gateway_error
 
 log = logging.getLogger(__name__)
 

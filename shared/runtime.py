@@ -7,7 +7,6 @@ when a function runs and in `doctor`).
 
 from __future__ import annotations
 
-import datetime as dt
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -26,27 +25,6 @@ def quiet_sdk_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-# The command line's bound on a broken link to the partner's storage: each request is tried 3 times, 1 s apart; a
-# connection may take 2.5 s to open and an answer 3 s to start (the CLI's requests are listings and small ledger
-# records; an upload's read timeout starts only once its body is sent). A refused connection, a failed DNS lookup
-# or an untrusted certificate is reported in 2 to 3 s, a host that never answers in about 10 s, one that accepts
-# and then stalls in about 11 s. docs/troubleshooting.md says so.
-INTERACTIVE_CONNECT_SECONDS = 2.5
-INTERACTIVE_READ_SECONDS = 3
-INTERACTIVE_RETRIES = 2
-
-
-def interactive_storage_options() -> dict[str, Any]:
-    """Client options for the partner's storage when a person runs the command line (see above)."""
-    from azure.storage.blob import LinearRetry
-
-    return {
-        "connection_timeout": INTERACTIVE_CONNECT_SECONDS,
-        "read_timeout": INTERACTIVE_READ_SECONDS,
-        "retry_policy": LinearRetry(backoff=1, retry_total=INTERACTIVE_RETRIES, random_jitter_range=0),
-    }
-
-
 class Runtime:
     """Every long-lived client of the relay, built on first use from one `Settings`."""
 
@@ -55,24 +33,21 @@ class Runtime:
         self.settings = settings
         self.clock = clock
         # The command line: a person waits, so the partner's storage gets shorter timeouts and retries
-        # (INTERACTIVE_STORAGE_OPTIONS) than the functions use; a broken link is reported in about 10 s.
+        # (`storage.interactive_storage_options`) than the functions use; a broken link is reported in about 10 s.
         self.interactive = interactive
         quiet_sdk_logs()
         from .memory import bound_large_buffers
 
         bound_large_buffers()  # a copy's blocks go back to the system when freed, on every thread
         self._partner_credential = partner_credential
-        self._sas_lock = threading.Lock()
         self._reset_lock = threading.Lock()
-        self._delegation_key: Any = None
-        self._delegation_expiry = 0.0
 
     # -- identity and tokens ------------------------------------------------------------------------------
     @cached_property
     def partner_credential(self) -> Any:
         if self._partner_credential is not None:
             return self._partner_credential
-        from .signing import partner_credential
+        from .storage import partner_credential
 
         return partner_credential(self.settings.ca_bundle)
 
@@ -85,13 +60,13 @@ class Runtime:
 
     @cached_property
     def maskinporten(self) -> Any:
-        from .maskinporten import client_from_settings
+        from .skyporten_token import client_from_settings
 
         return client_from_settings(self.settings, self.signing_keys, clock=self.clock)
 
     @cached_property
     def banenor_credential(self) -> Any:
-        from .skyporten import BaneNorCredential
+        from .banenor_credential import BaneNorCredential
 
         s = self.settings
         return BaneNorCredential(
@@ -102,7 +77,7 @@ class Runtime:
     # -- storage ------------------------------------------------------------------------------------------
     @cached_property
     def banenor_service(self) -> Any:
-        from .skyporten import banenor_service_client
+        from .storage import banenor_service_client, interactive_storage_options
 
         # The command line: the same connect timeout and retries as for the partner's storage, but the functions'
         # read timeout (an upload's answer through the gateway may take a while after its body is sent).
@@ -116,17 +91,9 @@ class Runtime:
 
     @cached_property
     def export_service(self) -> Any:
-        from azure.storage.blob import BlobServiceClient
+        from .storage import partner_service_client
 
-        from .skyporten import storage_connection_options
-
-        s = self.settings
-        kwargs = storage_connection_options(s)
-        if self.interactive:
-            kwargs.update(interactive_storage_options())
-        if s.export_storage_connection_string:
-            return BlobServiceClient.from_connection_string(s.export_storage_connection_string, **kwargs)
-        return BlobServiceClient(s.export_storage_service_uri, credential=self.partner_credential, **kwargs)
+        return partner_service_client(self.settings, self.partner_credential, interactive=self.interactive)
 
     @cached_property
     def exports(self) -> Any:
@@ -170,37 +137,12 @@ class Runtime:
             if "relay" in self.__dict__:
                 self.relay.destination = self.destination
 
-    def source_sas(self, blob: Any) -> str:
-        """A read-only SAS URL for the source, valid 15 minutes, for server-side copy.
+    @cached_property
+    def source_sas(self) -> Any:
+        """Signs a read-only SAS URL for a source export (server-side copy; `storage.SourceSas`)."""
+        from .storage import SourceSas
 
-        With a connection string (Azurite) an account-key SAS; with the managed identity a user delegation
-        SAS (needs Storage Blob Delegator on the partner's account).
-        """
-        from azure.storage.blob import BlobSasPermissions, generate_blob_sas
-
-        now = dt.datetime.fromtimestamp(self.clock(), dt.UTC)
-        expiry = now + dt.timedelta(minutes=15)
-        service = self.export_service
-        kwargs: dict[str, Any] = {}
-        key = getattr(service.credential, "account_key", None)
-        if key:
-            kwargs["account_key"] = key
-        else:
-            kwargs["user_delegation_key"] = self._user_delegation_key(now)
-        sas = generate_blob_sas(
-            service.account_name, blob.container_name, blob.blob_name, permission=BlobSasPermissions(read=True),
-            expiry=expiry, start=now - dt.timedelta(minutes=5), **kwargs,
-        )
-        return f"{blob.url}?{sas}"
-
-    def _user_delegation_key(self, now: dt.datetime) -> Any:
-        with self._sas_lock:
-            if self._delegation_key is None or self.clock() > self._delegation_expiry - 1800:
-                expiry = now + dt.timedelta(hours=2)
-                self._delegation_key = self.export_service.get_user_delegation_key(now - dt.timedelta(minutes=5),
-                                                                                   expiry)
-                self._delegation_expiry = expiry.timestamp()
-            return self._delegation_key
+        return SourceSas(lambda: self.export_service, self.clock)
 
     @cached_property
     def relay(self) -> Any:
@@ -232,7 +174,7 @@ _runtime_lock = threading.Lock()
 def get_runtime(env: Mapping[str, str] | None = None, *, settings: Settings | None = None,
                 interactive: bool = False) -> Runtime:
     """The process-wide runtime (built once; raises ConfigError listing every bad setting). `interactive`: the
-    command line's shorter limits on the partner's storage (`interactive_storage_options`)."""
+    command line's shorter limits on the partner's storage (`storage.interactive_storage_options`)."""
     global _runtime
     with _runtime_lock:
         if _runtime is None:

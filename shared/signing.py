@@ -1,9 +1,9 @@
 """The partner's Maskinporten signing key: loaded from Key Vault (secret, certificate or key) or a file.
 
-`SigningKeyProvider.get()` returns a `SigningKey` that can sign RS256 JWTs; the key is cached for a bounded
-time so a rotated secret is picked up without a restart. With `keyvault-key` the private key never leaves
-the vault: Key Vault signs the digest. Errors name the cause and the fix; no key material ever appears in
-them or in a repr.
+`SigningKeyProvider.get()` returns a `SigningKey` that encodes RS256 JWTs (PyJWT for a key held here); the key is
+cached for a bounded time so a rotated secret is picked up without a restart. With `keyvault-key` the private key
+never leaves the vault: Key Vault signs the digest of a signing input built here. Errors name the cause and the
+fix; no key material ever appears in them or in a repr.
 """
 
 from __future__ import annotations
@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
+from jwt.algorithms import RSAAlgorithm
 
 from .errors import SigningKeyError
 
@@ -35,10 +37,6 @@ _SIGNING_HASH = {"RS256": hashes.SHA256, "RS384": hashes.SHA384, "RS512": hashes
 
 def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _b64url_decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 @dataclass(frozen=True)
@@ -58,7 +56,11 @@ class KeyInfo:
 
 
 class SigningKey:
-    """Signs JWTs for the grant. Header fields: `kid`, or `x5c` for an enterprise certificate."""
+    """Signs JWTs for the grant. Header fields: `kid`, or `x5c` for an enterprise certificate.
+
+    `local`: the private key, when it is held in this process (PyJWT encodes with it); otherwise `sign` signs
+    elsewhere (Key Vault) and the signing input is built here.
+    """
 
     algorithm = "RS256"
 
@@ -67,10 +69,16 @@ class SigningKey:
         info: KeyInfo,
         sign: Callable[[str, bytes], bytes],
         x5c: list[str] | None = None,
+        local: rsa.RSAPrivateKey | None = None,
     ) -> None:
         self.info = info
         self._sign = sign
         self.x5c = x5c
+        self._local = local
+
+    @classmethod
+    def held_here(cls, info: KeyInfo, key: rsa.RSAPrivateKey, x5c: list[str] | None = None) -> SigningKey:
+        return cls(info, _local_signer(key), x5c=x5c, local=key)
 
     @property
     def kid(self) -> str | None:
@@ -88,6 +96,16 @@ class SigningKey:
 
     def sign(self, signing_input: bytes) -> bytes:
         return self._sign(self.algorithm, signing_input)
+
+    def encode(self, claims: dict[str, Any]) -> str:
+        """The signed JWT (JWS compact serialisation, RFC 7515) of `claims` with this key's header."""
+        if self._local is not None:
+            extra = {k: v for k, v in self.header().items() if k not in ("alg", "typ")}
+            return jwt.encode(claims, self._local, algorithm=self.algorithm, headers=extra)
+        # Signed inside Key Vault: PyJWT needs the private key, so the signing input is built here.
+        signing_input = (b64url(json.dumps(self.header(), separators=(",", ":")).encode()) + "."
+                         + b64url(json.dumps(claims, separators=(",", ":")).encode()))
+        return signing_input + "." + b64url(self.sign(signing_input.encode("ascii")))
 
     def __repr__(self) -> str:
         return f"SigningKey(source={self.info.source!r}, name={self.info.name!r}, kid={self.kid!r})"
@@ -158,22 +176,12 @@ def _parse_jwk(text: str, what: str) -> rsa.RSAPrivateKey:
             f"{what} is a public JWK (no private part 'd').",
             hint="Store the private JWK in Key Vault; register only the public one in Samarbeidsportalen.",
         )
-    try:
-        ints = {k: int.from_bytes(_b64url_decode(jwk[k]), "big") for k in ("n", "e", "d")}
-        if all(k in jwk for k in ("p", "q", "dp", "dq", "qi")):
-            extra = {k: int.from_bytes(_b64url_decode(jwk[k]), "big") for k in ("p", "q", "dp", "dq", "qi")}
-            public = rsa.RSAPublicNumbers(ints["e"], ints["n"])
-            key = rsa.RSAPrivateNumbers(
-                extra["p"], extra["q"], ints["d"], extra["dp"], extra["dq"], extra["qi"], public
-            ).private_key()
-        else:
-            p, q = rsa.rsa_recover_prime_factors(ints["n"], ints["e"], ints["d"])
-            public = rsa.RSAPublicNumbers(ints["e"], ints["n"])
-            key = rsa.RSAPrivateNumbers(
-                p, q, ints["d"], rsa.rsa_crt_dmp1(ints["d"], p), rsa.rsa_crt_dmq1(ints["d"], q),
-                rsa.rsa_crt_iqmp(p, q), public,
-            ).private_key()
-    except (KeyError, ValueError, TypeError) as exc:
+    crt = ("p", "q", "dp", "dq", "qi")
+    if not all(k in jwk for k in crt):  # an incomplete set of CRT values is ignored: p and q are recovered
+        jwk = {k: v for k, v in jwk.items() if k not in crt}
+    try:  # PyJWT reads the numbers, and recovers p and q when the JWK carries only n, e and d
+        key = RSAAlgorithm.from_jwk(jwk)
+    except (jwt.PyJWTError, KeyError, ValueError, TypeError) as exc:
         raise SigningKeyError(f"{what} is a malformed RSA JWK.",
                               hint="Store the complete private JWK (n, e, d, p, q, dp, dq, qi).") from _scrubbed(exc)
     return _check_rsa(key, what)
@@ -281,7 +289,7 @@ def key_from_file(path: str, kid: str | None) -> SigningKey:
                               hint="Point SIGNING_KEY_FILE at the private key file.", stage="access") from None
     key = parse_private_key(text, what)
     kid = kid or jwk_kid(text)
-    return SigningKey(KeyInfo("file", path, kid, key.key_size), _local_signer(key))
+    return SigningKey.held_here(KeyInfo("file", path, kid, key.key_size), key)
 
 
 def keyvault_error(exc: Exception, *, vault_url: str, kind: str, name: str, role: str) -> SigningKeyError:
@@ -378,7 +386,7 @@ class KeyVaultSource:
             "keyvault-secret", self.name, self.kid or jwk_kid(secret.value), key.key_size,
             created_on=_utc(props.created_on), expires_on=_utc(props.expires_on), version=props.version,
         )
-        return SigningKey(info, _local_signer(key))
+        return SigningKey.held_here(info, key)
 
     def _from_certificate(self) -> SigningKey:
         # Key Vault keeps a certificate's private key in the secret of the same name (PFX or PEM).
@@ -397,7 +405,7 @@ class KeyVaultSource:
             certificate_not_before=leaf.not_valid_before_utc, certificate_not_after=leaf.not_valid_after_utc,
             version=secret.properties.version,
         )
-        return SigningKey(info, _local_signer(key), x5c=x5c)
+        return SigningKey.held_here(info, key, x5c=x5c)
 
     def _from_key(self) -> SigningKey:
         from azure.keyvault.keys import KeyClient
@@ -471,19 +479,11 @@ def provider_from_settings(settings: Any, credential: Any = None,
         path, kid = settings.signing_key_file, settings.maskinporten_key_id
         return SigningKeyProvider(lambda: key_from_file(path, kid), settings.key_cache_seconds, clock)
     if credential is None:
+        from .storage import partner_credential
+
         credential = partner_credential(settings.ca_bundle)
     source = KeyVaultSource(
         settings.key_vault_url, settings.signing_key_name, settings.signing_key_source,
         settings.maskinporten_key_id, credential, settings.ca_bundle, clock,
     )
     return SigningKeyProvider(source.load, settings.key_cache_seconds, clock)
-
-
-def partner_credential(ca_bundle: str | None = None) -> Any:
-    """The partner's own identity (managed identity in Azure; `az login` or the local stack's MSI locally)."""
-    from azure.identity import DefaultAzureCredential
-
-    kwargs: dict[str, Any] = {"exclude_interactive_browser_credential": True}
-    if ca_bundle:
-        kwargs["connection_verify"] = ca_bundle
-    return DefaultAzureCredential(**kwargs)

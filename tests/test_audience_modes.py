@@ -15,7 +15,7 @@ import pytest
 
 from shared.cli import DOCTOR_EXIT
 from shared.errors import EntraError
-from shared.skyporten import gateway_error
+from shared.storage import gateway_error
 
 pytestmark = pytest.mark.stack
 REPO = Path(__file__).resolve().parent.parent

@@ -89,10 +89,11 @@ def _point_at(service, stack, server):
     }[service]
 
 
-_KEYERROR = ("bug shared/skyporten.py BaneNorCredential._exchange: only ClientAuthenticationError is translated; "
+_KEYERROR = ("bug shared/banenor_credential.py BaneNorCredential._exchange: only ClientAuthenticationError is "
+             "translated; "
              "azure-identity raises KeyError('access_token') for a 200 without access_token, which escapes "
              "Relay.sync (preflight catches RelayError only) and is charged to the file in deliver")
-_NO_CAUSE = ("bug shared/skyporten.py entra_error: a non-AADSTS answer (HTML, empty body) gives only "
+_NO_CAUSE = ("bug shared/banenor_credential.py entra_error: a non-AADSTS answer (HTML, empty body) gives only "
              "'(no AADSTS code)': neither the cause nor BANENOR_AUTHORITY_HOST is named")
 _ERROR_CODE = ("bug shared/copier.py _code (line ~210): err.error_code raises AttributeError on an "
                "HttpResponseError without error_code (a 200 HTML/empty/JSON answer to Put Blob)")

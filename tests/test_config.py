@@ -200,7 +200,7 @@ def test_a_proxy_or_curl_bundle_variable_keeps_the_per_request_environment_looku
 
 def test_without_proxy_variables_the_storage_clients_skip_the_environment():
     from shared.runtime import Runtime
-    from shared.skyporten import banenor_service_client
+    from shared.storage import banenor_service_client
 
     settings = Settings.load(base_env())
     assert not settings.http_from_environment

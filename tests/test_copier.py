@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import (
     BlobClient,
     BlobSasPermissions,
@@ -237,6 +238,26 @@ def test_small_file_goes_in_one_put_blob(stores: Stores, wire: Wire) -> None:
     assert (result.mode, result.blocks, result.size) == ("stream", 1, len(data))
 
 
+def test_a_copy_in_one_put_blob_says_so_in_its_result(stores: Stores, wire: Wire) -> None:
+    source = stores.put_source("small.bin", payload(100_000))
+    wire.requests.clear()
+    result = copy(Copier(CopyOptions()), stores, source)
+    assert len(wire.of("destination", method="PUT")) == 1
+    assert result.single_put is True
+
+
+def test_a_copy_in_blocks_says_it_was_not_one_put_blob(stores: Stores) -> None:
+    source = stores.put_source("mid.bin", payload(int(3.5 * MiB)))
+    result = copy(Copier(SMALL_BLOCKS), stores, source)
+    assert result.blocks > 1 and result.single_put is False
+
+
+def test_an_empty_file_is_one_put_blob_even_in_server_mode(stores: Stores) -> None:
+    source = stores.put_source("empty.bin", b"")
+    copier = Copier(dataclasses.replace(SMALL_BLOCKS, mode="server"), source_sas=stores.source_sas)
+    assert copy(copier, stores, source).single_put is True
+
+
 def test_multi_block_copy_stores_equal_content_and_whole_file_md5(stores: Stores) -> None:
     data = payload(24 * MiB)
     source = stores.put_source("big.bin", data)
@@ -420,6 +441,23 @@ def test_missing_destination_container_is_a_permanent_copy_failure(stores: Store
     assert (err.status, err.error_code, err.transient) == (404, "ContainerNotFound", False)
     assert err.side == "destination"
     assert isinstance(err, DeliveryError) and err.hint and err.__cause__ is not None
+
+
+def test_a_refusal_from_bane_nors_side_gets_the_same_hint_from_the_copier_and_the_gateway_check(
+        stores: Stores) -> None:
+    from shared.storage import gateway_error
+
+    source = stores.put_source("x.csv", b"1")
+    copier = Copier(CopyOptions())
+    dest = stores.dest_service.get_blob_client("no-such-container", "x.csv")
+    with pytest.raises(CopyFailed) as caught:
+        copier.copy(source, copier.read_source(source), dest, metadata={})
+    with pytest.raises(ResourceNotFoundError) as probed:
+        dest.get_blob_properties()  # a HEAD: the status without a storage error code
+    with pytest.raises(ResourceNotFoundError) as listed:
+        stores.dest_service.get_container_client("no-such-container").get_container_properties()
+    assert caught.value.hint == gateway_error(listed.value, "x.csv").hint
+    assert "BANENOR_CONTAINER" in gateway_error(probed.value, "x.csv").hint
 
 
 def test_unreachable_destination_is_a_transient_copy_failure(stores: Stores) -> None:

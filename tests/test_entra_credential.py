@@ -1,7 +1,8 @@
 """The Bane NOR credential: AADSTS errors -> messages from the data table; federation retry window; 700024.
 
-The inner azure-identity credential is replaced here by a scripted stand-in (the real one against the Entra
-simulator is exercised in tests/test_chain.py); the Skyporten client is real, with a scripted session.
+The inner azure-identity credential is replaced here by a scripted stand-in that caches as azure-identity does
+(until five minutes before expiry; the real one against the Entra simulator is exercised in tests/test_token_chain.py
+and tests/test_token_recovery.py); the Skyporten client is real, with a scripted session.
 """
 
 import jwt
@@ -9,9 +10,9 @@ import pytest
 from azure.core.credentials import AccessTokenInfo
 from azure.core.exceptions import ClientAuthenticationError
 
+from shared.banenor_credential import AADSTS, BaneNorCredential, entra_error
 from shared.errors import EntraError
-from shared.maskinporten import GrantRequest, MaskinportenClient
-from shared.skyporten import AADSTS, BaneNorCredential, entra_error
+from shared.skyporten_token import GrantRequest, MaskinportenClient
 from tests.fakes import FakeClock, FakeSession, key_provider, make_key, response
 
 ISSUER = "https://test.sky.maskinporten.no"
@@ -21,20 +22,26 @@ KEY = make_key()
 
 
 class ScriptedInner:
-    """Stands in for ClientAssertionCredential: calls the assertion callback, then raises or answers."""
+    """Stands in for ClientAssertionCredential: answers from its cache until five minutes before expiry, else
+    calls the assertion callback, then raises or answers."""
 
     def __init__(self, assertion, outcomes, clock):
         self.assertion = assertion
-        self.outcomes = list(outcomes)
+        self.outcomes = outcomes  # shared by the stand-ins built after each invalidate
         self.clock = clock
         self.assertions = []
+        self.cache = {}
 
     def get_token_info(self, *scopes, options=None):
+        cached = self.cache.get(scopes)
+        if cached is not None and self.clock() < cached.expires_on - 300:
+            return cached
         self.assertions.append(self.assertion())
         outcome = self.outcomes.pop(0) if self.outcomes else None
         if isinstance(outcome, Exception):
             raise outcome
-        return AccessTokenInfo("storage-token-xyz", int(self.clock()) + 3599)
+        self.cache[scopes] = AccessTokenInfo("storage-token-xyz", int(self.clock()) + 3599)
+        return self.cache[scopes]
 
 
 def refusal(code, text="refused"):
@@ -54,11 +61,10 @@ def make(outcomes, retry_window=300):
     session = FakeSession(answer)
     sky = MaskinportenClient(GrantRequest(ISSUER, "c", "banenor:payloadmanager.storage"), ISSUER + "/token",
                              key_provider(KEY), session=session, clock=clock, sleep=clock.sleep)
-    holder = {}
+    script = list(outcomes)
     cred = BaneNorCredential("tenant", "mi-client", sky, clock=clock, sleep=clock.sleep,
                              federation_retry_seconds=retry_window,
-                             inner=ScriptedInner(lambda: holder["cred"]._assertion(), outcomes, clock))
-    holder["cred"] = cred
+                             new_inner=lambda assertion: ScriptedInner(assertion, script, clock))
     return cred, session, clock
 
 
@@ -79,6 +85,17 @@ def test_refreshes_five_minutes_before_expiry():
     clock.now = first.expires_on - 300
     cred.get_token_info(SCOPE)
     assert cred.exchanges == 2
+
+
+def test_the_credential_hands_out_what_azure_identity_answers_with_no_cache_of_its_own():
+    renewed = iter(["first-token", "renewed-token"])
+
+    class Renewing:  # an inner credential whose cache renewed the token between two calls
+        def get_token_info(self, *scopes, options=None):
+            return AccessTokenInfo(next(renewed), 10**10)
+
+    cred = BaneNorCredential("tenant", "mi-client", None, new_inner=lambda assertion: Renewing())
+    assert [cred.get_token(SCOPE).token for _ in range(2)] == ["first-token", "renewed-token"]
 
 
 @pytest.mark.parametrize("code", sorted(AADSTS))

@@ -66,9 +66,10 @@ def fast_runtime(env, proxies, *, timeout: float = 10.0, **overrides):
     from azure.identity import ClientAssertionCredential
     from azure.storage.blob import BlobServiceClient, LinearRetry
 
-    from shared.maskinporten import client_from_settings
+    from shared.banenor_credential import BaneNorCredential
     from shared.signing import KeyVaultSource, SigningKeyProvider
-    from shared.skyporten import BaneNorCredential, banenor_service_client
+    from shared.skyporten_token import client_from_settings
+    from shared.storage import banenor_service_client
 
     rt = env.make(**proxied_settings(env.stack, proxies), **overrides)
     s = rt.settings
@@ -87,13 +88,16 @@ def fast_runtime(env, proxies, *, timeout: float = 10.0, **overrides):
     rt.__dict__["maskinporten"] = client_from_settings(s, rt.signing_keys, clock=rt.clock, sleep=rt.sleeps,
                                                        timeout=timeout)
     skyporten = rt.maskinporten
-    inner = ClientAssertionCredential(
-        s.banenor_tenant_id, s.banenor_client_id, lambda: skyporten.get_token().access_token,
-        authority=s.banenor_authority_host, retry_total=2, retry_backoff_factor=0.05,
-        connection_verify=s.ca_bundle, **timeouts)
+
+    def inner(assertion):
+        return ClientAssertionCredential(
+            s.banenor_tenant_id, s.banenor_client_id, lambda: skyporten.get_token().access_token,
+            authority=s.banenor_authority_host, retry_total=2, retry_backoff_factor=0.05,
+            connection_verify=s.ca_bundle, **timeouts)
+
     rt.__dict__["banenor_credential"] = BaneNorCredential(
         s.banenor_tenant_id, s.banenor_client_id, skyporten, authority=s.banenor_authority_host,
-        federation_retry_seconds=0, clock=rt.clock, ca_bundle=s.ca_bundle, inner=inner)
+        federation_retry_seconds=0, clock=rt.clock, ca_bundle=s.ca_bundle, new_inner=inner)
     rt.__dict__["banenor_service"] = banenor_service_client(s, rt.banenor_credential, **storage())
     rt.__dict__["export_service"] = BlobServiceClient.from_connection_string(
         s.export_storage_connection_string, connection_verify=s.ca_bundle, **storage())

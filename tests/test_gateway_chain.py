@@ -8,7 +8,7 @@ from azure.core.credentials import AccessToken
 from azure.storage.blob import BlobServiceClient
 
 from shared.errors import EntraError, GatewayError
-from shared.skyporten import banenor_service_client, gateway_error
+from shared.storage import banenor_service_client, gateway_error
 from sim.entra import FederatedCredential
 
 pytestmark = pytest.mark.stack
@@ -42,8 +42,8 @@ def test_storage_client_urls_keep_the_gateway_base_path(make_runtime):
 def test_storage_client_asks_for_the_external_account_audience(make_runtime, stack):
     rt = make_runtime()
     write(rt, f"{rt.settings.banenor_directory}/aud.txt")
-    token = rt.banenor_credential._cache[(rt.settings.banenor_storage_audience + "/.default",)]
-    from shared.maskinporten import decode_unverified
+    token = rt.banenor_credential._issued[(rt.settings.banenor_storage_audience + "/.default",)]
+    from shared.skyporten_token import decode_unverified
 
     assert decode_unverified(token.token)["aud"] == "https://bnplmextnwestlocal.blob.core.windows.net"
 

@@ -418,7 +418,7 @@ def test_a_gateway_401_drops_the_cached_storage_token(relay_env, monkeypatch):
     with pytest.raises(CopyFailed):
         relay.deliver("denied.csv")
     assert relay.destination is not before  # a new client: its bearer policy holds no token
-    assert rt.banenor_credential._cache == {}
+    assert rt.banenor_credential._issued == {}
 
 
 def test_a_401_from_the_partners_own_storage_is_charged_to_the_file_not_the_trust_chain():

@@ -4,6 +4,7 @@ import base64
 import datetime as dt
 import json
 
+import jwt
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding
@@ -115,6 +116,22 @@ def test_file_key_signs_and_takes_kid_from_setting(tmp_path):
     assert "BEGIN" not in repr(key)
 
 
+def test_a_local_key_encodes_a_jwt_that_verifies_with_its_public_key_and_names_its_kid(tmp_path):
+    path = tmp_path / "key.pem"
+    path.write_bytes(private_pem(KEY))
+    token = key_from_file(str(path), "kid-9").encode({"sub": "x", "n": 1})
+    assert jwt.get_unverified_header(token) == {"alg": "RS256", "typ": "JWT", "kid": "kid-9"}
+    assert jwt.decode(token, KEY.public_key(), algorithms=["RS256"]) == {"sub": "x", "n": 1}
+
+
+def test_a_key_that_signs_elsewhere_encodes_the_same_verifiable_jwt():
+    info = KeyInfo("keyvault-key", "k", "kid-7", KEY.key_size)
+    remote = SigningKey(info, lambda alg, data: KEY.sign(data, padding.PKCS1v15(), hashes.SHA256()))
+    token = remote.encode({"sub": "x"})
+    assert jwt.get_unverified_header(token) == {"alg": "RS256", "typ": "JWT", "kid": "kid-7"}
+    assert jwt.decode(token, KEY.public_key(), algorithms=["RS256"]) == {"sub": "x"}
+
+
 def test_file_jwk_supplies_its_own_kid(tmp_path):
     path = tmp_path / "key.json"
     path.write_text(jwk_of(KEY, kid="from-jwk"))
@@ -127,9 +144,11 @@ def test_missing_file_is_named(tmp_path):
 
 
 def _pfx(cert_kwargs=None, with_key=True):
+    # Dated from NOW, the time the tests check against (a slow suite may reach them minutes after import).
+    dates = {"not_before": NOW - dt.timedelta(minutes=5), "not_after": NOW + dt.timedelta(days=365)}
     ca_key = new_rsa_key()
-    ca = issue_certificate(ca_key, "Test CA", is_ca=True)
-    leaf = issue_certificate(KEY, "Partner AS", ca_key, ca, **(cert_kwargs or {}))
+    ca = issue_certificate(ca_key, "Test CA", is_ca=True, **dates)
+    leaf = issue_certificate(KEY, "Partner AS", ca_key, ca, **{**dates, **(cert_kwargs or {})})
     return pkcs12.serialize_key_and_certificates(
         b"p", KEY if with_key else None, leaf, [ca], serialization.NoEncryption()), leaf, ca
 

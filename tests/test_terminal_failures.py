@@ -52,7 +52,7 @@ def test_a_transient_gateway_failure_keeps_the_backoff_until_max_attempts(relay_
     # Every PUT answers 503 ServerBusy; the product's own client builder, with retries 50 ms apart.
     from azure.storage.blob import LinearRetry
 
-    from shared.skyporten import banenor_service_client
+    from shared.storage import banenor_service_client
 
     rt.__dict__["banenor_service"] = banenor_service_client(
         rt.settings, rt.banenor_credential, retry_policy=LinearRetry(backoff=0.05, retry_total=1))

@@ -6,10 +6,10 @@ identity through the simulated MSI endpoint), requests against the Skyporten sim
 
 import pytest
 
-import shared.maskinporten as maskinporten
+import shared.skyporten_token as maskinporten
 from shared.errors import ConfigError, MaskinportenError, SigningKeyError
-from shared.maskinporten import GrantRequest, MaskinportenClient
 from shared.signing import provider_from_settings
+from shared.skyporten_token import GrantRequest, MaskinportenClient
 from sim.pki import new_rsa_key, private_pem
 
 pytestmark = pytest.mark.stack
@@ -182,3 +182,12 @@ def test_rotated_secret_is_picked_up_after_the_cache_lifetime(make_runtime, stac
         assert provider.get().info.version != first
     finally:
         stack.keyvault.set_secret("maskinporten-key", open(stack.settings["SIGNING_KEY_FILE"]).read())
+
+
+def test_a_second_call_for_the_storage_token_is_served_from_azure_identitys_cache(make_runtime, stack):
+    rt = make_runtime()
+    scope = rt.settings.banenor_storage_audience + "/.default"
+    first = rt.banenor_credential.get_token(scope).token
+    before = stack.entra.tokens_issued  # counted after the first call: it also fetched the Key Vault token
+    assert rt.banenor_credential.get_token(scope).token == first
+    assert stack.entra.tokens_issued == before

@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from shared.errors import MaskinportenError
-from shared.maskinporten import (
+from shared.skyporten_token import (
     GRANT_LIFETIME,
     JWT_BEARER,
     GrantRequest,
@@ -344,7 +344,7 @@ def test_each_malformed_answer_is_one_skyporten_error_naming_the_endpoint_settin
 
 
 def test_an_answer_over_the_size_cap_is_refused_without_reading_it_all(http_servers):
-    from shared.maskinporten import MAX_ANSWER_BYTES
+    from shared.skyporten_token import MAX_ANSWER_BYTES
 
     body = b'{"access_token": "' + b"a" * (MAX_ANSWER_BYTES * 4) + b'"}'
     endpoint = http_servers((200, {"Content-Type": "application/json"}, body))

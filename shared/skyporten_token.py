@@ -1,13 +1,12 @@
 """Skyporten (Maskinporten) token client: JWT grant (RFC 7523), token request, cache, retries.
 
-Building the grant and the form is pure (`grant_claims`, `encode_jwt`); `MaskinportenClient.get_token()`
+Building the grant's claims is pure (`grant_claims`; the key encodes it); `MaskinportenClient.get_token()`
 sends it, caches the token until `min(sent_at + expires_in, exp) - margin`, lets exactly one of many
 concurrent callers refresh it, retries what is transient and turns refusals into one clear error.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import random
@@ -21,10 +20,11 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+import jwt
 import requests
 
 from .errors import MaskinportenError
-from .signing import SigningKeyProvider, b64url
+from .signing import SigningKeyProvider
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ GRANT_LIFETIME = 100  # seconds; Maskinporten refuses exp - iat > 120 s (MP-130)
 MAX_ANSWER_BYTES = 256 * 1024
 _ENDPOINT_HINT = "check MASKINPORTEN_TOKEN_ENDPOINT: it must be the Skyporten token endpoint itself"
 
-# MP-nnn codes -> (what it means, what to fix). Kept as data: Digdir adds codes. PROTOCOL.md section 1.
+# MP-nnn codes -> (what it means, what to fix). Kept as data: Digdir adds codes (docs/protocol.md section 3).
 MP_CODES: dict[str, tuple[str, str]] = {
     "MP-100": ("the client was not found or the assertion is invalid",
                "check MASKINPORTEN_CLIENT_ID (the client id of the integration in this environment; test and prod "
@@ -100,23 +100,12 @@ def grant_claims(request: GrantRequest, now: float, jti: str) -> dict[str, Any]:
     return claims
 
 
-def encode_jwt(header: dict[str, Any], claims: dict[str, Any], sign: Callable[[bytes], bytes]) -> str:
-    """JWS compact serialisation (RFC 7515): base64url(header).base64url(claims).base64url(signature)."""
-    signing_input = (
-        b64url(json.dumps(header, separators=(",", ":")).encode())
-        + "."
-        + b64url(json.dumps(claims, separators=(",", ":")).encode())
-    )
-    return signing_input + "." + b64url(sign(signing_input.encode("ascii")))
-
-
 def decode_unverified(token: str) -> dict[str, Any]:
     """The claims of a JWT, NOT verified: only for caching and diagnostics (sub/aud/exp). {} when the token
     is not a JWT whose payload is a JSON object."""
     try:
-        payload = token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (IndexError, ValueError, TypeError, AttributeError):
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except (jwt.PyJWTError, ValueError, TypeError, AttributeError):
         return {}
     return claims if isinstance(claims, dict) else {}
 
@@ -125,7 +114,8 @@ UNSPECIFIED_AUDIENCE = "unspecified"  # Maskinporten's aud when no resource was 
 
 
 def audience_reading(resource: str | None, aud: Any) -> str:
-    """Which reading of the open audience point (PROTOCOL.md 1-2) a token shows, from the resource sent and its aud."""
+    """Which reading of the open audience point (docs/protocol.md section 3) a token shows, from the resource sent
+    and its aud."""
     if aud == UNSPECIFIED_AUDIENCE or aud is None:
         return ("no audience: no resource was sent and none is bound to the scope; Entra refuses such a token "
                 "unless MASKINPORTEN_RESOURCE is set" if resource is None else
@@ -211,7 +201,7 @@ class MaskinportenClient:
     def build_grant(self) -> str:
         key = self.keys.get()
         claims = grant_claims(self.request, self.clock(), str(uuid.uuid4()))
-        return encode_jwt(key.header(), claims, key.sign)
+        return key.encode(claims)
 
     def _fetch(self) -> SkyportenToken:
         clock_retry_used = False
@@ -262,7 +252,7 @@ class MaskinportenClient:
                 continue
             error = self._parse_error(response, body)
             if error.code == "MP-130" and not clock_retry_used:
-                # Clock skew or a slow path: one retry with a fresh grant, and a warning (PROTOCOL.md 1).
+                # Clock skew or a slow path: one retry with a fresh grant, and a warning (docs/protocol.md section 3).
                 clock_retry_used = True
                 log.warning("Skyporten says the grant was expired or from the future (MP-130): check the clock; "
                             "retrying once with a fresh grant")
@@ -319,7 +309,7 @@ class MaskinportenClient:
         if (expires_in is None or expires_in <= 0) and exp is None:
             raise self._malformed("with a token whose lifetime is unknown (no numeric expires_in or exp)",
                                   response, raw)
-        # Valid until min(sent_at + expires_in, exp): PROTOCOL.md section 1.
+        # Valid until min(sent_at + expires_in, exp) (docs/protocol.md section 3).
         expires_at = min(t for t in (sent_at + expires_in if expires_in and expires_in > 0 else None, exp)
                          if t is not None)
         if _number(claims.get("iat")) is None:

@@ -1,9 +1,8 @@
-"""The Bane NOR half of the chain: the Entra exchange as an azure-core TokenCredential, and the storage client.
+"""The Bane NOR credential: the Entra exchange in Bane NOR's tenant as an azure-core TokenCredential.
 
 `BaneNorCredential` hands the Skyporten token to azure-identity's `ClientAssertionCredential` as the client
-assertion (Entra in Bane NOR's tenant, the managed identity Bane NOR created) and turns AADSTS refusals into
-clear errors from a table kept as data. `banenor_service_client` is the one place that builds the
-`BlobServiceClient` for Bane NOR's payload manager gateway. PROTOCOL.md sections 2-4.
+assertion (the managed identity Bane NOR created) and turns AADSTS refusals into clear errors from a table kept
+as data (docs/protocol.md sections 4-5). The storage clients that use it are built in `shared.storage`.
 """
 
 from __future__ import annotations
@@ -16,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import EntraError, GatewayError, MaskinportenError, RelayError, scrub
-from .maskinporten import UNSPECIFIED_AUDIENCE, MaskinportenClient
+from .errors import EntraError, MaskinportenError, RelayError, first_line
+from .skyporten_token import UNSPECIFIED_AUDIENCE, MaskinportenClient
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +30,7 @@ class AadstsEntry:
 
 _ISSUER_HINT = "check that MASKINPORTEN_ISSUER is the Skyporten issuer Bane NOR trusts (test vs prod)"
 
-# AADSTS codes -> meaning, fix and how to react. Kept as data: Microsoft changes codes (PROTOCOL.md 3).
+# AADSTS codes -> meaning, fix and how to react. Kept as data: Microsoft changes codes (docs/protocol.md section 5).
 AADSTS: dict[int, AadstsEntry] = {
     70021: AadstsEntry(
         "no federated credential on the managed identity matches the Skyporten token",
@@ -115,7 +114,7 @@ def entra_error(exc: Exception, assertion_claims: dict[str, Any], settings_view:
     if code is None and entry is None:
         empty = "no response content" in text.lower()
         message += " The answer was empty." if empty else \
-            f" The answer carried no Entra error ({_first_line(text)[:160]!r})."
+            f" The answer carried no Entra error ({first_line(text)[:160]!r})."
     return EntraError(
         message,
         hint=fix if entry else (
@@ -130,7 +129,7 @@ def entra_error(exc: Exception, assertion_claims: dict[str, Any], settings_view:
 
 def _audience_fix(code: int | None, aud: Any, resource: str | None) -> str | None:
     """The fix for a federated credential that did not match the token's audience, from the two readings of the
-    open point (PROTOCOL.md 1-2): the audience bound to the scope, or taken from the grant's resource."""
+    open point (docs/protocol.md sections 3-4): the audience bound to the scope, or taken from the grant's resource."""
     if aud == UNSPECIFIED_AUDIENCE and resource is None:
         return ("the Skyporten token has no audience (aud 'unspecified'): Skyporten takes it from the grant's "
                 "resource here, and none was sent. Set MASKINPORTEN_RESOURCE to the audience of Bane NOR's "
@@ -157,13 +156,13 @@ def _entra_description(text: str) -> str:
 class BaneNorCredential:
     """azure-core TokenCredential for Bane NOR's tenant: Skyporten token -> Entra -> storage token.
 
-    One lock makes concurrent callers share one exchange. AADSTS70021-family refusals (a new federated
-    credential propagating) are retried with backoff for `federation_retry_seconds`; AADSTS700024 drops
-    the cached Skyporten token and retries once. Raises `EntraError`, `MaskinportenError` or
-    `SigningKeyError` (not azure-core errors, so the storage SDK does not retry them for a minute).
+    The storage token is cached by azure-identity (renewed from five minutes before expiry); one lock makes
+    concurrent callers share one exchange. AADSTS70021-family refusals (a new federated credential propagating)
+    are retried with backoff for `federation_retry_seconds`; AADSTS700024 drops the cached Skyporten token and
+    retries once. `exchanges` counts the exchanges azure-identity made (each asks for an assertion). Raises
+    `EntraError`, `MaskinportenError` or `SigningKeyError` (not azure-core errors, so the storage SDK does not
+    retry them for a minute).
     """
-
-    REFRESH_MARGIN = 300.0  # as azure-identity: refresh from five minutes before expiry
 
     def __init__(
         self,
@@ -176,7 +175,7 @@ class BaneNorCredential:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         ca_bundle: str | None = None,
-        inner: Any = None,
+        new_inner: Callable[[Callable[[], str]], Any] | None = None,
     ) -> None:
         self.tenant_id = tenant_id
         self.client_id = client_id
@@ -186,7 +185,8 @@ class BaneNorCredential:
         self.clock = clock
         self.sleep = sleep
         self._lock = threading.Lock()
-        self._cache: dict[tuple[str, ...], Any] = {}
+        # The token last handed out per scope: compared with a refused one (`invalidate`), never handed out again.
+        self._issued: dict[tuple[str, ...], Any] = {}
         self._federation_failing_since: float | None = None
         self.exchanges = 0
         self._last_assertion_claims: dict[str, Any] = {}
@@ -195,7 +195,10 @@ class BaneNorCredential:
         # token goes as well (`invalidate`).
         self._recovering = False
         self._recovery_token: str | None = None
-        self._new_inner: Callable[[], Any] = (lambda: inner) if inner is not None else self._assertion_credential
+        # The inner credential (azure-identity's, with its token cache), given the assertion callback; built anew
+        # after a 401 (`invalidate`). `new_inner` stands in for it (tests: shorter retries, scripted answers).
+        self._new_inner: Callable[[], Any] = (lambda: new_inner(self._assertion)) if new_inner is not None \
+            else self._assertion_credential
         self._inner = self._new_inner()
 
     def _assertion_credential(self) -> Any:
@@ -212,13 +215,14 @@ class BaneNorCredential:
     def _assertion(self) -> str:
         # Called by azure-identity for every exchange: hand it a Skyporten token that is still valid. Whatever
         # fails in here is Skyporten's (or the key's) failure, never Entra's: keep it labelled so.
+        self.exchanges += 1
         try:
             token = self.skyporten.get_token()
         except RelayError:
             raise
         except Exception as exc:
             raise MaskinportenError(
-                f"The Skyporten token could not be obtained ({type(exc).__name__}: {_first_line(str(exc))[:120]}).",
+                f"The Skyporten token could not be obtained ({type(exc).__name__}: {first_line(str(exc))[:120]}).",
                 hint="check MASKINPORTEN_TOKEN_ENDPOINT: it must be the Skyporten token endpoint itself",
             ) from None
         self._last_assertion_claims = token.claims
@@ -241,13 +245,11 @@ class BaneNorCredential:
 
     def _get(self, scopes: tuple[str, ...], kwargs: dict[str, Any]) -> Any:
         with self._lock:
-            cached = self._cache.get(scopes)
-            if cached is not None and self.clock() < cached.expires_on - self.REFRESH_MARGIN:
-                return cached
-            info = self._exchange(scopes, kwargs)
-            self._cache[scopes] = info
-            self._recovery_token = info.token if self._recovering else None
-            self._recovering = False
+            info = self._exchange(scopes, kwargs)  # azure-identity answers from its cache while the token is good
+            self._issued[scopes] = info
+            if self._recovering:
+                self._recovery_token = info.token
+                self._recovering = False
             return info
 
     def invalidate(self, refused: str | None = None) -> bool:
@@ -256,17 +258,16 @@ class BaneNorCredential:
         With `refused` (the bearer token that was refused) nothing happens when it is no longer the cached one:
         another delivery's 401 already replaced it, and every delivery in flight shares that one new exchange.
         When the refused token was itself issued anew after a 401, the Skyporten token is dropped too. Returns
-        whether anything was dropped. azure-identity keeps a token cache of its own, so a new inner credential
+        whether anything was dropped. azure-identity's token cache lives in the inner credential, so a new one
         replaces it: otherwise it would hand back the very token that was refused.
         """
         with self._lock:
-            cached = {info.token for info in self._cache.values()}
-            if refused is not None and refused not in cached:
+            if refused is not None and refused not in {info.token for info in self._issued.values()}:
                 return False
             if refused is not None and refused == self._recovery_token:
                 log.warning("A storage token Entra issued anew was refused too: fetching a new Skyporten token")
                 self.skyporten.invalidate()
-            self._cache.clear()
+            self._issued.clear()
             self._recovering = True
             self._recovery_token = None
             old, self._inner = self._inner, self._new_inner()
@@ -285,7 +286,6 @@ class BaneNorCredential:
         while True:
             attempt += 1
             try:
-                self.exchanges += 1
                 if hasattr(self._inner, "get_token_info"):
                     result = self._inner.get_token_info(*scopes, options=kwargs or None)
                 else:  # pragma: no cover - older azure-identity
@@ -312,7 +312,7 @@ class BaneNorCredential:
             except RelayError:
                 raise  # from our assertion callback: Skyporten or the signing key, already clear
             except Exception as exc:  # e.g. a 200 without access_token: not Entra answering as Entra does
-                detail = _first_line(str(exc))[:120]
+                detail = first_line(str(exc))[:120]
                 raise EntraError(
                     f"The token exchange with Entra ID failed: the answer from {self.authority} could not be used "
                     f"({type(exc).__name__}: {detail}).",
@@ -334,94 +334,3 @@ class BaneNorCredential:
                     "giving up in %.0f s", delay, remaining)
         self.sleep(delay)
         return True
-
-
-# -- Bane NOR's storage, through the payload manager gateway ----------------------------------------------
-
-def banenor_service_client(settings: Any, credential: Any, **overrides: Any) -> Any:
-    """The BlobServiceClient for Bane NOR: gateway base URL, audience, pinned API version, timeouts, retries.
-
-    The SDK keeps the base path (`<base>/<container>/<path>`); `audience` makes it ask its credential for
-    `<storage audience>/.default`, which the gateway routes on (PROTOCOL.md 4).
-    """
-    from azure.storage.blob import BlobServiceClient
-
-    kwargs: dict[str, Any] = {
-        **storage_connection_options(settings),
-        "audience": settings.banenor_storage_audience,
-        "api_version": settings.banenor_storage_api_version,
-        "max_single_put_size": max(settings.single_put_limit, 1),  # one Put Blob up to SINGLE_PUT_LIMIT
-        "max_block_size": settings.block_size,
-    }
-    kwargs.update(overrides)
-    return BlobServiceClient(account_url=settings.banenor_storage_url, credential=credential, **kwargs)
-
-
-def storage_connection_options(settings: Any) -> dict[str, Any]:
-    """Options both storage clients (the partner's and Bane NOR's) share: timeouts, retries, the CA bundle, and
-    whether requests reads the environment on each request.
-
-    By default requests looks up proxy variables, CURL_CA_BUNDLE and ~/.netrc for every request, about a tenth
-    of the CPU a small request costs; the relay reads the environment once (`Settings.http_from_environment`) and
-    keeps that per-request lookup only when one of those variables is set. REQUESTS_CA_BUNDLE is passed
-    explicitly either way; .netrc is never wanted (every request carries a token or a key).
-    """
-    options: dict[str, Any] = {
-        "connection_timeout": 20,
-        "read_timeout": 120,
-        "retry_policy": storage_retry_policy(),
-        "use_env_settings": settings.http_from_environment,
-    }
-    if settings.ca_bundle:
-        options["connection_verify"] = settings.ca_bundle
-    return options
-
-
-def storage_retry_policy() -> Any:
-    """Retries for storage requests: about 3, 5, 9 and 17 s (the SDK default starts at 15 s per retry).
-
-    A delivery that still fails is recorded in the ledger and retried by the timer sync with its own backoff.
-    """
-    from azure.storage.blob import ExponentialRetry
-
-    return ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=4, random_jitter_range=1)
-
-
-GATEWAY_HINTS: dict[int, str] = {
-    401: "the gateway refused the token: BANENOR_STORAGE_AUDIENCE must be Bane NOR's external account URL "
-         "for this environment, and BANENOR_ENVIRONMENT must match it",
-    403: "the managed identity lacks RBAC or ACL rights on this path: only Bane NOR can grant them; report "
-         "the container and directory shown (and check BANENOR_DIRECTORY)",
-    404: "the container does not exist: check BANENOR_CONTAINER with Bane NOR",
-    400: "Bane NOR's gateway refused the request (name, extension or API version): see docs/gateway.md",
-    413: "a request was over the gateway's 100 MB limit: lower BLOCK_SIZE / SINGLE_PUT_LIMIT",
-    409: "the destination already exists",
-}
-
-
-def gateway_error(exc: Exception, blob: str | None) -> RelayError:
-    """Translate a storage SDK error from Bane NOR's side into a GatewayError (SAS and tokens never quoted)."""
-    from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
-
-    if isinstance(exc, RelayError):
-        return exc
-    if isinstance(exc, ServiceRequestError | ServiceResponseError):
-        return GatewayError(f"Bane NOR's gateway could not be reached writing {blob!r} ({type(exc).__name__}).",
-                            hint="check BANENOR_STORAGE_URL and outbound network access", blob=blob,
-                            transient=True)
-    status = getattr(exc, "status_code", None)
-    code = getattr(exc, "error_code", None)
-    if isinstance(exc, HttpResponseError) and status is not None:
-        text = f"Bane NOR's gateway answered HTTP {status}{f' {code}' if code else ''} for {blob!r}"
-        reason = _first_line(getattr(exc, "reason", "") or "")
-        if reason:
-            text += f" ({reason})"
-        return GatewayError(text + ".", hint=GATEWAY_HINTS.get(status, "retry later"), status=status,
-                            error_code=code, blob=blob, transient=status >= 500 or status in (408, 429),
-                            trust_chain=status == 401)
-    return GatewayError(f"Writing {blob!r} to Bane NOR failed ({type(exc).__name__}).", hint="retry later",
-                        blob=blob, transient=True)
-
-
-def _first_line(text: str) -> str:
-    return scrub((text.splitlines() or [""])[0])[:200]

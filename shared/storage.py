@@ -1,0 +1,215 @@
+"""The storage clients of both sides, and what Bane NOR's side answers when it refuses.
+
+Builds the partner's BlobServiceClient (connection string, or its own identity through DefaultAzureCredential) and
+Bane NOR's (the payload manager gateway: audience, API version, timeouts, retries), signs the source SAS for
+server-side copy, and holds the one table of hints for errors from Bane NOR's gateway and the storage behind it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .errors import GatewayError, RelayError, first_line
+
+# -- connection options -----------------------------------------------------------------------------------
+
+
+def storage_connection_options(settings: Any) -> dict[str, Any]:
+    """Options both storage clients (the partner's and Bane NOR's) share: timeouts, retries, the CA bundle, and
+    whether requests reads the environment on each request.
+
+    By default requests looks up proxy variables, CURL_CA_BUNDLE and ~/.netrc for every request, about a tenth
+    of the CPU a small request costs; the relay reads the environment once (`Settings.http_from_environment`) and
+    keeps that per-request lookup only when one of those variables is set. REQUESTS_CA_BUNDLE is passed
+    explicitly either way; .netrc is never wanted (every request carries a token or a key).
+    """
+    options: dict[str, Any] = {
+        "connection_timeout": 20,
+        "read_timeout": 120,
+        "retry_policy": storage_retry_policy(),
+        "use_env_settings": settings.http_from_environment,
+    }
+    if settings.ca_bundle:
+        options["connection_verify"] = settings.ca_bundle
+    return options
+
+
+def storage_retry_policy() -> Any:
+    """Retries for storage requests: about 3, 5, 9 and 17 s (the SDK default starts at 15 s per retry).
+
+    A delivery that still fails is recorded in the ledger and retried by the timer sync with its own backoff.
+    """
+    from azure.storage.blob import ExponentialRetry
+
+    return ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=4, random_jitter_range=1)
+
+
+# The command line's bound on a broken link to the partner's storage: each request is tried 3 times, 1 s apart; a
+# connection may take 2.5 s to open and an answer 3 s to start (the CLI's requests are listings and small ledger
+# records; an upload's read timeout starts only once its body is sent). A refused connection, a failed DNS lookup
+# or an untrusted certificate is reported in 2 to 3 s, a host that never answers in about 10 s, one that accepts
+# and then stalls in about 11 s. docs/troubleshooting.md says so.
+INTERACTIVE_CONNECT_SECONDS = 2.5
+INTERACTIVE_READ_SECONDS = 3
+INTERACTIVE_RETRIES = 2
+
+
+def interactive_storage_options() -> dict[str, Any]:
+    """Client options for the partner's storage when a person runs the command line (see above)."""
+    from azure.storage.blob import LinearRetry
+
+    return {
+        "connection_timeout": INTERACTIVE_CONNECT_SECONDS,
+        "read_timeout": INTERACTIVE_READ_SECONDS,
+        "retry_policy": LinearRetry(backoff=1, retry_total=INTERACTIVE_RETRIES, random_jitter_range=0),
+    }
+
+
+# -- the partner's side -----------------------------------------------------------------------------------
+
+
+def partner_credential(ca_bundle: str | None = None) -> Any:
+    """The partner's own identity (managed identity in Azure; `az login` or the local stack's MSI locally)."""
+    from azure.identity import DefaultAzureCredential
+
+    kwargs: dict[str, Any] = {"exclude_interactive_browser_credential": True}
+    if ca_bundle:
+        kwargs["connection_verify"] = ca_bundle
+    return DefaultAzureCredential(**kwargs)
+
+
+def partner_service_client(settings: Any, credential: Any, *, interactive: bool = False) -> Any:
+    """The BlobServiceClient for the partner's export account: from EXPORT_STORAGE's connection string, or its
+    service URI with the partner's identity. `interactive`: the command line's shorter limits."""
+    from azure.storage.blob import BlobServiceClient
+
+    kwargs = storage_connection_options(settings)
+    if interactive:
+        kwargs.update(interactive_storage_options())
+    if settings.export_storage_connection_string:
+        return BlobServiceClient.from_connection_string(settings.export_storage_connection_string, **kwargs)
+    return BlobServiceClient(settings.export_storage_service_uri, credential=credential, **kwargs)
+
+
+class SourceSas:
+    """Signs read-only SAS URLs for source exports, valid 15 minutes, for server-side copy.
+
+    With a connection string (Azurite) an account-key SAS; with the managed identity a user delegation SAS (needs
+    Storage Blob Delegator on the partner's account), its key fetched once and renewed 30 minutes before expiry.
+    """
+
+    def __init__(self, service: Callable[[], Any], clock: Callable[[], float] = time.time) -> None:
+        self._service = service  # called on use: the runtime builds the partner's client lazily
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._delegation_key: Any = None
+        self._delegation_expiry = 0.0
+
+    def __call__(self, blob: Any) -> str:
+        from azure.storage.blob import BlobSasPermissions, generate_blob_sas
+
+        now = dt.datetime.fromtimestamp(self._clock(), dt.UTC)
+        expiry = now + dt.timedelta(minutes=15)
+        service = self._service()
+        kwargs: dict[str, Any] = {}
+        key = getattr(service.credential, "account_key", None)
+        if key:
+            kwargs["account_key"] = key
+        else:
+            kwargs["user_delegation_key"] = self._user_delegation_key(service, now)
+        sas = generate_blob_sas(
+            service.account_name, blob.container_name, blob.blob_name, permission=BlobSasPermissions(read=True),
+            expiry=expiry, start=now - dt.timedelta(minutes=5), **kwargs,
+        )
+        return f"{blob.url}?{sas}"
+
+    def _user_delegation_key(self, service: Any, now: dt.datetime) -> Any:
+        with self._lock:
+            if self._delegation_key is None or self._clock() > self._delegation_expiry - 1800:
+                expiry = now + dt.timedelta(hours=2)
+                self._delegation_key = service.get_user_delegation_key(now - dt.timedelta(minutes=5), expiry)
+                self._delegation_expiry = expiry.timestamp()
+            return self._delegation_key
+
+
+# -- Bane NOR's side, through the payload manager gateway -------------------------------------------------
+
+
+def banenor_service_client(settings: Any, credential: Any, **overrides: Any) -> Any:
+    """The BlobServiceClient for Bane NOR: gateway base URL, audience, pinned API version, timeouts, retries.
+
+    The SDK keeps the base path (`<base>/<container>/<path>`); `audience` makes it ask its credential for
+    `<storage audience>/.default`, which the gateway routes on (docs/protocol.md sections 2 and 6).
+    """
+    from azure.storage.blob import BlobServiceClient
+
+    kwargs: dict[str, Any] = {
+        **storage_connection_options(settings),
+        "audience": settings.banenor_storage_audience,
+        "api_version": settings.banenor_storage_api_version,
+        "max_single_put_size": max(settings.single_put_limit, 1),  # one Put Blob up to SINGLE_PUT_LIMIT
+        "max_block_size": settings.block_size,
+    }
+    kwargs.update(overrides)
+    return BlobServiceClient(account_url=settings.banenor_storage_url, credential=credential, **kwargs)
+
+
+# -- what Bane NOR's side answers ---------------------------------------------------------------------------
+
+# The one table of hints for refusals from Bane NOR's gateway and the storage behind it, by storage error code
+# first, then by HTTP status. The copier (writing exports) and the gateway probes (doctor, the relay's checks)
+# both read it.
+BANENOR_HINTS: dict[int | str, str] = {
+    401: "the gateway refused the storage token: BANENOR_STORAGE_AUDIENCE must be Bane NOR's external account URL "
+         "for this environment, and BANENOR_ENVIRONMENT must match it; run `doctor` to check the trust chain",
+    "AuthorizationPermissionMismatch": "only Bane NOR can fix this: ask them to grant the identity RBAC "
+    "and ACL (-wx on the directory, --x on every parent) for this path",
+    403: "the managed identity lacks RBAC or ACL rights on this path: only Bane NOR can grant them; report "
+         "the container and directory shown (and check BANENOR_DIRECTORY)",
+    "ContainerNotFound": "the container does not exist: check BANENOR_CONTAINER with Bane NOR",
+    404: "the container does not exist: check BANENOR_CONTAINER with Bane NOR",
+    400: "Bane NOR's gateway or storage refused the request (name, extension or API version): see docs/gateway.md",
+    413: "a request was over the gateway's 100 MB limit: lower BLOCK_SIZE / SINGLE_PUT_LIMIT",
+    409: "the destination already exists",
+}
+# What the gateway itself answers without a storage error code (token, request size, policy); any other answer
+# without one is not from storage at all (a proxy's or a firewall's page).
+GATEWAY_OWN_STATUSES = (400, 401, 413)
+NOT_STORAGE_HINT = "the answer was not a storage error: check BANENOR_STORAGE_URL (Bane NOR's gateway)"
+
+
+def banenor_hint(status: int | None, code: str | None) -> str | None:
+    """The hint for a refusal from Bane NOR's side (None: the table has none)."""
+    return BANENOR_HINTS.get(code or "") or BANENOR_HINTS.get(status or 0)
+
+
+def gateway_error(exc: Exception, blob: str | None) -> RelayError:
+    """Translate a storage SDK error from Bane NOR's side into a GatewayError (SAS and tokens never quoted)."""
+    from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
+
+    if isinstance(exc, RelayError):
+        return exc
+    if isinstance(exc, ServiceRequestError | ServiceResponseError):
+        return GatewayError(f"Bane NOR's gateway could not be reached writing {blob!r} ({type(exc).__name__}).",
+                            hint="check BANENOR_STORAGE_URL and outbound network access", blob=blob,
+                            transient=True)
+    status = getattr(exc, "status_code", None)
+    code = getattr(exc, "error_code", None)
+    if isinstance(exc, HttpResponseError) and status is not None:
+        text = f"Bane NOR's gateway answered HTTP {status}{f' {code}' if code else ''} for {blob!r}"
+        reason = first_line(getattr(exc, "reason", "") or "")
+        if reason:
+            text += f" ({reason})"
+        return GatewayError(text + ".", hint=banenor_hint(status, _code_text(code)) or "retry later",
+                            status=status, error_code=code, blob=blob,
+                            transient=status >= 500 or status in (408, 429), trust_chain=status == 401)
+    return GatewayError(f"Writing {blob!r} to Bane NOR failed ({type(exc).__name__}).", hint="retry later",
+                        blob=blob, transient=True)
+
+
+def _code_text(code: Any) -> str | None:
+    return None if code is None else str(getattr(code, "value", code))

@@ -1,0 +1,42 @@
+"""requirements.txt holds what the function app imports, and nothing only the tests or the simulators use."""
+
+import re
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def runtime_requirements() -> list[str]:
+    names = []
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line and not line.startswith("-"):
+            names.append(re.split(r"[\[<>=!~ ;]", line, maxsplit=1)[0])
+    return names
+
+
+def import_names(distribution: str) -> list[str]:
+    """The modules a distribution provides: its top-level packages, or, inside a namespace shared by many
+    distributions (azure, azurefunctions), the dotted path its name spells."""
+    wanted = distribution.lower().replace("_", "-")
+    tops = [top for top, dists in packages_distributions().items()
+            if wanted in {d.lower().replace("_", "-") for d in dists}]
+    if tops and not set(tops) & {"azure", "azurefunctions"}:
+        return tops
+    return [wanted.replace("-", ".")]
+
+
+def app_sources() -> str:
+    files = [ROOT / "function_app.py", *sorted((ROOT / "shared").glob("*.py"))]
+    return "\n".join(path.read_text() for path in files)
+
+
+def test_every_runtime_requirement_is_imported_by_the_function_app():
+    sources = app_sources()
+    unused = [
+        name for name in runtime_requirements()
+        if not any(re.search(rf"^\s*(from|import)\s+{re.escape(module)}\b", sources, re.M)
+                   for module in import_names(name))
+    ]
+    assert unused == [], f"only tests or simulators use {unused}: move them to requirements-dev.txt"
