@@ -317,6 +317,24 @@ def plain_copy(job: Job) -> dict[str, Any]:
 
 def relay_sync(job: Job) -> dict[str, Any]:
     """The product: one `Relay.sync` over the export container (fresh ledger), warm token."""
+    return _relay_sync(job)
+
+
+def relay_sync_unbatched(job: Job) -> dict[str, Any]:
+    """`relay-sync` with receipt batches of one: every small export's receipt is its own create-only write, as a
+    claimed delivery's is. The sync run's ReceiptBuffer is swapped for one of size 1 in this process only (no
+    setting exists for it): the question is what batching the receipts is worth."""
+    from shared import relay
+
+    class Unbatched(relay.ReceiptBuffer):
+        def __init__(self, ledger: Any, **kwargs: Any) -> None:
+            super().__init__(ledger, **{**kwargs, "size": 1})
+
+    relay.ReceiptBuffer = Unbatched  # type: ignore[misc]
+    return _relay_sync(job)
+
+
+def _relay_sync(job: Job) -> dict[str, Any]:
     p = job.params
     rt = job.runtime(EXPORT_CONTAINER=p["container"], LEDGER_CONTAINER=p["ledger"],
                      DESTINATION_TEMPLATE=p["folder"] + "/{path}")
@@ -424,6 +442,7 @@ CONTENDERS: dict[str, Callable[[Job], dict[str, Any]]] = {
     "relay-sync-large": relay_sync_large,
     "plain-copy": plain_copy,
     "relay-sync": relay_sync,
+    "relay-sync-unbatched": relay_sync_unbatched,
     "copies-without-ledger": copies_without_ledger,
     "copies-with-evidence": copies_with_evidence,
     "plain-threaded": plain_threaded,
