@@ -321,16 +321,16 @@ def relay_sync(job: Job) -> dict[str, Any]:
 
 
 def relay_sync_unbatched(job: Job) -> dict[str, Any]:
-    """`relay-sync` with receipt batches of one: every small export's receipt is its own create-only write, as a
-    claimed delivery's is. The sync run's ReceiptBuffer is swapped for one of size 1 in this process only (no
-    setting exists for it): the question is what batching the receipts is worth."""
+    """`relay-sync` with receipt batches of one: every small export's receipt is its own create-only write
+    (`Ledger.record_receipt`, as a claimed delivery's is), in place of the sync run's ReceiptBuffer, in this
+    process only (no setting exists for it): the question is what batching the receipts is worth."""
     from shared import relay
 
-    class Unbatched(relay.ReceiptBuffer):
-        def __init__(self, ledger: Any, **kwargs: Any) -> None:
-            super().__init__(ledger, **{**kwargs, "size": 1})
+    class OneByOne(relay.ReceiptBuffer):
+        def add(self, receipt: Any) -> Any:
+            return self.ledger.record_receipt(receipt)
 
-    relay.ReceiptBuffer = Unbatched  # type: ignore[misc]
+    relay.ReceiptBuffer = OneByOne  # type: ignore[misc]
     return _relay_sync(job)
 
 
