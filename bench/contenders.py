@@ -205,8 +205,8 @@ def setup_small(job: Job) -> dict[str, Any]:
 
 
 def setup_scale(job: Job) -> dict[str, Any]:
-    """`count` one-byte exports, each already delivered: a receipt for every version, written in batches of
-    1,000 by the product's own ledger (the state a long-running relay reaches), for the idle-sync measure."""
+    """`count` one-byte exports, each already delivered: a receipt for every version, written one by one by the
+    product's own ledger (the state a long-running relay reaches), for the idle-sync measure."""
     import uuid
 
     from shared.ledger import Ledger, Receipt
@@ -225,18 +225,15 @@ def setup_scale(job: Job) -> dict[str, Any]:
             list(pool.map(put, range(p["count"])))
         ledger = Ledger(service.get_container_client(p["ledger"]))
         ledger.ensure()
-        batch: list[Receipt] = []
-        count = 0
-        for blob in container.list_blobs():
-            batch.append(Receipt(
+
+        def receipt(blob: Any) -> None:
+            ledger.record_receipt(Receipt(
                 source_name=blob.name, source_etag=blob.etag, size=blob.size, md5="", destination_path=blob.name,
                 destination_url="", destination_etag=f'"{uuid.uuid4().hex}"', attempts=1, first_attempt_at=0.0,
                 delivered_at=0.0, mode="stream", original_name=blob.name))
-            count += 1
-            if len(batch) == 1000:
-                ledger.record_receipts(batch)
-                batch = []
-        ledger.record_receipts(batch)
+
+        with ThreadPoolExecutor(16) as pool:
+            count = sum(1 for _ in pool.map(receipt, container.list_blobs()))
     return m.row(count=count)
 
 
@@ -317,24 +314,6 @@ def plain_copy(job: Job) -> dict[str, Any]:
 
 def relay_sync(job: Job) -> dict[str, Any]:
     """The product: one `Relay.sync` over the export container (fresh ledger), warm token."""
-    return _relay_sync(job)
-
-
-def relay_sync_unbatched(job: Job) -> dict[str, Any]:
-    """`relay-sync` with receipt batches of one: every small export's receipt is its own create-only write
-    (`Ledger.record_receipt`, as a claimed delivery's is), in place of the sync run's ReceiptBuffer, in this
-    process only (no setting exists for it): the question is what batching the receipts is worth."""
-    from shared import relay
-
-    class OneByOne(relay.ReceiptBuffer):
-        def add(self, receipt: Any) -> Any:
-            return self.ledger.record_receipt(receipt)
-
-    relay.ReceiptBuffer = OneByOne  # type: ignore[misc]
-    return _relay_sync(job)
-
-
-def _relay_sync(job: Job) -> dict[str, Any]:
     p = job.params
     rt = job.runtime(EXPORT_CONTAINER=p["container"], LEDGER_CONTAINER=p["ledger"],
                      DESTINATION_TEMPLATE=p["folder"] + "/{path}")
@@ -442,7 +421,6 @@ CONTENDERS: dict[str, Callable[[Job], dict[str, Any]]] = {
     "relay-sync-large": relay_sync_large,
     "plain-copy": plain_copy,
     "relay-sync": relay_sync,
-    "relay-sync-unbatched": relay_sync_unbatched,
     "copies-without-ledger": copies_without_ledger,
     "copies-with-evidence": copies_with_evidence,
     "plain-threaded": plain_threaded,

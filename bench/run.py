@@ -299,11 +299,8 @@ def small_files(probe: Probe, settings: dict[str, str], count: int, file_size: i
     if setup["count"] != count:
         raise RuntimeError(f"setup put {setup['count']} exports, not {count}")
     # A B C C B A, like the large file: the machine's load drifts, and each contender is judged by its best run.
-    order = ["relay-sync", "relay-sync-unbatched", "plain-threaded", "copies-with-evidence", "copies-without-ledger",
-             "plain-loop"]
-    titles = {"relay-sync": "relay sync (with the ledger)",
-              "relay-sync-unbatched": "relay sync with receipt batches of one",
-              "plain-threaded": "plain SDK copy on SYNC_CONCURRENCY "
+    order = ["relay-sync", "plain-threaded", "copies-with-evidence", "copies-without-ledger", "plain-loop"]
+    titles = {"relay-sync": "relay sync (with the ledger)", "plain-threaded": "plain SDK copy on SYNC_CONCURRENCY "
               "threads", "copies-with-evidence": "the same copies and read-backs without the ledger",
               "copies-without-ledger": "the same copies without read-back or ledger",
               "plain-loop": "plain SDK loop, one file after another"}
@@ -313,7 +310,7 @@ def small_files(probe: Probe, settings: dict[str, str], count: int, file_size: i
         run = f"{tag}-{index}"
         row = probe.run(which, settings, container=container, ledger=f"bench-ledger-{run}", count=count,
                         folder=f"b{run}")
-        if not which.startswith("relay-sync") and row["count"] != count:
+        if which != "relay-sync" and row["count"] != count:
             raise RuntimeError(f"{which} copied {row['count']} files, not {count}")
         runs.append((which, row))
 
@@ -321,7 +318,6 @@ def small_files(probe: Probe, settings: dict[str, str], count: int, file_size: i
         return min((row for name, row in runs if name == which), key=lambda row: row["seconds"])
 
     return {"count": count, "file_size": file_size, "setup": setup, "runs": runs, "sync": best("relay-sync"),
-            "unbatched": best("relay-sync-unbatched"),
             "bare": best("copies-without-ledger"), "evidence": best("copies-with-evidence"),
             "threaded": best("plain-threaded"), "loop": best("plain-loop")}
 
@@ -373,8 +369,6 @@ def summarize(r: dict[str, Any]) -> dict[str, Any]:
         "sync_vs_loop": loop["seconds"] / sync["seconds"],
         "threaded_files_s": n / threaded["seconds"],
         "sync_vs_threaded": threaded["seconds"] / sync["seconds"],
-        "unbatched_files_s": n / small["unbatched"]["seconds"],
-        "batching_gain": small["unbatched"]["seconds"] / sync["seconds"] - 1,
         "ledger_ms_per_file": (sync["seconds"] - evidence["seconds"]) / n * 1000,
         "evidence_ms_per_file": (evidence["seconds"] - bare["seconds"]) / n * 1000,
         "evidence_requests_per_file": (sum(evidence["requests"].values()) - sum(bare["requests"].values())) / n,
@@ -454,9 +448,6 @@ def report(r: dict[str, Any]) -> str:
         f"{s['evidence_ms_per_file']:.2f} ms, {s['evidence_requests_per_file']:.2f} requests | - | |",
         f"| ledger cost per file (sync minus the same copies and read-backs without it, / {n:,}) | "
         f"{s['ledger_ms_per_file']:.1f} ms | - | |",
-        f"| receipt batching: sync with batches of one / sync as shipped ({n:,} files) | "
-        f"{s['batching_gain']:+.0%} time ({s['unbatched_files_s']:.1f} vs {s['sync_files_s']:.1f} files/s) | "
-        ">= +20% to keep it | |",
         *_idle_sync_row(r.get("scale")),
         f"| Skyporten / Entra token requests per {n:,} deliveries | {s['sky_tokens']} / {s['entra_tokens']} | "
         f"1 / 1 | {verdict(s['met']['tokens'])} |",
@@ -504,9 +495,7 @@ def report(r: dict[str, Any]) -> str:
         "gateway / other | RSS peak | Skyporten | Entra | MSI |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    labels = {"relay-sync": "relay sync (ledger, evidence)",
-              "relay-sync-unbatched": "relay sync, receipt batches of one",
-              "plain-threaded": "plain SDK copy, threaded",
+    labels = {"relay-sync": "relay sync (ledger, evidence)", "plain-threaded": "plain SDK copy, threaded",
               "copies-with-evidence": "same copies + read-back, no ledger",
               "copies-without-ledger": "same copies, no read-back, no ledger",
               "plain-loop": "plain SDK loop, sequential"}
