@@ -88,8 +88,8 @@ class Receipt(_Record):
     attempts: int
     first_attempt_at: float
     delivered_at: float
-    mode: str  # how it was copied (e.g. "stream", "copy-from-url")
-    original_name: str  # the source name before renaming (differs from the destination's name)
+    mode: str  # how it got there: "stream", "server", "copied" (this attempt's, answer lost), "existing" (adopted)
+    original_name: str  # the source name, as source_name (kept: readers of every version expect the field)
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 from .copier import Copier, CopyFailed, SourceVersion
-from .delivery import (  # noqa: F401  (re-exported: callers and tests import them from here)
+from .delivery import (  # noqa: F401  (CLAIM_*, _ClaimKeeper, _is_*, archive_name: re-exported for importers)
     CLAIM_RENEW_SECONDS,
     CLAIM_TTL,
-    STATUSES,
-    UNAUTHORIZED_RETRIES,
     ClaimedDelivery,
     Outcome,
     UnclaimedDelivery,
@@ -28,7 +26,6 @@ from .delivery import (  # noqa: F401  (re-exported: callers and tests import th
     _is_trust_chain,
     archive_name,
 )
-from .destination import META_LIMIT, source_digest  # noqa: F401  (re-exported)
 from .errors import NameRejected, RelayError
 from .ledger import Ledger
 from .naming import NamePolicy, destination_path
