@@ -167,6 +167,11 @@ class Delivery:
         stored = relay.ledger.record_receipt(receipt)
         if failure is not None:
             relay.ledger.clear_failure(name, etag)
+        if stored != receipt and mode != "existing" and stored.mode == "existing":
+            # These bytes are ours, and another deliverer (a trigger racing a sync's unclaimed delivery) adopted
+            # them and wrote its receipt first: the delivery is ours; the after-delivery step was its.
+            return Outcome("delivered", name, etag, destination=dest_path, size=size, mode=mode,
+                           md5=receipt.md5 or None)
         if stored != receipt:  # another worker wrote the receipt first: its delivery, not ours
             return Outcome("already_delivered", name, etag, destination=dest_path, size=size)
         self._after_delivery(version)

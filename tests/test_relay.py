@@ -5,6 +5,7 @@ without seeing each other's files.
 """
 
 import base64
+import dataclasses
 import hashlib
 import os
 import threading
@@ -454,6 +455,20 @@ def test_sync_writes_each_small_exports_receipt_as_its_own_record(relay_env):
     assert relay_env.rt.relay.sync().delivered == 30
     assert len(ledger_names(relay_env.rt, "receipts/")) == 30
     assert ledger_names(relay_env.rt, "receipt-batches/") == []
+
+
+def test_a_sync_delivery_is_delivered_when_a_trigger_adopted_its_file_and_recorded_first(relay_env, monkeypatch):
+    relay_env.put("raced.csv", b"monday\n")
+    rt = relay_env.rt
+    real = rt.ledger.record_receipt
+
+    def a_trigger_adopts_the_file_and_records_first(receipt):
+        real(dataclasses.replace(receipt, mode="existing"))  # the trigger found the sync's file at Bane NOR
+        return real(receipt)
+
+    monkeypatch.setattr(rt.ledger, "record_receipt", a_trigger_adopts_the_file_and_records_first)
+    summary = rt.relay.sync()
+    assert summary.delivered == 1 and summary.already_delivered == 0
 
 
 def test_a_second_sync_skips_unclaimed_deliveries_without_a_request_to_the_gateway(relay_env):
