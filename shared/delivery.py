@@ -122,6 +122,9 @@ class Delivery:
                          on_progress: Callable[[], None] | None = None,
                          unauthorized_retries: int = UNAUTHORIZED_RETRIES,
                          metadata: dict[str, str] | None = None) -> Outcome:
+        """Copy, verify, write the receipt, then the after-delivery step. A failure is recorded in the ledger
+        (charged, unless the source changed); a gateway 401 drops the refused token and tries again at once, up
+        to `unauthorized_retries` times, as the same attempt; other trust-chain errors are raised."""
         relay = self.relay
         name, etag = version.name, version.etag
         dest = relay.destination.get_blob_client(dest_path)
