@@ -1,10 +1,7 @@
 """The delivery ledger: what was delivered, what failed, what was refused, what is in flight.
 
-One small JSON blob per record in a container of the partner's own storage account; every write is
-conditional (If-None-Match: * to create, If-Match: <etag> to change), so concurrent instances never
-lose an update. Listing state lives in blob metadata, so listings need no GETs. Receipt batches
-(`receipt-batches/`) that earlier versions wrote for `sync` are still read; nothing writes them now. See
-docs/ledger.md.
+One small JSON blob per record in the partner's storage, every write conditional (create-only or If-Match), listing
+state in metadata; earlier versions' `receipt-batches/` are still read, never written. See docs/ledger.md.
 """
 
 from __future__ import annotations
