@@ -1,8 +1,7 @@
 """The delivery ledger: what was delivered, what failed, what was refused, what is in flight.
 
-One small JSON blob per record in a container of the partner's own storage account; every write is
-conditional (If-None-Match: * to create, If-Match: <etag> to change), so concurrent instances never
-lose an update. Listing state lives in blob metadata, so listings need no GETs. See docs/ledger.md.
+One small JSON blob per record in the partner's storage, every write conditional (create-only or If-Match), listing
+state in metadata; earlier versions' `receipt-batches/` are still read, never written. See docs/ledger.md.
 """
 
 from __future__ import annotations
@@ -15,8 +14,7 @@ import logging
 import re
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -36,19 +34,14 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RECEIPTS = "receipts/"
-RECEIPT_BATCHES = "receipt-batches/"
+RECEIPT_BATCHES = "receipt-batches/"  # written by earlier versions (JSON lines, many receipts each); read only
 FAILURES = "failures/"
 REJECTED = "rejected/"
 CLAIMS = "claims/"
 
 MAX_ERROR_CHARS = 500
 _JSON = ContentSettings(content_type="application/json")
-_JSON_LINES = ContentSettings(content_type="application/x-ndjson")
-# Fewer receipts than this are written one by one: tiny batch blobs would only add reads to every sync.
-BATCH_MIN = 10
 _SAFE_ETAG = re.compile(r"[A-Za-z0-9]{1,64}")
-# Defence in depth: a caller's error text should never carry a token, but if it does, the ledger does not
-# keep it (JWTs are three base64url parts, the first starting "eyJ").
 _CONFLICT_RETRIES = 50
 
 
@@ -92,8 +85,8 @@ class Receipt(_Record):
     attempts: int
     first_attempt_at: float
     delivered_at: float
-    mode: str  # how it was copied (e.g. "stream", "copy-from-url")
-    original_name: str  # the source name before renaming (differs from the destination's name)
+    mode: str  # how it got there: "stream", "server", "copied" (this attempt's, answer lost), "existing" (adopted)
+    original_name: str  # the source name, as source_name (kept: readers of every version expect the field)
 
 
 @dataclass(frozen=True)
@@ -186,8 +179,8 @@ class Ledger:
         self.clock = clock
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
-        # Receipt batches never change once written (unique names; compaction writes a new one and deletes the
-        # old), so the keys each one holds are read once per process: name -> keys.
+        # Receipt batches never change once written (unique names; an earlier version's compaction wrote a new one
+        # and deleted the old), so the keys each one holds are read once per process: name -> keys.
         self._batch_keys: dict[str, frozenset[str]] = {}
         self._batch_lock = threading.Lock()
 
@@ -268,7 +261,7 @@ class Ledger:
 
     # -- receipts --------------------------------------------------------------------------
     def receipt(self, name: str, etag: str) -> Receipt | None:
-        """The receipt of a version: its own record, else one in a batch written by `sync`."""
+        """The receipt of a version: its own record, else one in a batch an earlier version's `sync` wrote."""
         key = self.key(name, etag)  # an etag from a listing has no quotes, one from Get Properties has
         body = self._read(self._blob(RECEIPTS, key))
         if body is not None:
@@ -280,7 +273,7 @@ class Ledger:
             body = self._read(self.container.get_blob_client(batch))
             if body is not None:
                 return next(r for r in _parse_batch(body) if self.key(r.source_name, r.source_etag) == key)
-            # merged by a compaction since the listing: look again
+            # merged by an earlier version's compaction since the listing: look again
         raise RelayError("the ledger's receipt batches kept changing under a compaction")
 
     def delivered(self, name: str, etag: str) -> bool:
@@ -301,32 +294,13 @@ class Ledger:
             return self.record_receipt(receipt)
         return Receipt.from_json(existing)
 
-    def record_receipts(self, receipts: Sequence[Receipt]) -> None:
-        """Write many receipts in one request: a blob of JSON lines under a unique name (create-only).
-
-        Fewer than BATCH_MIN go one by one (`record_receipt`). A version may end up with two receipts (its own and
-        one in a batch, after two deliverers raced and one found the other's file at Bane NOR): readers take the
-        union, so that is harmless.
-        """
-        if len(receipts) < BATCH_MIN:
-            for receipt in receipts:
-                self.record_receipt(receipt)
-            return
-        self._write_batch(receipts)
-
-    def _write_batch(self, receipts: Sequence[Receipt]) -> None:
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.clock()))
-        blob = self.container.get_blob_client(f"{RECEIPT_BATCHES}{stamp}-{uuid.uuid4().hex}.jsonl")
-        body = "".join(receipt.to_json() + "\n" for receipt in receipts)
-        # None (409) can only mean our own write whose answer was lost and retried: the name is a fresh uuid4.
-        self._create(blob, body, {"count": str(len(receipts))}, _JSON_LINES)
-
     def _batch_index(self) -> dict[str, frozenset[str]]:
         """Batch name -> the keys of its receipts, for every receipt batch: one listing, plus one GET for each
         batch this process has not read yet.
 
-        A batch that vanishes between the listing and its GET was merged by a compaction into a batch written
-        before the deletion, so the listing is taken again until one pass reads every batch it lists.
+        A batch that vanishes between the listing and its GET was merged by a compaction (an earlier version's,
+        still running beside this one during an upgrade) into a batch written before the deletion, so the listing
+        is taken again until one pass reads every batch it lists.
         """
         for _ in range(_CONFLICT_RETRIES):
             index: dict[str, frozenset[str]] = {}
@@ -352,32 +326,6 @@ class Ledger:
         for batch in self._batch_index().values():
             keys.update(batch)
         return keys
-
-    def compact_receipt_batches(self, max_batches: int = 100, full: int = 1000) -> int:
-        """Keep the number of batch blobs (each one a GET per process) bounded: when there are more than
-        `max_batches`, merge every batch of fewer than `full` receipts into one new batch, then delete the merged
-        ones (only if unchanged). Readers that meet a deleted batch list again and find the merged one; a crash in
-        between leaves receipts twice, which readers tolerate. Returns how many batches were merged (0: one
-        listing, nothing else)."""
-        every = list(self._list(RECEIPT_BATCHES))
-        small = [b for b in every if int(_lower(b.metadata).get("count", "0")) < full]
-        if len(every) <= max_batches or len(small) < 2:
-            return 0
-        merged: list[Receipt] = []
-        sources = []
-        for b in small:
-            body = self._read(self.container.get_blob_client(b.name))
-            if body is not None:
-                merged.extend(_parse_batch(body))
-                sources.append(b)
-        self._write_batch(merged)
-        for b in sources:
-            try:
-                self.container.get_blob_client(b.name).delete_blob(etag=b.etag,
-                                                                   match_condition=MatchConditions.IfNotModified)
-            except (ResourceModifiedError, ResourceNotFoundError):
-                pass
-        return len(sources)
 
     # -- failures --------------------------------------------------------------------------
     def failure(self, name: str, etag: str) -> Failure | None:
@@ -569,90 +517,3 @@ class Ledger:
             counts["poisoned" if failure.poisoned else "failed"] += 1
         return counts
 
-
-class ReceiptBuffer:
-    """The receipts of one `sync` run, written in batches: when `size` are pending, or when the oldest has waited
-    `max_age` seconds, by the worker thread that adds the last one; `flush()` writes the rest. Thread-safe.
-
-    One batch is written at a time: the other workers queue their receipts meanwhile. A batch that cannot be
-    written stays pending, and no worker tries again for `max_age` seconds (so an outage of the ledger holds up
-    one worker in the SDK's retries, not all of them); what `flush` cannot write raises RelayError.
-    Those versions are delivered all the same: the next sync finds each at Bane NOR (a refused create-only write
-    and the relay's metadata) and records its receipt then.
-    """
-
-    def __init__(self, ledger: Ledger, size: int = 200, max_age: float = 5.0,
-                 clock: Clock = time.monotonic) -> None:
-        self.ledger = ledger
-        self.size = size
-        self.max_age = max_age
-        self.clock = clock
-        self._lock = threading.Lock()
-        self._pending: list[Receipt] = []
-        self._since = 0.0
-        self._retry_at = 0.0  # after a failed write: no new attempt before this
-        self._writing = False  # a batch write is under way: the others queue behind it
-        self.writes = 0  # successful writes (a batch, or fewer than BATCH_MIN receipts one by one)
-
-    def add(self, receipt: Receipt) -> Receipt:
-        """Queue `receipt`; returns it (the relay compares it with what was stored, as with `record_receipt`)."""
-        with self._lock:
-            if not self._pending:
-                self._since = self.clock()
-            self._pending.append(receipt)
-            if not self._due(full=True):
-                return receipt
-            batch, self._pending, self._writing = self._pending, [], True
-        self._write_or_keep(batch)
-        return receipt
-
-    def _due(self, full: bool) -> bool:
-        """Under the lock: whether the pending receipts should be written now."""
-        now = self.clock()
-        if not self._pending or self._writing or now < self._retry_at:
-            return False
-        return (full and len(self._pending) >= self.size) or now - self._since >= self.max_age
-
-    def flush_due(self) -> None:
-        """Write what has waited `max_age`: `sync` calls this while it waits for copies, so the receipts of small
-        exports never wait behind a long one."""
-        with self._lock:
-            if not self._due(full=False):
-                return
-            batch, self._pending, self._writing = self._pending, [], True
-        self._write_or_keep(batch)
-
-    def flush(self) -> None:
-        """Write everything pending; raises RelayError (naming LEDGER_CONTAINER) if that fails."""
-        with self._lock:
-            batch, self._pending = self._pending, []
-        if not batch:
-            return
-        try:
-            self._write(batch)
-        except Exception as exc:
-            raise RelayError(
-                f"the receipts of {len(batch)} delivered versions could not be written to the ledger "
-                f"({type(exc).__name__}: {scrub(str(exc))[:200]})",
-                hint="check access to LEDGER_CONTAINER; the next sync finds these deliveries at Bane NOR and "
-                     "records them",
-            ) from exc
-
-    def _write_or_keep(self, batch: list[Receipt]) -> None:
-        try:
-            self._write(batch)
-        except Exception as exc:  # partner storage hiccup: keep them for the next batch or the final flush
-            with self._lock:
-                if not self._pending:
-                    self._since = self.clock()
-                self._pending[:0] = batch
-                self._retry_at = self.clock() + self.max_age
-                self._writing = False
-            log.warning("receipt batch of %d not written yet (%s: %s): kept for the next one", len(batch),
-                        type(exc).__name__, scrub(str(exc))[:200])
-
-    def _write(self, batch: list[Receipt]) -> None:
-        self.ledger.record_receipts(batch)
-        with self._lock:
-            self.writes += 1
-            self._writing = False

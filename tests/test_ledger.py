@@ -9,8 +9,7 @@ from collections.abc import Iterator
 import pytest
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
-from shared.errors import RelayError
-from shared.ledger import BATCH_MIN, RECEIPT_BATCHES, RECEIPTS, Failure, Ledger, Receipt, ReceiptBuffer, Rejection
+from shared.ledger import RECEIPT_BATCHES, Failure, Ledger, Receipt, Rejection
 from sim.azurite import Azurite
 
 ACCOUNT = "partnerexports"
@@ -168,40 +167,51 @@ def names(ledger: Ledger, prefix: str) -> list[str]:
     return [b.name for b in ledger.container.list_blobs(name_starts_with=prefix)]
 
 
-def test_many_receipts_go_into_one_batch_blob(ledger: Ledger) -> None:
-    ledger.record_receipts(versions(BATCH_MIN))
-    assert len(names(ledger, RECEIPT_BATCHES)) == 1
-    assert names(ledger, RECEIPTS) == []
+# Receipt batches as earlier versions wrote them for `sync` (nothing writes them now; a deployed ledger holds
+# them, and during an upgrade an earlier instance may still write and compact them beside this one).
+BATCH_MIN = 10
 
 
-def test_a_few_receipts_are_written_one_by_one(ledger: Ledger) -> None:
-    ledger.record_receipts(versions(BATCH_MIN - 1))
-    assert len(names(ledger, RECEIPTS)) == BATCH_MIN - 1
-    assert names(ledger, RECEIPT_BATCHES) == []
+def write_batch(ledger: Ledger, receipts: list[Receipt]) -> None:
+    """A batch blob in the layout earlier versions wrote: JSON lines under a unique name, create-only."""
+    blob = ledger.container.get_blob_client(f"{RECEIPT_BATCHES}20261101T000000Z-{uuid.uuid4().hex}.jsonl")
+    blob.upload_blob("".join(r.to_json() + "\n" for r in receipts).encode(), overwrite=False,
+                     metadata={"count": str(len(receipts))})
+
+
+def compact_as_an_earlier_version(ledger: Ledger) -> int:
+    """What an earlier version's compaction did: merge every batch into a new one, then delete the merged."""
+    every = list(ledger.container.list_blobs(name_starts_with=RECEIPT_BATCHES))
+    merged = [Receipt.from_json(line) for b in every
+              for line in ledger.container.get_blob_client(b.name).download_blob().readall().splitlines()]
+    write_batch(ledger, merged)
+    for b in every:
+        ledger.container.get_blob_client(b.name).delete_blob()
+    return len(every)
 
 
 def test_delivered_keys_include_batched_receipts(ledger: Ledger) -> None:
     ledger.record_receipt(receipt())
     batch = versions(BATCH_MIN)
-    ledger.record_receipts(batch)
+    write_batch(ledger, batch)
     expected = {Ledger.key(NAME, ETAG)} | {Ledger.key(r.source_name, r.source_etag) for r in batch}
     assert ledger.delivered_keys() == expected
 
 
 def test_receipt_finds_a_batched_receipt(ledger: Ledger) -> None:
     batch = versions(BATCH_MIN)
-    ledger.record_receipts(batch)
+    write_batch(ledger, batch)
     assert ledger.receipt(batch[3].source_name, batch[3].source_etag) == batch[3]
 
 
 def test_receipt_finds_a_batched_receipt_by_an_etag_without_quotes(ledger: Ledger) -> None:
     batch = versions(BATCH_MIN)  # etags as Get Blob Properties gives them: quoted
-    ledger.record_receipts(batch)
+    write_batch(ledger, batch)
     assert ledger.receipt(batch[3].source_name, batch[3].source_etag.strip('"')) == batch[3]
 
 
 def test_each_batch_is_read_once_per_ledger(ledger: Ledger, monkeypatch) -> None:
-    ledger.record_receipts(versions(BATCH_MIN))
+    write_batch(ledger, versions(BATCH_MIN))
     ledger.delivered_keys()
     reads = []
     real = ledger._read
@@ -214,13 +224,13 @@ def test_a_batch_merged_by_a_compaction_while_it_is_read_is_found_in_the_merged_
                                                                                      clock: Clock,
                                                                                      monkeypatch) -> None:
     for i in range(4):
-        ledger.record_receipts(versions(BATCH_MIN, prefix=f"b{i}"))
+        write_batch(ledger, versions(BATCH_MIN, prefix=f"b{i}"))
     expected = new_ledger(ledger, clock).delivered_keys()
     real = ledger._read
 
     def compaction_strikes_after_the_listing(blob):
         monkeypatch.setattr(ledger, "_read", real)  # once
-        assert new_ledger(ledger, clock).compact_receipt_batches(max_batches=1) == 4
+        assert compact_as_an_earlier_version(new_ledger(ledger, clock)) == 4
         return real(blob)
 
     monkeypatch.setattr(ledger, "_read", compaction_strikes_after_the_listing)
@@ -230,16 +240,16 @@ def test_a_batch_merged_by_a_compaction_while_it_is_read_is_found_in_the_merged_
 def test_a_receipt_in_a_batch_merged_since_the_last_read_is_still_found(ledger: Ledger, clock: Clock) -> None:
     batches = [versions(BATCH_MIN, prefix=f"b{i}") for i in range(3)]
     for batch in batches:
-        ledger.record_receipts(batch)
+        write_batch(ledger, batch)
     ledger.delivered_keys()  # this process has read (and remembers) the three batches
-    new_ledger(ledger, clock).compact_receipt_batches(max_batches=1)
+    compact_as_an_earlier_version(new_ledger(ledger, clock))
     wanted = batches[1][4]
     assert ledger.receipt(wanted.source_name, wanted.source_etag) == wanted
 
 
 def test_delivered_knows_own_and_batched_receipts(ledger: Ledger) -> None:
     batch = versions(BATCH_MIN)
-    ledger.record_receipts(batch)
+    write_batch(ledger, batch)
     ledger.record_receipt(receipt())
     assert ledger.delivered(NAME, ETAG) and ledger.delivered(batch[2].source_name, batch[2].source_etag)
     assert not ledger.delivered(NAME, '"0xOTHER"')
@@ -247,159 +257,9 @@ def test_delivered_knows_own_and_batched_receipts(ledger: Ledger) -> None:
 
 def test_a_version_with_two_receipts_counts_once(ledger: Ledger) -> None:
     batch = versions(BATCH_MIN)
-    ledger.record_receipts(batch)
+    write_batch(ledger, batch)
     ledger.record_receipt(batch[0])
     assert ledger.counts()["delivered"] == BATCH_MIN
-
-
-def test_compaction_merges_small_batches_once_there_are_too_many(ledger: Ledger) -> None:
-    for i in range(5):
-        ledger.record_receipts(versions(BATCH_MIN, prefix=f"b{i}"))
-    keys = ledger.delivered_keys()
-    assert ledger.compact_receipt_batches(max_batches=3) == 5
-    assert len(names(ledger, RECEIPT_BATCHES)) == 1
-    assert ledger.delivered_keys() == keys
-
-
-def test_compaction_does_nothing_under_the_limit(ledger: Ledger) -> None:
-    for i in range(3):
-        ledger.record_receipts(versions(BATCH_MIN, prefix=f"b{i}"))
-    assert ledger.compact_receipt_batches(max_batches=3) == 0
-    assert len(names(ledger, RECEIPT_BATCHES)) == 3
-
-
-def test_compaction_leaves_full_batches_alone(ledger: Ledger) -> None:
-    for i in range(4):
-        ledger.record_receipts(versions(BATCH_MIN + (10 if i < 2 else 0), prefix=f"b{i}"))
-    assert ledger.compact_receipt_batches(max_batches=3, full=BATCH_MIN + 10) == 2
-    assert len(names(ledger, RECEIPT_BATCHES)) == 3
-
-
-# -- the receipt buffer of a sync run --------------------------------------------------------
-class Monotonic:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_buffer_writes_a_batch_when_it_is_full(ledger: Ledger) -> None:
-    buffer = ReceiptBuffer(ledger, size=BATCH_MIN, clock=Monotonic())
-    for r in versions(BATCH_MIN):
-        buffer.add(r)
-    assert len(names(ledger, RECEIPT_BATCHES)) == 1 and buffer.writes == 1
-
-
-def test_buffer_holds_receipts_until_full(ledger: Ledger) -> None:
-    buffer = ReceiptBuffer(ledger, size=BATCH_MIN, clock=Monotonic())
-    for r in versions(BATCH_MIN - 1):
-        buffer.add(r)
-    assert ledger.delivered_keys() == set()
-
-
-def test_buffer_writes_what_has_waited_max_age(ledger: Ledger) -> None:
-    clock = Monotonic()
-    buffer = ReceiptBuffer(ledger, size=1000, max_age=5.0, clock=clock)
-    first, second = versions(2)
-    buffer.add(first)
-    clock.now += 5.0
-    buffer.add(second)
-    assert ledger.delivered_keys() == {Ledger.key(r.source_name, r.source_etag) for r in (first, second)}
-
-
-def test_buffer_flush_due_writes_what_has_waited_max_age(ledger: Ledger) -> None:
-    clock = Monotonic()
-    buffer = ReceiptBuffer(ledger, size=1000, max_age=5.0, clock=clock)
-    buffer.add(receipt())
-    buffer.flush_due()
-    assert ledger.delivered_keys() == set()
-    clock.now += 5.0
-    buffer.flush_due()
-    assert ledger.delivered_keys() == {Ledger.key(NAME, ETAG)}
-
-
-def test_buffer_flush_writes_the_rest(ledger: Ledger) -> None:
-    buffer = ReceiptBuffer(ledger, size=1000, clock=Monotonic())
-    batch = versions(BATCH_MIN + 3)
-    for r in batch:
-        buffer.add(r)
-    buffer.flush()
-    assert len(ledger.delivered_keys()) == len(batch)
-
-
-def test_buffer_keeps_a_batch_it_could_not_write_for_the_flush(ledger: Ledger, monkeypatch) -> None:
-    buffer = ReceiptBuffer(ledger, size=BATCH_MIN, clock=Monotonic())
-    real = ledger.record_receipts
-    calls = []
-
-    def flaky(batch):
-        calls.append(len(batch))
-        if len(calls) == 1:
-            raise ConnectionError("partner storage unreachable")
-        real(batch)
-
-    monkeypatch.setattr(ledger, "record_receipts", flaky)
-    batch = versions(BATCH_MIN)
-    for r in batch:
-        buffer.add(r)
-    buffer.flush()
-    assert len(ledger.delivered_keys()) == BATCH_MIN
-
-
-def test_buffer_waits_max_age_before_trying_again_after_a_failed_write(ledger: Ledger, monkeypatch) -> None:
-    clock = Monotonic()
-    buffer = ReceiptBuffer(ledger, size=BATCH_MIN, max_age=5.0, clock=clock)
-    attempts = []
-
-    def down(batch):
-        attempts.append(len(batch))
-        raise ConnectionError("partner storage unreachable")
-
-    monkeypatch.setattr(ledger, "record_receipts", down)
-    for r in versions(BATCH_MIN + 5):
-        buffer.add(r)
-    assert attempts == [BATCH_MIN]  # the later adds did not each wait out a failing write
-    clock.now += 5.0
-    buffer.add(receipt())
-    assert attempts == [BATCH_MIN, BATCH_MIN + 6]
-
-
-def test_buffer_writes_one_batch_at_a_time(ledger: Ledger, monkeypatch) -> None:
-    clock = Monotonic()
-    buffer = ReceiptBuffer(ledger, size=BATCH_MIN, max_age=5.0, clock=clock)
-    started, release, attempts = threading.Event(), threading.Event(), []
-
-    def slow_and_down(batch):
-        attempts.append(len(batch))
-        started.set()
-        release.wait(10)
-        raise ConnectionError("partner storage unreachable")
-
-    monkeypatch.setattr(ledger, "record_receipts", slow_and_down)
-    first = threading.Thread(target=lambda: [buffer.add(r) for r in versions(BATCH_MIN, prefix="a")])
-    first.start()
-    assert started.wait(10)
-    clock.now += 5.0
-    for r in versions(BATCH_MIN, prefix="b"):  # full and old enough, but a write is under way
-        buffer.add(r)
-    buffer.flush_due()
-    release.set()
-    first.join(10)
-    assert attempts == [BATCH_MIN]
-
-
-def test_buffer_flush_that_fails_names_the_ledger_container(ledger: Ledger, monkeypatch) -> None:
-    buffer = ReceiptBuffer(ledger, size=1000, clock=Monotonic())
-    buffer.add(receipt())
-
-    def down(batch):
-        raise ConnectionError("partner storage unreachable")
-
-    monkeypatch.setattr(ledger, "record_receipts", down)
-    with pytest.raises(RelayError, match="LEDGER_CONTAINER") as caught:
-        buffer.flush()
-    assert "1 delivered version" in str(caught.value)
 
 
 # -- failures --------------------------------------------------------------------------------

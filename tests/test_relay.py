@@ -5,6 +5,7 @@ without seeing each other's files.
 """
 
 import base64
+import dataclasses
 import hashlib
 import os
 import threading
@@ -12,6 +13,7 @@ import uuid
 
 import pytest
 
+from shared import destination
 from shared.config import Settings
 from shared.runtime import Runtime
 
@@ -235,17 +237,17 @@ def test_an_update_never_overwrites_a_version_written_while_it_looked(relay_env,
     relay = relay_env.rt.relay
     relay.deliver("daily.csv")
     relay_env.put("daily.csv", b"tuesday")
-    look = relay._existing_delivery
+    look = destination.existing_delivery
 
     def look_then_a_newer_version_lands(dest, version, ours):
         found = look(dest, version, ours)
-        monkeypatch.setattr(relay, "_existing_delivery", look)  # once
+        monkeypatch.setattr(destination, "existing_delivery", look)  # once
         blob = relay_env.landed("daily.csv")  # another instance delivers a newer version right now
         metadata = dict(blob.get_blob_properties().metadata, relay_source_modified="2999-01-01T00:00:00.000000Z")
         blob.upload_blob(b"wednesday", overwrite=True, metadata=metadata)
         return found
 
-    monkeypatch.setattr(relay, "_existing_delivery", look_then_a_newer_version_lands)
+    monkeypatch.setattr(destination, "existing_delivery", look_then_a_newer_version_lands)
     outcome = relay.deliver("daily.csv")
     assert outcome.status == "rejected" and "newer version" in outcome.reason
     assert relay_env.landed("daily.csv").download_blob().readall() == b"wednesday"
@@ -429,7 +431,7 @@ def test_a_401_from_the_partners_own_storage_is_charged_to_the_file_not_the_trus
     assert not _is_trust_chain(CopyFailed("x", status=401, side="source"))
 
 
-# -- sync's small exports: no claim, receipts in batches ---------------------------------------------------
+# -- sync's small exports: an unclaimed delivery, the create-only write arbitrates -------------------------
 def ledger_names(rt, prefix):
     return [b.name for b in rt.ledger.container.list_blobs(name_starts_with=prefix)]
 
@@ -439,17 +441,37 @@ def put_many(relay_env, count, prefix="small"):
         relay_env.put(f"{prefix}/{i:02}.csv", f"{i};x\n".encode())
 
 
-def test_sync_sends_small_exports_without_claims_and_writes_their_receipts_in_a_batch(relay_env):
+def test_sync_sends_small_exports_without_claims(relay_env):
     put_many(relay_env, 30)
     before = relay_env.stack.gateway.responses.copy()
     summary = relay_env.rt.relay.sync()
     assert summary.delivered == 30
-    assert ledger_names(relay_env.rt, "claims/") == [] and ledger_names(relay_env.rt, "receipts/") == []
-    assert len(ledger_names(relay_env.rt, "receipt-batches/")) == 1
+    assert ledger_names(relay_env.rt, "claims/") == []
     assert (relay_env.stack.gateway.responses - before)[("PUT", 201)] == 30
 
 
-def test_a_second_sync_skips_batched_deliveries_without_a_request_to_the_gateway(relay_env):
+def test_sync_writes_each_small_exports_receipt_as_its_own_record(relay_env):
+    put_many(relay_env, 30)
+    assert relay_env.rt.relay.sync().delivered == 30
+    assert len(ledger_names(relay_env.rt, "receipts/")) == 30
+    assert ledger_names(relay_env.rt, "receipt-batches/") == []
+
+
+def test_a_sync_delivery_is_delivered_when_a_trigger_adopted_its_file_and_recorded_first(relay_env, monkeypatch):
+    relay_env.put("raced.csv", b"monday\n")
+    rt = relay_env.rt
+    real = rt.ledger.record_receipt
+
+    def a_trigger_adopts_the_file_and_records_first(receipt):
+        real(dataclasses.replace(receipt, mode="existing"))  # the trigger found the sync's file at Bane NOR
+        return real(receipt)
+
+    monkeypatch.setattr(rt.ledger, "record_receipt", a_trigger_adopts_the_file_and_records_first)
+    summary = rt.relay.sync()
+    assert summary.delivered == 1 and summary.already_delivered == 0
+
+
+def test_a_second_sync_skips_unclaimed_deliveries_without_a_request_to_the_gateway(relay_env):
     put_many(relay_env, 30)
     relay_env.rt.relay.sync()
     before = sum(relay_env.stack.gateway.requests.values())
@@ -474,7 +496,7 @@ def test_sync_with_after_delivery_delete_writes_each_receipt_before_removing_the
     assert list(rt.exports.list_blobs()) == []
 
 
-def test_a_trigger_after_a_batched_sync_delivery_finds_the_batched_receipt_and_sends_nothing(relay_env):
+def test_a_trigger_after_an_unclaimed_sync_delivery_finds_its_receipt_and_sends_nothing(relay_env):
     put_many(relay_env, 12)
     relay_env.rt.relay.sync()
     requests_before = sum(relay_env.stack.gateway.requests.values())
@@ -487,12 +509,12 @@ def test_receipts_a_sync_could_not_write_are_recorded_by_the_next_without_sendin
     put_many(relay_env, 12)
     rt = relay_env.rt
 
-    def down(batch):
+    def down(receipt):
         raise ConnectionError("partner storage unreachable")
 
-    monkeypatch.setattr(rt.ledger, "record_receipts", down)
+    monkeypatch.setattr(rt.ledger, "record_receipt", down)
     first = rt.relay.sync()
-    assert first.delivered == 12 and "receipts of 12 delivered versions" in first.error
+    assert first.failed == 12 and all("partner storage unreachable" in o.reason for o in first.outcomes)
     monkeypatch.undo()
     before = relay_env.stack.gateway.responses.copy()
     second = rt.relay.sync()

@@ -35,7 +35,7 @@ var roles = {
   storageBlobDelegator: 'db58b8e5-c6ad-4a2a-8342-4190687cbf4a'
 }
 
-// Both archive and delete remove the delivered original (relay.py _after_delivery); neither writes to it.
+// Both archive and delete remove the delivered original (shared/delivery.py, Delivery._after_delivery); neither writes to it.
 var removesExports = afterDelivery == 'archive' || afterDelivery == 'delete'
 // The relay signs a user delegation SAS for server-side copy (COPY_MODE auto or server) and for the archive
 // copy (Copy Blob From URL reads the source by URL).
@@ -112,7 +112,7 @@ resource exportsReadDelete 'Microsoft.Authorization/roleAssignments@2022-04-01' 
   }
 }
 
-// Ledger: receipts, failures and claims (conditional writes; compaction and claim clean-up delete).
+// Ledger: receipts, failures and claims (conditional writes; claim release and failure clean-up delete).
 resource ledgerWrite 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(ledgerContainer.id, principalId, roles.storageBlobDataContributor)
   scope: ledgerContainer

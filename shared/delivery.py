@@ -1,0 +1,288 @@
+"""One export version's delivery, as one of two named strategies, and the steps both share.
+
+`ClaimedDelivery` (the trigger, retries, large files) holds a claim in the ledger for the whole copy;
+`UnclaimedDelivery` (small first attempts in a sync) takes none: the create-only write at Bane NOR arbitrates.
+Both copy, verify, write the receipt, then do the after-delivery action.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
+
+from . import destination
+from .copier import DestinationExistsError, SourceChangedError, SourceVersion
+from .errors import DeliveryError, NameRejected, RelayError, scrub
+from .ledger import Ledger, Receipt
+
+if TYPE_CHECKING:
+    from .relay import Relay
+
+log = logging.getLogger(__name__)
+
+UNAUTHORIZED_RETRIES = 2  # after a gateway 401: once with a new Entra token, once more after a new Skyporten token
+# A claim lasts CLAIM_TTL and is renewed every CLAIM_RENEW_SECONDS while its copy makes progress (block by block), so
+# a copy of any length keeps it, and an instance that died (killed at the function timeout, say) frees it after
+# at most CLAIM_TTL; the next attempt then resumes from the blocks already staged.
+CLAIM_TTL = 600.0
+CLAIM_RENEW_SECONDS = CLAIM_TTL / 3
+
+
+@dataclass
+class Outcome:
+    """What happened to one export version. `status` is one of STATUSES."""
+
+    status: str
+    source_name: str
+    source_etag: str | None = None
+    destination: str | None = None
+    size: int = 0
+    seconds: float = 0.0
+    reason: str | None = None
+    mode: str | None = None
+    md5: str | None = None
+    correlation_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+STATUSES = ("delivered", "already_delivered", "rejected", "failed", "poisoned", "in_progress", "missing",
+            "pending", "would_deliver")
+
+
+def _is_trust_chain(exc: BaseException) -> bool:
+    """A configuration problem of the chain of trust, not of one file: the error's own flag says so."""
+    return bool(getattr(exc, "trust_chain", False))
+
+
+def _is_terminal(exc: BaseException) -> bool:
+    """Retrying cannot help until someone acts (a destination that is never overwritten, an ACL only Bane NOR can
+    grant, a request the gateway refuses): the error's own flag says so. Errors the relay did not classify (a
+    connection reset inside the SDK, say) are transient."""
+    return isinstance(exc, RelayError) and not exc.transient
+
+
+def archive_name(version: SourceVersion) -> str:
+    """Where AFTER_DELIVERY=archive keeps one version of an export: its path with the version's UTC modification
+    time and etag before the extension (`in/report.csv` -> `in/report.20261101T063001Z.0x8DC1.csv`), so each
+    version has a name of its own, versions of one export sort by time, and the extension still says the type."""
+    folder, _, base = version.name.rpartition("/")
+    stem, dot, ext = base.rpartition(".")
+    if not dot or not stem:  # no extension, or a leading-dot name such as ".env"
+        stem, ext = base, ""
+    stamp = version.last_modified.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    tag = version.etag.strip('"')
+    return f"{folder}/" * bool(folder) + f"{stem}.{stamp}.{tag}" + (f".{ext}" if ext else "")
+
+
+class _ClaimKeeper:
+    """Renews a delivery's claim while its copy makes progress (called after each block, on the delivering thread),
+    at most once per CLAIM_RENEW_SECONDS. Raises DeliveryError (transient) when the claim expired meanwhile and
+    another instance took it over: that one delivers, this attempt stops."""
+
+    def __init__(self, ledger: Ledger, name: str, etag: str, owner: str, claim_etag: str,
+                 clock: Callable[[], float]) -> None:
+        self.ledger, self.name, self.etag, self.owner, self.claim_etag = ledger, name, etag, owner, claim_etag
+        self.clock = clock
+        self.renew_at = clock() + CLAIM_RENEW_SECONDS
+
+    def __call__(self) -> None:
+        if self.clock() < self.renew_at:
+            return
+        renewed = self.ledger.renew_claim(self.name, self.etag, self.owner, self.claim_etag, CLAIM_TTL)
+        if renewed is None:
+            raise DeliveryError(f"the claim on {self.name!r} expired during its copy and another instance took it "
+                                "over; this attempt stops and leaves the delivery to it.",
+                                hint="nothing to do", transient=True)
+        self.claim_etag = renewed
+        self.renew_at = self.clock() + CLAIM_RENEW_SECONDS
+
+
+class Delivery:
+    """The steps every delivery takes, on the relay's clients: copy create-only (adopting or replacing what is
+    there), verify at Bane NOR, write the receipt, then the after-delivery action. A strategy decides what
+    guards the attempt (`run`)."""
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+
+    def run(self, source: Any, version: SourceVersion, dest_path: str, failure: Any) -> Outcome:
+        raise NotImplementedError
+
+    def _copy_and_record(self, source: Any, version: SourceVersion, dest_path: str, failure: Any,
+                         on_progress: Callable[[], None] | None = None,
+                         unauthorized_retries: int = UNAUTHORIZED_RETRIES,
+                         metadata: dict[str, str] | None = None) -> Outcome:
+        """Copy, verify, write the receipt, then the after-delivery step. A failure is recorded in the ledger
+        (charged, unless the source changed); a gateway 401 drops the refused token and tries again at once, up
+        to `unauthorized_retries` times, as the same attempt; other trust-chain errors are raised."""
+        relay = self.relay
+        name, etag = version.name, version.etag
+        dest = relay.destination.get_blob_client(dest_path)
+        # a retry after a 401 is the same attempt: same attempt id
+        metadata = metadata or destination.relay_metadata(version, getattr(relay.exports, "account_name", "") or "",
+                                                          relay.settings.export_container, relay.clock())
+        first_attempt_at = relay.clock()
+        attempts = failure.attempts if failure is not None else 0
+        try:
+            try:
+                result = relay.copier.copy(source, version, dest, metadata=metadata, overwrite=False,
+                                           on_progress=on_progress)
+                size, md5, dest_etag, mode = result.size, result.md5, result.destination_etag, result.mode
+            except DestinationExistsError:
+                try:
+                    size, md5, dest_etag, mode = destination.adopt_or_replace(relay.copier, source, version, dest,
+                                                                              metadata, on_progress)
+                except NameRejected as exc:
+                    relay.ledger.record_rejection(name, etag, exc.reason)
+                    return Outcome("rejected", name, etag, destination=dest_path, reason=exc.reason)
+            # No receipt on the gateway's word alone: the destination itself must show these bytes.
+            destination.verify(dest, version, size, md5, None if mode == "existing" else metadata["relay_attempt"])
+        except Exception as exc:
+            if _is_trust_chain(exc):
+                if getattr(exc, "status", None) == 401 and relay.on_unauthorized is not None:
+                    # A token refused before its expiry (revoked, say): drop it (once for every delivery in flight)
+                    # and try again at once with one Entra issued anew; the credential also fetches a new Skyporten
+                    # token when a fresh one is refused again. Only then does the delivery fail.
+                    relay.on_unauthorized(exc)
+                    if unauthorized_retries > 0:
+                        return self._copy_and_record(source, version, dest_path, failure, on_progress,
+                                                     unauthorized_retries - 1, metadata)
+                raise
+            return self._record_failure(version, exc, dest_path)
+
+        receipt = Receipt(
+            source_name=name, source_etag=etag, size=size,
+            md5=base64.b64encode(md5).decode() if md5 else "",
+            destination_path=dest_path, destination_url=dest.url.split("?")[0], destination_etag=dest_etag,
+            attempts=attempts + 1, first_attempt_at=first_attempt_at, delivered_at=relay.clock(), mode=mode,
+            original_name=name,
+        )
+        stored = relay.ledger.record_receipt(receipt)
+        if failure is not None:
+            relay.ledger.clear_failure(name, etag)
+        if stored != receipt and mode != "existing" and stored.mode == "existing":
+            # These bytes are ours, and another deliverer (a trigger racing a sync's unclaimed delivery) adopted
+            # them and wrote its receipt first: the delivery is ours; the after-delivery step was its.
+            return Outcome("delivered", name, etag, destination=dest_path, size=size, mode=mode,
+                           md5=receipt.md5 or None)
+        if stored != receipt:  # another worker wrote the receipt first: its delivery, not ours
+            return Outcome("already_delivered", name, etag, destination=dest_path, size=size)
+        self._after_delivery(version)
+        if mode == "existing":
+            # Bane NOR already had this version from another attempt: another deliverer's (which reports it
+            # "delivered"), or one that stopped between its commit and its receipt. It was not sent now.
+            return Outcome("already_delivered", name, etag, destination=dest_path, size=size, mode=mode,
+                           reason="Bane NOR already had this version; its receipt is now recorded")
+        return Outcome("delivered", name, etag, destination=dest_path, size=size, mode=mode,
+                       md5=receipt.md5 or None)
+
+    def _record_failure(self, version: SourceVersion, exc: BaseException, dest_path: str) -> Outcome:
+        relay = self.relay
+        reason = str(exc) if isinstance(exc, RelayError) else f"{type(exc).__name__}: {scrub(str(exc))}"
+        if isinstance(exc, SourceChangedError):
+            # The export was rewritten or deleted while copying: no attempt is charged; a new version gets its
+            # own delivery, a deleted one is simply gone.
+            try:
+                gone = not relay.exports.get_blob_client(version.name).exists()
+            except Exception:
+                gone = False
+            status = "missing" if gone else "failed"
+            return Outcome(status, version.name, version.etag, destination=dest_path, reason=reason)
+        failure = relay.ledger.record_failure(version.name, version.etag, reason, relay.settings.max_attempts,
+                                              terminal=_is_terminal(exc))
+        status = "poisoned" if failure.poisoned else "failed"
+        return Outcome(status, version.name, version.etag, destination=dest_path, reason=failure.last_error)
+
+    def _after_delivery(self, version: SourceVersion) -> None:
+        """keep | archive | delete, only after the receipt is written, and only for the delivered etag."""
+        relay = self.relay
+        action = relay.settings.after_delivery
+        if action == "keep" or (action == "archive" and relay.archive is None):
+            return
+        source = relay.exports.get_blob_client(version.name)
+        try:
+            if action == "archive" and relay.archive is not None and not self._archive(source, version):
+                return
+            source.delete_blob(etag=version.etag, match_condition=MatchConditions.IfNotModified)
+        except Exception as exc:  # the delivery stands; the source stays for an operator
+            log.warning("after-delivery %s of %r not done: %s", action, version.name, type(exc).__name__)
+
+    def _archive(self, source: Any, version: SourceVersion) -> bool:
+        """Copy this version to a name of its own in the archive, create-only: an archive never overwrites an
+        archive. True when the archive holds this version (now, or from an earlier attempt)."""
+        relay = self.relay
+        target = relay.archive.get_blob_client(archive_name(version))
+        metadata = {"relay_source_name": destination.meta(version.name),
+                    "relay_source_etag": destination.meta(version.etag.strip('"')),
+                    "relay_source_modified": destination.modified(version)}
+        try:
+            # Copy Blob From URL (synchronous) needs the source readable by URL: a read-only SAS.
+            target.start_copy_from_url(relay.source_url(source), metadata=metadata, requires_sync=True,
+                                       source_etag=version.etag,
+                                       source_match_condition=MatchConditions.IfNotModified,
+                                       match_condition=MatchConditions.IfMissing)
+            return True
+        except (ResourceExistsError, ResourceModifiedError):
+            props = target.get_blob_properties()
+            md = {k.lower(): v for k, v in (props.metadata or {}).items()}
+            if md.get("relay_source_etag") == metadata["relay_source_etag"] and props.size == version.size:
+                return True  # an earlier attempt archived this version and stopped before removing the source
+            log.warning("after-delivery archive of %r not done: %r is taken by another file; the source stays",
+                        version.name, target.blob_name)
+            return False
+
+
+class ClaimedDelivery(Delivery):
+    """The trigger's delivery, and every retry or large file in a sync: a claim in the ledger for the whole copy
+    (renewed as blocks go), the receipt written at once."""
+
+    def run(self, source: Any, version: SourceVersion, dest_path: str, failure: Any) -> Outcome:
+        relay = self.relay
+        name, etag = version.name, version.etag
+        claimant = f"{relay.owner}/{uuid.uuid4().hex[:12]}"  # one owner per attempt, also within a process
+        claim = relay.ledger.claim(name, etag, claimant, CLAIM_TTL)
+        if claim is None:
+            return Outcome("in_progress", name, etag, destination=dest_path,
+                           reason="another instance is delivering this version")
+        outcome = None
+        keeper = _ClaimKeeper(relay.ledger, name, etag, claimant, claim, relay.clock)
+        try:
+            # A claim we could create means no claimed delivery of this version finished within CLAIM_TTL (a
+            # delivered version keeps its claim), so the receipt needs no second look; a delivery that slipped in
+            # unclaimed (sync's small exports) is met by the create-only commit.
+            outcome = self._copy_and_record(source, version, dest_path, failure, on_progress=keeper)
+            return outcome
+        finally:
+            # Once the receipt exists nobody claims this version again (the receipt is checked first), so a
+            # delivered version keeps its claim record and saves a request; the ledger's lifecycle rule removes
+            # old claims. Anything else releases the claim for the next attempt.
+            if outcome is None or outcome.status not in ("delivered", "already_delivered"):
+                relay.ledger.release_claim(name, etag, claimant, keeper.claim_etag)
+
+
+class UnclaimedDelivery(Delivery):
+    """A small export's first attempt in a sync (AFTER_DELIVERY=keep): no claim; the create-only Put Blob is the
+    arbiter. A second deliverer of the same version gets 409 and finds the first one's file by the relay's
+    metadata, so nothing is ever written twice at Bane NOR; a race costs at most one refused upload of at most
+    SINGLE_PUT_LIMIT bytes, where a claim would cost a request for every file. Used with AFTER_DELIVERY=keep only
+    (it came with receipts written in batches, which must not trail a removed source); with archive or delete
+    every delivery is claimed."""
+
+    @staticmethod
+    def fits(relay: Relay, version: SourceVersion, failure: Any) -> bool:
+        """Whether this strategy may deliver `version`: a first attempt, sources kept, one Put Blob."""
+        return (failure is None and relay.settings.after_delivery == "keep"
+                and relay.copier.single_put(version.size))
+
+    def run(self, source: Any, version: SourceVersion, dest_path: str, failure: Any) -> Outcome:
+        return self._copy_and_record(source, version, dest_path, failure)

@@ -1,0 +1,171 @@
+"""What a file at Bane NOR means: the relay's metadata on each destination blob and what it decides.
+
+Owns the metadata the relay writes (source account, container, name, digest, etag, attempt id), reading it back
+to adopt a destination that already holds this version, replace an earlier version or refuse another export's
+file, and the delivery invariant: no receipt until Bane NOR's storage shows the bytes that were sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote, unquote
+
+from .copier import Copier, DestinationExistsError, SourceVersion
+from .errors import DeliveryError, GatewayError, NameRejected
+from .storage import gateway_error
+
+META_LIMIT = 1024  # bytes per metadata value we write (Azure allows 8 KiB in all)
+_REPLACE_ROUNDS = 3  # looks at a destination that keeps changing while an updated export replaces it
+
+# (size, md5, destination etag, mode) of what the destination holds for this version
+Facts = tuple[int, bytes | None, str, str]
+
+
+def modified(version: SourceVersion) -> str:
+    """The source version's last-modified time, sortable, for ordering versions of one export."""
+    return version.last_modified.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def meta(value: str) -> str:
+    """Metadata values must be ASCII: percent-encode, bounded."""
+    return quote(value, safe="/:._-@")[:META_LIMIT]
+
+
+def source_digest(account: str, container: str, name: str) -> str:
+    """Who owns a destination, compared in full: the readable `relay_source_name` is cut at META_LIMIT, so two
+    long source paths can look alike there; this digest of the full account, container and path cannot."""
+    return hashlib.sha256(f"{account}\n{container}\n{name}".encode()).hexdigest()
+
+
+def relay_metadata(version: SourceVersion, account: str, container: str, now: float) -> dict[str, str]:
+    """Recorded on the destination so Bane NOR (and we) can trace every file back to its source version; a new
+    `relay_attempt` id each call (which attempt wrote it: tells a lost answer from a race)."""
+    md = {
+        "relay_source_account": meta(account),
+        "relay_source_container": meta(container),
+        "relay_source_name": meta(version.name),
+        "relay_source_digest": source_digest(account, container, version.name),
+        "relay_source_etag": meta(version.etag.strip('"')),
+        "relay_source_size": str(version.size),
+        "relay_source_modified": modified(version),
+        "relay_delivered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+        "relay_attempt": uuid.uuid4().hex,
+    }
+    if version.content_md5:
+        md["relay_source_md5"] = base64.b64encode(version.content_md5).decode()
+    return md
+
+
+def properties(dest: Any) -> Any:
+    """Get Blob Properties of the destination through the gateway; its errors translated (GatewayError)."""
+    try:
+        return dest.get_blob_properties()
+    except Exception as exc:
+        raise gateway_error(exc, dest.blob_name) from exc
+
+
+def existing_delivery(dest: Any, version: SourceVersion, ours: dict[str, str]) -> tuple[Facts | None, str]:
+    """What the destination already holds, by the relay's metadata on it, and the etag it was read at.
+
+    Returns the facts of this very version (this attempt's own write whose answer was lost, another
+    deliverer's, or an attempt that stopped after its commit), or None for an older version of the same export
+    (to be replaced). Raises NameRejected when it belongs to another export or when a newer
+    version of this export is already there, and DeliveryError for a file the relay did not write.
+    """
+    props = properties(dest)
+    md = {k.lower(): v for k, v in (props.metadata or {}).items()}
+    owner = md.get("relay_source_name")
+    if owner is None:
+        raise DeliveryError(
+            f"Bane NOR already has a different file at {dest.blob_name!r} (not written by this relay from "
+            f"{version.name!r}); it is never overwritten.",
+            hint="rename the export, or ask Bane NOR to remove the file (Bane NOR deletes files after 8 days)",
+            transient=False,
+        )
+    if "relay_source_digest" in md:
+        same_export = md["relay_source_digest"] == ours["relay_source_digest"]
+    else:
+        # Written before the digest existed: the readable fields decide, unless the name was cut (then two
+        # exports could look alike, and the file stays with the one that has it).
+        same_export = len(owner) < META_LIMIT and all(
+            md.get(k) == ours[k] for k in ("relay_source_account", "relay_source_container",
+                                           "relay_source_name"))
+    if not same_export:
+        # Two exports (or two relays sharing Bane NOR's container) that map to one destination name:
+        # the first one keeps it.
+        where = f"{unquote(md.get('relay_source_container', '?'))}/{unquote(owner)}"
+        raise NameRejected(version.name, (
+            f"it would land on {dest.blob_name!r}, which already belongs to export {unquote(owner)!r} "
+            f"({where} in account {unquote(md.get('relay_source_account', '?'))!r}); the name policy maps "
+            "both to the same name: rename one of them"))
+    if md.get("relay_source_etag") == ours["relay_source_etag"] and props.size == version.size:
+        md5 = props.content_settings.content_md5
+        # "copied": this attempt's own write, whose answer was lost and whose retry was refused; "existing":
+        # another attempt's.
+        mine = md.get("relay_attempt") == ours["relay_attempt"]
+        return (props.size, bytes(md5) if md5 else None, props.etag, "copied" if mine else "existing"), props.etag
+    if md.get("relay_source_modified", "") > ours["relay_source_modified"]:
+        # A newer version of this export is already delivered: never replace it with an older one.
+        raise NameRejected(version.name, (
+            f"a newer version of this export (modified {md['relay_source_modified']}) is already at "
+            f"{dest.blob_name!r}; this older version is not delivered"), hint="nothing to do")
+    return None, props.etag
+
+
+def adopt_or_replace(copier: Copier, source: Any, version: SourceVersion, dest: Any, metadata: dict[str, str],
+                     on_progress: Callable[[], None] | None = None) -> Facts:
+    """The destination exists: adopt it when it holds this very version; replace it when it holds an earlier
+    version of the same export, but only as it was read (If-Match), so a version written meanwhile (perhaps a
+    newer one) is looked at again first. Returns (size, md5, destination etag, mode). Raises NameRejected
+    (another export's file, or a newer version) and DeliveryError (it kept changing)."""
+    for _ in range(_REPLACE_ROUNDS):
+        existing, seen_etag = existing_delivery(dest, version, metadata)
+        if existing is not None:
+            return existing
+        try:
+            result = copier.copy(source, version, dest, metadata=metadata, replace_etag=seen_etag,
+                                 on_progress=on_progress)
+        except DestinationExistsError:
+            continue  # changed since we looked: look again
+        return result.size, result.md5, result.destination_etag, result.mode
+    raise DeliveryError(f"{dest.blob_name!r} kept changing at Bane NOR while it was replaced.",
+                        hint="it will be retried", transient=True)
+
+
+def verify(dest: Any, version: SourceVersion, size: int, md5: bytes | None, attempt: str | None) -> None:
+    """The delivery invariant: a receipt rests on Bane NOR's storage showing, through the gateway, a blob of
+    the export's size whose Content-MD5 is the MD5 of the bytes sent (and, for this attempt's own write, the
+    attempt id it was written with). An acknowledgement alone is not evidence: a gateway that answers 201
+    and stores nothing (a mocked API, a misrouted policy) would turn files into receipts never sent again.
+    Raises DeliveryError (transient: the next run sends it again)."""
+    try:
+        props = properties(dest)
+    except GatewayError as exc:
+        if exc.status != 404:
+            raise
+        props = None
+    stored_md5 = props.content_settings.content_md5 if props is not None else None
+    md = {k.lower(): v for k, v in ((props.metadata if props is not None else None) or {}).items()}
+    if props is None:
+        problem = "no such blob"
+    elif props.size != version.size or size != version.size:
+        problem = f"{props.size} bytes where the export has {version.size}"
+    elif md5 and not stored_md5:
+        problem = "no Content-MD5 for the bytes"
+    elif md5 and bytes(stored_md5) != md5:
+        problem = "a Content-MD5 that differs from the bytes sent"
+    elif attempt is not None and md.get("relay_attempt") != attempt:
+        problem = "a blob that this write did not produce"
+    else:
+        return
+    raise DeliveryError(
+        f"the gateway acknowledged {dest.blob_name!r}, but Bane NOR's storage does not hold it as sent "
+        f"({problem}); no receipt is written.",
+        hint="it will be sent again; if this repeats, ask Bane NOR to check the payload manager gateway "
+             "(BANENOR_STORAGE_URL) stores what it acknowledges", transient=True)

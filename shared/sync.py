@@ -1,0 +1,124 @@
+"""The batch: one pass over the export container, delivering what the ledger says is not done.
+
+Lists lazily, skips delivered, rejected, poisoned and not-yet-due versions from three ledger listings, and
+delivers the rest on SYNC_CONCURRENCY threads with a bounded number in flight; a broken trust chain stops the
+pass and charges no file. Owns SyncSummary.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .delivery import Outcome, _is_trust_chain
+from .errors import RelayError, scrub
+from .ledger import Ledger
+
+if TYPE_CHECKING:
+    from .relay import Relay
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SyncSummary:
+    delivered: int = 0
+    already_delivered: int = 0
+    rejected: int = 0
+    failed: int = 0
+    poisoned: int = 0
+    in_progress: int = 0
+    missing: int = 0
+    pending: int = 0  # failures waiting for their next retry time
+    would_deliver: int = 0  # a dry run: new versions and due retries it would deliver
+    bytes: int = 0
+    seconds: float = 0.0
+    listed: int = 0
+    error: str | None = None
+    outcomes: list[Outcome] = field(default_factory=list, repr=False)
+
+    def add(self, outcome: Outcome) -> None:
+        setattr(self, outcome.status, getattr(self, outcome.status) + 1)
+        if outcome.status == "delivered":
+            self.bytes += outcome.size
+        if outcome.status != "already_delivered":
+            self.outcomes.append(outcome)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in asdict(self).items() if k != "outcomes"}
+        data["outcomes"] = [o.as_dict() for o in self.outcomes]
+        return data
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.failed == 0 and self.poisoned == 0
+
+
+def run_sync(relay: Relay, summary: SyncSummary, dry_run: bool,
+             progress: Callable[[Outcome], None] | None) -> None:
+    """One pass: fills `summary`; raises the first trust-chain error."""
+    settings, ledger = relay.settings, relay.ledger
+    delivered = ledger.delivered_keys()
+    rejected = {Ledger.key(r.source_name, r.source_etag) for r in ledger.rejections()}
+    failures = {Ledger.key(f.source_name, f.source_etag): f for f in ledger.failures(delivered=delivered)}
+    now = relay.clock()
+    limit = settings.sync_concurrency
+    error: list[BaseException] = []
+    lock = threading.Lock()
+
+    def record(outcome: Outcome) -> None:
+        with lock:
+            summary.add(outcome)
+        if progress:
+            progress(outcome)
+
+    def run(blob: Any, failure: Any) -> None:
+        name = blob.name
+        if error:
+            return
+        try:
+            record(relay.deliver_listed(blob, failure))
+        except RelayError as exc:
+            if _is_trust_chain(exc):
+                error.append(exc)
+            else:
+                record(Outcome("failed", name, reason=str(exc)))
+        except Exception as exc:  # a ledger or listing hiccup for one file: report, keep going
+            record(Outcome("failed", name, reason=f"{type(exc).__name__}: {scrub(str(exc))[:300]}"))
+
+    in_flight: set[Future] = set()
+    with ThreadPoolExecutor(max_workers=limit, thread_name_prefix="relay-sync",
+                            initializer=relay.pool_initializer and relay.pool_initializer()) as pool:
+        for blob in relay.exports.list_blobs(name_starts_with=settings.sync_prefix or None):
+            if error:
+                break
+            if settings.sync_suffix and not blob.name.endswith(settings.sync_suffix):
+                continue
+            key = Ledger.key(blob.name, blob.etag)
+            failure = failures.get(key)
+            if dry_run:  # the real decisions, each file with its reason; nothing written
+                with lock:
+                    summary.listed += 1
+                record(relay.plan(blob, delivered=key in delivered, rejected=key in rejected,
+                                  failure=failure, now=now))
+                continue
+            skipped = ("already_delivered" if key in delivered else "rejected" if key in rejected
+                       else "poisoned" if failure is not None and failure.poisoned
+                       else "pending" if failure is not None and failure.next_retry_at > now else None)
+            with lock:  # the workers update the same summary
+                summary.listed += 1
+                if skipped:
+                    setattr(summary, skipped, getattr(summary, skipped) + 1)
+            if skipped:
+                continue
+            in_flight.add(pool.submit(run, blob, failure))
+            if len(in_flight) >= 2 * limit:  # bounded: a 100,000-blob container never piles up futures
+                in_flight = wait(in_flight, return_when=FIRST_COMPLETED).not_done
+        while in_flight:
+            in_flight = wait(in_flight, return_when=FIRST_COMPLETED).not_done
+    if error:
+        raise error[0]
