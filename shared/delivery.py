@@ -112,8 +112,10 @@ class Delivery:
     there), verify at Bane NOR, write the receipt, then the after-delivery action. A strategy decides what
     guards the attempt (`run`)."""
 
-    def __init__(self, relay: Relay) -> None:
+    def __init__(self, relay: Relay, record: Callable[[Receipt], Receipt] | None = None) -> None:
         self.relay = relay
+        # Where the receipt goes: the ledger at once, or (a sync's unclaimed deliveries) the run's ReceiptBuffer.
+        self.record = record or relay.ledger.record_receipt
 
     def run(self, source: Any, version: SourceVersion, dest_path: str, failure: Any) -> Outcome:
         raise NotImplementedError
@@ -167,7 +169,7 @@ class Delivery:
             attempts=attempts + 1, first_attempt_at=first_attempt_at, delivered_at=relay.clock(), mode=mode,
             original_name=name,
         )
-        stored = relay.ledger.record_receipt(receipt)
+        stored = self.record(receipt)
         if failure is not None:
             relay.ledger.clear_failure(name, etag)
         if stored != receipt and mode != "existing" and stored.mode == "existing":

@@ -29,6 +29,7 @@ from .delivery import (  # noqa: F401  (CLAIM_*, _ClaimKeeper, _is_*, archive_na
 from .errors import NameRejected, RelayError
 from .ledger import Ledger
 from .naming import NamePolicy, destination_path
+from .receipts import ReceiptBuffer
 from .sync import SyncSummary, run_sync
 
 log = logging.getLogger(__name__)
@@ -96,14 +97,15 @@ class Relay:
             return Outcome("failed", name, reason=str(exc))
         return self._finish(self._deliver_version(source, version), started)
 
-    def deliver_listed(self, props: Any, failure: Any = None) -> Outcome:
+    def deliver_listed(self, props: Any, failure: Any = None, receipts: ReceiptBuffer | None = None) -> Outcome:
         """Deliver a version found by `sync`'s listing, which already told us it has no receipt or rejection
         and what its failure record is. A small first attempt is an UnclaimedDelivery (no claim: the create-only
-        write arbitrates); anything else a ClaimedDelivery."""
+        write arbitrates; its receipt goes to `receipts`, the run's batches); anything else a ClaimedDelivery."""
         started = self.clock()
         version = SourceVersion.from_properties(props)
         source = self.exports.get_blob_client(props.name)
-        return self._finish(self._deliver_version(source, version, listed=True, failure=failure), started)
+        return self._finish(self._deliver_version(source, version, listed=True, failure=failure,
+                                                  receipts=receipts), started)
 
     def _finish(self, outcome: Outcome, started: float) -> Outcome:
         outcome.seconds = round(self.clock() - started, 3)
@@ -111,7 +113,7 @@ class Relay:
         return outcome
 
     def _deliver_version(self, source: Any, version: SourceVersion, listed: bool = False,
-                         failure: Any = None) -> Outcome:
+                         failure: Any = None, receipts: ReceiptBuffer | None = None) -> Outcome:
         name, etag = version.name, version.etag
         if not listed:
             if self.ledger.delivered(name, etag):
@@ -134,8 +136,8 @@ class Relay:
             self.ledger.record_rejection(name, etag, str(exc))
             return Outcome("rejected", name, etag, reason=str(exc))
 
-        strategy = (UnclaimedDelivery(self) if listed and UnclaimedDelivery.fits(self, version, failure)
-                    else ClaimedDelivery(self))
+        strategy = (UnclaimedDelivery(self, receipts.add if receipts is not None else None)
+                    if listed and UnclaimedDelivery.fits(self, version, failure) else ClaimedDelivery(self))
         return strategy.run(source, version, dest_path, failure)
 
     def _log(self, outcome: Outcome) -> None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .delivery import Outcome, _is_trust_chain
 from .errors import RelayError, scrub
 from .ledger import Ledger
+from .receipts import ReceiptBuffer, compact_receipt_batches
 
 if TYPE_CHECKING:
     from .relay import Relay
@@ -76,12 +77,12 @@ def run_sync(relay: Relay, summary: SyncSummary, dry_run: bool,
         if progress:
             progress(outcome)
 
-    def run(blob: Any, failure: Any) -> None:
+    def run(blob: Any, failure: Any, receipts: ReceiptBuffer | None) -> None:
         name = blob.name
         if error:
             return
         try:
-            record(relay.deliver_listed(blob, failure))
+            record(relay.deliver_listed(blob, failure, receipts))
         except RelayError as exc:
             if _is_trust_chain(exc):
                 error.append(exc)
@@ -90,35 +91,66 @@ def run_sync(relay: Relay, summary: SyncSummary, dry_run: bool,
         except Exception as exc:  # a ledger or listing hiccup for one file: report, keep going
             record(Outcome("failed", name, reason=f"{type(exc).__name__}: {scrub(str(exc))[:300]}"))
 
+    receipts = None if dry_run else ReceiptBuffer(ledger)
     in_flight: set[Future] = set()
-    with ThreadPoolExecutor(max_workers=limit, thread_name_prefix="relay-sync",
-                            initializer=relay.pool_initializer and relay.pool_initializer()) as pool:
-        for blob in relay.exports.list_blobs(name_starts_with=settings.sync_prefix or None):
-            if error:
-                break
-            if settings.sync_suffix and not blob.name.endswith(settings.sync_suffix):
-                continue
-            key = Ledger.key(blob.name, blob.etag)
-            failure = failures.get(key)
-            if dry_run:  # the real decisions, each file with its reason; nothing written
-                with lock:
+    interrupted: BaseException | None = None
+    try:
+        with ThreadPoolExecutor(max_workers=limit, thread_name_prefix="relay-sync",
+                                initializer=relay.pool_initializer and relay.pool_initializer()) as pool:
+            for blob in relay.exports.list_blobs(name_starts_with=settings.sync_prefix or None):
+                if error:
+                    break
+                if settings.sync_suffix and not blob.name.endswith(settings.sync_suffix):
+                    continue
+                key = Ledger.key(blob.name, blob.etag)
+                failure = failures.get(key)
+                if dry_run:  # the real decisions, each file with its reason; nothing written
+                    with lock:
+                        summary.listed += 1
+                    record(relay.plan(blob, delivered=key in delivered, rejected=key in rejected,
+                                      failure=failure, now=now))
+                    continue
+                skipped = ("already_delivered" if key in delivered else "rejected" if key in rejected
+                           else "poisoned" if failure is not None and failure.poisoned
+                           else "pending" if failure is not None and failure.next_retry_at > now else None)
+                with lock:  # the workers update the same summary
                     summary.listed += 1
-                record(relay.plan(blob, delivered=key in delivered, rejected=key in rejected,
-                                  failure=failure, now=now))
-                continue
-            skipped = ("already_delivered" if key in delivered else "rejected" if key in rejected
-                       else "poisoned" if failure is not None and failure.poisoned
-                       else "pending" if failure is not None and failure.next_retry_at > now else None)
-            with lock:  # the workers update the same summary
-                summary.listed += 1
+                    if skipped:
+                        setattr(summary, skipped, getattr(summary, skipped) + 1)
                 if skipped:
-                    setattr(summary, skipped, getattr(summary, skipped) + 1)
-            if skipped:
-                continue
-            in_flight.add(pool.submit(run, blob, failure))
-            if len(in_flight) >= 2 * limit:  # bounded: a 100,000-blob container never piles up futures
-                in_flight = wait(in_flight, return_when=FIRST_COMPLETED).not_done
-        while in_flight:
-            in_flight = wait(in_flight, return_when=FIRST_COMPLETED).not_done
+                    continue
+                in_flight.add(pool.submit(run, blob, failure, receipts))
+                if len(in_flight) >= 2 * limit:  # bounded: a 100,000-blob container never piles up futures
+                    in_flight = _wait_for_one(in_flight, receipts)
+            while in_flight:
+                in_flight = _wait_for_one(in_flight, receipts)
+    except BaseException as exc:
+        interrupted = exc
+        raise
+    finally:
+        if receipts is not None:
+            try:
+                receipts.flush()
+            except RelayError as exc:
+                if error or interrupted is not None:  # the first error is the one to report
+                    log.error("sync: %s", exc)
+                else:
+                    raise
     if error:
         raise error[0]
+    if receipts is not None and receipts.writes:
+        try:
+            compact_receipt_batches(ledger)
+        except Exception as exc:  # housekeeping: the next sync that writes a batch tries again
+            log.warning("receipt batches not compacted: %s: %s", type(exc).__name__, scrub(str(exc))[:200])
+
+
+def _wait_for_one(in_flight: set[Future], receipts: ReceiptBuffer | None) -> set[Future]:
+    """Wait until one delivery finishes; meanwhile write receipts that are due (a long copy must not hold the batch
+    of the small ones back)."""
+    while True:
+        done, pending = wait(in_flight, timeout=receipts.max_age if receipts else None, return_when=FIRST_COMPLETED)
+        if receipts is not None:
+            receipts.flush_due()
+        if done:
+            return pending

@@ -204,17 +204,17 @@ def test_a_ledger_container_that_exists_is_enough_when_create_container_is_refus
     assert refused.fired == 1
 
 
-def test_a_lost_answer_to_a_receipt_write_in_a_sync_is_not_an_error(relay_env, faults):
+def test_a_lost_answer_to_a_receipt_batch_write_is_not_an_error(relay_env, faults):
     for i in range(12):
         relay_env.put(f"batch/{i:02}.csv", f"{i}\n".encode())
     rt = fast_runtime(relay_env, faults)
-    lost = faults["EXPORT_STORAGE"].add(Fault("drop_answer", match("PUT", "/ledger-.*/receipts/")))
+    lost = faults["EXPORT_STORAGE"].add(Fault("drop_answer", match("PUT", "/ledger-.*/receipt-batches/")))
     summary = rt.relay.sync()
-    assert lost.fired == 1  # the receipt was stored; the SDK's retry of the create-only write met 409
+    assert lost.fired == 1  # the batch was stored; the SDK's retry of the create-only write met 409
     assert summary.error is None and summary.delivered == 12
     assert rt.ledger.counts()["delivered"] == 12
-    receipts = list(rt.ledger.container.list_blobs(name_starts_with="receipts/"))
-    assert len(receipts) == 12
+    batches = list(rt.ledger.container.list_blobs(name_starts_with="receipt-batches/"))
+    assert len(batches) == 1
 
 
 def test_skyporten_429_waits_as_long_as_retry_after_says(relay_env, faults):

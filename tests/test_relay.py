@@ -441,20 +441,14 @@ def put_many(relay_env, count, prefix="small"):
         relay_env.put(f"{prefix}/{i:02}.csv", f"{i};x\n".encode())
 
 
-def test_sync_sends_small_exports_without_claims(relay_env):
+def test_sync_sends_small_exports_without_claims_and_writes_their_receipts_in_a_batch(relay_env):
     put_many(relay_env, 30)
     before = relay_env.stack.gateway.responses.copy()
     summary = relay_env.rt.relay.sync()
     assert summary.delivered == 30
-    assert ledger_names(relay_env.rt, "claims/") == []
+    assert ledger_names(relay_env.rt, "claims/") == [] and ledger_names(relay_env.rt, "receipts/") == []
+    assert len(ledger_names(relay_env.rt, "receipt-batches/")) == 1
     assert (relay_env.stack.gateway.responses - before)[("PUT", 201)] == 30
-
-
-def test_sync_writes_each_small_exports_receipt_as_its_own_record(relay_env):
-    put_many(relay_env, 30)
-    assert relay_env.rt.relay.sync().delivered == 30
-    assert len(ledger_names(relay_env.rt, "receipts/")) == 30
-    assert ledger_names(relay_env.rt, "receipt-batches/") == []
 
 
 def test_a_sync_delivery_is_delivered_when_a_trigger_adopted_its_file_and_recorded_first(relay_env, monkeypatch):
@@ -509,12 +503,14 @@ def test_receipts_a_sync_could_not_write_are_recorded_by_the_next_without_sendin
     put_many(relay_env, 12)
     rt = relay_env.rt
 
-    def down(receipt):
+    def down(ledger, batch):
         raise ConnectionError("partner storage unreachable")
 
-    monkeypatch.setattr(rt.ledger, "record_receipt", down)
+    from shared import receipts
+
+    monkeypatch.setattr(receipts, "record_receipts", down)
     first = rt.relay.sync()
-    assert first.failed == 12 and all("partner storage unreachable" in o.reason for o in first.outcomes)
+    assert first.delivered == 12 and "receipts of 12 delivered versions" in first.error
     monkeypatch.undo()
     before = relay_env.stack.gateway.responses.copy()
     second = rt.relay.sync()

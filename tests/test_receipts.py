@@ -1,0 +1,182 @@
+"""Receipts of a sync's small exports in batches (shared/receipts.py), against real Azurite: the batch write,
+the buffer that decides when to write, and the compaction that keeps the number of batch blobs bounded."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from shared import receipts
+from shared.errors import RelayError
+from shared.ledger import RECEIPT_BATCHES, RECEIPTS, Ledger
+from shared.receipts import BATCH_MIN, ReceiptBuffer, compact_receipt_batches, record_receipts
+from tests import test_ledger
+from tests.test_ledger import ETAG, NAME, names, receipt, versions
+
+pytestmark = pytest.mark.stack
+
+azurite, container, clock, ledger = test_ledger.azurite, test_ledger.container, test_ledger.clock, test_ledger.ledger
+
+
+class Monotonic:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_many_receipts_go_into_one_batch_blob(ledger: Ledger) -> None:
+    record_receipts(ledger, versions(BATCH_MIN))
+    assert len(names(ledger, RECEIPT_BATCHES)) == 1
+    assert names(ledger, RECEIPTS) == []
+
+
+def test_a_few_receipts_are_written_one_by_one(ledger: Ledger) -> None:
+    record_receipts(ledger, versions(BATCH_MIN - 1))
+    assert len(names(ledger, RECEIPTS)) == BATCH_MIN - 1
+    assert names(ledger, RECEIPT_BATCHES) == []
+
+
+def test_compaction_merges_small_batches_once_there_are_too_many(ledger: Ledger) -> None:
+    for i in range(5):
+        record_receipts(ledger, versions(BATCH_MIN, prefix=f"b{i}"))
+    keys = ledger.delivered_keys()
+    assert compact_receipt_batches(ledger, max_batches=3) == 5
+    assert len(names(ledger, RECEIPT_BATCHES)) == 1
+    assert ledger.delivered_keys() == keys
+
+
+def test_compaction_does_nothing_under_the_limit(ledger: Ledger) -> None:
+    for i in range(3):
+        record_receipts(ledger, versions(BATCH_MIN, prefix=f"b{i}"))
+    assert compact_receipt_batches(ledger, max_batches=3) == 0
+    assert len(names(ledger, RECEIPT_BATCHES)) == 3
+
+
+def test_compaction_leaves_full_batches_alone(ledger: Ledger) -> None:
+    for i in range(4):
+        record_receipts(ledger, versions(BATCH_MIN + (10 if i < 2 else 0), prefix=f"b{i}"))
+    assert compact_receipt_batches(ledger, max_batches=3, full=BATCH_MIN + 10) == 2
+    assert len(names(ledger, RECEIPT_BATCHES)) == 3
+
+
+def test_buffer_writes_a_batch_when_it_is_full(ledger: Ledger) -> None:
+    buffer = ReceiptBuffer(ledger, size=BATCH_MIN, clock=Monotonic())
+    for r in versions(BATCH_MIN):
+        buffer.add(r)
+    assert len(names(ledger, RECEIPT_BATCHES)) == 1 and buffer.writes == 1
+
+
+def test_buffer_holds_receipts_until_full(ledger: Ledger) -> None:
+    buffer = ReceiptBuffer(ledger, size=BATCH_MIN, clock=Monotonic())
+    for r in versions(BATCH_MIN - 1):
+        buffer.add(r)
+    assert ledger.delivered_keys() == set()
+
+
+def test_buffer_writes_what_has_waited_max_age(ledger: Ledger) -> None:
+    clock = Monotonic()
+    buffer = ReceiptBuffer(ledger, size=1000, max_age=5.0, clock=clock)
+    first, second = versions(2)
+    buffer.add(first)
+    clock.now += 5.0
+    buffer.add(second)
+    assert ledger.delivered_keys() == {Ledger.key(r.source_name, r.source_etag) for r in (first, second)}
+
+
+def test_buffer_flush_due_writes_what_has_waited_max_age(ledger: Ledger) -> None:
+    clock = Monotonic()
+    buffer = ReceiptBuffer(ledger, size=1000, max_age=5.0, clock=clock)
+    buffer.add(receipt())
+    buffer.flush_due()
+    assert ledger.delivered_keys() == set()
+    clock.now += 5.0
+    buffer.flush_due()
+    assert ledger.delivered_keys() == {Ledger.key(NAME, ETAG)}
+
+
+def test_buffer_flush_writes_the_rest(ledger: Ledger) -> None:
+    buffer = ReceiptBuffer(ledger, size=1000, clock=Monotonic())
+    batch = versions(BATCH_MIN + 3)
+    for r in batch:
+        buffer.add(r)
+    buffer.flush()
+    assert len(ledger.delivered_keys()) == len(batch)
+
+
+def test_buffer_keeps_a_batch_it_could_not_write_for_the_flush(ledger: Ledger, monkeypatch) -> None:
+    buffer = ReceiptBuffer(ledger, size=BATCH_MIN, clock=Monotonic())
+    real = receipts.record_receipts
+    calls = []
+
+    def flaky(batch):
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise ConnectionError("partner storage unreachable")
+        real(ledger, batch)
+
+    monkeypatch.setattr(receipts, "record_receipts", lambda _ledger, batch: flaky(batch))
+    batch = versions(BATCH_MIN)
+    for r in batch:
+        buffer.add(r)
+    buffer.flush()
+    assert len(ledger.delivered_keys()) == BATCH_MIN
+
+
+def test_buffer_waits_max_age_before_trying_again_after_a_failed_write(ledger: Ledger, monkeypatch) -> None:
+    clock = Monotonic()
+    buffer = ReceiptBuffer(ledger, size=BATCH_MIN, max_age=5.0, clock=clock)
+    attempts = []
+
+    def down(batch):
+        attempts.append(len(batch))
+        raise ConnectionError("partner storage unreachable")
+
+    monkeypatch.setattr(receipts, "record_receipts", lambda _ledger, batch: down(batch))
+    for r in versions(BATCH_MIN + 5):
+        buffer.add(r)
+    assert attempts == [BATCH_MIN]  # the later adds did not each wait out a failing write
+    clock.now += 5.0
+    buffer.add(receipt())
+    assert attempts == [BATCH_MIN, BATCH_MIN + 6]
+
+
+def test_buffer_writes_one_batch_at_a_time(ledger: Ledger, monkeypatch) -> None:
+    clock = Monotonic()
+    buffer = ReceiptBuffer(ledger, size=BATCH_MIN, max_age=5.0, clock=clock)
+    started, release, attempts = threading.Event(), threading.Event(), []
+
+    def slow_and_down(batch):
+        attempts.append(len(batch))
+        started.set()
+        release.wait(10)
+        raise ConnectionError("partner storage unreachable")
+
+    monkeypatch.setattr(receipts, "record_receipts", lambda _ledger, batch: slow_and_down(batch))
+    first = threading.Thread(target=lambda: [buffer.add(r) for r in versions(BATCH_MIN, prefix="a")])
+    first.start()
+    assert started.wait(10)
+    clock.now += 5.0
+    for r in versions(BATCH_MIN, prefix="b"):  # full and old enough, but a write is under way
+        buffer.add(r)
+    buffer.flush_due()
+    release.set()
+    first.join(10)
+    assert attempts == [BATCH_MIN]
+
+
+def test_buffer_flush_that_fails_names_the_ledger_container(ledger: Ledger, monkeypatch) -> None:
+    buffer = ReceiptBuffer(ledger, size=1000, clock=Monotonic())
+    buffer.add(receipt())
+
+    def down(batch):
+        raise ConnectionError("partner storage unreachable")
+
+    monkeypatch.setattr(receipts, "record_receipts", lambda _ledger, batch: down(batch))
+    with pytest.raises(RelayError, match="LEDGER_CONTAINER") as caught:
+        buffer.flush()
+    assert "1 delivered version" in str(caught.value)
+
+
