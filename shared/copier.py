@@ -579,7 +579,7 @@ class Copier:
         metadata: dict[str, str],
         condition: _WriteCondition,
     ) -> tuple[bytes, str, int, str]:
-        # An empty blob is never downloaded: its ranged GET answers 416 (LOCAL-STACK.md).
+        # An empty blob is never downloaded: its ranged GET answers 416 InvalidRange.
         if version.size:
             data = self._read_range(source, version, 0, version.size)
         else:

@@ -1,6 +1,6 @@
 """Entra ID stand-in: client credentials with a federated client assertion, and an App Service MSI endpoint.
 
-Owns tenants, resources, managed identities with federated credentials (PROTOCOL.md section 3), Entra's
+Owns tenants, resources, managed identities with federated credentials (docs/protocol.md section 5), Entra's
 error shapes (AADSTS codes), v1 access tokens signed with the simulator's own key, the discovery
 documents MSAL reads, and `validate_token` used in-process by the gateway and Key Vault simulators.
 """
@@ -27,7 +27,7 @@ from .pki import new_rsa_key
 # RFC 7523 section 2.2: the client authenticates with a JWT bearer assertion.
 JWT_BEARER_ASSERTION = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_ALGORITHMS = ["RS256", "RS384", "RS512"]
-V1_ISSUER = "https://sts.windows.net/{tenant}/"  # storage tokens are v1 tokens (PROTOCOL.md section 3)
+V1_ISSUER = "https://sts.windows.net/{tenant}/"  # storage tokens are v1 tokens (docs/protocol.md section 5)
 DOCS_FIC = "https://learn.microsoft.com/entra/workload-id/workload-identity-federation"
 
 
@@ -236,7 +236,7 @@ class EntraSim(SimServer):
 
     # -- the token endpoint ---------------------------------------------------------------------
     def token_response(self, tenant_id: str, form: dict[str, str]) -> dict[str, Any]:
-        """Answer a client-credentials request or raise EntraError (PROTOCOL.md section 3)."""
+        """Answer a client-credentials request or raise EntraError (docs/protocol.md section 5)."""
         if tenant_id not in self._tenants:
             raise EntraError(
                 90002,

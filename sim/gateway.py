@@ -1,6 +1,6 @@
 """Bane NOR's payload-manager gateway stand-in (API Management in front of the external storage accounts).
 
-Owns what the gateway decides before a Blob REST call reaches storage (PROTOCOL.md section 4): bearer token
+Owns what the gateway decides before a Blob REST call reaches storage (docs/protocol.md section 6): bearer token
 and routing on its `aud`, the pinned `x-ms-version`, 100 MB per request, name characters and extensions,
 directory ACLs; allowed requests are streamed to the upstream account (Azurite) and back, chunk by chunk.
 """
@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from .httpbase import Clock, Handler, SimServer
 
-# Bane NOR's "File and blob restrictions" page (PROTOCOL.md section 4).
+# Bane NOR's "File and blob restrictions" page (docs/protocol.md section 6).
 BANE_NOR_EXTENSIONS = frozenset(
     "txt csv log json xml md jpg jpeg png gif bmp tiff webp mp3 wav mp4 avi mov flac pdf doc docx xls xlsx "
     "ppt pptx zip tar gz rar html css js py cs vp0 vspe kmm kmm2 hdr".split()

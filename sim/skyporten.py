@@ -1,4 +1,4 @@
-"""Skyporten simulator: a Maskinporten issuer for cloud federation (PROTOCOL.md section 1).
+"""Skyporten simulator: a Maskinporten issuer for cloud federation (docs/protocol.md section 3).
 
 Serves metadata, its JWKS and the JWT-bearer token endpoint; validates each grant in Maskinporten's order
 and answers with Maskinporten's error JSON (`... (MP-nnn) Trace ID: <uuid>`). Options are mutable at run
@@ -30,7 +30,7 @@ from sim.pki import new_rsa_key
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 GRANT_ALGS = ("RS256", "RS384", "RS512")
-# Maskinporten refuses every claim it does not document (PROTOCOL.md section 1).
+# Maskinporten refuses every claim it does not document (docs/protocol.md section 3).
 KNOWN_CLAIMS = frozenset({"aud", "iss", "scope", "iat", "exp", "jti", "resource"})
 # Maskinporten's audience when the grant names no resource (docs.digdir.no, audience-restricted tokens).
 UNSPECIFIED_AUDIENCE = "unspecified"
@@ -157,7 +157,7 @@ class SkyportenSim(SimServer):
     # -- configuration -----------------------------------------------------------------------
     @property
     def issuer(self) -> str:
-        return self.base_url  # no trailing slash, as Skyporten's issuer (PROTOCOL.md section 1)
+        return self.base_url  # no trailing slash, as Skyporten's issuer (docs/protocol.md section 3)
 
     @property
     def token_endpoint(self) -> str:

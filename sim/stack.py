@@ -48,7 +48,7 @@ from .skyporten import RegisteredClient, SkyportenOptions, SkyportenSim
 
 PARTNER_ORGNO = "987654321"
 SCOPE = "banenor:payloadmanager.storage"
-# The audience Bane NOR binds to the scope (PROTOCOL.md sections 1-2: open; Entra's recommended value).
+# The audience Bane NOR binds to the scope (docs/protocol.md sections 3-4: open; Entra's recommended value).
 EXCHANGE_AUDIENCE = "api://AzureADTokenExchange"
 BANENOR_ACCOUNT = "bnplmextnwestlocal"  # Azurite accepts aud https://<account>.blob.core.windows.net
 PARTNER_ACCOUNT = "partnerexports"
@@ -65,7 +65,7 @@ SECRET_PEM, SECRET_JWK, CERTIFICATE, VAULT_KEY = (
     "maskinporten-signing",
 )
 READY_TIMEOUT = 90.0
-# The open point of PROTOCOL.md sections 1-2, played either way: the token's audience bound to the scope by Bane
+# The open point of docs/protocol.md sections 3-4, played either way: the token's audience bound to the scope by Bane
 # NOR (the relay sends no resource), or taken from the grant's `resource` (the relay must send MASKINPORTEN_RESOURCE).
 AUDIENCE_MODES = ("scope", "resource")
 LAYOUTS = ("single", "split")
@@ -284,7 +284,7 @@ class Stack:
         assert self.azurite and self.partner_azurite and self.skyporten and self.entra and self.keyvault
         assert self.gateway
         bundle = str(self.ca_bundle)
-        # The partner's Maskinporten client and its keys (PROTOCOL.md section 1).
+        # The partner's Maskinporten client and its keys (docs/protocol.md section 3).
         client_id = str(uuid.uuid4())
         signing_key, vault_key = new_rsa_key(), new_rsa_key()
         kid, vault_kid = f"relay-{uuid.uuid4().hex[:12]}", f"relay-kv-{uuid.uuid4().hex[:12]}"
