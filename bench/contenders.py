@@ -335,6 +335,7 @@ def copies_without_ledger(job: Job, evidence: bool = False) -> dict[str, Any]:
     With `evidence`, each copy is also read back as the relay does before a receipt (one Get Blob Properties
     through the gateway: size and Content-MD5): the difference between the two is what the evidence costs."""
     from shared.copier import SourceVersion
+    from shared.destination import verify
 
     p = job.params
     rt = job.runtime(EXPORT_CONTAINER=p["container"])
@@ -349,10 +350,8 @@ def copies_without_ledger(job: Job, evidence: bool = False) -> dict[str, Any]:
                              overwrite=False)
         if result.size != version.size:
             raise RuntimeError(f"{props.name}: size differs")
-        if evidence:
-            landed = dest.get_blob_properties()
-            if landed.size != version.size or bytes(landed.content_settings.content_md5 or b"") != result.md5:
-                raise RuntimeError(f"{props.name}: the destination does not hold the bytes sent")
+        if evidence:  # the relay's own check (no attempt id: these copies carry none)
+            verify(dest, version, result.size, result.md5, None)
 
     with Measure() as m, ThreadPoolExecutor(rt.settings.sync_concurrency) as pool:
         count = sum(1 for _ in pool.map(one, exports.list_blobs()))

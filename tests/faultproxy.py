@@ -168,7 +168,7 @@ class FaultProxy:
             self._listener = None
 
     def __enter__(self) -> FaultProxy:
-        return self.start()
+        return self if self._listener is not None else self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
@@ -374,6 +374,14 @@ def _fake_success(method: str, headers: dict[str, str]) -> bytes:
     if "content-length" not in {k.lower() for k in headers}:
         lines.append("Content-Length: 0")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def proxy_for(stack, setting: str) -> FaultProxy:  # type: ignore[no-untyped-def]
+    """One started proxy in front of the dependency that `setting` (a URL setting of the stack) points at."""
+    parts = urlsplit(stack.settings[setting])
+    tls = stack.workdir / "tls"
+    return FaultProxy(f"{parts.scheme}://{parts.netloc}", str(tls / "server.pem"), str(tls / "server-key.pem"),
+                      stack.settings["REQUESTS_CA_BUNDLE"], name=setting).start()
 
 
 def proxies_for(stack) -> dict[str, FaultProxy]:  # type: ignore[no-untyped-def]

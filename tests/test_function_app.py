@@ -109,16 +109,14 @@ def test_blob_trigger_handler_delivers_the_export(app_on_stack, backend):
 
 @pytest.mark.stack
 def test_blob_trigger_handler_raises_when_the_delivery_failed_so_the_host_retries(app_on_stack, stack, monkeypatch):
-    from tests.faultproxy import Fault, FaultProxy, match
+    from tests.faultproxy import Fault, match, proxy_for
 
     app, rt = app_on_stack
     rt.exports.get_blob_client("denied.csv").upload_blob(b"x")
     # A transient failure (a terminal one is poisoned at once and needs no host retry): the gateway acknowledges
     # the write and stores nothing, so the read-back finds no file.
-    tls, upstream = stack.workdir / "tls", stack.settings["BANENOR_STORAGE_URL"]
-    netloc = upstream.split("/")[2]
-    with FaultProxy(f"https://{netloc}", str(tls / "server.pem"), str(tls / "server-key.pem"),
-                    stack.settings["REQUESTS_CA_BUNDLE"], name="gateway") as proxy:
+    upstream = stack.settings["BANENOR_STORAGE_URL"]
+    with proxy_for(stack, "BANENOR_STORAGE_URL") as proxy:
         proxy.add(Fault("fake_ok", when=match("PUT"), times=None))
         monkeypatch.setenv("BANENOR_STORAGE_URL", proxy.url(upstream))
         reset_runtime()

@@ -23,7 +23,7 @@ from azure.storage.blob import BlobSasPermissions, BlobServiceClient, generate_b
 from shared.copier import Copier, CopyOptions
 from shared.errors import DeliveryError
 from tests import test_copier, test_relay
-from tests.faultproxy import Fault, FaultProxy, match
+from tests.faultproxy import Fault, match, proxy_for
 from tests.test_copier import MiB, Stores, payload
 
 relay_env = test_relay.relay_env
@@ -230,10 +230,7 @@ print(Runtime(Settings.load(env)).relay.deliver(env["NAME"]).status, flush=True)
 @pytest.mark.stack
 def test_a_delivery_killed_mid_copy_is_resumed_by_the_next_attempt_without_resending_staged_blocks(relay_env):
     stack = relay_env.stack
-    tls = stack.workdir / "tls"
-    upstream = urlsplit(stack.settings["BANENOR_STORAGE_URL"])
-    proxy = FaultProxy(f"https://{upstream.netloc}", str(tls / "server.pem"), str(tls / "server-key.pem"),
-                       stack.settings["REQUESTS_CA_BUNDLE"], name="gateway").start()
+    proxy = proxy_for(stack, "BANENOR_STORAGE_URL")
     try:
         data = os.urandom(8 * MiB)
         relay_env.put("killed.csv", data)

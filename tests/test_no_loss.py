@@ -14,7 +14,7 @@ import hashlib
 import pytest
 
 from tests import test_relay
-from tests.faultproxy import Fault, FaultProxy, match
+from tests.faultproxy import Fault, match, proxy_for
 
 pytestmark = pytest.mark.stack
 
@@ -68,13 +68,7 @@ def test_the_destination_records_a_digest_of_the_full_source_path(relay_env):
 @pytest.fixture
 def lying_gateway(stack):
     """A proxy in front of the gateway that can answer a write with 201 and forward nothing."""
-    tls = stack.workdir / "tls"
-    upstream = stack.settings["BANENOR_STORAGE_URL"]
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(upstream)
-    proxy = FaultProxy(f"{parts.scheme}://{parts.netloc}", str(tls / "server.pem"), str(tls / "server-key.pem"),
-                       stack.settings["REQUESTS_CA_BUNDLE"], name="gateway").start()
+    proxy = proxy_for(stack, "BANENOR_STORAGE_URL")
     yield proxy
     proxy.stop()
 
