@@ -328,19 +328,33 @@ def relay_sync(job: Job) -> dict[str, Any]:
                  exchanges=rt.banenor_credential.exchanges)
 
 
-def copies_without_ledger(job: Job, evidence: bool = False) -> dict[str, Any]:
+def copies_without_ledger(job: Job, evidence: str = "") -> dict[str, Any]:
     """The relay's own copy steps for every listed export, as `sync` runs them for small files (the version from
     the listing, `Copier.copy` create-only: one ranged GET pinned to the etag, one Put Blob with Content-MD5) on
     SYNC_CONCURRENCY threads, with no ledger at all: the difference to `relay-sync` is what the ledger costs.
-    With `evidence`, each copy is also read back as the relay does before a receipt (one Get Blob Properties
-    through the gateway: size and Content-MD5): the difference between the two is what the evidence costs."""
+    `evidence="listing"` adds the relay's own evidence as `sync` gathers it (`destination.ListingEvidence` over
+    batches of the receipt batch's size: a listing of the destination directory per batch); `"read-back"` the
+    alternative, one Get Blob Properties per file (`destination.verify`, as `deliver` does): the difference to the
+    bare copies is what each costs."""
+    import threading
+
     from shared.copier import SourceVersion
-    from shared.destination import verify
+    from shared.destination import ListingEvidence, Sent, verify
+    from shared.receipts import ReceiptBuffer
 
     p = job.params
     rt = job.runtime(EXPORT_CONTAINER=p["container"])
     exports, destination, copier = rt.exports, rt.destination, rt.copier
     chain = job.warm(rt)
+    listing = ListingEvidence(destination)
+    batch_size = ReceiptBuffer.__init__.__defaults__[0]  # the receipt batch's size: what one listing checks
+    lock = threading.Lock()
+    waiting: list[Sent] = []
+
+    def check(sent: list[Sent]) -> None:
+        bad = [v for v in listing(sent) if v is not None]
+        if bad:
+            raise RuntimeError(f"{len(bad)} copies without evidence: {bad[0]}")
 
     def one(props: Any) -> None:
         version = SourceVersion.from_properties(props)
@@ -350,16 +364,31 @@ def copies_without_ledger(job: Job, evidence: bool = False) -> dict[str, Any]:
                              overwrite=False)
         if result.size != version.size:
             raise RuntimeError(f"{props.name}: size differs")
-        if evidence:  # the relay's own check (no attempt id: these copies carry none)
+        if evidence == "read-back":  # the relay's own check (no attempt id: these copies carry none)
             verify(dest, version, result.size, result.md5, None)
+        elif evidence == "listing":
+            with lock:
+                waiting.append(Sent(dest.blob_name, version, result.size, result.md5, None))
+                full = waiting[:] if len(waiting) >= batch_size else None
+                if full:
+                    waiting.clear()
+            if full:
+                check(full)
 
     with Measure() as m, ThreadPoolExecutor(rt.settings.sync_concurrency) as pool:
         count = sum(1 for _ in pool.map(one, exports.list_blobs()))
-    return m.row(count=count, chain_seconds=chain, concurrency=rt.settings.sync_concurrency)
+        if waiting:
+            check(waiting)
+    return m.row(count=count, chain_seconds=chain, concurrency=rt.settings.sync_concurrency,
+                 listings=listing.listings)
 
 
 def copies_with_evidence(job: Job) -> dict[str, Any]:
-    return copies_without_ledger(job, evidence=True)
+    return copies_without_ledger(job, evidence="listing")
+
+
+def copies_with_readback(job: Job) -> dict[str, Any]:
+    return copies_without_ledger(job, evidence="read-back")
 
 
 def plain_threaded(job: Job) -> dict[str, Any]:
@@ -423,6 +452,7 @@ CONTENDERS: dict[str, Callable[[Job], dict[str, Any]]] = {
     "relay-sync": relay_sync,
     "copies-without-ledger": copies_without_ledger,
     "copies-with-evidence": copies_with_evidence,
+    "copies-with-readback": copies_with_readback,
     "plain-threaded": plain_threaded,
     "plain-loop": plain_loop,
 }

@@ -22,6 +22,7 @@ from . import destination
 from .copier import DestinationExistsError, SourceChangedError, SourceVersion
 from .errors import DeliveryError, NameRejected, RelayError, scrub
 from .ledger import Ledger, Receipt
+from .receipts import Unverified
 
 if TYPE_CHECKING:
     from .relay import Relay
@@ -112,21 +113,25 @@ class Delivery:
     there), verify at Bane NOR, write the receipt, then the after-delivery action. A strategy decides what
     guards the attempt (`run`)."""
 
-    def __init__(self, relay: Relay, record: Callable[[Receipt], Receipt] | None = None) -> None:
+    def __init__(self, relay: Relay, record: Callable[[Receipt], Receipt] | None = None,
+                 defer: Callable[[Unverified], None] | None = None) -> None:
         self.relay = relay
         # Where the receipt goes: the ledger at once, or (a sync's unclaimed deliveries) the run's ReceiptBuffer.
         self.record = record or relay.ledger.record_receipt
+        # Set (a sync's unclaimed deliveries): the evidence and the receipt are left to the batch; see _settle.
+        self.defer = defer
 
-    def run(self, source: Any, version: SourceVersion, dest_path: str, failure: Any) -> Outcome:
+    def run(self, source: Any, version: SourceVersion, dest_path: str, failure: Any) -> Outcome | None:
         raise NotImplementedError
 
     def _copy_and_record(self, source: Any, version: SourceVersion, dest_path: str, failure: Any,
                          on_progress: Callable[[], None] | None = None,
                          unauthorized_retries: int = UNAUTHORIZED_RETRIES,
-                         metadata: dict[str, str] | None = None) -> Outcome:
+                         metadata: dict[str, str] | None = None) -> Outcome | None:
         """Copy, verify, write the receipt, then the after-delivery step. A failure is recorded in the ledger
         (charged, unless the source changed); a gateway 401 drops the refused token and tries again at once, up
-        to `unauthorized_retries` times, as the same attempt; other trust-chain errors are raised."""
+        to `unauthorized_retries` times, as the same attempt; other trust-chain errors are raised. With `defer`
+        set, the evidence is left to the sync's batch: the delivery is handed over and None returned."""
         relay = self.relay
         name, etag = version.name, version.etag
         dest = relay.destination.get_blob_client(dest_path)
@@ -147,8 +152,11 @@ class Delivery:
                 except NameRejected as exc:
                     relay.ledger.record_rejection(name, etag, exc.reason)
                     return Outcome("rejected", name, etag, destination=dest_path, reason=exc.reason)
-            # No receipt on the gateway's word alone: the destination itself must show these bytes.
-            destination.verify(dest, version, size, md5, None if mode == "existing" else metadata["relay_attempt"])
+            sent = destination.Sent(dest_path, version, size, md5,
+                                    None if mode == "existing" else metadata["relay_attempt"])
+            if self.defer is None:
+                # No receipt on the gateway's word alone: the destination itself must show these bytes.
+                destination.verify(dest, version, size, md5, sent.attempt)
         except Exception as exc:
             if _is_trust_chain(exc):
                 if getattr(exc, "status", None) == 401 and relay.on_unauthorized is not None:
@@ -169,7 +177,28 @@ class Delivery:
             attempts=attempts + 1, first_attempt_at=first_attempt_at, delivered_at=relay.clock(), mode=mode,
             original_name=name,
         )
-        stored = self.record(receipt)
+        if self.defer is not None:
+            self.defer(Unverified(sent, receipt, lambda verdict: self._settle(receipt, version, failure, verdict)))
+            return None
+        return self._recorded(receipt, self.record(receipt), version, failure)
+
+    def _settle(self, receipt: Receipt, version: SourceVersion, failure: Any,
+                verdict: BaseException | None) -> Outcome:
+        """A deferred delivery's outcome once its batch was checked: delivered (its receipt goes into the batch's
+        write), or the failure the evidence showed, recorded as any other; a broken chain of trust is raised,
+        charging nothing."""
+        if verdict is None:
+            return self._recorded(receipt, receipt, version, failure)
+        if _is_trust_chain(verdict):
+            raise verdict
+        return self._record_failure(version, verdict, receipt.destination_path)
+
+    def _recorded(self, receipt: Receipt, stored: Receipt, version: SourceVersion, failure: Any) -> Outcome:
+        """The outcome once the receipt is recorded (`stored`: the one the ledger holds), after the
+        after-delivery step."""
+        relay = self.relay
+        name, etag, dest_path, size, mode = (version.name, version.etag, receipt.destination_path, receipt.size,
+                                             receipt.mode)
         if failure is not None:
             relay.ledger.clear_failure(name, etag)
         if stored != receipt and mode != "existing" and stored.mode == "existing":
@@ -286,5 +315,6 @@ class UnclaimedDelivery(Delivery):
         return (failure is None and relay.settings.after_delivery == "keep"
                 and relay.copier.single_put(version.size))
 
-    def run(self, source: Any, version: SourceVersion, dest_path: str, failure: Any) -> Outcome:
+    def run(self, source: Any, version: SourceVersion, dest_path: str, failure: Any) -> Outcome | None:
+        """The outcome, or None when the delivery was handed over for its evidence (`defer`)."""
         return self._copy_and_record(source, version, dest_path, failure)

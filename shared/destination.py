@@ -10,9 +10,11 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -20,8 +22,15 @@ from .copier import Copier, DestinationExistsError, SourceVersion
 from .errors import DeliveryError, GatewayError, NameRejected
 from .storage import gateway_error
 
+log = logging.getLogger(__name__)
+
 META_LIMIT = 1024  # bytes per metadata value we write (Azure allows 8 KiB in all)
 _REPLACE_ROUNDS = 3  # looks at a destination that keeps changing while an updated export replaces it
+# ListingEvidence: a page holds a batch and some neighbours; a listing scans at most FACTOR entries per write
+# plus EXTRA (other files between the prefix's start and the batch), then reads the rest back one by one.
+LISTING_PAGE_MAX = 5000  # the service's own maximum
+LISTING_SCAN_FACTOR = 2
+LISTING_SCAN_EXTRA = 200
 
 # (size, md5, destination etag, mode) of what the destination holds for this version
 Facts = tuple[int, bytes | None, str, str]
@@ -138,34 +147,129 @@ def adopt_or_replace(copier: Copier, source: Any, version: SourceVersion, dest: 
                         hint="it will be retried", transient=True)
 
 
+@dataclass(frozen=True)
+class Sent:
+    """What one write sent to Bane NOR, for the evidence: the destination path, the export version, the size and
+    MD5 of the bytes sent, and the attempt id they were written with (None: an earlier attempt's file, adopted)."""
+
+    path: str
+    version: SourceVersion
+    size: int
+    md5: bytes | None
+    attempt: str | None
+
+
+def _problem(props: Any, sent: Sent) -> str | None:
+    """Why `props` (a Get Blob Properties or a listing entry; None: not there) is not evidence of `sent`."""
+    if props is None:
+        return "no such blob"
+    stored_md5 = props.content_settings.content_md5
+    md = {k.lower(): v for k, v in (props.metadata or {}).items()}
+    if props.size != sent.version.size or sent.size != sent.version.size:
+        return f"{props.size} bytes where the export has {sent.version.size}"
+    if sent.md5 and not stored_md5:
+        return "no Content-MD5 for the bytes"
+    if sent.md5 and bytes(stored_md5) != sent.md5:
+        return "a Content-MD5 that differs from the bytes sent"
+    if sent.attempt is not None and md.get("relay_attempt") != sent.attempt:
+        return "a blob that this write did not produce"
+    return None
+
+
+def _not_held(path: str, problem: str) -> DeliveryError:
+    return DeliveryError(
+        f"the gateway acknowledged {path!r}, but Bane NOR's storage does not hold it as sent "
+        f"({problem}); no receipt is written.",
+        hint="it will be sent again; if this repeats, ask Bane NOR to check the payload manager gateway "
+             "(BANENOR_STORAGE_URL) stores what it acknowledges", transient=True)
+
+
 def verify(dest: Any, version: SourceVersion, size: int, md5: bytes | None, attempt: str | None) -> None:
     """The delivery invariant: a receipt rests on Bane NOR's storage showing, through the gateway, a blob of
     the export's size whose Content-MD5 is the MD5 of the bytes sent (and, for this attempt's own write, the
     attempt id it was written with). An acknowledgement alone is not evidence: a gateway that answers 201
     and stores nothing (a mocked API, a misrouted policy) would turn files into receipts never sent again.
-    Raises DeliveryError (transient: the next run sends it again)."""
+    Raises DeliveryError (transient: the next run sends it again). One Get Blob Properties; a sync's small
+    deliveries use `ListingEvidence` instead (one listing per batch)."""
     try:
         props = properties(dest)
     except GatewayError as exc:
         if exc.status != 404:
             raise
         props = None
-    stored_md5 = props.content_settings.content_md5 if props is not None else None
-    md = {k.lower(): v for k, v in ((props.metadata if props is not None else None) or {}).items()}
-    if props is None:
-        problem = "no such blob"
-    elif props.size != version.size or size != version.size:
-        problem = f"{props.size} bytes where the export has {version.size}"
-    elif md5 and not stored_md5:
-        problem = "no Content-MD5 for the bytes"
-    elif md5 and bytes(stored_md5) != md5:
-        problem = "a Content-MD5 that differs from the bytes sent"
-    elif attempt is not None and md.get("relay_attempt") != attempt:
-        problem = "a blob that this write did not produce"
-    else:
-        return
-    raise DeliveryError(
-        f"the gateway acknowledged {dest.blob_name!r}, but Bane NOR's storage does not hold it as sent "
-        f"({problem}); no receipt is written.",
-        hint="it will be sent again; if this repeats, ask Bane NOR to check the payload manager gateway "
-             "(BANENOR_STORAGE_URL) stores what it acknowledges", transient=True)
+    problem = _problem(props, Sent(dest.blob_name, version, size, md5, attempt))
+    if problem is not None:
+        raise _not_held(dest.blob_name, problem)
+
+
+class ListingEvidence:
+    """The same invariant as `verify` for a batch of writes, from listings of Bane NOR's directories instead of
+    one read-back each: the writes are grouped by directory, each group's common name prefix is listed (with
+    metadata) in name order from its first name to its last, and each write is judged by its entry. A write
+    the listing does not show (not there, or past the scan's bound) is read back on its own, so the verdict is
+    `verify`'s; an identity that may not list (403: an ACL without r on the directory) is read back file by file
+    for the rest of the run. One per sync run; thread-safe (one batch is checked at a time)."""
+
+    def __init__(self, container: Any) -> None:
+        self.container = container
+        self.listing_refused = False
+        self.listings = 0  # List Blobs pages read
+
+    def __call__(self, writes: Sequence[Sent]) -> list[BaseException | None]:
+        """None for each write the destination shows as sent, else the error (`verify`'s) that says why not."""
+        entries = {} if self.listing_refused else self._list({w.path for w in writes})
+        verdicts: list[BaseException | None] = []
+        for write in writes:
+            entry = entries.get(write.path)
+            if entry is None:
+                try:
+                    verify(self.container.get_blob_client(write.path), write.version, write.size, write.md5,
+                           write.attempt)
+                except Exception as exc:
+                    verdicts.append(exc)
+                else:
+                    verdicts.append(None)
+                continue
+            problem = _problem(entry, write)
+            verdicts.append(None if problem is None else _not_held(write.path, problem))
+        return verdicts
+
+    def _list(self, paths: set[str]) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        folders: dict[str, list[str]] = {}
+        for path in sorted(paths):
+            folders.setdefault(path.rpartition("/")[0], []).append(path)
+        for names in folders.values():
+            try:
+                self._list_group(names, paths, found)
+            except Exception as exc:
+                error = gateway_error(exc, None)
+                if getattr(error, "status", None) == 403:
+                    self.listing_refused = True
+                    log.info("listing Bane NOR's directory is not allowed (%s); each delivery is read back on its "
+                             "own, one request more per file", getattr(error, "error_code", None) or 403)
+                    return found
+                log.warning("listing Bane NOR's directory for the evidence failed (%s); those deliveries are read "
+                            "back one by one", error)
+        return found
+
+    def _list_group(self, names: list[str], wanted: set[str], found: dict[str, Any]) -> None:
+        """List from the group's common prefix up to its last name (names come in order), scanning at most a
+        bounded number of entries: past the bound the rest is read back one by one."""
+        first, last = names[0], names[-1]
+        common = 0
+        while common < min(len(first), len(last)) and first[common] == last[common]:
+            common += 1
+        prefix = first[:common]
+        budget = LISTING_SCAN_FACTOR * len(names) + LISTING_SCAN_EXTRA
+        page = min(LISTING_PAGE_MAX, len(names) + LISTING_SCAN_EXTRA)
+        pages = self.container.list_blobs(name_starts_with=prefix, include=["metadata"],
+                                          results_per_page=page).by_page()
+        for entries in pages:
+            self.listings += 1
+            for entry in entries:
+                budget -= 1
+                if entry.name > last or budget < 0:
+                    return
+                if entry.name in wanted:
+                    found[entry.name] = entry

@@ -1,8 +1,11 @@
 """Receipts of a sync's small exports, written in batches: one blob of JSON lines per up to 200 receipts.
 
 A sync of 2,000 small files otherwise writes 2,000 receipt blobs, one request each: batching saves most of the
-ledger's cost per file (bench/RESULTS.md). Owns `ReceiptBuffer` (one per sync run), the batch write and the
-compaction that keeps the number of batch blobs bounded; `Ledger` reads batches (`receipt-batches/`).
+ledger's cost per file (bench/RESULTS.md). The same batches carry the evidence: a delivery handed over unverified
+(`ReceiptBuffer.defer`) is checked with the rest of its batch against one listing of Bane NOR's directory
+(`destination.ListingEvidence`) before its receipt is written and its outcome settled. Owns `ReceiptBuffer` (one
+per sync run), the batch write and the compaction that keeps the number of batch blobs bounded; `Ledger` reads
+batches (`receipt-batches/`).
 """
 
 from __future__ import annotations
@@ -11,12 +14,15 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob import ContentSettings
 
+from .destination import Sent
 from .errors import RelayError, scrub
 from .ledger import RECEIPT_BATCHES, Clock, Ledger, Receipt, _lower, _parse_batch
 
@@ -74,6 +80,22 @@ def compact_receipt_batches(ledger: Ledger, max_batches: int = 100, full: int = 
     return len(sources)
 
 
+@dataclass
+class Unverified:
+    """A delivery whose bytes the gateway acknowledged and whose evidence is still to come: what was `sent`, the
+    `receipt` it gets once the destination shows it, and `settle`, which turns the verdict (None: shown as sent;
+    else the error saying why not) into the delivery's outcome (recording a failure in the ledger if need be)."""
+
+    sent: Sent
+    receipt: Receipt
+    settle: Callable[[BaseException | None], Any]
+
+
+Evidence = Callable[[Sequence[Sent]], list[BaseException | None]]
+# Told each settled outcome, or the exception its `settle` raised (a broken chain of trust, a ledger error).
+Settled = Callable[[str, Any], None]
+
+
 class ReceiptBuffer:
     """The receipts of one `sync` run, written in batches: when `size` are pending, or when the oldest has waited
     `max_age` seconds, by the worker thread that adds the last one; `flush()` writes the rest. Thread-safe.
@@ -83,53 +105,102 @@ class ReceiptBuffer:
     one worker in the SDK's retries, not all of them); what `flush` cannot write raises RelayError.
     Those versions are delivered all the same: the next sync finds each at Bane NOR (a refused create-only write
     and the relay's metadata) and records its receipt then.
+
+    Deliveries handed over with `defer` wait in the same batch for their evidence: the batch is checked with
+    `evidence` first, each delivery settled (`Unverified.settle`, its result passed to `settled`), and only the
+    receipts of those the destination shows go into the write.
     """
 
     def __init__(self, ledger: Ledger, size: int = 200, max_age: float = 5.0,
-                 clock: Clock = time.monotonic) -> None:
+                 clock: Clock = time.monotonic, evidence: Evidence | None = None,
+                 settled: Settled | None = None) -> None:
         self.ledger = ledger
+        self.evidence = evidence
+        self.settled = settled
         self.size = size
         self.max_age = max_age
         self.clock = clock
         self._lock = threading.Lock()
         self._pending: list[Receipt] = []
+        self._unverified: list[Unverified] = []
         self._since = 0.0
         self._retry_at = 0.0  # after a failed write: no new attempt before this
         self._writing = False  # a batch write is under way: the others queue behind it
         self.writes = 0  # successful writes (a batch, or fewer than BATCH_MIN receipts one by one)
 
+    @property
+    def defers(self) -> bool:
+        """Whether deliveries may be handed over unverified (`defer`): the buffer was given its evidence."""
+        return self.evidence is not None and self.settled is not None
+
     def add(self, receipt: Receipt) -> Receipt:
         """Queue `receipt`; returns it (the delivery compares it with what was stored, as with `record_receipt`)."""
-        with self._lock:
-            if not self._pending:
-                self._since = self.clock()
-            self._pending.append(receipt)
-            if not self._due(full=True):
-                return receipt
-            batch, self._pending, self._writing = self._pending, [], True
-        self._write_or_keep(batch)
+        self._queue(self._pending, receipt)
         return receipt
 
+    def defer(self, delivery: Unverified) -> None:
+        """Queue a delivery whose evidence is still to come; it is settled when its batch is checked."""
+        self._queue(self._unverified, delivery)
+
+    def _queue(self, queue: list[Any], item: Any) -> None:
+        with self._lock:
+            if not self._pending and not self._unverified:
+                self._since = self.clock()
+            queue.append(item)
+            if not self._due(full=True):
+                return
+            batch, unverified = self._take()
+        self._check_and_write(batch, unverified)
+
+    def _take(self) -> tuple[list[Receipt], list[Unverified]]:
+        """Under the lock: everything queued, and this thread now writes."""
+        batch, unverified = self._pending, self._unverified
+        self._pending, self._unverified, self._writing = [], [], True
+        return batch, unverified
+
     def _due(self, full: bool) -> bool:
-        """Under the lock: whether the pending receipts should be written now."""
+        """Under the lock: whether the queued receipts should be checked and written now."""
         now = self.clock()
-        if not self._pending or self._writing or now < self._retry_at:
+        queued = len(self._pending) + len(self._unverified)
+        if not queued or self._writing or now < self._retry_at:
             return False
-        return (full and len(self._pending) >= self.size) or now - self._since >= self.max_age
+        return (full and queued >= self.size) or now - self._since >= self.max_age
+
+    def _check(self, unverified: list[Unverified]) -> list[Receipt]:
+        """The evidence for a batch of deferred deliveries: settle each; returns the receipts of those shown."""
+        if not unverified:
+            return []
+        assert self.evidence is not None and self.settled is not None
+        try:
+            verdicts = self.evidence([d.sent for d in unverified])
+        except Exception as exc:  # the evidence reports per delivery; this is a bug's last resort: none verified
+            verdicts = [exc] * len(unverified)
+        shown = []
+        for delivery, verdict in zip(unverified, verdicts, strict=True):
+            try:
+                result = delivery.settle(verdict)
+            except Exception as exc:
+                result = exc
+            self.settled(delivery.receipt.source_name, result)
+            if verdict is None:
+                shown.append(delivery.receipt)
+        return shown
 
     def flush_due(self) -> None:
-        """Write what has waited `max_age`: `sync` calls this while it waits for copies, so the receipts of small
+        """Check and write what has waited `max_age`: `sync` calls this while it waits for copies, so small
         exports never wait behind a long one."""
         with self._lock:
             if not self._due(full=False):
                 return
-            batch, self._pending, self._writing = self._pending, [], True
-        self._write_or_keep(batch)
+            batch, unverified = self._take()
+        self._check_and_write(batch, unverified)
 
     def flush(self) -> None:
-        """Write everything pending; raises RelayError (naming LEDGER_CONTAINER) if that fails."""
+        """Check and write everything queued; raises RelayError (naming LEDGER_CONTAINER) if the write fails."""
         with self._lock:
-            batch, self._pending = self._pending, []
+            batch, unverified = self._pending, self._unverified
+            self._pending, self._unverified = [], []
+        batch = self._check(unverified) + batch
         if not batch:
             return
         try:
@@ -142,7 +213,21 @@ class ReceiptBuffer:
                      "records them",
             ) from exc
 
+    def _check_and_write(self, batch: list[Receipt], unverified: list[Unverified]) -> None:
+        try:
+            shown = self._check(unverified)
+        except BaseException:  # a settled callback raised (an interrupt, say): keep the receipts, stop writing
+            with self._lock:
+                self._pending[:0] = batch
+                self._writing = False
+            raise
+        self._write_or_keep(shown + batch)
+
     def _write_or_keep(self, batch: list[Receipt]) -> None:
+        if not batch:  # every deferred delivery in it failed its evidence
+            with self._lock:
+                self._writing = False
+            return
         try:
             self._write(batch)
         except Exception as exc:  # partner storage hiccup: keep them for the next batch or the final flush

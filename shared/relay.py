@@ -29,7 +29,7 @@ from .delivery import (  # noqa: F401  (CLAIM_*, _ClaimKeeper, _is_*, archive_na
 from .errors import NameRejected, RelayError
 from .ledger import Ledger
 from .naming import NamePolicy, destination_path
-from .receipts import ReceiptBuffer
+from .receipts import ReceiptBuffer, Unverified
 from .sync import SyncSummary, run_sync
 
 log = logging.getLogger(__name__)
@@ -97,15 +97,20 @@ class Relay:
             return Outcome("failed", name, reason=str(exc))
         return self._finish(self._deliver_version(source, version), started)
 
-    def deliver_listed(self, props: Any, failure: Any = None, receipts: ReceiptBuffer | None = None) -> Outcome:
+    def deliver_listed(self, props: Any, failure: Any = None,
+                       receipts: ReceiptBuffer | None = None) -> Outcome | None:
         """Deliver a version found by `sync`'s listing, which already told us it has no receipt or rejection
         and what its failure record is. A small first attempt is an UnclaimedDelivery (no claim: the create-only
-        write arbitrates; its receipt goes to `receipts`, the run's batches); anything else a ClaimedDelivery."""
+        write arbitrates; its receipt goes to `receipts`, the run's batches); anything else a ClaimedDelivery.
+
+        Returns None when the delivery was handed to `receipts` for its evidence (a buffer that `defers`): its
+        outcome is settled with its batch and goes to the buffer's `settled`, logged as any other."""
         started = self.clock()
         version = SourceVersion.from_properties(props)
         source = self.exports.get_blob_client(props.name)
-        return self._finish(self._deliver_version(source, version, listed=True, failure=failure,
-                                                  receipts=receipts), started)
+        outcome = self._deliver_version(source, version, listed=True, failure=failure, receipts=receipts,
+                                        started=started)
+        return None if outcome is None else self._finish(outcome, started)
 
     def _finish(self, outcome: Outcome, started: float) -> Outcome:
         outcome.seconds = round(self.clock() - started, 3)
@@ -113,7 +118,8 @@ class Relay:
         return outcome
 
     def _deliver_version(self, source: Any, version: SourceVersion, listed: bool = False,
-                         failure: Any = None, receipts: ReceiptBuffer | None = None) -> Outcome:
+                         failure: Any = None, receipts: ReceiptBuffer | None = None,
+                         started: float = 0.0) -> Outcome | None:
         name, etag = version.name, version.etag
         if not listed:
             if self.ledger.delivered(name, etag):
@@ -136,9 +142,16 @@ class Relay:
             self.ledger.record_rejection(name, etag, str(exc))
             return Outcome("rejected", name, etag, reason=str(exc))
 
-        strategy = (UnclaimedDelivery(self, receipts.add if receipts is not None else None)
-                    if listed and UnclaimedDelivery.fits(self, version, failure) else ClaimedDelivery(self))
-        return strategy.run(source, version, dest_path, failure)
+        if not (listed and UnclaimedDelivery.fits(self, version, failure)):
+            return ClaimedDelivery(self).run(source, version, dest_path, failure)
+        if receipts is None:
+            return UnclaimedDelivery(self).run(source, version, dest_path, failure)
+        defer = None
+        if receipts.defers:
+            def defer(delivery: Unverified) -> None:  # its outcome is logged as it settles, with its batch
+                receipts.defer(Unverified(delivery.sent, delivery.receipt,
+                                          lambda verdict: self._finish(delivery.settle(verdict), started)))
+        return UnclaimedDelivery(self, receipts.add, defer).run(source, version, dest_path, failure)
 
     def _log(self, outcome: Outcome) -> None:
         level = logging.INFO if outcome.status in ("delivered", "already_delivered", "in_progress") else \

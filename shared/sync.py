@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .delivery import Outcome, _is_trust_chain
+from .destination import ListingEvidence
 from .errors import RelayError, scrub
 from .ledger import Ledger
 from .receipts import ReceiptBuffer, compact_receipt_batches
@@ -77,21 +78,33 @@ def run_sync(relay: Relay, summary: SyncSummary, dry_run: bool,
         if progress:
             progress(outcome)
 
+    def settled(name: str, result: Outcome | BaseException | None) -> None:
+        """One delivery's end: its outcome (None: handed to the receipt batches, settled later), or what it raised."""
+        if result is None:
+            return
+        if isinstance(result, Outcome):
+            record(result)
+        elif isinstance(result, RelayError) and _is_trust_chain(result):
+            error.append(result)  # charges no file; a deferred delivery it caught is simply sent again
+        elif isinstance(result, RelayError):
+            record(Outcome("failed", name, reason=str(result)))
+        elif isinstance(result, Exception):  # a ledger or listing hiccup for one file: report, keep going
+            record(Outcome("failed", name, reason=f"{type(result).__name__}: {scrub(str(result))[:300]}"))
+        else:
+            raise result
+
     def run(blob: Any, failure: Any, receipts: ReceiptBuffer | None) -> None:
-        name = blob.name
         if error:
             return
         try:
-            record(relay.deliver_listed(blob, failure, receipts))
-        except RelayError as exc:
-            if _is_trust_chain(exc):
-                error.append(exc)
-            else:
-                record(Outcome("failed", name, reason=str(exc)))
-        except Exception as exc:  # a ledger or listing hiccup for one file: report, keep going
-            record(Outcome("failed", name, reason=f"{type(exc).__name__}: {scrub(str(exc))[:300]}"))
+            result = relay.deliver_listed(blob, failure, receipts)
+        except Exception as exc:
+            result = exc
+        settled(blob.name, result)
 
-    receipts = None if dry_run else ReceiptBuffer(ledger)
+    # The evidence of the small deliveries comes with their receipt batches: a listing of Bane NOR's directory.
+    receipts = None if dry_run else ReceiptBuffer(ledger, evidence=ListingEvidence(relay.destination),
+                                                  settled=settled)
     in_flight: set[Future] = set()
     interrupted: BaseException | None = None
     try:

@@ -46,6 +46,7 @@ class GatewayOptions:
     allowed_extensions: frozenset[str] = BANE_NOR_EXTENSIONS
     allow_copy_source: bool = True  # False: storage cannot reach the source (CannotVerifyCopySource)
     allow_slash_in_names: bool = True  # their examples write path/to/folder/<file>
+    allow_listing: bool = True  # False: an ACL with -wx and no r on the directory (List Blobs: 403)
 
 
 @dataclass
@@ -218,7 +219,8 @@ class GatewaySim(SimServer):
                 raise _permission_mismatch()
         else:
             listing = method == "GET" and (params.get("restype"), params.get("comp")) == ("container", "list")
-            if not listing or not self._allowed(oid, container, params.get("prefix", "")):
+            if (not listing or not self.options.allow_listing
+                    or not self._allowed(oid, container, params.get("prefix", ""))):
                 raise _permission_mismatch()
         if headers.get("x-ms-copy-source") and not self.options.allow_copy_source:
             raise Refusal(

@@ -1,0 +1,165 @@
+"""Issue 17, the evidence a sync's receipts rest on, at the cost of a listing per batch instead of a read-back per
+file: a sync's small first deliveries are checked against one listing of Bane NOR's directory (size, Content-MD5,
+the attempt id each was written with) before their receipts are written and their outcomes reported. Where the
+identity may not list (an ACL with -wx and no r), each delivery is read back on its own, as before.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import pytest
+
+from tests import test_relay
+from tests.faultproxy import Fault, match, proxy_for
+
+pytestmark = pytest.mark.stack
+
+relay_env = test_relay.relay_env  # fresh export/ledger/archive containers and destination folder per test
+
+
+@pytest.fixture
+def gateway_counts(stack):
+    """The gateway's request counter by method, as a difference from now."""
+    before = Counter(stack.gateway.requests)
+    return lambda: Counter(stack.gateway.requests) - before
+
+
+@pytest.fixture
+def no_listing(stack):
+    """The gateway refuses List Blobs (403 AuthorizationPermissionMismatch), as an ACL without r on the directory
+    does; put back afterwards (the stack is shared)."""
+    stack.gateway.options.allow_listing = False
+    yield
+    stack.gateway.options.allow_listing = True
+
+
+@pytest.fixture
+def lying_gateway(stack):
+    proxy = proxy_for(stack, "BANENOR_STORAGE_URL")
+    yield proxy
+    proxy.stop()
+
+
+def put_many(env, names):
+    for name in names:
+        env.put(name, f"{name};1\n".encode())
+
+
+def test_a_sync_reads_its_small_deliveries_back_with_a_listing_not_a_request_each(relay_env, gateway_counts):
+    names = [f"daily/file-{i:03d}.csv" for i in range(40)]
+    put_many(relay_env, names)
+    summary = relay_env.rt.relay.sync()
+    assert summary.delivered == 40 and summary.failed == 0
+    counts = gateway_counts()
+    assert counts["PUT"] == 40
+    assert counts["HEAD"] == 0  # no read-back per file
+    assert 1 <= counts["GET"] <= 2  # the listing (the credential's preflight does not reach the gateway)
+    for name in names:
+        assert relay_env.landed(name).download_blob().readall() == f"{name};1\n".encode()
+
+
+def test_every_listed_delivery_gets_its_receipt(relay_env):
+    names = [f"a/x-{i}.csv" for i in range(12)] + [f"b/y-{i}.csv" for i in range(12)]
+    put_many(relay_env, names)
+    assert relay_env.rt.relay.sync().delivered == 24
+    ledger = relay_env.make().ledger
+    for name in names:
+        etag = relay_env.rt.exports.get_blob_client(name).get_blob_properties().etag
+        assert ledger.delivered(name, etag)
+
+
+def test_deliveries_in_several_directories_are_each_found(relay_env, gateway_counts):
+    names = [f"{folder}/part-{i}.csv" for folder in ("north", "south", "west") for i in range(5)]
+    put_many(relay_env, names)
+    summary = relay_env.rt.relay.sync()
+    assert summary.delivered == 15
+    assert gateway_counts()["HEAD"] == 0
+
+
+def test_a_write_the_gateway_acknowledged_but_never_stored_fails_and_the_rest_are_delivered(
+        relay_env, lying_gateway):
+    names = [f"mixed/file-{i}.csv" for i in range(20)]
+    put_many(relay_env, names)
+    rt = relay_env.make(BANENOR_STORAGE_URL=lying_gateway.url(relay_env.stack.settings["BANENOR_STORAGE_URL"]))
+    lying_gateway.add(Fault("fake_ok", when=match("PUT", path=r"file-(3|7|11)\.csv$"), times=None))
+    summary = rt.relay.sync()
+    assert summary.delivered == 17 and summary.failed == 3
+    failed = sorted(o.source_name for o in summary.outcomes if o.status == "failed")
+    assert failed == ["mixed/file-11.csv", "mixed/file-3.csv", "mixed/file-7.csv"]
+    assert all("does not hold" in o.reason for o in summary.outcomes if o.status == "failed")
+    for name in failed:
+        etag = rt.exports.get_blob_client(name).get_blob_properties().etag
+        assert not rt.ledger.delivered(name, etag)
+        assert rt.ledger.failure(name, etag) is not None  # retried by the next sync, after its backoff
+    lying_gateway.clear()
+    relay_env.clock.offset += 600
+    assert rt.relay.sync().delivered == 3
+
+
+def test_a_blob_at_the_destination_from_another_write_is_not_evidence(relay_env, lying_gateway, backend):
+    """The listing shows a blob of the right name, but not the one this attempt wrote (another attempt id): a
+    receipt needs this write's own id."""
+    relay_env.put("race/report.csv", b"1;2\n")
+    rt = relay_env.make(BANENOR_STORAGE_URL=lying_gateway.url(relay_env.stack.settings["BANENOR_STORAGE_URL"]))
+    stale = backend.get_blob_client(relay_env.dest_prefix + "race/report.csv")
+
+    def plant(_request):  # as the write goes out, the gateway acknowledges it and stores someone else's copy
+        stale.upload_blob(b"1;2\n", overwrite=True, metadata={"relay_attempt": "someone-else"})
+        return True
+
+    lying_gateway.add(Fault("fake_ok", when=lambda req: req.method == "PUT" and plant(req), times=1))
+    summary = rt.relay.sync()
+    assert summary.failed == 1 and summary.delivered == 0
+    assert "did not produce" in summary.outcomes[0].reason
+
+
+def test_without_permission_to_list_each_delivery_is_read_back(relay_env, gateway_counts, no_listing):
+    names = [f"acl/file-{i}.csv" for i in range(15)]
+    put_many(relay_env, names)
+    summary = relay_env.rt.relay.sync()
+    assert summary.delivered == 15 and summary.failed == 0
+    counts = gateway_counts()
+    assert counts["HEAD"] == 15
+    assert counts["GET"] == 1  # one refused listing, then no more tries in this run
+
+
+def test_each_deferred_delivery_logs_its_one_outcome_line(relay_env, caplog):
+    caplog.set_level(logging.INFO, logger="shared.relay")
+    names = [f"log/file-{i}.csv" for i in range(11)]
+    put_many(relay_env, names)
+    relay_env.rt.relay.sync()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("delivery outcome=")]
+    assert len(lines) == 11
+    assert all("outcome=delivered" in line for line in lines)
+    assert sorted(line.split(" source=")[1].split(" ")[0] for line in lines) == sorted(names)
+
+
+def test_the_sync_progress_sees_each_outcome_once(relay_env):
+    names = [f"progress/file-{i}.csv" for i in range(9)]
+    put_many(relay_env, names)
+    seen = []
+    relay_env.rt.relay.sync(progress=seen.append)
+    assert sorted(o.source_name for o in seen) == sorted(names)
+    assert {o.status for o in seen} == {"delivered"}
+
+
+def test_a_listing_crowded_by_other_files_stops_at_its_bound_and_reads_the_rest_back(relay_env, backend,
+                                                                                     gateway_counts):
+    """Bane NOR's directory already holds 400 other files that sort before this batch under its common prefix:
+    the listing scans at most 2 entries per delivery plus 200, then reads what it did not reach back one by one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def plant(i):
+        backend.get_blob_client(f"{relay_env.dest_prefix}crowd/file-100-{i:03d}.csv").upload_blob(b"old")
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(plant, range(400)))
+    names = [f"crowd/file-100{i}.csv" for i in range(10)]  # listed from "file-100": the others come first
+    put_many(relay_env, names)
+    summary = relay_env.rt.relay.sync()
+    assert summary.delivered == 10 and summary.failed == 0
+    counts = gateway_counts()
+    assert counts["HEAD"] == 10  # none reached within the bound: each read back
+    assert counts["GET"] <= 2
