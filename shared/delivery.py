@@ -12,7 +12,7 @@ import datetime as dt
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from azure.core import MatchConditions
@@ -53,9 +53,12 @@ class Outcome:
     correlation_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Every field is a plain value: a shallow dict is what dataclasses.asdict would build, without its deep
+        # copies (a sync of 2,000 files spent 6% of its time there).
+        return {name: getattr(self, name) for name in _OUTCOME_FIELDS}
 
 
+_OUTCOME_FIELDS = tuple(f.name for f in fields(Outcome))
 STATUSES = ("delivered", "already_delivered", "rejected", "failed", "poisoned", "in_progress", "missing",
             "pending", "would_deliver")
 

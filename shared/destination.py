@@ -20,7 +20,7 @@ from urllib.parse import quote, unquote
 
 from .copier import Copier, DestinationExistsError, SourceVersion
 from .errors import DeliveryError, GatewayError, NameRejected
-from .storage import gateway_error
+from .storage import ListedBlob, gateway_error, list_blob_pages
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,7 @@ _REPLACE_ROUNDS = 3  # looks at a destination that keeps changing while an updat
 LISTING_PAGE_MAX = 5000  # the service's own maximum
 LISTING_SCAN_FACTOR = 2
 LISTING_SCAN_EXTRA = 200
+LISTINGS_PER_DIRECTORY = 8  # a batch's names in one directory are split into at most this many listings
 
 # (size, md5, destination etag, mode) of what the destination holds for this version
 Facts = tuple[int, bytes | None, str, str]
@@ -159,14 +160,14 @@ class Sent:
     attempt: str | None
 
 
-def _problem(props: Any, sent: Sent) -> str | None:
-    """Why `props` (a Get Blob Properties or a listing entry; None: not there) is not evidence of `sent`."""
-    if props is None:
+def _problem(found: ListedBlob | None, sent: Sent) -> str | None:
+    """Why `found` (what a Get Blob Properties or a listing shows; None: not there) is not evidence of `sent`."""
+    if found is None:
         return "no such blob"
-    stored_md5 = props.content_settings.content_md5
-    md = {k.lower(): v for k, v in (props.metadata or {}).items()}
-    if props.size != sent.version.size or sent.size != sent.version.size:
-        return f"{props.size} bytes where the export has {sent.version.size}"
+    stored_md5 = found.content_md5
+    md = {k.lower(): v for k, v in found.metadata.items()}
+    if found.size != sent.version.size or sent.size != sent.version.size:
+        return f"{found.size} bytes where the export has {sent.version.size}"
     if sent.md5 and not stored_md5:
         return "no Content-MD5 for the bytes"
     if sent.md5 and bytes(stored_md5) != sent.md5:
@@ -196,8 +197,12 @@ def verify(dest: Any, version: SourceVersion, size: int, md5: bytes | None, atte
     except GatewayError as exc:
         if exc.status != 404:
             raise
-        props = None
-    problem = _problem(props, Sent(dest.blob_name, version, size, md5, attempt))
+        found = None
+    else:
+        stored_md5 = props.content_settings.content_md5
+        found = ListedBlob(dest.blob_name, props.size, bytes(stored_md5) if stored_md5 else None,
+                           dict(props.metadata or {}))
+    problem = _problem(found, Sent(dest.blob_name, version, size, md5, attempt))
     if problem is not None:
         raise _not_held(dest.blob_name, problem)
 
@@ -234,38 +239,33 @@ class ListingEvidence:
             verdicts.append(None if problem is None else _not_held(write.path, problem))
         return verdicts
 
-    def _list(self, paths: set[str]) -> dict[str, Any]:
-        found: dict[str, Any] = {}
+    def _list(self, paths: set[str]) -> dict[str, ListedBlob]:
+        found: dict[str, ListedBlob] = {}
         folders: dict[str, list[str]] = {}
         for path in sorted(paths):
             folders.setdefault(path.rpartition("/")[0], []).append(path)
         for names in folders.values():
-            try:
-                self._list_group(names, paths, found)
-            except Exception as exc:
-                error = gateway_error(exc, None)
-                if getattr(error, "status", None) == 403:
-                    self.listing_refused = True
-                    log.info("listing Bane NOR's directory is not allowed (%s); each delivery is read back on its "
-                             "own, one request more per file", getattr(error, "error_code", None) or 403)
-                    return found
-                log.warning("listing Bane NOR's directory for the evidence failed (%s); those deliveries are read "
-                            "back one by one", error)
+            for group in _listing_groups(names):
+                try:
+                    self._list_group(group, paths, found)
+                except Exception as exc:
+                    error = gateway_error(exc, None)
+                    if getattr(error, "status", None) == 403:
+                        self.listing_refused = True
+                        log.info("listing Bane NOR's directory is not allowed (%s); each delivery is read back on "
+                                 "its own, one request more per file", getattr(error, "error_code", None) or 403)
+                        return found
+                    log.warning("listing Bane NOR's directory for the evidence failed (%s); those deliveries are "
+                                "read back one by one", error)
         return found
 
-    def _list_group(self, names: list[str], wanted: set[str], found: dict[str, Any]) -> None:
+    def _list_group(self, names: list[str], wanted: set[str], found: dict[str, ListedBlob]) -> None:
         """List from the group's common prefix up to its last name (names come in order), scanning at most a
         bounded number of entries: past the bound the rest is read back one by one."""
-        first, last = names[0], names[-1]
-        common = 0
-        while common < min(len(first), len(last)) and first[common] == last[common]:
-            common += 1
-        prefix = first[:common]
+        prefix, last = _common_prefix(names[0], names[-1]), names[-1]
         budget = LISTING_SCAN_FACTOR * len(names) + LISTING_SCAN_EXTRA
         page = min(LISTING_PAGE_MAX, len(names) + LISTING_SCAN_EXTRA)
-        pages = self.container.list_blobs(name_starts_with=prefix, include=["metadata"],
-                                          results_per_page=page).by_page()
-        for entries in pages:
+        for entries in list_blob_pages(self.container, prefix, page):
             self.listings += 1
             for entry in entries:
                 budget -= 1
@@ -273,3 +273,33 @@ class ListingEvidence:
                     return
                 if entry.name in wanted:
                     found[entry.name] = entry
+
+
+def _common_prefix(first: str, last: str) -> str:
+    common = 0
+    while common < min(len(first), len(last)) and first[common] == last[common]:
+        common += 1
+    return first[:common]
+
+
+def _listing_groups(names: list[str]) -> list[list[str]]:
+    """Sorted names of one directory -> the groups to list, each from its own common prefix.
+
+    A listing starts at the first blob with its prefix, so a batch of numbered files `file-00150` .. `file-00349`
+    (prefix `file-00`) would scan `file-00000` .. `file-00149` first. Split by the character after the common
+    prefix (`file-001`, `file-002`, `file-003`): only the first group can still start before its first name (the
+    others start at a boundary that the batch's contiguous names cross), so it is split again, as long as the
+    batch stays within LISTINGS_PER_DIRECTORY listings. Names with nothing in common stay one bounded listing."""
+    done: list[list[str]] = []
+    first = names
+    while len(first) > 1:
+        depth = len(_common_prefix(first[0], first[-1]))
+        split: dict[str, list[str]] = {}
+        for name in first:
+            split.setdefault(name[depth:depth + 1], []).append(name)
+        if len(done) + len(split) > LISTINGS_PER_DIRECTORY:
+            break
+        head, *rest = split.values()
+        done[:0] = rest
+        first = head
+    return [first, *done]

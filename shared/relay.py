@@ -222,5 +222,5 @@ class Relay:
                  "in_progress=%d bytes=%d seconds=%.1f", "ok" if summary.error is None else "error",
                  summary.delivered, summary.already_delivered, summary.rejected, summary.failed, summary.poisoned,
                  summary.pending, summary.in_progress, summary.bytes, summary.seconds,
-                 extra={"relay_sync": {k: v for k, v in summary.as_dict().items() if k != "outcomes"}})
+                 extra={"relay_sync": summary.counts()})
         return summary

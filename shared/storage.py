@@ -2,16 +2,20 @@
 
 Builds the partner's BlobServiceClient (connection string, or its own identity through DefaultAzureCredential) and
 Bane NOR's (the payload manager gateway: audience, API version, timeouts, retries), signs the source SAS for
-server-side copy, and holds the one table of hints for errors from Bane NOR's gateway and the storage behind it.
+server-side copy, lists Bane NOR's directory for the delivery evidence, and holds the one table of hints for errors
+from Bane NOR's gateway and the storage behind it.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
+from xml.etree import ElementTree
 
 from .errors import GatewayError, RelayError, first_line
 
@@ -156,6 +160,75 @@ def banenor_service_client(settings: Any, credential: Any, **overrides: Any) -> 
     }
     kwargs.update(overrides)
     return BlobServiceClient(account_url=settings.banenor_storage_url, credential=credential, **kwargs)
+
+
+# -- listing Bane NOR's directory, for the evidence --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ListedBlob:
+    """One blob of a listing, with what the delivery evidence compares: size, Content-MD5, metadata."""
+
+    name: str
+    size: int
+    content_md5: bytes | None
+    metadata: dict[str, str]
+
+
+def list_blob_pages(container: Any, prefix: str, page_size: int) -> Iterator[list[ListedBlob]]:
+    """List Blobs with metadata under `prefix`, page by page, in name order, through `container`'s own pipeline
+    (its credential, retry policy, timeouts and TLS options; Bane NOR's pinned x-ms-version). Raises azure-core's
+    HttpResponseError (with the storage `error_code`) for a refusal.
+
+    The SDK's `list_blobs` turns each entry into its models with a generic deserializer that costs about 0.2 ms of
+    CPU per blob: a sync checks every small delivery against a listing, and that alone made a sync of 2,000 files
+    about 8% slower (bench/README.md). The same XML parsed with ElementTree costs a tenth of that. The request goes
+    through the generated client's documented raw-request method (`_send_request`); where a future SDK lacks it,
+    the SDK's own listing is used.
+    """
+    send = getattr(getattr(container, "_client", None), "_send_request", None)
+    if send is None:
+        yield from _sdk_pages(container, prefix, page_size)
+        return
+    from azure.core.exceptions import HttpResponseError
+    from azure.core.rest import HttpRequest
+
+    marker = ""
+    while True:
+        query = {"restype": "container", "comp": "list", "include": "metadata", "maxresults": str(page_size),
+                 "prefix": prefix, **({"marker": marker} if marker else {})}
+        response = send(HttpRequest("GET", container.url, params=query,
+                                    headers={"x-ms-version": container.api_version}))
+        if response.status_code != 200:
+            error = HttpResponseError(response=response)
+            error.error_code = response.headers.get("x-ms-error-code")
+            raise error
+        # The parser azure-storage-blob itself uses on these answers: expat resolves no external entity and (2.4.1
+        # and later, bundled with Python 3.11) bounds entity expansion.
+        root = ElementTree.fromstring(response.read())  # noqa: S314
+        yield [_listed(blob) for blob in root.iter("Blob")]
+        marker = root.findtext("NextMarker") or ""
+        if not marker:
+            return
+
+
+def _listed(blob: Any) -> ListedBlob:
+    props = blob.find("Properties")
+    md5 = props.findtext("Content-MD5") if props is not None else None
+    metadata = blob.find("Metadata")
+    return ListedBlob(
+        name=blob.findtext("Name") or "",
+        size=int((props.findtext("Content-Length") if props is not None else None) or 0),
+        content_md5=base64.b64decode(md5) if md5 else None,
+        metadata={m.tag: m.text or "" for m in metadata} if metadata is not None else {},
+    )
+
+
+def _sdk_pages(container: Any, prefix: str, page_size: int) -> Iterator[list[ListedBlob]]:
+    pages = container.list_blobs(name_starts_with=prefix, include=["metadata"], results_per_page=page_size)
+    for page in pages.by_page():
+        yield [ListedBlob(b.name, b.size, bytes(b.content_settings.content_md5)
+                          if b.content_settings.content_md5 else None, dict(b.metadata or {})) for b in page]
 
 
 # -- what Bane NOR's side answers ---------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from .delivery import Outcome, _is_trust_chain
@@ -50,10 +50,12 @@ class SyncSummary:
         if outcome.status != "already_delivered":
             self.outcomes.append(outcome)
 
+    def counts(self) -> dict[str, Any]:
+        """Every figure, without the outcomes (the summary's log line)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "outcomes"}
+
     def as_dict(self) -> dict[str, Any]:
-        data = {k: v for k, v in asdict(self).items() if k != "outcomes"}
-        data["outcomes"] = [o.as_dict() for o in self.outcomes]
-        return data
+        return {**self.counts(), "outcomes": [o.as_dict() for o in self.outcomes]}
 
     @property
     def ok(self) -> bool:
