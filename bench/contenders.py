@@ -126,7 +126,7 @@ class Job:
     def warm(self, runtime: Any) -> float:
         """Fetch the storage token once (Key Vault key, Skyporten, Entra); returns the seconds it took."""
         started = time.perf_counter()
-        runtime.banenor_credential.get_token(runtime.settings.banenor_storage_audience + "/.default")
+        runtime.banenor_credential.get_token(runtime.settings.banenor.storage_audience + "/.default")
         return time.perf_counter() - started
 
     def source_service(self) -> Any:
@@ -324,7 +324,7 @@ def relay_sync(job: Job) -> dict[str, Any]:
         summary = relay.sync()
     if summary.error or summary.delivered != p["count"] or summary.failed:
         raise RuntimeError(f"sync: delivered={summary.delivered} failed={summary.failed} error={summary.error}")
-    return m.row(delivered=summary.delivered, chain_seconds=chain, concurrency=rt.settings.sync_concurrency,
+    return m.row(delivered=summary.delivered, chain_seconds=chain, concurrency=rt.settings.relay.sync_concurrency,
                  exchanges=rt.banenor_credential.exchanges)
 
 
@@ -375,11 +375,11 @@ def copies_without_ledger(job: Job, evidence: str = "") -> dict[str, Any]:
             if full:
                 check(full)
 
-    with Measure() as m, ThreadPoolExecutor(rt.settings.sync_concurrency) as pool:
+    with Measure() as m, ThreadPoolExecutor(rt.settings.relay.sync_concurrency) as pool:
         count = sum(1 for _ in pool.map(one, exports.list_blobs()))
         if waiting:
             check(waiting)
-    return m.row(count=count, chain_seconds=chain, concurrency=rt.settings.sync_concurrency,
+    return m.row(count=count, chain_seconds=chain, concurrency=rt.settings.relay.sync_concurrency,
                  listings=listing.listings)
 
 
@@ -405,9 +405,9 @@ def plain_threaded(job: Job) -> dict[str, Any]:
         data = source.download_blob(name).readall()
         dest.upload_blob(job.dest_path(name), data, overwrite=False)
 
-    with Measure() as m, ThreadPoolExecutor(rt.settings.sync_concurrency) as pool:
+    with Measure() as m, ThreadPoolExecutor(rt.settings.relay.sync_concurrency) as pool:
         count = sum(1 for _ in pool.map(one, (b.name for b in source.list_blobs())))
-    return m.row(count=count, chain_seconds=chain, concurrency=rt.settings.sync_concurrency)
+    return m.row(count=count, chain_seconds=chain, concurrency=rt.settings.relay.sync_concurrency)
 
 
 def relay_sync_idle(job: Job) -> dict[str, Any]:

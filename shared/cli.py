@@ -92,8 +92,8 @@ class on_link:
             return False
         link = self.link
         if self.settings is not None and link in ("exports", "ledger"):
-            link = container_of(exc, self.settings) or link
-        failure = diagnose(exc, link, self.settings)
+            link = container_of(exc, self.settings.exports) or link
+        failure = diagnose(exc, link, self.settings.exports if self.settings is not None else None)
         if failure is None:
             return False
         raise failure from exc
@@ -163,7 +163,7 @@ def check_gateway(rt: Any) -> None:
     try:
         next(iter(rt.destination.list_blobs(name_starts_with=prefix, results_per_page=1)), None)
     except Exception as exc:
-        failure = gateway_unreachable(exc, s)
+        failure = gateway_unreachable(exc, s.banenor)
         if failure is not None:
             raise failure from exc
 

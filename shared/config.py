@@ -23,6 +23,7 @@ from .naming import BANENOR_EXTENSIONS, FolderMode, NameMode
 DEFAULT_SCOPE = "banenor:payloadmanager.storage"
 DEFAULT_API_VERSION = "2025-01-05"  # Bane NOR's examples and API description pin it (docs/protocol.md, section 6)
 DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
+DEFAULT_TRANSFER_SIZE = 8 * 1024 * 1024  # BLOCK_SIZE's and SINGLE_PUT_LIMIT's default
 MAX_REQUEST_BYTES = 100 * 1000 * 1000  # the gateway's limit is "100 MB per request" (docs/protocol.md, section 6)
 MIB = 1024 * 1024
 
@@ -166,6 +167,22 @@ class ExportSettings:
 
 
 @dataclass(frozen=True)
+class HttpSettings:
+    """What every HTTP client of the relay shares: the CA bundle, and whether requests reads the environment."""
+
+    ca_bundle: str | None  # REQUESTS_CA_BUNDLE
+    # A proxy variable (HTTPS_PROXY, NO_PROXY, ...) or CURL_CA_BUNDLE is set: the storage clients then read the
+    # environment on every request, as requests does by default; without one they skip that work
+    # (storage.storage_connection_options).
+    from_environment: bool = False
+
+    @property
+    def verify(self) -> str | bool:
+        """For requests' `verify`: the CA bundle, or the system's trust store."""
+        return self.ca_bundle or True
+
+
+@dataclass(frozen=True)
 class RelaySettings:
     """How the relay behaves: copy mode, what follows a delivery, naming, sizes and concurrency."""
 
@@ -184,9 +201,9 @@ class RelaySettings:
     sync_suffix: str
 
 
-# The flat names other modules read today (settings.copy_mode, ...), each the section and field it reads, in the
-# order `describe` lists them. Next: each factory takes its own section, and these go.
-_FLAT: tuple[tuple[str, str | None, str], ...] = (
+# What `describe` lists, in order: each app setting's field name, its section (None: the http section's CA
+# bundle) and the field there.
+_DESCRIBED: tuple[tuple[str, str, str], ...] = (
     ("environment", "banenor", "environment"),
     ("maskinporten_issuer", "skyporten", "issuer"),
     ("maskinporten_token_endpoint", "skyporten", "token_endpoint"),
@@ -225,7 +242,7 @@ _FLAT: tuple[tuple[str, str | None, str], ...] = (
     ("sync_concurrency", "relay", "sync_concurrency"),
     ("sync_prefix", "relay", "sync_prefix"),
     ("sync_suffix", "relay", "sync_suffix"),
-    ("ca_bundle", None, "ca_bundle"),
+    ("ca_bundle", "http", "ca_bundle"),
     ("key_cache_seconds", "signing_key", "cache_seconds"),
     ("federation_retry_seconds", "banenor", "federation_retry_seconds"),
 )
@@ -240,11 +257,7 @@ class Settings:
     banenor: BanenorSettings
     exports: ExportSettings
     relay: RelaySettings
-    ca_bundle: str | None  # REQUESTS_CA_BUNDLE, for every HTTP client
-    # A proxy variable (HTTPS_PROXY, NO_PROXY, ...) or CURL_CA_BUNDLE is set: the storage clients then read the
-    # environment on every request, as requests does by default; without one they skip that work
-    # (storage.storage_connection_options).
-    http_from_environment: bool = False
+    http: HttpSettings
     # Which settings each value came from (preset, default or set), for `doctor`.
     origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -256,24 +269,14 @@ class Settings:
     def describe(self) -> list[tuple[str, str, str]]:
         """(setting, value, origin) rows for display, by app setting name; values here are never secret."""
         rows = []
-        for flat, _, _ in _FLAT:
-            value = getattr(self, flat)
+        for flat, section, attribute in _DESCRIBED:
+            value = getattr(getattr(self, section), attribute)
             if isinstance(value, frozenset):
                 value = ",".join(sorted(value))
             name = _SETTING_NAMES.get(flat, flat.upper())
             # scrub: account keys (any case), SAS signatures and URL query strings, in every value
             rows.append((name, "" if value is None else scrub(str(value)), self.origins.get(name.lower(), "")))
         return rows
-
-
-def _flat_property(section: str, attribute: str) -> property:
-    return property(lambda self: getattr(getattr(self, section), attribute),
-                    doc=f"settings.{section}.{attribute} (a flat name kept for the modules that read it)")
-
-
-for _flat, _section, _attribute in _FLAT:
-    if _section is not None:
-        setattr(Settings, _flat, _flat_property(_section, _attribute))
 
 
 def is_loopback(host: str | None) -> bool:
@@ -553,9 +556,9 @@ class _Reader:
             extensions = frozenset(e.strip().lstrip(".").lower() for e in ext_raw.split(",") if e.strip())
             if not extensions:
                 self.problem("ALLOWED_EXTENSIONS", "is empty; leave it unset for Bane NOR's list.")
-        block_size = self.size("BLOCK_SIZE", 8 * MIB, 256 * 1024, MAX_REQUEST_BYTES)
+        block_size = self.size("BLOCK_SIZE", DEFAULT_TRANSFER_SIZE, 256 * 1024, MAX_REQUEST_BYTES)
         parallelism = self.integer("PARALLELISM", 4, 1, 32)
-        single_put = self.size("SINGLE_PUT_LIMIT", 8 * MIB, 0, MAX_REQUEST_BYTES)
+        single_put = self.size("SINGLE_PUT_LIMIT", DEFAULT_TRANSFER_SIZE, 0, MAX_REQUEST_BYTES)
         sync_concurrency = self.integer("SYNC_CONCURRENCY", 8, 1, 64)
         ca_bundle = self.text("REQUESTS_CA_BUNDLE")
         if ca_bundle is not None and not Path(ca_bundle).is_file():
@@ -616,8 +619,10 @@ class _Reader:
                 sync_prefix=self.text("SYNC_PREFIX", "") or "",
                 sync_suffix=self.text("SYNC_SUFFIX", "") or "",
             ),
-            ca_bundle=ca_bundle,
-            http_from_environment=any(k.lower() in HTTP_ENV_VARIABLES and v for k, v in self.env.items()),
+            http=HttpSettings(
+                ca_bundle=ca_bundle,
+                from_environment=any(k.lower() in HTTP_ENV_VARIABLES and v for k, v in self.env.items()),
+            ),
             origins=self.origins,
         )
 

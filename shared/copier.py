@@ -23,7 +23,7 @@ from azure.core.exceptions import AzureError, HttpResponseError
 from azure.storage.blob import BlobClient, ContentSettings
 
 from .errors import DeliveryError, scrub
-from .storage import GATEWAY_OWN_STATUSES, NOT_STORAGE_HINT, banenor_hint
+from .storage import banenor_answer, request_method
 
 log = logging.getLogger(__name__)
 
@@ -218,17 +218,15 @@ def _code(err: HttpResponseError) -> str | None:
     return None if code is None else str(getattr(code, "value", code))
 
 
-def _hint(side: str, status: int | None, code: str | None, transient: bool) -> str | None:
-    if side == "destination" and code is None and status is not None and status < 500 \
-            and status not in GATEWAY_OWN_STATUSES:
-        return f"{NOT_STORAGE_HINT}; the next run retries it"
+def _source_answer(status: int, code: str | None) -> tuple[bool, str | None]:
+    """(transient, hint) for an error answer from the partner's storage while reading an export."""
+    transient = (status >= 500 or status in (408, 429) or (code or "").startswith("Lease")
+                 or (code is None and status not in (400, 401, 403, 404, 409, 412, 413)))
     if transient:
-        return "transient: the next run retries it"
-    if side == "destination":  # Bane NOR's side: the one table of hints (shared.storage)
-        return banenor_hint(status, code) or NOT_STORAGE_HINT
+        return True, "transient: the next run retries it"
     if status in (401, 403):
-        return "the relay's identity cannot read the partner's export: check its role on the source account"
-    return None
+        return False, "the relay's identity cannot read the partner's export: check its role on the source account"
+    return False, None
 
 
 def _translate(err: AzureError, *, blob: str, side: str, action: str) -> CopyFailed:
@@ -264,17 +262,10 @@ def _translate(err: AzureError, *, blob: str, side: str, action: str) -> CopyFai
             hint="the export was delivered before; the relay looks at what is there",
             **kwargs,
         )
-    # What may pass without anyone acting: server trouble, throttling, a lease a reader holds for a moment, and an
-    # answer that is not a storage error at all (a proxy's or WAF's page). A storage error with a meaning (403 ACL,
-    # 404 container, 400/413 policy) needs someone to act: terminal.
-    transient = (status >= 500 or status in (408, 429) or (code or "").startswith("Lease")
-                 or (code is None and status not in (400, 401, 403, 404, 409, 412, 413)))
-    return CopyFailed(
-        f"{action} {blob!r} failed: {label}: {detail}",
-        hint=_hint(side, status, code, transient),
-        transient=transient,
-        **kwargs,
-    )
+    # Bane NOR's side is read in one place (shared.storage.banenor_answer), whichever component met the answer.
+    transient, hint = (banenor_answer(status, code, has_body=request_method(err) != "HEAD") if side == "destination"
+                       else _source_answer(status, code))
+    return CopyFailed(f"{action} {blob!r} failed: {label}: {detail}", hint=hint, transient=transient, **kwargs)
 
 
 def _is_server_refusal(err: CopyFailed) -> bool:

@@ -140,7 +140,7 @@ class Delivery:
         dest = relay.destination.get_blob_client(dest_path)
         # a retry after a 401 is the same attempt: same attempt id
         metadata = metadata or destination.relay_metadata(version, getattr(relay.exports, "account_name", "") or "",
-                                                          relay.settings.export_container, relay.clock())
+                                                          relay.settings.exports.container, relay.clock())
         first_attempt_at = relay.clock()
         attempts = failure.attempts if failure is not None else 0
         try:
@@ -232,7 +232,7 @@ class Delivery:
                 gone = False
             status = "missing" if gone else "failed"
             return Outcome(status, version.name, version.etag, destination=dest_path, reason=reason)
-        failure = relay.ledger.record_failure(version.name, version.etag, reason, relay.settings.max_attempts,
+        failure = relay.ledger.record_failure(version.name, version.etag, reason, relay.settings.relay.max_attempts,
                                               terminal=_is_terminal(exc))
         status = "poisoned" if failure.poisoned else "failed"
         return Outcome(status, version.name, version.etag, destination=dest_path, reason=failure.last_error)
@@ -240,7 +240,7 @@ class Delivery:
     def _after_delivery(self, version: SourceVersion) -> None:
         """keep | archive | delete, only after the receipt is written, and only for the delivered etag."""
         relay = self.relay
-        action = relay.settings.after_delivery
+        action = relay.settings.relay.after_delivery
         if action == "keep" or (action == "archive" and relay.archive is None):
             return
         source = relay.exports.get_blob_client(version.name)
@@ -315,7 +315,7 @@ class UnclaimedDelivery(Delivery):
     @staticmethod
     def fits(relay: Relay, version: SourceVersion, failure: Any) -> bool:
         """Whether this strategy may deliver `version`: a first attempt, sources kept, one Put Blob."""
-        return (failure is None and relay.settings.after_delivery == "keep"
+        return (failure is None and relay.settings.relay.after_delivery == "keep"
                 and relay.copier.single_put(version.size))
 
     def run(self, source: Any, version: SourceVersion, dest_path: str, failure: Any) -> Outcome | None:

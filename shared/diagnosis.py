@@ -9,9 +9,12 @@ exception is never shown; `--verbose` logs it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .errors import EntraError, GatewayError, MaskinportenError, RelayError, SigningKeyError, TokenError, scrub
+
+if TYPE_CHECKING:
+    from .config import BanenorSettings, ExportSettings
 
 PARTNER_ROLES = {"exports": "Storage Blob Data Reader", "ledger": "Storage Blob Data Contributor"}
 PARTNER_SETTINGS = {"exports": "EXPORT_CONTAINER", "ledger": "LEDGER_CONTAINER"}
@@ -92,9 +95,10 @@ def partner_storage_failure(exc: BaseException, link: str, container: str, endpo
                        f"check {STORAGE_SETTING} and the account's network rules; --verbose shows the detail")
 
 
-def diagnose(exc: BaseException, link: str | None, settings: Any = None) -> LinkFailure | None:
+def diagnose(exc: BaseException, link: str | None, exports: ExportSettings | None = None) -> LinkFailure | None:
     """The LinkFailure for `exc` met while working on `link` (None: use the exception's own kind); None when
-    `exc` is nothing we know (the caller reports it as an unexpected error)."""
+    `exc` is nothing we know (the caller reports it as an unexpected error). `exports`: the partner's storage
+    settings, to name its container and endpoint."""
     if isinstance(exc, LinkFailure):
         return exc
     if isinstance(exc, SigningKeyError):
@@ -107,29 +111,29 @@ def diagnose(exc: BaseException, link: str | None, settings: Any = None) -> Link
         return LinkFailure("skyporten", exc.message, exc.hint or "")
     if isinstance(exc, GatewayError):
         return LinkFailure("gateway", exc.message, exc.hint or "")
-    if link in PARTNER_ROLES and settings is not None:
+    if link in PARTNER_ROLES and exports is not None:
         from azure.core.exceptions import AzureError
 
         if isinstance(exc, AzureError | ConnectionError):
-            container = settings.ledger_container if link == "ledger" else settings.export_container
-            return partner_storage_failure(exc, link, container, partner_endpoint(settings))
+            container = exports.ledger_container if link == "ledger" else exports.container
+            return partner_storage_failure(exc, link, container, partner_endpoint(exports))
     if isinstance(exc, RelayError):
         return LinkFailure(link or "gateway", exc.message, exc.hint or "")
     return None
 
 
-def partner_endpoint(settings: Any) -> str | None:
+def partner_endpoint(exports: ExportSettings) -> str | None:
     """The partner's blob endpoint, without any key or SAS."""
-    if settings.export_storage_service_uri:
-        return scrub(settings.export_storage_service_uri)
-    for part in (settings.export_storage_connection_string or "").split(";"):
+    if exports.service_uri:
+        return scrub(exports.service_uri)
+    for part in (exports.connection_string or "").split(";"):
         name, _, value = part.partition("=")
         if name.strip().lower() == "blobendpoint":
             return scrub(value.strip())
     return None
 
 
-def container_of(exc: BaseException, settings: Any) -> str | None:
+def container_of(exc: BaseException, exports: ExportSettings) -> str | None:
     """`ledger` or `exports`: which container a storage error's request was for, if it says."""
     response = getattr(exc, "response", None)
     url = str(getattr(getattr(response, "request", None), "url", "") or "")
@@ -138,14 +142,14 @@ def container_of(exc: BaseException, settings: Any) -> str | None:
     from urllib.parse import urlsplit
 
     segments = [s for s in urlsplit(url).path.split("/") if s]
-    if settings.ledger_container in segments[:2]:
+    if exports.ledger_container in segments[:2]:
         return "ledger"
-    if settings.export_container in segments[:2]:
+    if exports.container in segments[:2]:
         return "exports"
     return None
 
 
-def gateway_unreachable(exc: BaseException, settings: Any) -> LinkFailure | None:
+def gateway_unreachable(exc: BaseException, banenor: BanenorSettings) -> LinkFailure | None:
     """A LinkFailure when `exc` means Bane NOR's gateway gave no answer at all (any HTTP answer means it is
     reachable: what it answered is for the delivery to judge)."""
     cause = transport_cause(exc)
@@ -155,5 +159,5 @@ def gateway_unreachable(exc: BaseException, settings: Any) -> LinkFailure | None
            "outbound network access (firewall, proxy)")
     if "TLS" in cause:
         fix += "; a proxy that inspects TLS needs its CA in REQUESTS_CA_BUNDLE"
-    return LinkFailure("gateway", f"Bane NOR's gateway at {scrub(settings.banenor_storage_url)} cannot be reached: "
+    return LinkFailure("gateway", f"Bane NOR's gateway at {scrub(banenor.storage_url)} cannot be reached: "
                        f"{cause}.", fix)

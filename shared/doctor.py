@@ -122,9 +122,7 @@ def probe_settings(run: Run) -> list[str]:
     from .naming import NamePolicy
     from .runtime import get_runtime
 
-    relay = s.relay
-    problems = NamePolicy(mode=relay.name_policy, allowed_extensions=relay.allowed_extensions,
-                          folders=relay.folder_mode, template=relay.destination_template).validate()
+    problems = NamePolicy.from_settings(s.relay).validate()
     if problems:
         raise RelayError("the name policy is invalid: " + "; ".join(problems),
                          hint="fix DESTINATION_TEMPLATE / ALLOWED_EXTENSIONS / NAME_POLICY (docs/gateway.md)")
@@ -142,7 +140,7 @@ def probe_clock(run: Run) -> list[str]:
 
     s = run.settings
     url = s.skyporten.issuer + "/.well-known/openid-configuration"
-    response = requests.get(url, timeout=15, verify=s.ca_bundle or True)
+    response = requests.get(url, timeout=15, verify=s.http.verify)
     date = response.headers.get("Date")
     if not date:
         return ["WARNING: Skyporten's metadata endpoint sent no Date header; clock not checked"]
@@ -257,7 +255,7 @@ def probe_exports(run: Run) -> list[str]:
     try:
         names = [b.name for _, b in zip(range(1), run.runtime.exports.list_blobs(), strict=False)]
     except Exception as exc:
-        failure = partner_storage_failure(exc, "exports", container, partner_endpoint(run.settings))
+        failure = partner_storage_failure(exc, "exports", container, partner_endpoint(run.settings.exports))
         raise RelayError(failure.message, hint=failure.fix) from None
     return [f"container {container} readable ({'not empty' if names else 'empty'})"]
 
@@ -270,7 +268,7 @@ def probe_ledger(run: Run) -> list[str]:
         probe.upload_blob(b"probe", overwrite=True)
         probe.delete_blob()
     except Exception as exc:
-        failure = partner_storage_failure(exc, "ledger", container, partner_endpoint(run.settings))
+        failure = partner_storage_failure(exc, "ledger", container, partner_endpoint(run.settings.exports))
         raise RelayError(failure.message, hint=failure.fix) from None
     return [f"container {container} writable; " + ", ".join(f"{k} {v}" for k, v in rt.ledger.counts().items())]
 

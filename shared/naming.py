@@ -11,8 +11,12 @@ import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from .errors import NameRejected
+
+if TYPE_CHECKING:
+    from .config import RelaySettings
 
 # Bane NOR "File and blob restrictions": every other extension needs a request to Bane NOR.
 BANENOR_EXTENSIONS: frozenset[str] = frozenset(
@@ -92,6 +96,12 @@ class NamePolicy:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_problems", tuple(self._find_problems()))
+
+    @classmethod
+    def from_settings(cls, relay: RelaySettings) -> NamePolicy:
+        """The policy NAME_POLICY, ALLOWED_EXTENSIONS, FOLDER_MODE and DESTINATION_TEMPLATE describe."""
+        return cls(mode=relay.name_policy, allowed_extensions=relay.allowed_extensions, folders=relay.folder_mode,
+                   template=relay.destination_template)
 
     def validate(self) -> list[str]:
         """Problems with the policy itself (never with a name), one sentence each; empty when usable."""

@@ -12,7 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .copier import Copier, CopyFailed, SourceVersion
 from .delivery import (  # noqa: F401  (CLAIM_*, _ClaimKeeper, _is_*, archive_name: re-exported for importers)
@@ -32,6 +32,9 @@ from .naming import NamePolicy, destination_path
 from .receipts import ReceiptBuffer, Unverified
 from .sync import SyncSummary, run_sync
 
+if TYPE_CHECKING:
+    from .config import Settings
+
 log = logging.getLogger(__name__)
 
 
@@ -40,7 +43,7 @@ class Relay:
 
     def __init__(
         self,
-        settings: Any,
+        settings: Settings,
         *,
         exports: Any,  # ContainerClient for EXPORT_CONTAINER
         destination: Any,  # ContainerClient for BANENOR_CONTAINER behind the gateway
@@ -66,12 +69,7 @@ class Relay:
         self.on_unauthorized = on_unauthorized
         self.clock = clock
         self.owner = f"relay-{uuid.uuid4()}"
-        self.policy = NamePolicy(
-            mode=settings.name_policy,
-            allowed_extensions=settings.allowed_extensions,
-            folders=settings.folder_mode,
-            template=settings.destination_template,
-        )
+        self.policy = NamePolicy.from_settings(settings.relay)
         problems = self.policy.validate()
         if problems:
             from .errors import ConfigError
@@ -136,7 +134,7 @@ class Relay:
                            f"{failure.last_error}")
 
         try:
-            dest_path = destination_path(name, self.settings.banenor_directory, self.policy,
+            dest_path = destination_path(name, self.settings.banenor.directory, self.policy,
                                          version.last_modified)
         except NameRejected as exc:
             self.ledger.record_rejection(name, etag, str(exc))
@@ -185,26 +183,26 @@ class Relay:
             return Outcome("pending", name, etag, size=props.size,
                            reason=f"failed {failure.attempts} time(s); next retry {retry_at}")
         try:
-            dest_path = destination_path(name, self.settings.banenor_directory, self.policy,
+            dest_path = destination_path(name, self.settings.banenor.directory, self.policy,
                                          SourceVersion.from_properties(props).last_modified)
         except NameRejected as exc:
             return Outcome("rejected", name, etag, size=props.size, reason=str(exc))
         from .copier import MAX_BLOCKS
 
-        blocks = -(-props.size // self.settings.block_size)
+        blocks = -(-props.size // self.settings.relay.block_size)
         if blocks > MAX_BLOCKS:  # the copy would refuse it: too big for the block size (Copier.copy)
             return Outcome("failed", name, etag, destination=dest_path, size=props.size,
                            reason=f"it needs {blocks} blocks of BLOCK_SIZE; a block blob holds at most {MAX_BLOCKS}: "
                            "raise BLOCK_SIZE")
         reason = "new" if failure is None else \
-            f"retry {failure.attempts + 1} of {self.settings.max_attempts} (last error: {failure.last_error})"
+            f"retry {failure.attempts + 1} of {self.settings.relay.max_attempts} (last error: {failure.last_error})"
         return Outcome("would_deliver", name, etag, destination=dest_path, size=props.size, reason=reason)
 
     # -- the batch ------------------------------------------------------------------------------------------
     def preflight(self) -> None:
         """One token for the storage audience: fails fast, before any file, when the chain is broken."""
         if self.credential is not None:
-            self.credential.get_token(self.settings.banenor_storage_audience + "/.default")
+            self.credential.get_token(self.settings.banenor.storage_audience + "/.default")
 
     def sync(self, *, dry_run: bool = False, progress: Callable[[Outcome], None] | None = None) -> SyncSummary:
         """Deliver every export version not yet delivered and every due retry. Never raises for one file."""

@@ -49,29 +49,32 @@ class Runtime:
             return self._partner_credential
         from .storage import partner_credential
 
-        return partner_credential(self.settings.ca_bundle)
+        return partner_credential(self.settings.http.ca_bundle)
 
     @cached_property
     def signing_keys(self) -> Any:
         from .signing import provider_from_settings
 
-        credential = None if self.settings.signing_key_source == "file" else self.partner_credential
-        return provider_from_settings(self.settings, credential, self.clock)
+        key = self.settings.signing_key
+        credential = None if key.source == "file" else self.partner_credential
+        return provider_from_settings(key, self.settings.http.ca_bundle, credential, self.clock)
 
     @cached_property
     def maskinporten(self) -> Any:
         from .skyporten_token import client_from_settings
 
-        return client_from_settings(self.settings, self.signing_keys, clock=self.clock)
+        return client_from_settings(self.settings.skyporten, self.signing_keys, clock=self.clock,
+                                    verify=self.settings.http.verify)
 
     @cached_property
     def banenor_credential(self) -> Any:
         from .banenor_credential import BaneNorCredential
 
-        s = self.settings
+        banenor = self.settings.banenor
         return BaneNorCredential(
-            s.banenor_tenant_id, s.banenor_client_id, self.maskinporten, authority=s.banenor_authority_host,
-            federation_retry_seconds=s.federation_retry_seconds, clock=self.clock, ca_bundle=s.ca_bundle,
+            banenor.tenant_id, banenor.client_id, self.maskinporten, authority=banenor.authority_host,
+            federation_retry_seconds=banenor.federation_retry_seconds, clock=self.clock,
+            ca_bundle=self.settings.http.ca_bundle,
         )
 
     # -- storage ------------------------------------------------------------------------------------------
@@ -83,31 +86,36 @@ class Runtime:
         # read timeout (an upload's answer through the gateway may take a while after its body is sent).
         overrides = {k: v for k, v in interactive_storage_options().items() if k != "read_timeout"} \
             if self.interactive else {}
-        return banenor_service_client(self.settings, self.banenor_credential, **overrides)
+        s = self.settings
+        return banenor_service_client(s.banenor, s.http, self.banenor_credential,
+                                      single_put_limit=s.relay.single_put_limit, block_size=s.relay.block_size,
+                                      **overrides)
 
     @cached_property
     def destination(self) -> Any:
-        return self.banenor_service.get_container_client(self.settings.banenor_container)
+        return self.banenor_service.get_container_client(self.settings.banenor.container)
 
     @cached_property
     def export_service(self) -> Any:
         from .storage import partner_service_client
 
-        return partner_service_client(self.settings, self.partner_credential, interactive=self.interactive)
+        return partner_service_client(self.settings.exports, self.settings.http, self.partner_credential,
+                                      interactive=self.interactive)
 
     @cached_property
     def exports(self) -> Any:
-        return self.export_service.get_container_client(self.settings.export_container)
+        return self.export_service.get_container_client(self.settings.exports.container)
 
     @cached_property
     def archive(self) -> Any:
-        return self.export_service.get_container_client(self.settings.archive_container)
+        return self.export_service.get_container_client(self.settings.exports.archive_container)
 
     @cached_property
     def ledger(self) -> Any:
         from .ledger import Ledger
 
-        ledger = Ledger(self.export_service.get_container_client(self.settings.ledger_container), clock=self.clock)
+        ledger = Ledger(self.export_service.get_container_client(self.settings.exports.ledger_container),
+                        clock=self.clock)
         ledger.ensure()
         return ledger
 
@@ -116,10 +124,11 @@ class Runtime:
         from .config import MAX_REQUEST_BYTES
         from .copier import Copier, CopyOptions
 
-        s = self.settings
-        options = CopyOptions(block_size=s.block_size, parallelism=s.parallelism, single_put_limit=s.single_put_limit,
-                              mode=s.copy_mode, max_request_bytes=MAX_REQUEST_BYTES)
-        return Copier(options, source_sas=self.source_sas if s.copy_mode != "stream" else None,
+        relay = self.settings.relay
+        options = CopyOptions(block_size=relay.block_size, parallelism=relay.parallelism,
+                              single_put_limit=relay.single_put_limit, mode=relay.copy_mode,
+                              max_request_bytes=MAX_REQUEST_BYTES)
+        return Copier(options, source_sas=self.source_sas if relay.copy_mode != "stream" else None,
                       pool_initializer=invocation.pool_initializer)
 
     def reset_banenor_tokens(self, refused: BaseException | None = None) -> None:

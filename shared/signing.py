@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
 from cryptography import x509
@@ -28,6 +28,9 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from jwt.algorithms import RSAAlgorithm
 
 from .errors import SigningKeyError
+
+if TYPE_CHECKING:
+    from .config import SigningKeySettings
 
 log = logging.getLogger(__name__)
 
@@ -472,18 +475,16 @@ class SigningKeyProvider:
             self._key = None
 
 
-def provider_from_settings(settings: Any, credential: Any = None,
+def provider_from_settings(key: SigningKeySettings, ca_bundle: str | None = None, credential: Any = None,
                            clock: Callable[[], float] = time.time) -> SigningKeyProvider:
-    """The key provider the settings ask for; `credential` reads Key Vault (default: the app's identity)."""
-    if settings.signing_key_source == "file":
-        path, kid = settings.signing_key_file, settings.maskinporten_key_id
-        return SigningKeyProvider(lambda: key_from_file(path, kid), settings.key_cache_seconds, clock)
+    """The key provider the signing key's settings ask for; `credential` reads Key Vault (default: the app's
+    identity), trusting `ca_bundle` (REQUESTS_CA_BUNDLE)."""
+    if key.source == "file":
+        path, kid = key.file, key.key_id
+        return SigningKeyProvider(lambda: key_from_file(path, kid), key.cache_seconds, clock)
     if credential is None:
         from .storage import partner_credential
 
-        credential = partner_credential(settings.ca_bundle)
-    source = KeyVaultSource(
-        settings.key_vault_url, settings.signing_key_name, settings.signing_key_source,
-        settings.maskinporten_key_id, credential, settings.ca_bundle, clock,
-    )
-    return SigningKeyProvider(source.load, settings.key_cache_seconds, clock)
+        credential = partner_credential(ca_bundle)
+    source = KeyVaultSource(key.vault_url, key.name, key.source, key.key_id, credential, ca_bundle, clock)
+    return SigningKeyProvider(source.load, key.cache_seconds, clock)

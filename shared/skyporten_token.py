@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import jwt
@@ -25,6 +25,9 @@ import requests
 
 from .errors import MaskinportenError
 from .signing import SigningKeyProvider
+
+if TYPE_CHECKING:
+    from .config import SkyportenSettings
 
 log = logging.getLogger(__name__)
 
@@ -359,13 +362,14 @@ def _number(value: Any) -> float | None:
     return None
 
 
-def client_from_settings(settings: Any, keys: SigningKeyProvider, **kwargs: Any) -> MaskinportenClient:
+def client_from_settings(skyporten: SkyportenSettings, keys: SigningKeyProvider, **kwargs: Any) -> MaskinportenClient:
+    """The Skyporten token client for these settings; `kwargs` go to MaskinportenClient (`verify`: the CA
+    bundle, `clock`, `sleep`, ...)."""
     request = GrantRequest(
-        audience=settings.maskinporten_issuer,
-        client_id=settings.maskinporten_client_id,
-        scope=settings.maskinporten_scope,
-        resource=settings.maskinporten_resource,
-        resource_form=settings.maskinporten_resource_form,
+        audience=skyporten.issuer,
+        client_id=skyporten.client_id,
+        scope=skyporten.scope,
+        resource=skyporten.resource,
+        resource_form=skyporten.resource_form,
     )
-    kwargs.setdefault("verify", settings.ca_bundle or True)
-    return MaskinportenClient(request, settings.maskinporten_token_endpoint, keys, **kwargs)
+    return MaskinportenClient(request, skyporten.token_endpoint, keys, **kwargs)

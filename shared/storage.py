@@ -17,17 +17,18 @@ from dataclasses import dataclass
 from typing import Any
 from xml.etree import ElementTree
 
+from .config import DEFAULT_TRANSFER_SIZE, BanenorSettings, ExportSettings, HttpSettings
 from .errors import GatewayError, RelayError, first_line
 
 # -- connection options -----------------------------------------------------------------------------------
 
 
-def storage_connection_options(settings: Any) -> dict[str, Any]:
+def storage_connection_options(http: HttpSettings) -> dict[str, Any]:
     """Options both storage clients (the partner's and Bane NOR's) share: timeouts, retries, the CA bundle, and
     whether requests reads the environment on each request.
 
     By default requests looks up proxy variables, CURL_CA_BUNDLE and ~/.netrc for every request, about a tenth
-    of the CPU a small request costs; the relay reads the environment once (`Settings.http_from_environment`) and
+    of the CPU a small request costs; the relay reads the environment once (`HttpSettings.from_environment`) and
     keeps that per-request lookup only when one of those variables is set. REQUESTS_CA_BUNDLE is passed
     explicitly either way; .netrc is never wanted (every request carries a token or a key).
     """
@@ -35,10 +36,10 @@ def storage_connection_options(settings: Any) -> dict[str, Any]:
         "connection_timeout": 20,
         "read_timeout": 120,
         "retry_policy": storage_retry_policy(),
-        "use_env_settings": settings.http_from_environment,
+        "use_env_settings": http.from_environment,
     }
-    if settings.ca_bundle:
-        options["connection_verify"] = settings.ca_bundle
+    if http.ca_bundle:
+        options["connection_verify"] = http.ca_bundle
     return options
 
 
@@ -86,17 +87,18 @@ def partner_credential(ca_bundle: str | None = None) -> Any:
     return DefaultAzureCredential(**kwargs)
 
 
-def partner_service_client(settings: Any, credential: Any, *, interactive: bool = False) -> Any:
+def partner_service_client(exports: ExportSettings, http: HttpSettings, credential: Any, *,
+                           interactive: bool = False) -> Any:
     """The BlobServiceClient for the partner's export account: from EXPORT_STORAGE's connection string, or its
     service URI with the partner's identity. `interactive`: the command line's shorter limits."""
     from azure.storage.blob import BlobServiceClient
 
-    kwargs = storage_connection_options(settings)
+    kwargs = storage_connection_options(http)
     if interactive:
         kwargs.update(interactive_storage_options())
-    if settings.export_storage_connection_string:
-        return BlobServiceClient.from_connection_string(settings.export_storage_connection_string, **kwargs)
-    return BlobServiceClient(settings.export_storage_service_uri, credential=credential, **kwargs)
+    if exports.connection_string:
+        return BlobServiceClient.from_connection_string(exports.connection_string, **kwargs)
+    return BlobServiceClient(exports.service_uri, credential=credential, **kwargs)
 
 
 class SourceSas:
@@ -143,23 +145,26 @@ class SourceSas:
 # -- Bane NOR's side, through the payload manager gateway -------------------------------------------------
 
 
-def banenor_service_client(settings: Any, credential: Any, **overrides: Any) -> Any:
+def banenor_service_client(banenor: BanenorSettings, http: HttpSettings, credential: Any, *,
+                           single_put_limit: int = DEFAULT_TRANSFER_SIZE, block_size: int = DEFAULT_TRANSFER_SIZE,
+                           **overrides: Any) -> Any:
     """The BlobServiceClient for Bane NOR: gateway base URL, audience, pinned API version, timeouts, retries.
 
     The SDK keeps the base path (`<base>/<container>/<path>`); `audience` makes it ask its credential for
     `<storage audience>/.default`, which the gateway routes on (docs/protocol.md sections 2 and 6).
+    `single_put_limit` and `block_size` are SINGLE_PUT_LIMIT and BLOCK_SIZE (the relay's section).
     """
     from azure.storage.blob import BlobServiceClient
 
     kwargs: dict[str, Any] = {
-        **storage_connection_options(settings),
-        "audience": settings.banenor_storage_audience,
-        "api_version": settings.banenor_storage_api_version,
-        "max_single_put_size": max(settings.single_put_limit, 1),  # one Put Blob up to SINGLE_PUT_LIMIT
-        "max_block_size": settings.block_size,
+        **storage_connection_options(http),
+        "audience": banenor.storage_audience,
+        "api_version": banenor.api_version,
+        "max_single_put_size": max(single_put_limit, 1),  # one Put Blob up to SINGLE_PUT_LIMIT
+        "max_block_size": block_size,
     }
     kwargs.update(overrides)
-    return BlobServiceClient(account_url=settings.banenor_storage_url, credential=credential, **kwargs)
+    return BlobServiceClient(account_url=banenor.storage_url, credential=credential, **kwargs)
 
 
 # -- listing Bane NOR's directory, for the evidence --------------------------------------------------------
@@ -260,6 +265,25 @@ def banenor_hint(status: int | None, code: str | None) -> str | None:
     return BANENOR_HINTS.get(code or "") or BANENOR_HINTS.get(status or 0)
 
 
+def banenor_answer(status: int, code: str | None, *, has_body: bool = True) -> tuple[bool, str]:
+    """(transient, hint) for an HTTP error answer from Bane NOR's gateway or the storage behind it: the one reading
+    of such answers, whichever component met it (the copier's writes, the read-back, `doctor`'s probes).
+
+    What may pass without anyone acting is transient: server trouble, throttling, a lease a reader holds for a
+    moment, and an answer that is not a storage error at all (a proxy's or a firewall's page). A storage error
+    with a meaning (403 ACL, 404 container, 400/413 policy) needs someone to act: terminal. Storage names its
+    error in every answer with a body; `has_body=False` (a HEAD) carries no code to tell a proxy's page by.
+    """
+    not_storage = has_body and code is None
+    transient = (status >= 500 or status in (408, 429) or (code or "").startswith("Lease")
+                 or (not_storage and status not in (400, 401, 403, 404, 409, 412, 413)))
+    if not_storage and status < 500 and status not in GATEWAY_OWN_STATUSES:
+        return transient, f"{NOT_STORAGE_HINT}; the next run retries it"
+    if transient:
+        return True, "transient: the next run retries it"
+    return False, banenor_hint(status, code) or (NOT_STORAGE_HINT if has_body else "retry later")
+
+
 def gateway_error(exc: Exception, blob: str | None) -> RelayError:
     """Translate a storage SDK error from Bane NOR's side into a GatewayError (SAS and tokens never quoted)."""
     from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
@@ -277,12 +301,18 @@ def gateway_error(exc: Exception, blob: str | None) -> RelayError:
         reason = first_line(getattr(exc, "reason", "") or "")
         if reason:
             text += f" ({reason})"
-        return GatewayError(text + ".", hint=banenor_hint(status, _code_text(code)) or "retry later",
-                            status=status, error_code=code, blob=blob,
-                            transient=status >= 500 or status in (408, 429), trust_chain=status == 401)
+        transient, hint = banenor_answer(status, _code_text(code), has_body=request_method(exc) != "HEAD")
+        return GatewayError(text + ".", hint=hint, status=status, error_code=code, blob=blob, transient=transient,
+                            trust_chain=status == 401)
     return GatewayError(f"Writing {blob!r} to Bane NOR failed ({type(exc).__name__}).", hint="retry later",
                         blob=blob, transient=True)
 
 
 def _code_text(code: Any) -> str | None:
     return None if code is None else str(getattr(code, "value", code))
+
+
+def request_method(exc: Exception) -> str | None:
+    """The HTTP method of the request an azure-core error answers (None: not known)."""
+    request = getattr(getattr(exc, "response", None), "request", None)
+    return getattr(request, "method", None)

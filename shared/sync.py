@@ -65,12 +65,12 @@ class SyncSummary:
 def run_sync(relay: Relay, summary: SyncSummary, dry_run: bool,
              progress: Callable[[Outcome], None] | None) -> None:
     """One pass: fills `summary`; raises the first trust-chain error."""
-    settings, ledger = relay.settings, relay.ledger
+    options, ledger = relay.settings.relay, relay.ledger  # concurrency, prefix, suffix
     delivered = ledger.delivered_keys()
     rejected = {Ledger.key(r.source_name, r.source_etag) for r in ledger.rejections()}
     failures = {Ledger.key(f.source_name, f.source_etag): f for f in ledger.failures(delivered=delivered)}
     now = relay.clock()
-    limit = settings.sync_concurrency
+    limit = options.sync_concurrency
     error: list[BaseException] = []
     lock = threading.Lock()
 
@@ -112,10 +112,10 @@ def run_sync(relay: Relay, summary: SyncSummary, dry_run: bool,
     try:
         with ThreadPoolExecutor(max_workers=limit, thread_name_prefix="relay-sync",
                                 initializer=relay.pool_initializer and relay.pool_initializer()) as pool:
-            for blob in relay.exports.list_blobs(name_starts_with=settings.sync_prefix or None):
+            for blob in relay.exports.list_blobs(name_starts_with=options.sync_prefix or None):
                 if error:
                     break
-                if settings.sync_suffix and not blob.name.endswith(settings.sync_suffix):
+                if options.sync_suffix and not blob.name.endswith(options.sync_suffix):
                     continue
                 key = Ledger.key(blob.name, blob.etag)
                 failure = failures.get(key)

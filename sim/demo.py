@@ -74,7 +74,7 @@ def run(large_mib: int, keep: bool) -> dict[str, Any]:
             blob = rt.exports.get_blob_client(name)
             blob.upload_blob(data, overwrite=True, max_concurrency=4)
             try:
-                handlers["on_export"](InputStream(name=f"{rt.settings.export_container}/{name}", data=b"",
+                handlers["on_export"](InputStream(name=f"{rt.settings.exports.container}/{name}", data=b"",
                                                       length=len(data), uri=blob.url))
             except RuntimeError:
                 trigger_failures += 1
@@ -105,7 +105,7 @@ def build_report(rt: Any, stack: Any, files: dict[str, bytes], elapsed: float, t
     backend = BlobServiceClient.from_connection_string(
         stack.settings["STACK_BANENOR_BACKEND_CONNECTION_STRING"],
         connection_verify=stack.settings["REQUESTS_CA_BUNDLE"],
-    ).get_container_client(rt.settings.banenor_container)
+    ).get_container_client(rt.settings.banenor.container)
     rows, rejected = [], []
     delivered_bytes = 0
     for name, data in sorted(files.items()):
@@ -121,7 +121,7 @@ def build_report(rt: Any, stack: Any, files: dict[str, bytes], elapsed: float, t
         rows.append({
             "source": name, "destination": receipt.destination_path, "bytes": props.size,
             "md5_verified": stored == expected and props.size == len(data), "mode": receipt.mode,
-            "renamed": receipt.destination_path != f"{rt.settings.banenor_directory}/{name}",
+            "renamed": receipt.destination_path != f"{rt.settings.banenor.directory}/{name}",
         })
         delivered_bytes += props.size
     return {
@@ -134,8 +134,8 @@ def build_report(rt: Any, stack: Any, files: dict[str, bytes], elapsed: float, t
 
 def print_report(report: dict, settings: Any) -> None:
     print("\n=== Delivery report " + "=" * 60)
-    print(f"Bane NOR container {settings.banenor_container}, directory {settings.banenor_directory}, "
-          f"through {settings.banenor_storage_url}")
+    print(f"Bane NOR container {settings.banenor.container}, directory {settings.banenor.directory}, "
+          f"through {settings.banenor.storage_url}")
     shown = [r for r in report["deliveries"] if r["renamed"] or r["bytes"] > 2**20 or not r["md5_verified"]]
     for row in shown:
         mark = "MD5 ok" if row["md5_verified"] else "MD5 MISMATCH"

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
-ACTIONS = ("status", "reset", "reset_response", "cut_request", "drop_answer", "stall", "fake_ok")
+ACTIONS = ("status", "page", "reset", "reset_response", "cut_request", "drop_answer", "stall", "fake_ok")
 # Hop-by-hop headers (RFC 9110 section 7.6.1) are the proxy's own business; it re-frames every body.
 _HOP = frozenset("connection keep-alive proxy-connection transfer-encoding te trailer upgrade".split())
 _STATUS_CODES = {403: "AuthorizationPermissionMismatch", 429: "TooManyRequests", 500: "InternalError",
@@ -64,7 +64,8 @@ def match(method: str | None = None, path: str | None = None, comp: str | None =
 @dataclass
 class Fault:
     """Inject `action` on requests that `when` matches: skip the first `skip` matches, then fire `times`
-    times (None: until removed). `status`/`retry_after` for "status"; `stall` seconds for "stall";
+    times (None: until removed). `status`/`retry_after` for "status" (a storage error), `status` for "page" (a
+    proxy's or firewall's HTML page, no storage error code); `stall` seconds for "stall";
     `fraction` of the body that gets through for "reset_response" and "cut_request"; `headers` for "fake_ok"
     (201 for a PUT, 200 otherwise, never forwarded)."""
 
@@ -268,6 +269,9 @@ class FaultProxy:
                 if fault is not None and fault.action == "status":
                     conn.sendall(_error_response(fault.status, fault.retry_after, method))
                     continue
+                if fault is not None and fault.action == "page":
+                    conn.sendall(_page_response(fault.status, method))
+                    continue
                 if fault is not None and fault.action == "fake_ok":
                     conn.sendall(_fake_success(method, fault.headers))
                     continue
@@ -347,6 +351,14 @@ def _response_head(status: int, reason: str, headers: list[tuple[str, str]], dat
     if method != "HEAD" and status not in (204, 304):
         lines.append(f"Content-Length: {len(data)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _page_response(status: int, method: str) -> bytes:
+    """`status` as a proxy or a web application firewall answers it: an HTML page, no storage error code."""
+    body = b"" if method == "HEAD" else f"<html><body><h1>{status}</h1>Request blocked.</body></html>".encode()
+    head = (f"HTTP/1.1 {status} {http.client.responses.get(status, 'Error')}\r\nContent-Type: text/html\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    return head.encode() + body
 
 
 def _error_response(status: int, retry_after: str | None, method: str) -> bytes:

@@ -31,7 +31,7 @@ def audience_mode(stack):
 
 
 def write(rt, name="audience.txt"):
-    path = f"{rt.settings.banenor_directory}/modes-{uuid.uuid4().hex[:8]}/{name}"
+    path = f"{rt.settings.banenor.directory}/modes-{uuid.uuid4().hex[:8]}/{name}"
     try:
         rt.destination.get_blob_client(path).upload_blob(b"hello\n", overwrite=False)
     except Exception as exc:
@@ -57,7 +57,7 @@ def doctor(stack, tmp_path, *args, **overrides):
 def test_the_chain_delivers_in_both_audience_modes(make_runtime, backend, audience_mode, mode):
     audience_mode(mode)
     rt = make_runtime()
-    assert rt.settings.maskinporten_resource == (EXCHANGE_AUDIENCE if mode == "resource" else None)
+    assert rt.settings.skyporten.resource == (EXCHANGE_AUDIENCE if mode == "resource" else None)
     assert rt.maskinporten.get_token().claims["aud"] == EXCHANGE_AUDIENCE
     path = write(rt)
     assert backend.get_blob_client(path).download_blob().readall() == b"hello\n"

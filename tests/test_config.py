@@ -37,16 +37,16 @@ def problems_of(env):
 def test_environment_presets_issuer_gateway_and_audience(name):
     s = Settings.load(base_env(BANENOR_ENVIRONMENT=name))
     preset = ENVIRONMENTS[name]
-    assert s.maskinporten_issuer == preset.skyporten_issuer
-    assert s.maskinporten_token_endpoint == preset.skyporten_issuer + "/token"
-    assert s.banenor_storage_url == preset.gateway_url
-    assert s.banenor_storage_audience == preset.storage_audience
+    assert s.skyporten.issuer == preset.skyporten_issuer
+    assert s.skyporten.token_endpoint == preset.skyporten_issuer + "/token"
+    assert s.banenor.storage_url == preset.gateway_url
+    assert s.banenor.storage_audience == preset.storage_audience
 
 
 def test_prod_uses_the_prod_skyporten_issuer_without_trailing_slash():
     s = Settings.load(base_env(BANENOR_ENVIRONMENT="prod"))
-    assert s.maskinporten_issuer == "https://sky.maskinporten.no"
-    assert s.banenor_storage_audience == "https://bnplmextnwestprod.blob.core.windows.net"
+    assert s.skyporten.issuer == "https://sky.maskinporten.no"
+    assert s.banenor.storage_audience == "https://bnplmextnwestprod.blob.core.windows.net"
 
 
 def test_each_preset_value_can_be_overridden():
@@ -55,19 +55,19 @@ def test_each_preset_value_can_be_overridden():
         BANENOR_STORAGE_URL="https://127.0.0.1:5002/payload-manager/v1",
         BANENOR_STORAGE_AUDIENCE="https://bnplmextnwestlocal.blob.core.windows.net",
     ))
-    assert s.maskinporten_issuer == "https://127.0.0.1:5001"
-    assert s.banenor_storage_url == "https://127.0.0.1:5002/payload-manager/v1"
+    assert s.skyporten.issuer == "https://127.0.0.1:5001"
+    assert s.banenor.storage_url == "https://127.0.0.1:5002/payload-manager/v1"
     assert s.origins["maskinporten_issuer"] == "set"
     assert s.origins["banenor_storage_url"] == "set"
 
 
 def test_defaults_for_scope_api_version_and_authority():
     s = Settings.load(base_env())
-    assert s.maskinporten_scope == "banenor:payloadmanager.storage"
-    assert s.banenor_storage_api_version == "2025-01-05"
-    assert s.banenor_authority_host == "https://login.microsoftonline.com"
-    assert s.maskinporten_resource is None
-    assert s.maskinporten_resource_form == "string"
+    assert s.skyporten.scope == "banenor:payloadmanager.storage"
+    assert s.banenor.api_version == "2025-01-05"
+    assert s.banenor.authority_host == "https://login.microsoftonline.com"
+    assert s.skyporten.resource is None
+    assert s.skyporten.resource_form == "string"
 
 
 def test_all_problems_are_reported_at_once():
@@ -112,7 +112,7 @@ def test_plain_http_is_refused_outside_loopback():
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]"])
 def test_plain_http_is_accepted_for_loopback(host):
     s = Settings.load(base_env(BANENOR_STORAGE_URL=f"http://{host}:8080/payload-manager/v1"))
-    assert s.banenor_storage_url.startswith("http://")
+    assert s.banenor.storage_url.startswith("http://")
 
 
 def test_client_id_that_is_not_a_guid_mentions_the_object_id_mistake():
@@ -127,7 +127,7 @@ def test_file_source_needs_an_existing_file(tmp_path):
 
 def test_certificate_source_needs_no_kid():
     s = Settings.load(base_env(SIGNING_KEY_SOURCE="keyvault-certificate", MASKINPORTEN_KEY_ID=None))
-    assert s.maskinporten_key_id is None
+    assert s.signing_key.key_id is None
 
 
 def test_kid_is_required_for_a_registered_key():
@@ -148,7 +148,7 @@ def test_malformed_values_are_named_with_the_fix(name, value):
 
 
 def test_block_size_accepts_mib_suffix():
-    assert Settings.load(base_env(BLOCK_SIZE="16MiB")).block_size == 16 * 1024 * 1024
+    assert Settings.load(base_env(BLOCK_SIZE="16MiB")).relay.block_size == 16 * 1024 * 1024
 
 
 def test_connection_string_key_is_redacted_in_describe():
@@ -195,7 +195,7 @@ def test_settings_repr_never_shows_the_connection_string_key():
 
 @pytest.mark.parametrize("name", ["HTTPS_PROXY", "https_proxy", "NO_PROXY", "all_proxy", "CURL_CA_BUNDLE"])
 def test_a_proxy_or_curl_bundle_variable_keeps_the_per_request_environment_lookup(name):
-    assert Settings.load(base_env(**{name: "http://proxy.example:3128"})).http_from_environment
+    assert Settings.load(base_env(**{name: "http://proxy.example:3128"})).http.from_environment
 
 
 def test_without_proxy_variables_the_storage_clients_skip_the_environment():
@@ -203,10 +203,11 @@ def test_without_proxy_variables_the_storage_clients_skip_the_environment():
     from shared.storage import banenor_service_client
 
     settings = Settings.load(base_env())
-    assert not settings.http_from_environment
+    assert not settings.http.from_environment
     # No public accessor: the transport azure-storage-blob built from use_env_settings=False.
     assert Runtime(settings).export_service._pipeline._transport._use_env_settings is False
-    assert banenor_service_client(settings, credential=None)._pipeline._transport._use_env_settings is False
+    assert banenor_service_client(settings.banenor, settings.http, credential=None
+                                  )._pipeline._transport._use_env_settings is False
 
 
 def test_http_from_environment_is_not_listed_as_a_setting():
@@ -221,7 +222,7 @@ def test_http_from_environment_is_not_listed_as_a_setting():
     "urn:banenor:payloadmanager",
 ])
 def test_resource_accepts_any_absolute_uri(value):
-    assert Settings.load(base_env(MASKINPORTEN_RESOURCE=value)).maskinporten_resource == value
+    assert Settings.load(base_env(MASKINPORTEN_RESOURCE=value)).skyporten.resource == value
 
 
 @pytest.mark.parametrize("value", ["skyporten.example.no", "AzureADTokenExchange", "https://x.example/#part",
@@ -252,7 +253,7 @@ def test_plain_http_connection_string_to_a_remote_account_is_refused(connection)
     "DefaultEndpointsProtocol=http;AccountName=a;AccountKey=c2VjcmV0;BlobEndpoint=https://partner.example.no/a;",
 ])
 def test_https_or_loopback_connection_strings_pass(connection):
-    assert Settings.load(base_env(EXPORT_STORAGE=connection)).export_storage_connection_string == connection
+    assert Settings.load(base_env(EXPORT_STORAGE=connection)).exports.connection_string == connection
 
 
 # -- settings typed per concern -------------------------------------------------------------------------------
@@ -298,10 +299,14 @@ def test_each_mode_is_parsed_once_into_its_enum(setting, value, section, attribu
     assert parsed == value  # a str enum: code that compares with the setting's text keeps working
 
 
-def test_the_flat_names_read_the_sections():
+def test_settings_are_read_by_section_only():
+    """Issue 22: the flat names of the first merge (settings.copy_mode, ...) are gone; each factory takes its own
+    section, so a module that still reads a flat name fails here rather than in a partner's deployment."""
     s = Settings.load(base_env(COPY_MODE="stream", SYNC_PREFIX="in/"))
-    assert (s.copy_mode, s.sync_prefix, s.maskinporten_client_id, s.banenor_container, s.export_container) == (
-        s.relay.copy_mode, s.relay.sync_prefix, s.skyporten.client_id, s.banenor.container, s.exports.container)
+    assert (s.relay.copy_mode, s.relay.sync_prefix) == ("stream", "in/")
+    for flat in ("copy_mode", "sync_prefix", "maskinporten_client_id", "banenor_container", "export_container",
+                 "ca_bundle", "http_from_environment"):
+        assert not hasattr(s, flat)
 
 
 def test_the_blob_trigger_source_is_a_plain_text_value_and_unknown_falls_back_to_event_grid():

@@ -80,27 +80,27 @@ def fast_runtime(env, proxies, *, timeout: float = 10.0, **overrides):
         # One policy object per client: a pipeline links its policies, a shared one would cross pipelines.
         return {"retry_policy": LinearRetry(backoff=0.05, retry_total=4, random_jitter_range=0), **timeouts}
 
-    source = KeyVaultSource(s.key_vault_url, s.signing_key_name, s.signing_key_source, s.maskinporten_key_id,
-                            rt.partner_credential, s.ca_bundle, rt.clock,
+    source = KeyVaultSource(s.signing_key.vault_url, s.signing_key.name, s.signing_key.source, s.signing_key.key_id,
+                            rt.partner_credential, s.http.ca_bundle, rt.clock,
                             client_kwargs={"retry_backoff_factor": 0.05, **timeouts})
-    rt.__dict__["signing_keys"] = SigningKeyProvider(source.load, s.key_cache_seconds, rt.clock)
+    rt.__dict__["signing_keys"] = SigningKeyProvider(source.load, s.signing_key.cache_seconds, rt.clock)
     rt.sleeps = Sleeps()
-    rt.__dict__["maskinporten"] = client_from_settings(s, rt.signing_keys, clock=rt.clock, sleep=rt.sleeps,
-                                                       timeout=timeout)
+    rt.__dict__["maskinporten"] = client_from_settings(s.skyporten, rt.signing_keys, clock=rt.clock,
+                                                       sleep=rt.sleeps, timeout=timeout, verify=s.http.verify)
     skyporten = rt.maskinporten
 
     def inner(assertion):
         return ClientAssertionCredential(
-            s.banenor_tenant_id, s.banenor_client_id, lambda: skyporten.get_token().access_token,
-            authority=s.banenor_authority_host, retry_total=2, retry_backoff_factor=0.05,
-            connection_verify=s.ca_bundle, **timeouts)
+            s.banenor.tenant_id, s.banenor.client_id, lambda: skyporten.get_token().access_token,
+            authority=s.banenor.authority_host, retry_total=2, retry_backoff_factor=0.05,
+            connection_verify=s.http.ca_bundle, **timeouts)
 
     rt.__dict__["banenor_credential"] = BaneNorCredential(
-        s.banenor_tenant_id, s.banenor_client_id, skyporten, authority=s.banenor_authority_host,
-        federation_retry_seconds=0, clock=rt.clock, ca_bundle=s.ca_bundle, new_inner=inner)
-    rt.__dict__["banenor_service"] = banenor_service_client(s, rt.banenor_credential, **storage())
+        s.banenor.tenant_id, s.banenor.client_id, skyporten, authority=s.banenor.authority_host,
+        federation_retry_seconds=0, clock=rt.clock, ca_bundle=s.http.ca_bundle, new_inner=inner)
+    rt.__dict__["banenor_service"] = banenor_service_client(s.banenor, s.http, rt.banenor_credential, **storage())
     rt.__dict__["export_service"] = BlobServiceClient.from_connection_string(
-        s.export_storage_connection_string, connection_verify=s.ca_bundle, **storage())
+        s.exports.connection_string, connection_verify=s.http.ca_bundle, **storage())
     return rt
 
 

@@ -100,9 +100,9 @@ def test_blob_trigger_handler_delivers_the_export(app_on_stack, backend):
     app, rt = app_on_stack
     rt.exports.get_blob_client("inbox/Rapport 1.csv").upload_blob(b"a;b\n")
     handler = {f.get_function_name(): f.get_user_function() for f in app.app.get_functions()}["on_export"]
-    handler(InputStream(name=f"{rt.settings.export_container}/inbox/Rapport 1.csv", data=b""),
+    handler(InputStream(name=f"{rt.settings.exports.container}/inbox/Rapport 1.csv", data=b""),
             Context("on_export", "inv-1", threading.local()))
-    landed = backend.get_blob_client(f"{rt.settings.banenor_directory}/{rt.settings.destination_template[:10]}"
+    landed = backend.get_blob_client(f"{rt.settings.banenor.directory}/{rt.settings.relay.destination_template[:10]}"
                                      "/inbox/Rapport-1.csv")
     assert landed.download_blob().readall() == b"a;b\n"
 
@@ -122,7 +122,7 @@ def test_blob_trigger_handler_raises_when_the_delivery_failed_so_the_host_retrie
         reset_runtime()
         rt = get_runtime()
         with pytest.raises(RuntimeError, match=r"denied\.csv"):
-            app.on_export(InputStream(name=f"{rt.settings.export_container}/denied.csv", data=b""),
+            app.on_export(InputStream(name=f"{rt.settings.exports.container}/denied.csv", data=b""),
                           Context("on_export", "inv-1", threading.local()))
     assert next(rt.ledger.failures()).attempts == 1
 
@@ -159,7 +159,7 @@ def test_a_delivery_poisoned_in_a_sync_is_logged_with_the_invocation_id(app_on_s
     rt = runtime_with(monkeypatch, MAX_ATTEMPTS="1")
     rt.exports.get_blob_client("p/bad.csv").upload_blob(b"ours")
     # A foreign file where the export would land: the delivery fails, and with MAX_ATTEMPTS=1 it is poisoned.
-    backend.get_blob_client(f"{rt.settings.banenor_directory}/{rt.settings.destination_template[:10]}/p/bad.csv"
+    backend.get_blob_client(f"{rt.settings.banenor.directory}/{rt.settings.relay.destination_template[:10]}/p/bad.csv"
                             ).upload_blob(b"someone else's")
     invocation_id, _ = worker.invoke(app.sync, TimerRequest(past_due=False), function_name="sync")
     poisoned = [s for s in worker.sent if "delivery outcome=poisoned" in s.message]
@@ -334,11 +334,11 @@ def test_host_reference_decoded_and_handled_delivers_the_export(app_on_stack, ba
     etag = rt.exports.get_blob_client(name).get_blob_properties().etag
     function = on_export_function(app)
     converter = get_binding_registry().get("blobTrigger")
-    ref = converter.decode(host_datum(rt.settings.export_container, name), trigger_metadata={},
+    ref = converter.decode(host_datum(rt.settings.exports.container, name), trigger_metadata={},
                            pytype=client_annotation(function))
     function.get_user_function()(ref, Context("on_export", "inv-1", threading.local()))
     receipt = rt.ledger.receipt(name, etag)
     assert receipt is not None and receipt.source_name == name
-    landed = backend.get_blob_client(f"{rt.settings.banenor_directory}/{rt.settings.destination_template[:10]}"
+    landed = backend.get_blob_client(f"{rt.settings.banenor.directory}/{rt.settings.relay.destination_template[:10]}"
                                      "/inbox/Rapport-2.csv")
     assert landed.download_blob().readall() == b"c;d\n"

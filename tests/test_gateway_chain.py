@@ -25,7 +25,7 @@ def write(rt, path, data=b"hello bane nor\n"):
 
 def test_file_written_through_the_gateway_lands_in_bane_nors_account(make_runtime, backend, stack):
     rt = make_runtime()
-    path = f"{rt.settings.banenor_directory}/chain/hello.txt"
+    path = f"{rt.settings.banenor.directory}/chain/hello.txt"
     write(rt, path)
     assert backend.get_blob_client(path).download_blob().readall() == b"hello bane nor\n"
 
@@ -33,7 +33,7 @@ def test_file_written_through_the_gateway_lands_in_bane_nors_account(make_runtim
 def test_storage_client_urls_keep_the_gateway_base_path(make_runtime):
     rt = make_runtime()
     container = rt.destination
-    base = rt.settings.banenor_storage_url
+    base = rt.settings.banenor.storage_url
     assert container.url == f"{base}/integration-dev"
     assert container.get_blob_client("partner-987654321/a/b/c.csv").url == \
         f"{base}/integration-dev/partner-987654321/a/b/c.csv"
@@ -41,8 +41,8 @@ def test_storage_client_urls_keep_the_gateway_base_path(make_runtime):
 
 def test_storage_client_asks_for_the_external_account_audience(make_runtime, stack):
     rt = make_runtime()
-    write(rt, f"{rt.settings.banenor_directory}/aud.txt")
-    token = rt.banenor_credential._issued[(rt.settings.banenor_storage_audience + "/.default",)]
+    write(rt, f"{rt.settings.banenor.directory}/aud.txt")
+    token = rt.banenor_credential._issued[(rt.settings.banenor.storage_audience + "/.default",)]
     from shared.skyporten_token import decode_unverified
 
     assert decode_unverified(token.token)["aud"] == "https://bnplmextnwestlocal.blob.core.windows.net"
@@ -52,7 +52,7 @@ def test_one_token_request_of_each_kind_for_many_writes(make_runtime, stack):
     rt = make_runtime()
     sky, entra = stack.skyporten.token_requests, stack.entra.token_requests
     for i in range(5):
-        write(rt, f"{rt.settings.banenor_directory}/many/{i}.txt")
+        write(rt, f"{rt.settings.banenor.directory}/many/{i}.txt")
     assert stack.skyporten.token_requests - sky == 1
     assert stack.entra.token_requests - entra == 1
 
@@ -76,7 +76,7 @@ def federated(stack):
 
 def entra_refusal(rt):
     with pytest.raises(EntraError) as info:
-        write(rt, f"{rt.settings.banenor_directory}/refused.txt")
+        write(rt, f"{rt.settings.banenor.directory}/refused.txt")
     return info.value
 
 
@@ -100,7 +100,7 @@ def test_new_federated_credential_is_retried_until_it_propagates(make_runtime, s
         federated()
         rt = make_runtime(FEDERATION_RETRY_SECONDS="30")
         rt.banenor_credential.sleep = lambda s: __import__("time").sleep(0.6)  # real time: the simulator's clock
-        write(rt, f"{rt.settings.banenor_directory}/propagated.txt")
+        write(rt, f"{rt.settings.banenor.directory}/propagated.txt")
     finally:
         stack.entra.options.propagation_delay = 0.0
     assert rt.banenor_credential.exchanges >= 2
@@ -126,8 +126,9 @@ def test_object_id_instead_of_client_id(make_runtime, stack):
 
 def test_token_for_storage_azure_com_gets_401_from_the_gateway(make_runtime):
     rt = make_runtime()
-    client = banenor_service_client(rt.settings, rt.banenor_credential, audience="https://storage.azure.com")
-    blob = client.get_blob_client("integration-dev", f"{rt.settings.banenor_directory}/aud.txt")
+    client = banenor_service_client(rt.settings.banenor, rt.settings.http, rt.banenor_credential,
+                                    audience="https://storage.azure.com")
+    blob = client.get_blob_client("integration-dev", f"{rt.settings.banenor.directory}/aud.txt")
     with pytest.raises(Exception) as info:
         blob.upload_blob(b"x", overwrite=True)
     error = gateway_error(info.value, blob.blob_name)
@@ -149,21 +150,21 @@ def test_expired_storage_token_gets_401(make_runtime, stack):
     identity = stack.entra._identities[(stack.settings["BANENOR_TENANT_ID"], stack.settings["BANENOR_CLIENT_ID"])]
     stack.entra.options.token_lifetime = -120
     try:
-        token, _ = stack.entra.issue_token(identity, rt.settings.banenor_storage_audience)
+        token, _ = stack.entra.issue_token(identity, rt.settings.banenor.storage_audience)
     finally:
         stack.entra.options.token_lifetime = 3599
-    client = banenor_service_client(rt.settings, StaticCredential(token))
+    client = banenor_service_client(rt.settings.banenor, rt.settings.http, StaticCredential(token))
     with pytest.raises(Exception) as info:
-        client.get_blob_client("integration-dev", f"{rt.settings.banenor_directory}/x.txt").upload_blob(b"x")
+        client.get_blob_client("integration-dev", f"{rt.settings.banenor.directory}/x.txt").upload_blob(b"x")
     assert gateway_error(info.value, "x").status == 401
 
 
 def test_no_token_at_all_gets_401(make_runtime, stack):
     rt = make_runtime()
-    client = BlobServiceClient(rt.settings.banenor_storage_url, api_version="2025-01-05",
-                               connection_verify=rt.settings.ca_bundle)
+    client = BlobServiceClient(rt.settings.banenor.storage_url, api_version="2025-01-05",
+                               connection_verify=rt.settings.http.ca_bundle)
     with pytest.raises(Exception) as info:
-        client.get_blob_client("integration-dev", f"{rt.settings.banenor_directory}/x.txt").upload_blob(b"x")
+        client.get_blob_client("integration-dev", f"{rt.settings.banenor.directory}/x.txt").upload_blob(b"x")
     assert gateway_error(info.value, "x").status == 401
 
 
@@ -180,14 +181,15 @@ def test_write_outside_the_granted_directory_gets_403(make_runtime):
 def test_names_and_extensions_the_gateway_refuses_get_400(make_runtime, name):
     rt = make_runtime()
     with pytest.raises(GatewayError) as info:
-        write(rt, f"{rt.settings.banenor_directory}/{name}")
+        write(rt, f"{rt.settings.banenor.directory}/{name}")
     assert info.value.status == 400
 
 
 def test_request_over_100_mb_gets_413(make_runtime):
     rt = make_runtime()
-    client = banenor_service_client(rt.settings, rt.banenor_credential, max_single_put_size=128 * 2**20)
-    blob = client.get_blob_client("integration-dev", f"{rt.settings.banenor_directory}/huge.zip")
+    client = banenor_service_client(rt.settings.banenor, rt.settings.http, rt.banenor_credential,
+                                    max_single_put_size=128 * 2**20)
+    blob = client.get_blob_client("integration-dev", f"{rt.settings.banenor.directory}/huge.zip")
     with pytest.raises(Exception) as info:
         blob.upload_blob(b"\0" * (100 * 2**20 + 1), overwrite=True)
     assert gateway_error(info.value, "huge.zip").status == 413

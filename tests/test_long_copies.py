@@ -235,9 +235,9 @@ def test_a_delivery_killed_mid_copy_is_resumed_by_the_next_attempt_without_resen
         data = os.urandom(8 * MiB)
         relay_env.put("killed.csv", data)
         base = {k: v for k, v in stack.settings.items()}
-        env = {**base, "EXPORT_CONTAINER": relay_env.rt.settings.export_container,
-               "LEDGER_CONTAINER": relay_env.rt.settings.ledger_container,
-               "DESTINATION_TEMPLATE": relay_env.rt.settings.destination_template,
+        env = {**base, "EXPORT_CONTAINER": relay_env.rt.settings.exports.container,
+               "LEDGER_CONTAINER": relay_env.rt.settings.exports.ledger_container,
+               "DESTINATION_TEMPLATE": relay_env.rt.settings.relay.destination_template,
                "BANENOR_STORAGE_URL": proxy.url(stack.settings["BANENOR_STORAGE_URL"]),
                "COPY_MODE": "stream", "BLOCK_SIZE": "1MiB", "SINGLE_PUT_LIMIT": "1MiB", "PARALLELISM": "1",
                "NAME": "killed.csv"}

@@ -58,7 +58,7 @@ def test_the_destination_records_a_digest_of_the_full_source_path(relay_env):
     relay_env.rt.relay.deliver(name)
     md = relay_env.landed("aa" * 100 + "/" + "oe" * 100 + "/digest.csv").get_blob_properties().metadata
     account = relay_env.rt.exports.account_name
-    expected = hashlib.sha256(f"{account}\n{relay_env.rt.settings.export_container}\n{name}".encode()).hexdigest()
+    expected = hashlib.sha256(f"{account}\n{relay_env.rt.settings.exports.container}\n{name}".encode()).hexdigest()
     assert md["relay_source_digest"] == expected
 
 

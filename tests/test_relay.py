@@ -54,7 +54,7 @@ def relay_env(stack, backend):
 
     env = Env()
     env.rt, env.make, env.clock, env.tag, env.backend, env.stack = rt, make, clock, tag, backend, stack
-    env.dest_prefix = f"{rt.settings.banenor_directory}/t{tag}/"
+    env.dest_prefix = f"{rt.settings.banenor.directory}/t{tag}/"
 
     def put(name, data=b"x;y\n1;2\n", **kwargs):
         rt.exports.get_blob_client(name).upload_blob(data, overwrite=True, **kwargs)

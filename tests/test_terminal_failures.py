@@ -55,7 +55,8 @@ def test_a_transient_gateway_failure_keeps_the_backoff_until_max_attempts(relay_
     from shared.storage import banenor_service_client
 
     rt.__dict__["banenor_service"] = banenor_service_client(
-        rt.settings, rt.banenor_credential, retry_policy=LinearRetry(backoff=0.05, retry_total=1))
+        rt.settings.banenor, rt.settings.http, rt.banenor_credential,
+        retry_policy=LinearRetry(backoff=0.05, retry_total=1))
     gateway_proxy.add(Fault("status", when=match("PUT"), status=503, times=None))
     first = rt.relay.sync()
     assert first.failed == 1 and first.poisoned == 0

@@ -19,7 +19,7 @@ SUBJECT = "0192:987654321;banenor:payloadmanager.storage"
 def assert_good_token(rt):
     token = rt.maskinporten.get_token()
     assert token.claims["sub"] == SUBJECT
-    assert token.claims["iss"] == rt.settings.maskinporten_issuer
+    assert token.claims["iss"] == rt.settings.skyporten.issuer
     assert token.claims["consumer"] == {"authority": "iso6523-actorid-upis", "ID": "0192:987654321"}
     assert token.scope == "banenor:payloadmanager.storage"
     return token
@@ -111,9 +111,9 @@ def test_issuer_with_trailing_slash_is_refused_by_settings(make_runtime, stack):
 def test_issuer_with_trailing_slash_is_refused_by_skyporten(make_runtime, stack):
     rt = make_runtime()
     s = rt.settings
-    client = MaskinportenClient(GrantRequest(s.maskinporten_issuer + "/", s.maskinporten_client_id,
-                                             s.maskinporten_scope), s.maskinporten_token_endpoint, rt.signing_keys,
-                                verify=s.ca_bundle)
+    client = MaskinportenClient(GrantRequest(s.skyporten.issuer + "/", s.skyporten.client_id,
+                                             s.skyporten.scope), s.skyporten.token_endpoint, rt.signing_keys,
+                                verify=s.http.ca_bundle)
     with pytest.raises(MaskinportenError) as info:
         client.get_token()
     assert info.value.code == "MP-110"
@@ -172,7 +172,8 @@ def test_rotated_secret_is_picked_up_after_the_cache_lifetime(make_runtime, stac
     clock = [1000.0]
     rt = make_runtime(SIGNING_KEY_CACHE_SECONDS="60")
 
-    provider = provider_from_settings(rt.settings, rt.partner_credential, clock=lambda: clock[0])
+    provider = provider_from_settings(rt.settings.signing_key, rt.settings.http.ca_bundle, rt.partner_credential,
+                                      clock=lambda: clock[0])
     first = provider.get().info.version
     stack.keyvault.set_secret("maskinporten-key", private_pem(new_rsa_key()).decode())
     try:
@@ -186,7 +187,7 @@ def test_rotated_secret_is_picked_up_after_the_cache_lifetime(make_runtime, stac
 
 def test_a_second_call_for_the_storage_token_is_served_from_azure_identitys_cache(make_runtime, stack):
     rt = make_runtime()
-    scope = rt.settings.banenor_storage_audience + "/.default"
+    scope = rt.settings.banenor.storage_audience + "/.default"
     first = rt.banenor_credential.get_token(scope).token
     before = stack.entra.tokens_issued  # counted after the first call: it also fetched the Key Vault token
     assert rt.banenor_credential.get_token(scope).token == first
