@@ -162,8 +162,9 @@ class SourceVersion:
 
     @classmethod
     def from_properties(cls, props: Any) -> SourceVersion:
-        """From BlobProperties: Get Blob Properties' answer, or an item of a listing (same fields)."""
-        settings = props.content_settings
+        """From BlobProperties (Get Blob Properties' answer, or an item of the SDK's listing), or from a
+        `storage.ListedBlob` (the relay's own listing: the same fields, without `content_settings`)."""
+        settings = getattr(props, "content_settings", props)
         md5 = settings.content_md5
         return cls(name=props.name, etag=props.etag, size=props.size, content_type=settings.content_type,
                    content_disposition=settings.content_disposition, content_md5=bytes(md5) if md5 else None,

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any
 from xml.etree import ElementTree
 
@@ -172,36 +173,51 @@ def banenor_service_client(banenor: BanenorSettings, http: HttpSettings, credent
 
 @dataclass(frozen=True)
 class ListedBlob:
-    """One blob of a listing, with what the delivery evidence compares: size, Content-MD5, metadata."""
+    """One blob of a listing: what the delivery evidence compares (size, Content-MD5, metadata) and what a sync
+    reads of an export's version (etag, last modified, content type and disposition)."""
 
     name: str
     size: int
     content_md5: bytes | None
     metadata: dict[str, str]
+    etag: str = ""
+    last_modified: dt.datetime | None = None
+    content_type: str | None = None
+    content_disposition: str | None = None
 
 
-def list_blob_pages(container: Any, prefix: str, page_size: int) -> Iterator[list[ListedBlob]]:
-    """List Blobs with metadata under `prefix`, page by page, in name order, through `container`'s own pipeline
-    (its credential, retry policy, timeouts and TLS options; Bane NOR's pinned x-ms-version). Raises azure-core's
-    HttpResponseError (with the storage `error_code`) for a refusal.
+def list_blobs(container: Any, prefix: str | None = None, *, metadata: bool = False,
+               page_size: int = 5000) -> Iterator[ListedBlob]:
+    """Every blob under `prefix`, in name order, lazily (`list_blob_pages`, flattened)."""
+    for page in list_blob_pages(container, prefix or "", page_size, metadata=metadata):
+        yield from page
+
+
+def list_blob_pages(container: Any, prefix: str, page_size: int, *,
+                    metadata: bool = True) -> Iterator[list[ListedBlob]]:
+    """List Blobs (with metadata, unless told otherwise) under `prefix`, page by page, in name order, through
+    `container`'s own pipeline (its credential, retry policy, timeouts and TLS options; the client's x-ms-version).
+    Raises azure-core's HttpResponseError (with the storage `error_code`) for a refusal.
 
     The SDK's `list_blobs` turns each entry into its models with a generic deserializer that costs about 0.2 ms of
-    CPU per blob: a sync checks every small delivery against a listing, and that alone made a sync of 2,000 files
-    about 8% slower (bench/README.md). The same XML parsed with ElementTree costs a tenth of that. The request goes
+    CPU per blob: a sync lists every export, and checks every small delivery against a listing of Bane NOR's
+    directory, so that cost alone was about a tenth of a sync of 2,000 small files and most of a timer run over a
+    large container (bench/RESULTS.md). The same XML parsed with ElementTree costs a tenth of that. The request goes
     through the generated client's documented raw-request method (`_send_request`); where a future SDK lacks it,
     the SDK's own listing is used.
     """
     send = getattr(getattr(container, "_client", None), "_send_request", None)
     if send is None:
-        yield from _sdk_pages(container, prefix, page_size)
+        yield from _sdk_pages(container, prefix, page_size, metadata)
         return
     from azure.core.exceptions import HttpResponseError
     from azure.core.rest import HttpRequest
 
     marker = ""
     while True:
-        query = {"restype": "container", "comp": "list", "include": "metadata", "maxresults": str(page_size),
-                 "prefix": prefix, **({"marker": marker} if marker else {})}
+        query = {"restype": "container", "comp": "list", "maxresults": str(page_size),
+                 **({"include": "metadata"} if metadata else {}), **({"prefix": prefix} if prefix else {}),
+                 **({"marker": marker} if marker else {})}
         response = send(HttpRequest("GET", container.url, params=query,
                                     headers={"x-ms-version": container.api_version}))
         if response.status_code != 200:
@@ -219,21 +235,30 @@ def list_blob_pages(container: Any, prefix: str, page_size: int) -> Iterator[lis
 
 def _listed(blob: Any) -> ListedBlob:
     props = blob.find("Properties")
-    md5 = props.findtext("Content-MD5") if props is not None else None
+    if props is None:
+        props = ElementTree.Element("Properties")
+    md5 = props.findtext("Content-MD5")
+    modified = props.findtext("Last-Modified")
     metadata = blob.find("Metadata")
     return ListedBlob(
         name=blob.findtext("Name") or "",
-        size=int((props.findtext("Content-Length") if props is not None else None) or 0),
+        size=int(props.findtext("Content-Length") or 0),
         content_md5=base64.b64decode(md5) if md5 else None,
         metadata={m.tag: m.text or "" for m in metadata} if metadata is not None else {},
+        etag=props.findtext("Etag") or "",
+        last_modified=parsedate_to_datetime(modified) if modified else None,
+        content_type=props.findtext("Content-Type") or None,
+        content_disposition=props.findtext("Content-Disposition") or None,
     )
 
 
-def _sdk_pages(container: Any, prefix: str, page_size: int) -> Iterator[list[ListedBlob]]:
-    pages = container.list_blobs(name_starts_with=prefix, include=["metadata"], results_per_page=page_size)
+def _sdk_pages(container: Any, prefix: str, page_size: int, metadata: bool) -> Iterator[list[ListedBlob]]:
+    pages = container.list_blobs(name_starts_with=prefix or None, include=["metadata"] if metadata else None,
+                                 results_per_page=page_size)
     for page in pages.by_page():
-        yield [ListedBlob(b.name, b.size, bytes(b.content_settings.content_md5)
-                          if b.content_settings.content_md5 else None, dict(b.metadata or {})) for b in page]
+        yield [ListedBlob(b.name, b.size, bytes(b.content_settings.content_md5) if b.content_settings.content_md5
+                          else None, dict(b.metadata or {}), b.etag, b.last_modified, b.content_settings.content_type,
+                          b.content_settings.content_disposition) for b in page]
 
 
 # -- what Bane NOR's side answers ---------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,7 @@ from .destination import ListingEvidence
 from .errors import RelayError, scrub
 from .ledger import Ledger
 from .receipts import ReceiptBuffer, compact_receipt_batches
+from .storage import list_blobs
 
 if TYPE_CHECKING:
     from .relay import Relay
@@ -95,24 +96,30 @@ def run_sync(relay: Relay, summary: SyncSummary, dry_run: bool,
         else:
             raise result
 
+    # Bounded: at most 2 x SYNC_CONCURRENCY deliveries submitted at a time, so a 100,000-blob container never piles
+    # up work; each frees its slot as it ends.
+    slots = threading.BoundedSemaphore(2 * limit)
+
     def run(blob: Any, failure: Any, receipts: ReceiptBuffer | None) -> None:
-        if error:
-            return
         try:
-            result = relay.deliver_listed(blob, failure, receipts)
-        except Exception as exc:
-            result = exc
-        settled(blob.name, result)
+            if error:
+                return
+            try:
+                result = relay.deliver_listed(blob, failure, receipts)
+            except Exception as exc:
+                result = exc
+            settled(blob.name, result)
+        finally:
+            slots.release()
 
     # The evidence of the small deliveries comes with their receipt batches: a listing of Bane NOR's directory.
     receipts = None if dry_run else ReceiptBuffer(ledger, evidence=ListingEvidence(relay.destination),
                                                   settled=settled)
-    in_flight: set[Future] = set()
     interrupted: BaseException | None = None
     try:
         with ThreadPoolExecutor(max_workers=limit, thread_name_prefix="relay-sync",
                                 initializer=relay.pool_initializer and relay.pool_initializer()) as pool:
-            for blob in relay.exports.list_blobs(name_starts_with=options.sync_prefix or None):
+            for blob in list_blobs(relay.exports, options.sync_prefix or None):  # the relay's own parse (storage.py)
                 if error:
                     break
                 if options.sync_suffix and not blob.name.endswith(options.sync_suffix):
@@ -134,11 +141,14 @@ def run_sync(relay: Relay, summary: SyncSummary, dry_run: bool,
                         setattr(summary, skipped, getattr(summary, skipped) + 1)
                 if skipped:
                     continue
-                in_flight.add(pool.submit(run, blob, failure, receipts))
-                if len(in_flight) >= 2 * limit:  # bounded: a 100,000-blob container never piles up futures
-                    in_flight = _wait_for_one(in_flight, receipts)
-            while in_flight:
-                in_flight = _wait_for_one(in_flight, receipts)
+                _take_slot(slots, receipts)
+                try:
+                    pool.submit(run, blob, failure, receipts)
+                except BaseException:
+                    slots.release()
+                    raise
+            for _ in range(2 * limit):  # every slot back: every delivery has ended
+                _take_slot(slots, receipts)
     except BaseException as exc:
         interrupted = exc
         raise
@@ -160,12 +170,9 @@ def run_sync(relay: Relay, summary: SyncSummary, dry_run: bool,
             log.warning("receipt batches not compacted: %s: %s", type(exc).__name__, scrub(str(exc))[:200])
 
 
-def _wait_for_one(in_flight: set[Future], receipts: ReceiptBuffer | None) -> set[Future]:
-    """Wait until one delivery finishes; meanwhile write receipts that are due (a long copy must not hold the batch
-    of the small ones back)."""
-    while True:
-        done, pending = wait(in_flight, timeout=receipts.max_age if receipts else None, return_when=FIRST_COMPLETED)
+def _take_slot(slots: threading.BoundedSemaphore, receipts: ReceiptBuffer | None) -> None:
+    """Wait for a free delivery slot; meanwhile check and write receipts that are due (a long copy must not hold
+    the batch of the small ones back)."""
+    while not slots.acquire(timeout=receipts.max_age if receipts else None):
         if receipts is not None:
             receipts.flush_due()
-        if done:
-            return pending

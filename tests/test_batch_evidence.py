@@ -6,6 +6,7 @@ identity may not list (an ACL with -wx and no r), each delivery is read back on 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
 
@@ -40,6 +41,10 @@ def lying_gateway(stack):
     proxy = proxy_for(stack, "BANENOR_STORAGE_URL")
     yield proxy
     proxy.stop()
+
+
+def md5(data: bytes) -> bytes:
+    return hashlib.md5(data).digest()
 
 
 def put_many(env, names):
@@ -237,3 +242,22 @@ def test_a_refused_listing_raises_the_storage_error_code(relay_env, no_listing):
         list(list_blob_pages(relay_env.rt.destination, relay_env.dest_prefix, page_size=10))
     assert caught.value.status_code == 403
     assert caught.value.error_code == "AuthorizationPermissionMismatch"
+
+
+def test_the_export_listing_reads_every_field_a_version_is_made_of_as_the_sdk_does(relay_env):
+    """The sync's own listing of the partner's container (shared key here) gives each export's version exactly as
+    the SDK's listing would: name, etag, size, last modified, Content-MD5, type and disposition."""
+    from azure.storage.blob import ContentSettings
+
+    from shared.copier import SourceVersion
+    from shared.storage import list_blobs
+
+    relay_env.put("fields/a.csv", b"1;2\n", content_settings=ContentSettings(
+        content_type="text/csv", content_disposition="attachment; filename=a.csv", content_md5=md5(b"1;2\n")))
+    relay_env.put("fields/b.json", b"{}")
+    relay_env.put("other/c.csv", b"3")
+    exports = relay_env.rt.exports
+    ours = [SourceVersion.from_properties(b) for b in list_blobs(exports, "fields/", page_size=1)]
+    theirs = [SourceVersion.from_properties(b) for b in exports.list_blobs(name_starts_with="fields/")]
+    assert ours == theirs and len(ours) == 2
+    assert [b.name for b in list_blobs(exports)] == ["fields/a.csv", "fields/b.json", "other/c.csv"]
