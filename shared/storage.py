@@ -210,7 +210,6 @@ def list_blob_pages(container: Any, prefix: str, page_size: int, *,
     if send is None:
         yield from _sdk_pages(container, prefix, page_size, metadata)
         return
-    from azure.core.exceptions import HttpResponseError
     from azure.core.rest import HttpRequest
 
     marker = ""
@@ -221,9 +220,7 @@ def list_blob_pages(container: Any, prefix: str, page_size: int, *,
         response = send(HttpRequest("GET", container.url, params=query,
                                     headers={"x-ms-version": container.api_version}))
         if response.status_code != 200:
-            error = HttpResponseError(response=response)
-            error.error_code = response.headers.get("x-ms-error-code")
-            raise error
+            raise _listing_error(response)
         # The parser azure-storage-blob itself uses on these answers: expat resolves no external entity and (2.4.1
         # and later, bundled with Python 3.11) bounds entity expansion.
         root = ElementTree.fromstring(response.read())  # noqa: S314
@@ -231,6 +228,23 @@ def list_blob_pages(container: Any, prefix: str, page_size: int, *,
         marker = root.findtext("NextMarker") or ""
         if not marker:
             return
+
+
+def _listing_error(response: Any) -> Exception:
+    """The error the SDK's own listing raises for this answer (its type by storage error code, then by status; the
+    code on `error_code`), so callers catch the same ones."""
+    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
+
+    code = response.headers.get("x-ms-error-code")
+    if code in ("ContainerNotFound", "ResourceNotFound") or response.status_code == 404:
+        kind: type[HttpResponseError] = ResourceNotFoundError
+    elif code in ("AuthenticationFailed", "InvalidAuthenticationInfo") or response.status_code == 401:
+        kind = ClientAuthenticationError
+    else:
+        kind = HttpResponseError
+    error = kind(response=response)
+    error.error_code = code
+    return error
 
 
 def _listed(blob: Any) -> ListedBlob:

@@ -242,6 +242,20 @@ def test_a_refused_listing_raises_the_storage_error_code(relay_env, no_listing):
         list(list_blob_pages(relay_env.rt.destination, relay_env.dest_prefix, page_size=10))
     assert caught.value.status_code == 403
     assert caught.value.error_code == "AuthorizationPermissionMismatch"
+    with pytest.raises(HttpResponseError) as sdk:  # the SDK's own listing raises the same type
+        list(relay_env.rt.destination.list_blobs(name_starts_with=relay_env.dest_prefix))
+    assert type(caught.value) is type(sdk.value)
+
+
+def test_a_missing_container_raises_what_the_sdks_listing_raises(relay_env):
+    from azure.core.exceptions import ResourceNotFoundError
+
+    from shared.storage import list_blobs
+
+    missing = relay_env.rt.export_service.get_container_client("no-such-exports")
+    with pytest.raises(ResourceNotFoundError) as caught:
+        list(list_blobs(missing))
+    assert caught.value.error_code == "ContainerNotFound"
 
 
 def test_the_export_listing_reads_every_field_a_version_is_made_of_as_the_sdk_does(relay_env):
