@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,7 +99,8 @@ Settled = Callable[[str, Any], None]
 
 class ReceiptBuffer:
     """The receipts of one `sync` run, written in batches: when `size` are pending, or when the oldest has waited
-    `max_age` seconds, by the worker thread that adds the last one; `flush()` writes the rest. Thread-safe.
+    `max_age` seconds, by the `writer` (a sync's one thread for this) or else by the worker thread that adds the
+    last one; `flush()` waits for the writer and writes the rest. Thread-safe.
 
     One batch is written at a time: the other workers queue their receipts meanwhile. A batch that cannot be
     written stays pending, and no worker tries again for `max_age` seconds (so an outage of the ledger holds up
@@ -113,8 +115,12 @@ class ReceiptBuffer:
 
     def __init__(self, ledger: Ledger, size: int = 200, max_age: float = 5.0,
                  clock: Clock = time.monotonic, evidence: Evidence | None = None,
-                 settled: Settled | None = None) -> None:
+                 settled: Settled | None = None, writer: Executor | None = None) -> None:
         self.ledger = ledger
+        # Given (a sync): due batches are checked and written on this one thread, so no delivery worker waits for
+        # a listing and a write; without it, by the thread that found the batch due.
+        self.writer = writer
+        self._background: list[Future] = []
         self.evidence = evidence
         self.settled = settled
         self.size = size
@@ -150,7 +156,7 @@ class ReceiptBuffer:
             if not self._due(full=True):
                 return
             batch, unverified = self._take()
-        self._check_and_write(batch, unverified)
+        self._hand_over(batch, unverified)
 
     def _take(self) -> tuple[list[Receipt], list[Unverified]]:
         """Under the lock: everything queued, and this thread now writes."""
@@ -193,10 +199,23 @@ class ReceiptBuffer:
             if not self._due(full=False):
                 return
             batch, unverified = self._take()
-        self._check_and_write(batch, unverified)
+        self._hand_over(batch, unverified)
+
+    def _hand_over(self, batch: list[Receipt], unverified: list[Unverified]) -> None:
+        if self.writer is None:
+            self._check_and_write(batch, unverified)
+            return
+        future = self.writer.submit(self._check_and_write, batch, unverified)
+        with self._lock:
+            self._background = [f for f in self._background if not f.done()] + [future]
 
     def flush(self) -> None:
-        """Check and write everything queued; raises RelayError (naming LEDGER_CONTAINER) if the write fails."""
+        """Check and write everything queued, after the batches handed to the writer; raises RelayError (naming
+        LEDGER_CONTAINER) if the write fails."""
+        with self._lock:
+            background, self._background = self._background, []
+        for future in background:
+            future.result()  # its own write errors are kept for this flush; what a `settled` raised, raises
         with self._lock:
             batch, unverified = self._pending, self._unverified
             self._pending, self._unverified = [], []

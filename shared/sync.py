@@ -113,12 +113,14 @@ def run_sync(relay: Relay, summary: SyncSummary, dry_run: bool,
             slots.release()
 
     # The evidence of the small deliveries comes with their receipt batches: a listing of Bane NOR's directory.
+    # Checked and written on a thread of their own, so no delivery worker waits for a listing and a write.
+    initializer = relay.pool_initializer and relay.pool_initializer()  # the invocation id, on every thread
+    writer = None if dry_run else ThreadPoolExecutor(1, thread_name_prefix="relay-receipts", initializer=initializer)
     receipts = None if dry_run else ReceiptBuffer(ledger, evidence=ListingEvidence(relay.destination),
-                                                  settled=settled)
+                                                  settled=settled, writer=writer)
     interrupted: BaseException | None = None
     try:
-        with ThreadPoolExecutor(max_workers=limit, thread_name_prefix="relay-sync",
-                                initializer=relay.pool_initializer and relay.pool_initializer()) as pool:
+        with ThreadPoolExecutor(max_workers=limit, thread_name_prefix="relay-sync", initializer=initializer) as pool:
             for blob in list_blobs(relay.exports, options.sync_prefix or None):  # the relay's own parse (storage.py)
                 if error:
                     break
@@ -161,6 +163,9 @@ def run_sync(relay: Relay, summary: SyncSummary, dry_run: bool,
                     log.error("sync: %s", exc)
                 else:
                     raise
+            finally:
+                if writer is not None:
+                    writer.shutdown(wait=True)
     if error:
         raise error[0]
     if receipts is not None and receipts.writes:

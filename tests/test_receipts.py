@@ -180,3 +180,28 @@ def test_buffer_flush_that_fails_names_the_ledger_container(ledger: Ledger, monk
     assert "1 delivered version" in str(caught.value)
 
 
+
+
+def test_with_a_writer_the_thread_that_fills_a_batch_does_not_wait_for_its_write(ledger: Ledger, monkeypatch) -> None:
+    """A sync hands due batches to a writer thread of their own: the delivery worker that filled the batch goes
+    on copying while the batch is checked and written; `flush` waits for that write."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    release, writing_on = threading.Event(), []
+    real = receipts.record_receipts
+
+    def slow(ledger_, batch):
+        writing_on.append(threading.current_thread().name)
+        release.wait(10)
+        real(ledger_, batch)
+
+    monkeypatch.setattr(receipts, "record_receipts", slow)
+    with ThreadPoolExecutor(1, thread_name_prefix="writer") as writer:
+        buffer = ReceiptBuffer(ledger, size=BATCH_MIN, clock=Monotonic(), writer=writer)
+        for r in versions(BATCH_MIN):
+            buffer.add(r)  # returns although the write is held
+        assert ledger.delivered_keys() == set()
+        release.set()
+        buffer.flush()
+    assert len(ledger.delivered_keys()) == BATCH_MIN
+    assert writing_on and writing_on[0].startswith("writer")
