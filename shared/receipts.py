@@ -23,7 +23,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob import ContentSettings
 
-from .destination import Sent
+from .destination import ListingEvidence, Sent
 from .errors import RelayError, scrub
 from .ledger import RECEIPT_BATCHES, Clock, Ledger, Receipt, _lower, _parse_batch
 
@@ -92,7 +92,6 @@ class Unverified:
     settle: Callable[[BaseException | None], Any]
 
 
-Evidence = Callable[[Sequence[Sent]], list[BaseException | None]]
 # Told each settled outcome, or the exception its `settle` raised (a broken chain of trust, a ledger error).
 Settled = Callable[[str, Any], None]
 
@@ -114,7 +113,7 @@ class ReceiptBuffer:
     """
 
     def __init__(self, ledger: Ledger, size: int = 200, max_age: float = 5.0,
-                 clock: Clock = time.monotonic, evidence: Evidence | None = None,
+                 clock: Clock = time.monotonic, evidence: ListingEvidence | None = None,
                  settled: Settled | None = None, writer: Executor | None = None) -> None:
         self.ledger = ledger
         # Given (a sync): due batches are checked and written on this one thread, so no delivery worker waits for
@@ -136,8 +135,10 @@ class ReceiptBuffer:
 
     @property
     def defers(self) -> bool:
-        """Whether deliveries may be handed over unverified (`defer`): the buffer was given its evidence."""
-        return self.evidence is not None and self.settled is not None
+        """Whether deliveries may be handed over unverified (`defer`): the buffer was given its evidence, and Bane
+        NOR lets it list. Once a listing was refused, each delivery reads itself back on its own worker, in
+        parallel, rather than one after another on the thread that checks the batch."""
+        return self.evidence is not None and self.settled is not None and not self.evidence.listing_refused
 
     def add(self, receipt: Receipt) -> Receipt:
         """Queue `receipt`; returns it (the delivery compares it with what was stored, as with `record_receipt`)."""

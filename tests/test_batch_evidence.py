@@ -275,3 +275,21 @@ def test_the_export_listing_reads_every_field_a_version_is_made_of_as_the_sdk_do
     theirs = [SourceVersion.from_properties(b) for b in exports.list_blobs(name_starts_with="fields/")]
     assert ours == theirs and len(ours) == 2
     assert [b.name for b in list_blobs(exports)] == ["fields/a.csv", "fields/b.json", "other/c.csv"]
+
+
+def test_once_a_listing_is_refused_deliveries_read_themselves_back_in_parallel(relay_env, no_listing):
+    """After Bane NOR refuses a listing, the run's buffer stops taking deliveries unverified: each reads itself back
+    on its own worker, instead of one read-back after another on the thread that checks the batches."""
+    from shared.copier import SourceVersion
+    from shared.destination import ListingEvidence, Sent
+    from shared.receipts import ReceiptBuffer
+
+    rt = relay_env.rt
+    relay_env.put("refused/a.csv", b"1;2\n")
+    outcome = rt.relay.deliver("refused/a.csv")
+    evidence = ListingEvidence(rt.destination)
+    buffer = ReceiptBuffer(rt.ledger, evidence=evidence, settled=lambda name, result: None)
+    assert buffer.defers
+    version = SourceVersion.from_properties(rt.exports.get_blob_client("refused/a.csv").get_blob_properties())
+    assert evidence([Sent(outcome.destination, version, version.size, md5(b"1;2\n"), None)]) == [None]
+    assert evidence.listing_refused and not buffer.defers
