@@ -149,7 +149,7 @@ def check_exports(rt: Any) -> None:
     """One small listing of the export container: the first link send and sync need, checked as doctor does, so
     a storage account that cannot be reached is reported as the export container (17). Raises LinkFailure."""
     with on_link("exports", rt.settings):
-        next(iter(rt.exports.list_blobs(results_per_page=1)), None)
+        next(iter(rt.exports_probe.list_blobs(results_per_page=1).by_page()), None)  # one page: one request
 
 
 def check_gateway(rt: Any) -> None:
@@ -161,7 +161,9 @@ def check_gateway(rt: Any) -> None:
         rt.relay.preflight()  # the token first: a broken chain of trust is its own link
     prefix = (s.banenor.directory + "/") if s.banenor.directory else None
     try:
-        next(iter(rt.destination.list_blobs(name_starts_with=prefix, results_per_page=1)), None)
+        # One page, one request: a listing whose marker keeps coming must not hold the command (its items are
+        # not needed, only the answer).
+        next(iter(rt.destination.list_blobs(name_starts_with=prefix, results_per_page=1).by_page()), None)
     except Exception as exc:
         failure = gateway_unreachable(exc, s.banenor)
         if failure is not None:

@@ -23,7 +23,7 @@ from azure.core.exceptions import AzureError, HttpResponseError
 from azure.storage.blob import BlobClient, ContentSettings
 
 from .errors import DeliveryError, scrub
-from .storage import banenor_answer, request_method
+from .storage import SERVER_COPY_CODES, banenor_answer, banenor_link_refusal, request_method
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,8 @@ SAS_REFRESH_SECONDS = 600.0
 class CopyFailed(DeliveryError):
     """A storage request of the copy failed. `side` is "source" or "destination"; `status` and
     `error_code` are the service's (None for a connection error); `blob` names the source export. A 401 from
-    the destination is the trust chain's (the storage token was refused), not the file's."""
+    the destination is the trust chain's (the storage token was refused), not the file's: `link` names the link
+    a refusal is about (`_link_of`), None when it is about this file or transient."""
 
     def __init__(
         self,
@@ -61,7 +62,17 @@ class CopyFailed(DeliveryError):
         self.error_code = error_code
         self.blob = blob
         self.side = side
-        self.trust_chain = status == 401 and side == "destination"
+        self.link = _link_of(status, error_code, side, None)
+
+
+def _link_of(status: int | None, code: str | None, side: str | None, method: str | None) -> str | None:
+    """The link a storage answer refuses (shared.storage.banenor_link_refusal on Bane NOR's side), else None: the
+    partner's own storage refusing to read one export is that file's problem."""
+    if side == "destination" and status is not None and banenor_link_refusal(status, code, method):
+        return "gateway"
+    if side == "source" and status in (401, 403):  # the relay's identity may not read the exports at all
+        return "exports"
+    return None
 
 
 class SourceChangedError(CopyFailed):
@@ -264,9 +275,12 @@ def _translate(err: AzureError, *, blob: str, side: str, action: str) -> CopyFai
             **kwargs,
         )
     # Bane NOR's side is read in one place (shared.storage.banenor_answer), whichever component met the answer.
-    transient, hint = (banenor_answer(status, code, has_body=request_method(err) != "HEAD") if side == "destination"
+    method = request_method(err)
+    transient, hint = (banenor_answer(status, code, has_body=method != "HEAD") if side == "destination"
                        else _source_answer(status, code))
-    return CopyFailed(f"{action} {blob!r} failed: {label}: {detail}", hint=hint, transient=transient, **kwargs)
+    failed = CopyFailed(f"{action} {blob!r} failed: {label}: {detail}", hint=hint, transient=transient, **kwargs)
+    failed.link = _link_of(status, code, side, method)
+    return failed
 
 
 def _is_server_refusal(err: CopyFailed) -> bool:
@@ -275,8 +289,9 @@ def _is_server_refusal(err: CopyFailed) -> bool:
     403 AuthorizationPermissionMismatch is about the destination's own RBAC/ACL (docs/protocol.md section 6)
     and would fail a streamed write too, so it is not a reason to switch modes.
     """
-    if err.error_code == "CannotVerifyCopySource":
-        return True
+    if err.error_code in SERVER_COPY_CODES:
+        # 5xx: the partner's storage was busy answering Bane NOR's read (throttled): transient, not a refusal
+        return err.status is None or err.status < 500
     if err.status in (403, 501):
         return err.error_code != "AuthorizationPermissionMismatch"
     return False

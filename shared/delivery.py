@@ -20,7 +20,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
 
 from . import destination
 from .copier import DestinationExistsError, SourceChangedError, SourceVersion
-from .errors import DeliveryError, NameRejected, RelayError, scrub
+from .errors import DeliveryError, GatewayError, NameRejected, RelayError, kind_of, scrub
 from .ledger import Ledger, Receipt
 from .receipts import Unverified
 
@@ -51,6 +51,7 @@ class Outcome:
     mode: str | None = None
     md5: str | None = None
     correlation_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    link: str | None = None  # a failure on this link's side (gateway, exports): what a window of failures counts
 
     def as_dict(self) -> dict[str, Any]:
         # Every field is a plain value: a shallow dict is what dataclasses.asdict would build, without its deep
@@ -60,19 +61,28 @@ class Outcome:
 
 _OUTCOME_FIELDS = tuple(f.name for f in fields(Outcome))
 STATUSES = ("delivered", "already_delivered", "rejected", "failed", "poisoned", "in_progress", "missing",
-            "pending", "would_deliver")
+            "pending", "would_deliver", "held")
 
 
 def _is_trust_chain(exc: BaseException) -> bool:
-    """A configuration problem of the chain of trust, not of one file: the error's own flag says so."""
-    return bool(getattr(exc, "trust_chain", False))
+    """A refusal about a link (the chain of trust, the gateway's 401, 403 RBAC/ACL, 404 container), not about one
+    file: `errors.kind_of` says so from the error's own attributes."""
+    return kind_of(exc) == "link"
 
 
 def _is_terminal(exc: BaseException) -> bool:
-    """Retrying cannot help until someone acts (a destination that is never overwritten, an ACL only Bane NOR can
-    grant, a request the gateway refuses): the error's own flag says so. Errors the relay did not classify (a
+    """Retrying cannot help until someone acts on this file (a destination that is never overwritten, a request
+    the gateway refuses for its name or size): `errors.kind_of` says so. Errors the relay did not classify (a
     connection reset inside the SDK, say) are transient."""
-    return isinstance(exc, RelayError) and not exc.transient
+    return kind_of(exc) == "file"
+
+
+def _side_link(exc: BaseException) -> str | None:
+    """The link on whose side a transient failure happened (Bane NOR's gateway, or the partner's exports)."""
+    side = getattr(exc, "side", None)
+    if side is not None:
+        return {"destination": "gateway", "source": "exports"}.get(side)
+    return "gateway" if isinstance(exc, GatewayError) else None
 
 
 def archive_name(version: SourceVersion) -> str:
@@ -232,10 +242,12 @@ class Delivery:
                 gone = False
             status = "missing" if gone else "failed"
             return Outcome(status, version.name, version.etag, destination=dest_path, reason=reason)
+        terminal = _is_terminal(exc)
         failure = relay.ledger.record_failure(version.name, version.etag, reason, relay.settings.relay.max_attempts,
-                                              terminal=_is_terminal(exc))
+                                              terminal=terminal)
         status = "poisoned" if failure.poisoned else "failed"
-        return Outcome(status, version.name, version.etag, destination=dest_path, reason=failure.last_error)
+        return Outcome(status, version.name, version.etag, destination=dest_path, reason=failure.last_error,
+                       link=None if terminal else _side_link(exc))
 
     def _after_delivery(self, version: SourceVersion) -> None:
         """keep | archive | delete, only after the receipt is written, and only for the delivered etag."""

@@ -267,6 +267,9 @@ class ListingEvidence:
         page = min(LISTING_PAGE_MAX, len(names) + LISTING_SCAN_EXTRA)
         for entries in list_blob_pages(self.container, prefix, page):
             self.listings += 1
+            budget -= not entries  # an empty page costs too: a marker that keeps coming ends within the budget
+            if budget < 0:
+                return
             for entry in entries:
                 budget -= 1
                 if entry.name > last or budget < 0:

@@ -230,8 +230,8 @@ def probe_gateway(run: Run) -> list[str]:
     if run.read_only:
         prefix = (directory + "/") if directory else None
         try:
-            listing = rt.destination.list_blobs(name_starts_with=prefix)
-            names = [b.name for _, b in zip(range(5), listing, strict=False)]
+            page = next(iter(rt.destination.list_blobs(name_starts_with=prefix, results_per_page=5).by_page()), [])
+            names = [b.name for b in page]  # one page, one request: an endless marker cannot hold doctor
         except Exception as exc:
             raise gateway_error(exc, f"{banenor.container}/{directory}") from None
         return [f"listed {banenor.container}/{directory}: {len(names)} item(s) seen (read-only check)"]
@@ -253,7 +253,8 @@ def probe_gateway(run: Run) -> list[str]:
 def probe_exports(run: Run) -> list[str]:
     container = run.settings.exports.container
     try:
-        names = [b.name for _, b in zip(range(1), run.runtime.exports.list_blobs(), strict=False)]
+        page = next(iter(run.runtime.exports_probe.list_blobs(results_per_page=1).by_page()), [])
+        names = [b.name for b in page]
     except Exception as exc:
         failure = partner_storage_failure(exc, "exports", container, partner_endpoint(run.settings.exports))
         raise RelayError(failure.message, hint=failure.fix) from None

@@ -38,6 +38,7 @@ RECEIPT_BATCHES = "receipt-batches/"  # written by earlier versions (JSON lines,
 FAILURES = "failures/"
 REJECTED = "rejected/"
 CLAIMS = "claims/"
+LINKS = "links/"  # one record per broken link (shared/links.py); none while every link works
 
 MAX_ERROR_CHARS = 500
 _JSON = ContentSettings(content_type="application/json")
@@ -153,6 +154,32 @@ class Rejection(_Record):
             reason=_unb64(md["reason"]),
             rejected_at=float(md["rejectedat"]),
         )
+
+
+@dataclass(frozen=True)
+class LinkState(_Record):
+    """A link that is broken: which (doctor's name), since when, the refusal (HTTP status and error code where
+    there is one), the cause in one sentence and the fix; `transient` when the link did not refuse but stopped
+    answering (every request of a window failed)."""
+
+    link: str
+    since: float
+    cause: str
+    fix: str
+    status: int | None = None
+    code: str | None = None
+    transient: bool = False
+
+    def _metadata(self) -> dict[str, str]:
+        return {"link": self.link, "since": repr(self.since), "cause": _b64(self.cause), "fix": _b64(self.fix),
+                "status": str(self.status or ""), "code": _b64(self.code or ""),
+                "transient": "1" if self.transient else "0"}
+
+    @classmethod
+    def _from_metadata(cls, md: dict[str, str]) -> LinkState:
+        return cls(link=md["link"], since=float(md["since"]), cause=_unb64(md["cause"]), fix=_unb64(md["fix"]),
+                   status=int(md["status"]) if md.get("status") else None, code=_unb64(md.get("code", "")) or None,
+                   transient=md.get("transient") == "1")
 
 
 def _lower(md: dict[str, str] | None) -> dict[str, str]:
@@ -507,6 +534,28 @@ class Ledger:
             blob.delete_blob(etag=found[1], match_condition=MatchConditions.IfNotModified)
         except (ResourceModifiedError, ResourceNotFoundError):
             pass
+
+    # -- links -----------------------------------------------------------------------------
+    def link_states(self) -> list[LinkState]:
+        """The links recorded broken (one listing); empty while every link works."""
+        return [LinkState._from_metadata(_lower(b.metadata)) for b in self._list(LINKS)]
+
+    def record_link(self, state: LinkState) -> LinkState:
+        """Record `state` unless its link is recorded broken already (create-only: concurrent runs agree on one
+        broken period). Returns the record that holds: `state` when it is new, else the earlier one."""
+        blob = self._blob(LINKS, state.link)
+        if self._create(blob, state.to_json(), state._metadata()):
+            return state
+        found = self._properties(blob)
+        return LinkState._from_metadata(found[0]) if found else self.record_link(state)
+
+    def clear_link(self, link: str) -> bool:
+        """Forget that `link` was broken; True when this call removed the record (so one run logs its end)."""
+        try:
+            self._blob(LINKS, link).delete_blob()
+        except ResourceNotFoundError:
+            return False
+        return True
 
     # -- overview --------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:

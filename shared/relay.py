@@ -28,6 +28,7 @@ from .delivery import (  # noqa: F401  (CLAIM_*, _ClaimKeeper, _is_*, archive_na
 )
 from .errors import NameRejected, RelayError
 from .ledger import Ledger
+from .links import TOKEN_LINKS, Links
 from .naming import NamePolicy, destination_path
 from .receipts import ReceiptBuffer, Unverified
 from .sync import SyncSummary, run_sync
@@ -69,6 +70,7 @@ class Relay:
         self.on_unauthorized = on_unauthorized
         self.clock = clock
         self.owner = f"relay-{uuid.uuid4()}"
+        self.links = Links(ledger, clock)
         self.policy = NamePolicy.from_settings(settings.relay)
         problems = self.policy.validate()
         if problems:
@@ -80,9 +82,10 @@ class Relay:
     def deliver(self, name: str) -> Outcome:
         """Deliver the current version of export `name` and return its outcome.
 
-        Raises for a broken chain of trust (TokenError, SigningKeyError, a gateway 401) and when the ledger in the
-        partner's storage cannot be read or written (azure-core errors): then nothing is recorded, and the next
-        sync (or the host's trigger retry) tries again.
+        A refusal about a link (the chain of trust, the gateway's 401, 403 RBAC/ACL or 404 container) charges no
+        file: the link's state is recorded (shared/links.py) and the outcome is "held", left to the sync. Raises
+        when the ledger in the partner's storage cannot be read or written (azure-core errors): then nothing is
+        recorded, and the next sync (or the host's trigger retry) tries again.
         """
         started = self.clock()
         source = self.exports.get_blob_client(name)
@@ -91,9 +94,26 @@ class Relay:
         except CopyFailed as exc:
             if exc.status == 404:
                 return Outcome("missing", name, reason="the export no longer exists")
+            if exc.link is not None:
+                return self._finish(self._held(exc, name, None), started)
             # The version is unknown, so no attempt can be charged: report it, the next sync tries again.
             return Outcome("failed", name, reason=str(exc))
-        return self._finish(self._deliver_version(source, version), started)
+        try:
+            outcome = self._deliver_version(source, version)
+        except RelayError as exc:
+            if exc.link is None:
+                raise
+            outcome = self._held(exc, name, version.etag)
+        if outcome is not None and outcome.status in ("delivered", "already_delivered") and self.links.known:
+            self.links.working("gateway", "exports", *TOKEN_LINKS)  # a write went through: every link works
+        return self._finish(outcome, started)
+
+    def _held(self, exc: RelayError, name: str, etag: str | None) -> Outcome:
+        """A delivery that met a broken link: the link's state is recorded once; the file waits for the sync."""
+        state = self.links.broken(exc)
+        return Outcome("held", name, etag, reason=f"{exc} (link {state.link} broken since "
+                       f"{dt.datetime.fromtimestamp(state.since, dt.UTC):%Y-%m-%dT%H:%M:%SZ}; the sync delivers it "
+                       "once the link answers)")
 
     def deliver_listed(self, props: Any, failure: Any = None,
                        receipts: ReceiptBuffer | None = None) -> Outcome | None:
@@ -209,11 +229,17 @@ class Relay:
         started = self.clock()
         summary = SyncSummary()
         try:
+            broken = self.links.load() if not dry_run else {}
             if not dry_run:
-                self.preflight()
-            run_sync(self, summary, dry_run, progress)
+                self.preflight()  # the probe of the chain of trust: one token (cached while it lasts)
+                self.links.working(*TOKEN_LINKS)
+            # A link recorded broken is probed with one delivery before the run goes wide.
+            run_sync(self, summary, dry_run, progress, probe=bool({"gateway", "exports"} & set(broken)))
         except RelayError as exc:
             summary.error = str(exc)
+            if exc.link is not None:
+                summary.link = exc.link
+                self.links.broken(exc)
             log.error("sync stopped: %s", exc)
         summary.seconds = round(self.clock() - started, 3)
         log.info("sync summary outcome=%s delivered=%d already=%d rejected=%d failed=%d poisoned=%d pending=%d "

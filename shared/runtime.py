@@ -32,8 +32,10 @@ class Runtime:
                  clock: Callable[[], float] = time.time, interactive: bool = False) -> None:
         self.settings = settings
         self.clock = clock
-        # The command line: a person waits, so the partner's storage gets shorter timeouts and retries
-        # (`storage.interactive_storage_options`) than the functions use; a broken link is reported in about 10 s.
+        # The command line: a person waits, so its first request to the partner's storage (`exports_probe`) and its
+        # connections to the gateway get shorter bounds (`storage.interactive_storage_options`): a dead host is
+        # reported in about 10 s. The work itself (listings of a large container, ledger writes) keeps the
+        # functions' bounds, so a storage account that answers slowly is not called broken.
         self.interactive = interactive
         quiet_sdk_logs()
         from .memory import bound_large_buffers
@@ -99,12 +101,21 @@ class Runtime:
     def export_service(self) -> Any:
         from .storage import partner_service_client
 
-        return partner_service_client(self.settings.exports, self.settings.http, self.partner_credential,
-                                      interactive=self.interactive)
+        return partner_service_client(self.settings.exports, self.settings.http, self.partner_credential)
 
     @cached_property
     def exports(self) -> Any:
         return self.export_service.get_container_client(self.settings.exports.container)
+
+    @cached_property
+    def exports_probe(self) -> Any:
+        """The export container through a client with the command line's short bounds: the one request that tells
+        whether the partner's storage answers at all (`cli.check_exports`, `doctor`)."""
+        from .storage import partner_service_client
+
+        service = partner_service_client(self.settings.exports, self.settings.http, self.partner_credential,
+                                         interactive=True)
+        return service.get_container_client(self.settings.exports.container)
 
     @cached_property
     def archive(self) -> Any:

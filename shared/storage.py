@@ -213,6 +213,7 @@ def list_blob_pages(container: Any, prefix: str, page_size: int, *,
     from azure.core.rest import HttpRequest
 
     marker = ""
+    empty = 0
     while True:
         query = {"restype": "container", "comp": "list", "maxresults": str(page_size),
                  **({"include": "metadata"} if metadata else {}), **({"prefix": prefix} if prefix else {}),
@@ -224,10 +225,31 @@ def list_blob_pages(container: Any, prefix: str, page_size: int, *,
         # The parser azure-storage-blob itself uses on these answers: expat resolves no external entity and (2.4.1
         # and later, bundled with Python 3.11) bounds entity expansion.
         root = ElementTree.fromstring(response.read())  # noqa: S314
-        yield [_listed(blob) for blob in root.iter("Blob")]
+        page = [_listed(blob) for blob in root.iter("Blob")]
         marker = root.findtext("NextMarker") or ""
+        empty = _count_empty(page, marker, empty, container)
+        yield page
         if not marker:
             return
+
+
+# Azure may answer a page with no entries and a NextMarker (a listing that ran out of time on the server side); a
+# server that keeps doing so would keep a listing going for ever: stop after this many empty pages in a row.
+MAX_EMPTY_PAGES = 50
+
+
+def _count_empty(page: list[Any], marker: str, empty: int, container: Any) -> int:
+    """Empty pages in a row so far; raises ListingError past MAX_EMPTY_PAGES."""
+    if page or not marker:
+        return 0
+    if empty + 1 >= MAX_EMPTY_PAGES:
+        from .errors import ListingError
+
+        raise ListingError(f"listing container {getattr(container, 'container_name', '?')!r} answered "
+                           f"{MAX_EMPTY_PAGES} empty pages in a row, each with a NextMarker; stopped",
+                           hint="a storage or gateway fault: the next run lists again; if it repeats, report it to "
+                                "the owner of that storage (Bane NOR for its gateway)")
+    return empty + 1
 
 
 def _listing_error(response: Any) -> Exception:
@@ -269,10 +291,14 @@ def _listed(blob: Any) -> ListedBlob:
 def _sdk_pages(container: Any, prefix: str, page_size: int, metadata: bool) -> Iterator[list[ListedBlob]]:
     pages = container.list_blobs(name_starts_with=prefix or None, include=["metadata"] if metadata else None,
                                  results_per_page=page_size)
-    for page in pages.by_page():
+    empty = 0
+    by_page = pages.by_page()
+    for page in by_page:
+        entries = list(page)
+        empty = _count_empty(entries, getattr(by_page, "continuation_token", None) or "", empty, container)
         yield [ListedBlob(b.name, b.size, bytes(b.content_settings.content_md5) if b.content_settings.content_md5
                           else None, dict(b.metadata or {}), b.etag, b.last_modified, b.content_settings.content_type,
-                          b.content_settings.content_disposition) for b in page]
+                          b.content_settings.content_disposition) for b in entries]
 
 
 # -- what Bane NOR's side answers ---------------------------------------------------------------------------
@@ -302,6 +328,23 @@ NOT_STORAGE_HINT = "the answer was not a storage error: check BANENOR_STORAGE_UR
 def banenor_hint(status: int | None, code: str | None) -> str | None:
     """The hint for a refusal from Bane NOR's side (None: the table has none)."""
     return BANENOR_HINTS.get(code or "") or BANENOR_HINTS.get(status or 0)
+
+
+# Server-side copy: storage answers CannotVerifyCopySource with the status it met reading the source (403 or 404:
+# the source URL is not reachable for Bane NOR's storage; 5xx: the partner's storage was busy, transient).
+SERVER_COPY_CODES = ("CannotVerifyCopySource",)
+
+
+def banenor_link_refusal(status: int, code: str | None, method: str | None = None) -> bool:
+    """Whether an answer from Bane NOR's side refuses the link rather than one file: the token (401), the
+    identity's RBAC or ACL on the directory (403, a role or ACL still propagating after onboarding), the container
+    (404 ContainerNotFound, or a 404 to a write: Bane NOR redeploying). Nothing a file could change; every write
+    would meet it."""
+    if code in SERVER_COPY_CODES:
+        return False
+    if status in (401, 403):
+        return True
+    return status == 404 and (code == "ContainerNotFound" or method not in (None, "GET", "HEAD"))
 
 
 def banenor_answer(status: int, code: str | None, *, has_body: bool = True) -> tuple[bool, str]:
@@ -340,9 +383,10 @@ def gateway_error(exc: Exception, blob: str | None) -> RelayError:
         reason = first_line(getattr(exc, "reason", "") or "")
         if reason:
             text += f" ({reason})"
-        transient, hint = banenor_answer(status, _code_text(code), has_body=request_method(exc) != "HEAD")
+        method = request_method(exc)
+        transient, hint = banenor_answer(status, _code_text(code), has_body=method != "HEAD")
         return GatewayError(text + ".", hint=hint, status=status, error_code=code, blob=blob, transient=transient,
-                            trust_chain=status == 401)
+                            trust_chain=banenor_link_refusal(status, _code_text(code), method))
     return GatewayError(f"Writing {blob!r} to Bane NOR failed ({type(exc).__name__}).", hint="retry later",
                         blob=blob, transient=True)
 

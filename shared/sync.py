@@ -14,9 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-from .delivery import Outcome, _is_trust_chain
+from .delivery import Outcome
 from .destination import ListingEvidence
-from .errors import RelayError, scrub
+from .errors import LinkDown, RelayError, scrub
 from .ledger import Ledger
 from .receipts import ReceiptBuffer, compact_receipt_batches
 from .storage import list_blobs
@@ -25,6 +25,13 @@ if TYPE_CHECKING:
     from .relay import Relay
 
 log = logging.getLogger(__name__)
+
+
+# The outcomes a summary keeps (with their reasons): what needs attention, and a dry run's plan.
+ATTENTION = ("rejected", "failed", "poisoned", "missing", "in_progress", "held", "would_deliver")
+MAX_OUTCOMES = 1000
+# A window of transient failures on one link, none delivered in between, this long: the link is down for this run.
+TRANSIENT_TRIP = 5
 
 
 @dataclass
@@ -38,18 +45,26 @@ class SyncSummary:
     missing: int = 0
     pending: int = 0  # failures waiting for their next retry time
     would_deliver: int = 0  # a dry run: new versions and due retries it would deliver
+    held: int = 0  # met a broken link: left for the next run, nothing charged
     bytes: int = 0
     seconds: float = 0.0
     listed: int = 0
     error: str | None = None
+    link: str | None = None  # the broken link that stopped the run (doctor's name), if one did
+    outcomes_left_out: int = 0  # outcomes needing attention past MAX_OUTCOMES (counted above, not kept)
     outcomes: list[Outcome] = field(default_factory=list, repr=False)
 
     def add(self, outcome: Outcome) -> None:
+        """Count an outcome; keep it only when it needs attention, and at most MAX_OUTCOMES of them: a run's
+        memory does not grow with the files it delivers."""
         setattr(self, outcome.status, getattr(self, outcome.status) + 1)
         if outcome.status == "delivered":
             self.bytes += outcome.size
-        if outcome.status != "already_delivered":
-            self.outcomes.append(outcome)
+        if outcome.status in ATTENTION:
+            if len(self.outcomes) < MAX_OUTCOMES:
+                self.outcomes.append(outcome)
+            else:
+                self.outcomes_left_out += 1
 
     def counts(self) -> dict[str, Any]:
         """Every figure, without the outcomes (the summary's log line)."""
@@ -64,8 +79,10 @@ class SyncSummary:
 
 
 def run_sync(relay: Relay, summary: SyncSummary, dry_run: bool,
-             progress: Callable[[Outcome], None] | None) -> None:
-    """One pass: fills `summary`; raises the first trust-chain error."""
+             progress: Callable[[Outcome], None] | None, probe: bool = False) -> None:
+    """One pass: fills `summary`; raises the first refusal about a link (RelayError with `link`), or LinkDown
+    when TRANSIENT_TRIP transient failures on one link came in a row. `probe`: a link was recorded broken, so
+    the first delivery runs alone, and the run goes wide only once it got through."""
     options, ledger = relay.settings.relay, relay.ledger  # concurrency, prefix, suffix
     delivered = ledger.delivered_keys()
     rejected = {Ledger.key(r.source_name, r.source_etag) for r in ledger.rejections()}
@@ -75,9 +92,23 @@ def run_sync(relay: Relay, summary: SyncSummary, dry_run: bool,
     error: list[BaseException] = []
     lock = threading.Lock()
 
+    streak: dict[str, int] = {}  # transient failures in a row, by link
+
     def record(outcome: Outcome) -> None:
         with lock:
             summary.add(outcome)
+            if outcome.status in ("delivered", "already_delivered"):
+                streak.clear()
+            elif outcome.status == "failed" and outcome.link is not None:
+                streak[outcome.link] = streak.get(outcome.link, 0) + 1
+                if streak[outcome.link] == TRANSIENT_TRIP and not error:
+                    error.append(LinkDown(outcome.link, f"{TRANSIENT_TRIP} deliveries in a row failed on the "
+                                          f"{outcome.link} link (last: {outcome.reason})",
+                                          hint="nothing to do if it passes: the failed files are retried with "
+                                               "backoff and the next run tries the link again; if it lasts, "
+                                               "run `doctor`"))
+        if outcome.status in ("delivered", "already_delivered") and relay.links.known:
+            relay.links.working("gateway", "exports")  # a write went through
         if progress:
             progress(outcome)
 
@@ -87,8 +118,10 @@ def run_sync(relay: Relay, summary: SyncSummary, dry_run: bool,
             return
         if isinstance(result, Outcome):
             record(result)
-        elif isinstance(result, RelayError) and _is_trust_chain(result):
-            error.append(result)  # charges no file; a deferred delivery it caught is simply sent again
+        elif isinstance(result, RelayError) and result.link is not None:
+            with lock:
+                if not error:  # the first refusal is the link's state; charges no file (a deferred delivery it
+                    error.append(result)  # caught is simply sent again)
         elif isinstance(result, RelayError):
             record(Outcome("failed", name, reason=str(result)))
         elif isinstance(result, Exception):  # a ledger or listing hiccup for one file: report, keep going
@@ -149,8 +182,10 @@ def run_sync(relay: Relay, summary: SyncSummary, dry_run: bool,
                 except BaseException:
                     slots.release()
                     raise
-            for _ in range(2 * limit):  # every slot back: every delivery has ended
-                _take_slot(slots, receipts)
+                if probe:  # the first delivery alone: does the link recorded broken answer again?
+                    _drain(slots, receipts, 2 * limit)
+                    probe = False
+            _drain(slots, receipts, 2 * limit)  # every slot back: every delivery has ended
     except BaseException as exc:
         interrupted = exc
         raise
@@ -173,6 +208,14 @@ def run_sync(relay: Relay, summary: SyncSummary, dry_run: bool,
             compact_receipt_batches(ledger)
         except Exception as exc:  # housekeeping: the next sync that writes a batch tries again
             log.warning("receipt batches not compacted: %s: %s", type(exc).__name__, scrub(str(exc))[:200])
+
+
+def _drain(slots: threading.BoundedSemaphore, receipts: ReceiptBuffer | None, count: int) -> None:
+    """Wait until every delivery submitted has ended (all `count` slots back), then free the slots again."""
+    for _ in range(count):
+        _take_slot(slots, receipts)
+    for _ in range(count):
+        slots.release()
 
 
 def _take_slot(slots: threading.BoundedSemaphore, receipts: ReceiptBuffer | None) -> None:

@@ -26,7 +26,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
-ACTIONS = ("status", "page", "reset", "reset_response", "cut_request", "drop_answer", "stall", "fake_ok")
+ACTIONS = ("status", "page", "reset", "reset_response", "cut_request", "drop_answer", "stall", "fake_ok",
+           "endless_listing")
 # Hop-by-hop headers (RFC 9110 section 7.6.1) are the proxy's own business; it re-frames every body.
 _HOP = frozenset("connection keep-alive proxy-connection transfer-encoding te trailer upgrade".split())
 _STATUS_CODES = {403: "AuthorizationPermissionMismatch", 429: "TooManyRequests", 500: "InternalError",
@@ -67,7 +68,9 @@ class Fault:
     times (None: until removed). `status`/`retry_after` for "status" (a storage error), `status` for "page" (a
     proxy's or firewall's HTML page, no storage error code); `stall` seconds for "stall";
     `fraction` of the body that gets through for "reset_response" and "cut_request"; `headers` for "fake_ok"
-    (201 for a PUT, 200 otherwise, never forwarded)."""
+    (201 for a PUT, 200 otherwise, never forwarded); `code` the storage error code of "status" (default: the usual
+    one for the status); "endless_listing" answers a List Blobs with an empty page and a NextMarker (legal in
+    Azure, endless here)."""
 
     action: str
     when: Matcher = field(default=lambda req: True)
@@ -78,6 +81,7 @@ class Fault:
     stall: float = 2.0
     fraction: float = 0.5
     headers: dict[str, str] = field(default_factory=dict)
+    code: str | None = None
     seen: int = 0
     fired: int = 0
 
@@ -267,7 +271,10 @@ class FaultProxy:
                     self._reset(conn)
                     return
                 if fault is not None and fault.action == "status":
-                    conn.sendall(_error_response(fault.status, fault.retry_after, method))
+                    conn.sendall(_error_response(fault.status, fault.retry_after, method, fault.code))
+                    continue
+                if fault is not None and fault.action == "endless_listing":
+                    conn.sendall(_endless_listing(req, method))
                     continue
                 if fault is not None and fault.action == "page":
                     conn.sendall(_page_response(fault.status, method))
@@ -361,9 +368,20 @@ def _page_response(status: int, method: str) -> bytes:
     return head.encode() + body
 
 
-def _error_response(status: int, retry_after: str | None, method: str) -> bytes:
+def _endless_listing(req: Request, method: str) -> bytes:
+    """An empty List Blobs page whose NextMarker always leads to another one."""
+    marker = f"endless{int(req.query.get('marker', 'endless0')[len('endless'):] or 0) + 1}"
+    body = ('<?xml version="1.0" encoding="utf-8"?><EnumerationResults ContainerName="x"><Blobs />'
+            f"<NextMarker>{marker}</NextMarker></EnumerationResults>").encode()
+    data = b"" if method == "HEAD" else body
+    head = ("HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nx-ms-version: 2025-01-05\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n")
+    return head.encode() + data
+
+
+def _error_response(status: int, retry_after: str | None, method: str, code: str | None = None) -> bytes:
     """An error as both storage (x-ms-error-code, XML) and OAuth servers (JSON `error`) say it."""
-    code = _STATUS_CODES.get(status, "InternalError")
+    code = code or _STATUS_CODES.get(status, "InternalError")
     body = (f'{{"error": "temporarily_unavailable", "error_description": "fault proxy: {code}"}}'
             if method == "POST" else
             f'<?xml version="1.0" encoding="utf-8"?><Error><Code>{code}</Code>'
