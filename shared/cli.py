@@ -29,6 +29,7 @@ from .diagnosis import (
 from .doctor import DOCTOR_EXIT, token_facts
 from .doctor import fmt_time as _fmt_time
 from .errors import ConfigError, RelayError, scrub
+from .links import describe as describe_link
 
 # One exit-code table for every command (docs/troubleshooting.md): send and sync say what became of the files,
 # a broken link says which link (doctor stops at the first broken one with the same codes).
@@ -148,8 +149,25 @@ class Progress:
 def check_exports(rt: Any) -> None:
     """One small listing of the export container: the first link send and sync need, checked as doctor does, so
     a storage account that cannot be reached is reported as the export container (17). Raises LinkFailure."""
-    with on_link("exports", rt.settings):
-        next(iter(rt.exports_probe.list_blobs(results_per_page=1).by_page()), None)  # one page: one request
+    check_partner(rt, "exports")
+
+
+def check_partner(rt: Any, link: str) -> None:
+    """One request to the partner's storage (a one-entry listing of the container of `link`, exports or ledger)
+    with the command line's short bounds, before the work: a dead host is reported in about 10 s, while the work
+    itself keeps the functions' bounds (a large listing may take a while). A ledger container that does not exist
+    yet is no failure (it is created on first use). Raises LinkFailure."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    s = rt.settings
+    container = s.exports.container if link == "exports" else s.exports.ledger_container
+    with on_link(link, s):
+        try:
+            pages = rt.partner_probe.get_container_client(container).list_blobs(results_per_page=1).by_page()
+            next(iter(pages), None)  # one page: one request
+        except ResourceNotFoundError:
+            if link == "exports":
+                raise
 
 
 def check_gateway(rt: Any) -> None:
@@ -239,10 +257,17 @@ def cmd_sync(args: argparse.Namespace, out: Output) -> int:
         check_gateway(rt)  # a broken chain of trust or an unreachable gateway: its link's code, before any file
     count = [0]
     lock = threading.Lock()
+    # What this run did, for the output and the exit code (the summary itself keeps only counts and what needs
+    # attention, so a timer run's memory does not grow with the files it delivers).
+    shown: list[dict[str, Any]] = []
+    keep = ("delivered", "would_deliver") if (args.json or args.verbose or args.dry_run) else ()
 
     def progress(outcome: Any) -> None:  # called from the sync's worker threads
         with lock:
             count[0] += 1
+            if outcome.status != "already_delivered" and (outcome.status not in ("delivered", "would_deliver")
+                                                          or outcome.status in keep):
+                shown.append(outcome.as_dict())
         if not args.json and sys.stderr.isatty():
             sys.stderr.write(f"\r{count[0]} processed, last: {outcome.status} {outcome.source_name[:50]:<50}")
 
@@ -250,7 +275,7 @@ def cmd_sync(args: argparse.Namespace, out: Output) -> int:
         summary = relay.sync(dry_run=args.dry_run, progress=progress)
     if count[0] and not args.json and sys.stderr.isatty():
         sys.stderr.write("\n")
-    out.data(summary.as_dict())
+    out.data({**summary.counts(), "outcomes": shown})
     if args.dry_run:
         out.line(f"dry run (nothing written): listed {summary.listed}, would deliver {summary.would_deliver}, "
                  f"already delivered {summary.already_delivered}, rejected {summary.rejected}, would fail "
@@ -260,38 +285,52 @@ def cmd_sync(args: argparse.Namespace, out: Output) -> int:
                  f"{summary.already_delivered}, rejected {summary.rejected}, failed {summary.failed}, poisoned "
                  f"{summary.poisoned}, waiting for a retry {summary.pending}, in progress {summary.in_progress}; "
                  f"{summary.bytes / 2**20:.1f} MiB in {summary.seconds:.1f} s")
-    for o in summary.outcomes:
-        if o.status != "delivered" or args.verbose:
-            out.line(outcome_line(o.as_dict()))
-    shown = sum(1 for o in summary.outcomes if o.status in ("rejected", "poisoned", "pending"))
-    if summary.rejected + summary.poisoned + summary.pending > shown:
-        out.line("  (versions rejected, poisoned or failed in earlier runs are counted above; `status` lists them "
-                 "with their reasons)")
+    for o in shown:
+        if o["status"] != "delivered" or args.verbose:
+            out.line(outcome_line(o))
+    now = {o["status"] for o in shown}
+    earlier = sum(getattr(summary, k) for k in ("rejected", "poisoned", "pending")) - \
+        sum(1 for o in shown if o["status"] in ("rejected", "poisoned", "pending"))
+    if earlier > 0:
+        out.line(f"  ({earlier} version(s) rejected, poisoned or failed in earlier runs are counted above and do not "
+                 "change this run's exit code; `status` lists them with their reasons)")
+    if summary.link is not None:
+        # A broken link stopped the run (the preflight passed): recorded once, probed by every later run.
+        print(f"sync stopped: link {summary.link} is broken: {summary.error}", file=sys.stderr)
+        return DOCTOR_EXIT.get(summary.link, DOCTOR_EXIT["gateway"])
     if summary.error:
-        # The chain of trust broke during the run (the preflight passed): most often the gateway's 401.
         print(f"sync stopped: {summary.error}", file=sys.stderr)
-        return DOCTOR_EXIT["gateway"]
+        return EXIT_FAILED
     if args.dry_run:
         return EXIT_OK
-    statuses = {name for name in ("failed", "poisoned", "rejected") if getattr(summary, name)}
-    return delivery_exit(statuses)
+    # This run's outcomes only: a version rejected or poisoned earlier waits for a person (`status` exits 1 or 3
+    # for it); a cron job tells "this run went wrong" from "something waits" by the two commands.
+    return delivery_exit(now)
 
 
 # -- status and retry ------------------------------------------------------------------------------------
 def cmd_status(args: argparse.Namespace, out: Output) -> int:
     rt = _runtime(args)
+    check_partner(rt, "ledger")
     with on_link("ledger", rt.settings):
         ledger = rt.ledger
         counts = ledger.counts()
         failures = [f for f in ledger.failures()]
         rejected = list(ledger.rejections())
+        links = ledger.link_states()
     payload = {
         "counts": counts,
+        "links": [{**asdict(state), "since_at": state.since, "description": describe_link(state)}
+                  for state in links],
         "poisoned": [asdict(f) for f in failures if f.poisoned],
         "failed": [asdict(f) for f in failures if not f.poisoned],
         "rejected": [asdict(r) for r in rejected],
     }
+    for state in payload["links"]:
+        del state["since"]
     out.data(payload)
+    for state in links:
+        out.line(f"LINK BROKEN  {describe_link(state)}")
     out.line("ledger: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     for title, items in (("poisoned", payload["poisoned"]), ("failed", payload["failed"])):
         for f in items:
@@ -300,7 +339,10 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
             out.line(f"  {title:<9} {f['source_name']} (attempts {f['attempts']}; {step}): {f['last_error']}")
     for r in payload["rejected"]:
         out.line(f"  rejected  {r['source_name']}: {r['reason']}")
-    return EXIT_OK
+    # The same table as every command: a broken link first (its code), then what waits for a person.
+    if links:
+        return DOCTOR_EXIT.get(links[0].link, DOCTOR_EXIT["gateway"])
+    return delivery_exit([k for k in ("failed", "poisoned", "rejected") if counts.get(k)])
 
 
 def why_not_poisoned(rt: Any, name: str) -> tuple[str, str]:
@@ -340,6 +382,7 @@ def cmd_retry(args: argparse.Namespace, out: Output) -> int:
         print("retry needs a NAME or --all-poisoned. Fix: `retry NAME` (as `status` shows it) or "
               "`retry --all-poisoned`", file=sys.stderr)
         return EXIT_CONFIG
+    check_partner(rt, "ledger")
     with on_link("ledger", rt.settings):
         count = rt.ledger.retry_all_poisoned() if args.all_poisoned else rt.ledger.retry(args.name)
         nothing = why_not_poisoned(rt, args.name) if args.name and count == 0 else None

@@ -70,8 +70,6 @@ def _link_of(status: int | None, code: str | None, side: str | None, method: str
     partner's own storage refusing to read one export is that file's problem."""
     if side == "destination" and status is not None and banenor_link_refusal(status, code, method):
         return "gateway"
-    if side == "source" and status in (401, 403):  # the relay's identity may not read the exports at all
-        return "exports"
     return None
 
 

@@ -61,7 +61,7 @@ class Outcome:
 
 _OUTCOME_FIELDS = tuple(f.name for f in fields(Outcome))
 STATUSES = ("delivered", "already_delivered", "rejected", "failed", "poisoned", "in_progress", "missing",
-            "pending", "would_deliver", "held")
+            "pending", "would_deliver", "held", "superseded")
 
 
 def _is_trust_chain(exc: BaseException) -> bool:
@@ -204,7 +204,21 @@ class Delivery:
             return self._recorded(receipt, receipt, version, failure)
         if _is_trust_chain(verdict):
             raise verdict
+        current = self._current_etag(version.name)
+        if current is not None and current != version.etag.strip('"'):
+            # A newer version of the export was written (and delivered over this one) before this one's check:
+            # nothing is owed for this version any more, so no failure is recorded against it.
+            return Outcome("superseded", version.name, version.etag, destination=receipt.destination_path,
+                           reason="a newer version of this export replaced it before its delivery was checked; "
+                                  "the newer version is delivered on its own")
         return self._record_failure(version, verdict, receipt.destination_path)
+
+    def _current_etag(self, name: str) -> str | None:
+        """The export's current etag (unquoted); None when it cannot be read (gone, or the read failed)."""
+        try:
+            return str(self.relay.exports.get_blob_client(name).get_blob_properties().etag).strip('"')
+        except Exception:
+            return None
 
     def _recorded(self, receipt: Receipt, stored: Receipt, version: SourceVersion, failure: Any) -> Outcome:
         """The outcome once the receipt is recorded (`stored`: the one the ledger holds), after the

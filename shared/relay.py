@@ -172,7 +172,7 @@ class Relay:
         return UnclaimedDelivery(self, receipts.add, defer).run(source, version, dest_path, failure)
 
     def _log(self, outcome: Outcome) -> None:
-        level = logging.INFO if outcome.status in ("delivered", "already_delivered", "in_progress") else \
+        level = logging.INFO if outcome.status in ("delivered", "already_delivered", "in_progress", "superseded") else \
             logging.WARNING
         if not log.isEnabledFor(level):
             return

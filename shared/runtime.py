@@ -108,14 +108,17 @@ class Runtime:
         return self.export_service.get_container_client(self.settings.exports.container)
 
     @cached_property
-    def exports_probe(self) -> Any:
-        """The export container through a client with the command line's short bounds: the one request that tells
-        whether the partner's storage answers at all (`cli.check_exports`, `doctor`)."""
+    def partner_probe(self) -> Any:
+        """The partner's storage through a client with the command line's short bounds: the one request that tells
+        whether it answers at all, before the work (`cli.check_partner`, `doctor`)."""
         from .storage import partner_service_client
 
-        service = partner_service_client(self.settings.exports, self.settings.http, self.partner_credential,
-                                         interactive=True)
-        return service.get_container_client(self.settings.exports.container)
+        return partner_service_client(self.settings.exports, self.settings.http, self.partner_credential,
+                                      interactive=True)
+
+    @cached_property
+    def exports_probe(self) -> Any:
+        return self.partner_probe.get_container_client(self.settings.exports.container)
 
     @cached_property
     def archive(self) -> Any:

@@ -54,11 +54,12 @@ def storage_retry_policy() -> Any:
     return ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=4, random_jitter_range=1)
 
 
-# The command line's bound on a broken link to the partner's storage: each request is tried 3 times, 1 s apart; a
-# connection may take 2.5 s to open and an answer 3 s to start (the CLI's requests are listings and small ledger
-# records; an upload's read timeout starts only once its body is sent). A refused connection, a failed DNS lookup
-# or an untrusted certificate is reported in 2 to 3 s, a host that never answers in about 10 s, one that accepts
-# and then stalls in about 11 s. docs/troubleshooting.md says so.
+# The command line's bound on a dead link to the partner's storage, for its first request only (the probe before the
+# work: `cli.check_partner`, doctor): it is tried 3 times, 1 s apart; a connection may take 2.5 s to open and an
+# answer 3 s to start. A refused connection, a failed DNS lookup or an untrusted certificate is reported in about
+# 3 s, a host that never answers in about 10 s, one that accepts and then stalls in about 11 s (more on a loaded
+# machine). The work after it keeps the functions' bounds, so a slow listing is not a broken link.
+# docs/troubleshooting.md says so.
 INTERACTIVE_CONNECT_SECONDS = 2.5
 INTERACTIVE_READ_SECONDS = 3
 INTERACTIVE_RETRIES = 2

@@ -46,6 +46,7 @@ class SyncSummary:
     pending: int = 0  # failures waiting for their next retry time
     would_deliver: int = 0  # a dry run: new versions and due retries it would deliver
     held: int = 0  # met a broken link: left for the next run, nothing charged
+    superseded: int = 0  # a newer version of the export came first; nothing owed for this one
     bytes: int = 0
     seconds: float = 0.0
     listed: int = 0
@@ -87,6 +88,9 @@ def run_sync(relay: Relay, summary: SyncSummary, dry_run: bool,
     delivered = ledger.delivered_keys()
     rejected = {Ledger.key(r.source_name, r.source_etag) for r in ledger.rejections()}
     failures = {Ledger.key(f.source_name, f.source_etag): f for f in ledger.failures(delivered=delivered)}
+    stale: dict[str, list[Any]] = {}  # failure records by export name: closed once a newer version is delivered
+    for f in failures.values():
+        stale.setdefault(f.source_name, []).append(f)
     now = relay.clock()
     limit = options.sync_concurrency
     error: list[BaseException] = []
@@ -161,6 +165,8 @@ def run_sync(relay: Relay, summary: SyncSummary, dry_run: bool,
                     continue
                 key = Ledger.key(blob.name, blob.etag)
                 failure = failures.get(key)
+                if not dry_run and blob.name in stale:
+                    _close_superseded(ledger, stale.pop(blob.name), blob.etag, key in delivered)
                 if dry_run:  # the real decisions, each file with its reason; nothing written
                     with lock:
                         summary.listed += 1
@@ -208,6 +214,19 @@ def run_sync(relay: Relay, summary: SyncSummary, dry_run: bool,
             compact_receipt_batches(ledger)
         except Exception as exc:  # housekeeping: the next sync that writes a batch tries again
             log.warning("receipt batches not compacted: %s: %s", type(exc).__name__, scrub(str(exc))[:200])
+
+
+def _close_superseded(ledger: Ledger, records: list[Any], etag: str, delivered: bool) -> None:
+    """Failure records of older versions of an export whose current version (`etag`) is delivered: nothing is owed
+    for them any more (the export's source versions are gone), so they are removed rather than left failed."""
+    if not delivered:
+        return
+    for f in records:
+        if f.source_etag.strip('"') != etag.strip('"'):
+            try:
+                ledger.clear_failure(f.source_name, f.source_etag)
+            except Exception as exc:  # housekeeping: the next sync tries again
+                log.info("failure record of a superseded version not removed yet: %s", type(exc).__name__)
 
 
 def _drain(slots: threading.BoundedSemaphore, receipts: ReceiptBuffer | None, count: int) -> None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
 ACTIONS = ("status", "page", "reset", "reset_response", "cut_request", "drop_answer", "stall", "fake_ok",
-           "endless_listing")
+           "endless_listing", "slow")
 # Hop-by-hop headers (RFC 9110 section 7.6.1) are the proxy's own business; it re-frames every body.
 _HOP = frozenset("connection keep-alive proxy-connection transfer-encoding te trailer upgrade".split())
 _STATUS_CODES = {403: "AuthorizationPermissionMismatch", 429: "TooManyRequests", 500: "InternalError",
@@ -70,7 +70,7 @@ class Fault:
     `fraction` of the body that gets through for "reset_response" and "cut_request"; `headers` for "fake_ok"
     (201 for a PUT, 200 otherwise, never forwarded); `code` the storage error code of "status" (default: the usual
     one for the status); "endless_listing" answers a List Blobs with an empty page and a NextMarker (legal in
-    Azure, endless here)."""
+    Azure, endless here); "slow" holds the request `stall` seconds, then forwards it (a server that answers late)."""
 
     action: str
     when: Matcher = field(default=lambda req: True)
@@ -282,6 +282,8 @@ class FaultProxy:
                 if fault is not None and fault.action == "fake_ok":
                     conn.sendall(_fake_success(method, fault.headers))
                     continue
+                if fault is not None and fault.action == "slow":
+                    self._stopping.wait(fault.stall)
                 if upstream is None:
                     upstream = http.client.HTTPSConnection(
                         self.upstream_host, self.upstream_port, context=self._client_context, timeout=60)

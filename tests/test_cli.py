@@ -118,25 +118,62 @@ def test_sync_dry_run_lists_then_sync_delivers_then_status_counts(cli, tmp_path)
     assert status["counts"]["delivered"] == 4
 
 
-def test_status_shows_poisoned_and_retry_makes_them_due(cli, stack):
+def test_status_shows_poisoned_and_retry_makes_them_due(cli, backend):
     from azure.storage.blob import BlobServiceClient
 
     exports = BlobServiceClient.from_connection_string(
         cli.base["EXPORT_STORAGE"], connection_verify=cli.base["REQUESTS_CA_BUNDLE"]
     ).get_container_client(cli.base["EXPORT_CONTAINER"])
     exports.get_blob_client("stuck.csv").upload_blob(b"x")
-    stack.gateway.revoke(stack.mi_object_id)
-    try:
-        cli("sync", MAX_ATTEMPTS="1", expect=1)
-    finally:
-        stack.gateway.grant(stack.mi_object_id, "integration-dev", "partner-987654321")
-    status = cli("status", "--json", expect=0)
+    # A file of Bane NOR's own where the export would land: never overwritten, so the version is poisoned at once
+    # (a refusal about the link, such as a revoked ACL, charges no file: test_a_revoked_acl_is_the_links_state).
+    foreign = backend.get_blob_client(f"{cli.base['BANENOR_DIRECTORY']}/cli{cli.tag}/stuck.csv")
+    foreign.upload_blob(b"bane nor's own")
+    cli("sync", expect=1)
+    status = cli("status", "--json", expect=1)  # a poisoned version waits for a person: exit 1, as README says
     assert [p["source_name"] for p in as_json(status)["poisoned"]] == ["stuck.csv"]
-    assert "403" in as_json(status)["poisoned"][0]["reason"]
-    text = cli("status", expect=0).stdout
+    assert "never overwritten" in as_json(status)["poisoned"][0]["reason"]
+    text = cli("status", expect=1).stdout
     assert "poisoned  stuck.csv" in text
+    foreign.delete_blob()  # Bane NOR removed it
     assert as_json(cli("retry", "--all-poisoned", "--json", expect=0)) == {"retried": 1}
     assert as_json(cli("sync", "--json", expect=0))["delivered"] == 1
+    cli("status", expect=0)
+
+
+def test_a_revoked_acl_is_the_links_state_and_the_next_sync_heals_it(cli, stack):
+    from azure.storage.blob import BlobServiceClient
+
+    exports = BlobServiceClient.from_connection_string(
+        cli.base["EXPORT_STORAGE"], connection_verify=cli.base["REQUESTS_CA_BUNDLE"]
+    ).get_container_client(cli.base["EXPORT_CONTAINER"])
+    exports.get_blob_client("waits.csv").upload_blob(b"x")
+    stack.gateway.revoke(stack.mi_object_id)
+    try:
+        stopped = cli("sync", MAX_ATTEMPTS="1", expect=16)  # the gateway link's code, as doctor numbers it
+        assert "AuthorizationPermissionMismatch" in stopped.stderr
+        status = cli("status", expect=16)
+        assert "LINK BROKEN" in status.stdout and "Bane NOR's storage" in status.stdout
+        assert as_json(cli("status", "--json", expect=16))["counts"] == {"delivered": 0, "failed": 0,
+                                                                         "poisoned": 0, "rejected": 0}
+    finally:
+        stack.gateway.grant(stack.mi_object_id, "integration-dev", "partner-987654321")
+    assert as_json(cli("sync", "--json", expect=0))["delivered"] == 1
+    assert as_json(cli("status", "--json", expect=0))["links"] == []
+
+
+def test_an_earlier_rejection_does_not_colour_a_later_syncs_exit_code(cli):
+    from azure.storage.blob import BlobServiceClient
+
+    exports = BlobServiceClient.from_connection_string(
+        cli.base["EXPORT_STORAGE"], connection_verify=cli.base["REQUESTS_CA_BUNDLE"]
+    ).get_container_client(cli.base["EXPORT_CONTAINER"])
+    exports.get_blob_client("tool.exe").upload_blob(b"MZ")
+    cli("sync", expect=3)  # this run rejected it
+    exports.get_blob_client("fine.csv").upload_blob(b"a\n")
+    later = cli("sync", expect=0)  # this run went well; the old rejection waits in `status`
+    assert "earlier runs" in later.stdout
+    cli("status", expect=3)
 
 
 def test_doctor_passes_every_link_on_the_stack(cli):

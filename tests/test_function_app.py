@@ -128,6 +128,27 @@ def test_blob_trigger_handler_raises_when_the_delivery_failed_so_the_host_retrie
 
 
 @pytest.mark.stack
+def test_both_handlers_return_at_once_on_a_broken_link_and_leave_its_state_to_one_alert(app_on_stack, stack,
+                                                                                         monkeypatch):
+    from tests.faultproxy import Fault, match, proxy_for
+
+    app, rt = app_on_stack
+    rt.exports.get_blob_client("acl.csv").upload_blob(b"x")
+    upstream = stack.settings["BANENOR_STORAGE_URL"]
+    with proxy_for(stack, "BANENOR_STORAGE_URL") as proxy:
+        # A role or ACL still propagating: every write is refused, whatever the file.
+        proxy.add(Fault("status", when=match("PUT"), status=403, code="AuthorizationPermissionMismatch", times=None))
+        monkeypatch.setenv("BANENOR_STORAGE_URL", proxy.url(upstream))
+        reset_runtime()
+        rt = get_runtime()
+        app.on_export(InputStream(name=f"{rt.settings.exports.container}/acl.csv", data=b""),
+                      Context("on_export", "inv-1", threading.local()))  # returns: no host retry, no poison queue
+        app.sync(TimerRequest(past_due=False), Context("sync", "inv-2", threading.local()))  # no function failure
+    assert list(rt.ledger.failures()) == []
+    assert [s.link for s in rt.ledger.link_states()] == ["gateway"]
+
+
+@pytest.mark.stack
 def test_timer_handler_syncs_the_backlog_and_warns_when_past_due(app_on_stack, caplog):
     app, rt = app_on_stack
     for i in range(5):

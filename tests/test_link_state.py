@@ -188,3 +188,74 @@ def test_an_export_listing_with_an_endless_marker_ends_the_sync_with_its_summary
     assert summary.error and "NextMarker" in summary.error, summary
     assert exports.requests.get("GET", 0) <= 120
     assert _lines(caplog, "sync summary outcome=error")
+
+
+# -- a superseded version is closed, not failed ------------------------------------------------------------------
+
+def test_a_version_superseded_before_its_check_is_closed_and_leaves_no_failure(relay_env):
+    from shared.destination import ListingEvidence
+    from shared.receipts import ReceiptBuffer
+    from shared.storage import list_blobs
+
+    rt = relay_env.rt
+    relay_env.put("s/report.csv", b"version one\n")
+    [first] = list(list_blobs(rt.exports, "s/"))
+    settled = []
+    buffer = ReceiptBuffer(rt.ledger, evidence=ListingEvidence(rt.destination),
+                           settled=lambda name, result: settled.append(result))
+    assert rt.relay.deliver_listed(first, None, buffer) is None  # written; its evidence comes with its batch
+    relay_env.put("s/report.csv", b"version two, a little longer\n")
+    assert rt.relay.deliver("s/report.csv").status == "delivered"  # replaces version one at Bane NOR
+    buffer.flush()
+    assert [o.status for o in settled] == ["superseded"]
+    assert rt.ledger.failure("s/report.csv", first.etag) is None
+    assert rt.ledger.counts() == {"delivered": 1, "failed": 0, "poisoned": 0, "rejected": 0}
+
+
+def test_a_sync_closes_the_failure_record_of_a_version_whose_successor_is_delivered(relay_env):
+    rt = relay_env.rt
+    relay_env.put("old/report.csv", b"one\n")
+    old_etag = rt.exports.get_blob_client("old/report.csv").get_blob_properties().etag
+    rt.ledger.record_failure("old/report.csv", old_etag, "Bane NOR's storage does not hold it as sent", 5)
+    relay_env.put("old/report.csv", b"two\n")
+    assert rt.relay.sync().delivered == 1
+    assert rt.relay.sync().ok
+    assert rt.ledger.counts() == {"delivered": 1, "failed": 0, "poisoned": 0, "rejected": 0}
+
+
+# -- memory does not grow with the files delivered ----------------------------------------------------------------
+
+def test_a_sync_summary_keeps_counts_and_only_what_needs_attention():
+    from shared.delivery import Outcome
+    from shared.sync import MAX_OUTCOMES, SyncSummary
+
+    summary = SyncSummary()
+    for i in range(10_000):
+        summary.add(Outcome("delivered", f"f/{i}.csv", "0x1", size=10))
+    summary.add(Outcome("failed", "f/bad.csv", "0x2", reason="503"))
+    assert summary.delivered == 10_000 and summary.bytes == 100_000
+    assert [o.source_name for o in summary.outcomes] == ["f/bad.csv"]
+    for i in range(MAX_OUTCOMES + 5):
+        summary.add(Outcome("rejected", f"r/{i}.exe", "0x3"))
+    assert len(summary.outcomes) == MAX_OUTCOMES and summary.outcomes_left_out == 6
+    assert summary.rejected == MAX_OUTCOMES + 5
+
+
+# -- the command line does not call a slow partner storage broken --------------------------------------------------
+
+def test_the_command_line_waits_for_a_partner_storage_that_answers_slowly(stack, tmp_path, faults):
+    from tests.faultproxy import proxied_settings
+    from tests.test_cli import make_cli
+
+    cli = make_cli(stack, tmp_path)
+    exports = faults["EXPORT_STORAGE"]
+    slow = exports.add(Fault("slow", lambda req: req.comp == "list" and req.query.get("maxresults") == "5000"
+                             and "/cli-exports-" in req.path, stall=4.0, times=3))
+    from azure.storage.blob import BlobServiceClient
+
+    BlobServiceClient.from_connection_string(cli.base["EXPORT_STORAGE"],
+                                             connection_verify=cli.base["REQUESTS_CA_BUNDLE"]) \
+        .get_container_client(cli.base["EXPORT_CONTAINER"]).get_blob_client("slow.csv").upload_blob(b"1\n")
+    result = cli("sync", expect=0, EXPORT_STORAGE=proxied_settings(stack, faults)["EXPORT_STORAGE"])
+    assert "delivered 1" in result.stdout
+    assert slow.fired >= 1

@@ -288,23 +288,23 @@ def test_sync_racing_triggers_delivers_each_file_once(relay_env):
     assert relay_env.rt.ledger.counts()["delivered"] == 40
 
 
-def test_an_acl_refusal_is_poisoned_at_once_then_retried_by_an_operator(relay_env):
+def test_an_acl_refusal_is_the_links_state_and_the_first_sync_after_the_grant_delivers(relay_env):
     stack = relay_env.stack
     relay_env.put("blocked.csv")
     rt = relay_env.make(MAX_ATTEMPTS="5")
-    stack.gateway.revoke(stack.mi_object_id)  # Bane NOR has not set the ACL yet: 403 for this file
+    stack.gateway.revoke(stack.mi_object_id)  # Bane NOR has not set the ACL yet: 403 for every write (issue 26)
     try:
         first = rt.relay.sync()
-        assert first.poisoned == 1 and first.failed == 0  # not transient: no backoff, terminal at once
+        assert first.link == "gateway" and first.poisoned == first.failed == 0  # the link's, charged to no file
         relay_env.clock.offset += 3600
-        assert rt.relay.sync().poisoned == 1  # parked, not retried
-        failure = next(rt.ledger.failures())
-        assert "403" in failure.last_error and failure.attempts == 1 and failure.poisoned
+        assert rt.relay.sync().link == "gateway"  # probed again, still refused
+        assert list(rt.ledger.failures()) == []
+        [state] = rt.ledger.link_states()
+        assert state.status == 403 and state.code == "AuthorizationPermissionMismatch"
     finally:
         stack.gateway.grant(stack.mi_object_id, "integration-dev", "partner-987654321")
-    assert rt.ledger.retry("blocked.csv") == 1
-    assert rt.relay.sync().delivered == 1
-    assert rt.ledger.counts()["poisoned"] == 0
+    assert rt.relay.sync().delivered == 1  # no `retry`: the next run after the grant delivers
+    assert rt.ledger.link_states() == []
 
 
 def test_broken_trust_chain_stops_sync_early_and_charges_no_file(relay_env):
@@ -326,7 +326,7 @@ def test_delete_after_delivery_removes_the_source_only_once_verified(relay_env):
     assert not rt.exports.get_blob_client("gone.csv").exists()
     stack.gateway.revoke(stack.mi_object_id)
     try:
-        assert rt.relay.deliver("kept.csv").status == "poisoned"  # an ACL refusal is terminal (issue 18)
+        assert rt.relay.deliver("kept.csv").status == "held"  # an ACL refusal is the link's (issue 26)
     finally:
         stack.gateway.grant(stack.mi_object_id, "integration-dev", "partner-987654321")
     assert rt.exports.get_blob_client("kept.csv").exists()
@@ -417,8 +417,7 @@ def test_a_gateway_401_drops_the_cached_storage_token(relay_env, monkeypatch):
         raise CopyFailed("writing 'denied.csv' failed (401)", status=401, side="destination", blob="denied.csv")
 
     monkeypatch.setattr(rt.copier, "copy", refused)
-    with pytest.raises(CopyFailed):
-        relay.deliver("denied.csv")
+    assert relay.deliver("denied.csv").status == "held"  # the link's state, not the file's (issue 26)
     assert relay.destination is not before  # a new client: its bearer policy holds no token
     assert rt.banenor_credential._issued == {}
 

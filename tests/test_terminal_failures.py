@@ -1,8 +1,9 @@
 """Issue 18: the error's own flags decide what happens to a failed delivery.
 
-Not transient (a destination that is never overwritten, an ACL refusal only Bane NOR can fix, a container that
-does not exist): poisoned at once, with its reason, where `status` and the poisoned alert see it, until an operator
-runs `retry`. Transient (a 503 from the gateway): backoff, then poisoned after MAX_ATTEMPTS.
+Not transient and about this file (a destination that is never overwritten): poisoned at once, with its reason,
+where `status` and the poisoned alert see it, until an operator runs `retry`. Transient (a 503 from the gateway):
+backoff, then poisoned after MAX_ATTEMPTS. An ACL refusal or a missing container is about the link, not the file
+(issue 26): no file is charged (tests/test_link_state.py).
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ def test_a_transient_gateway_failure_keeps_the_backoff_until_max_attempts(relay_
 
 @pytest.mark.parametrize(("error", "terminal"), [
     (CopyFailed("x", status=403, error_code="AuthorizationPermissionMismatch", side="destination", transient=False),
-     True),
+     False),  # about the link (issue 26): never charged to the file, so never terminal for it
+    (CopyFailed("x", status=400, error_code="InvalidResourceName", side="destination", transient=False), True),
     (CopyFailed("x", status=503, side="destination", transient=True), False),
     (DeliveryError("x", transient=False), True),
     (GatewayError("x", status=500, transient=True), False),
@@ -80,6 +82,10 @@ def test_terminal_is_decided_by_the_errors_transient_flag(error, terminal):
 @pytest.mark.parametrize(("error", "trust_chain"), [
     (CopyFailed("x", status=401, side="destination"), True),
     (CopyFailed("x", status=401, side="source"), False),  # the partner's own storage: the file's problem
+    (CopyFailed("x", status=404, side="source"), False),  # one export gone: that file's
+    (CopyFailed("x", status=403, error_code="AuthorizationPermissionMismatch", side="destination"), True),
+    (CopyFailed("x", status=404, error_code="ContainerNotFound", side="destination"), True),
+    (CopyFailed("x", status=503, error_code="CannotVerifyCopySource", side="destination"), False),
     (GatewayError("x", status=401, trust_chain=True), True),
     (SigningKeyError("x"), True),
     (DeliveryError("x"), False),
