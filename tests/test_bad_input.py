@@ -422,23 +422,25 @@ def test_source_deleted_after_reading_its_properties_commits_nothing_and_charges
     assert rt.ledger.counts()["failed"] == 0  # no attempt charged: the next listing simply does not see it
 
 
-def test_container_outside_the_acl_fails_the_file_with_the_gateways_403(relay_env):
+def test_container_outside_the_acl_is_the_gateway_links_403_and_charges_no_file(relay_env):
     relay_env.put("c.csv")
     rt = relay_env.make(BANENOR_CONTAINER="another-container")
     summary = rt.relay.sync()
-    assert summary.error is None and summary.poisoned == 1  # only Bane NOR can act: terminal at once (issue 18)
-    reason = next(rt.ledger.failures()).last_error
+    # Only Bane NOR (or the setting) can act, and every file would meet it: the link's state (issue 26)
+    assert summary.link == "gateway" and summary.poisoned == 0
+    reason = summary.error
     assert "403 AuthorizationPermissionMismatch" in reason and "only Bane NOR can fix this" in reason
+    assert list(rt.ledger.failures()) == []
     assert rt.exports.get_blob_client("c.csv").exists()
 
 
-def test_container_that_does_not_exist_fails_the_file_with_container_not_found(relay_env):
+def test_container_that_does_not_exist_holds_the_file_with_container_not_found(relay_env):
     stack = relay_env.stack
     stack.gateway.grant(stack.mi_object_id, "no-such-container", "")  # allowed by the ACL, absent in storage
     relay_env.put("c.csv")
     rt = relay_env.make(BANENOR_CONTAINER="no-such-container")
     outcome = rt.relay.deliver("c.csv")
-    assert outcome.status == "poisoned" and "404 ContainerNotFound" in outcome.reason  # terminal (issue 18)
+    assert outcome.status == "held" and "404 ContainerNotFound" in outcome.reason  # the link's (issue 26)
     assert rt.exports.get_blob_client("c.csv").exists()
 
 
