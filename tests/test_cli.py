@@ -269,6 +269,7 @@ def test_doctor_ledger_link(cli, stack):
 def test_doctor_clock_link(cli, stack):
     # A token endpoint whose Date header is a minute behind this machine: Skyporten allows 10 s of skew.
     import email.utils
+    import re
     import time
 
     from sim.httpbase import Handler, SimServer
@@ -289,5 +290,7 @@ def test_doctor_clock_link(cli, stack):
                              MASKINPORTEN_TOKEN_ENDPOINT=server.base_url + "/token")
     finally:
         server.stop()
-    assert "+60 s off" in out or "+59 s off" in out or "+61 s off" in out
+    # The Date header is a minute behind when sent; time a loaded machine takes before the doctor reads it only adds.
+    skew = re.search(r"clock is \+(\d+) s off", out)
+    assert skew and 59 <= int(skew.group(1)) < 120, out
     assert "NTP" in out
