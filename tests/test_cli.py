@@ -169,6 +169,17 @@ def test_an_env_file_line_that_is_no_setting_is_one_clear_error(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_an_env_file_line_without_equals_is_exit_2_naming_its_line(tmp_path):
+    env_file = tmp_path / "typo.env"
+    env_file.write_text("EXPORT_CONTAINER=exports\nBANENOR_DIRECTORY partner-987654321\n")
+    for command in ("doctor", "status"):
+        result = subprocess.run([sys.executable, "-m", "shared", "--env-file", str(env_file), command],
+                                cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "line 2" in result.stderr and "BANENOR_DIRECTORY" in result.stderr and "KEY=value" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
 def test_doctor_settings_lists_each_setting_with_its_origin_and_no_key(cli):
     result = cli("doctor", "--settings", "--json", SYNC_CONCURRENCY="12", expect=0)
     rows = {row["name"]: row for row in as_json(result)["settings"]}
