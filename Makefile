@@ -1,5 +1,6 @@
 # The Skyporten relay. Public targets (partners and CI depend on them):
-#   install     the Python venv (.venv) and the pinned Azurite (node_modules)
+#   install     the Python venv (.venv) with the console command `skyporten-relay`, and the pinned Azurite
+#               (node_modules)
 #   demo        the main job end to end on the local stack, with a delivery report
 #   test        lint and the whole test suite (starts its own Azurite and simulators)
 #   stack       start the local stack in the background; data on disk in .local/azurite (kept across restarts),
@@ -23,9 +24,10 @@ FUNC_ARGS ?=
 
 install: $(STAMP_PY) $(STAMP_NODE)
 
-$(STAMP_PY): requirements.txt requirements-dev.txt
+$(STAMP_PY): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
 $(STAMP_NODE): package.json package-lock.json

@@ -385,8 +385,9 @@ def _print_check(out: Output, result: doctor.Result) -> None:
 
 # -- entry point ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    console = Path(sys.argv[0]).name == "skyporten-relay"  # the console command (pyproject.toml), else -m shared
     parser = argparse.ArgumentParser(
-        prog=".venv/bin/python -m shared",
+        prog="skyporten-relay" if console else ".venv/bin/python -m shared",
         description="The Skyporten relay: deliver export files into Bane NOR's storage through Skyporten. "
         "Settings come from the environment (app settings), or from --env-file.",
         epilog="Exit codes: 0 all delivered, 1 some failed or poisoned, 2 a setting or the command line is wrong, "
