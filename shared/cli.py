@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from . import doctor
+from . import doctor, local_stack
 from .config import ENV_FILE_FORMATS, load_settings, read_env_file
 from .diagnosis import (
     LinkFailure,
@@ -467,9 +467,15 @@ def _read_env_file(args: argparse.Namespace) -> int | None:
     try:
         os.environ.update(read_env_file(args.env_file))
     except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        if isinstance(exc, FileNotFoundError) and local_stack.is_stack_settings_file(args.env_file):
+            return _report(Output(args.json), EXIT_CONFIG, f"--env-file {args.env_file}: {local_stack.NOT_RUNNING}",
+                           "run `make stack` (it writes this file; `make stack-stop` removes it)")
         reason = (exc.strerror or type(exc).__name__) if isinstance(exc, OSError) else \
             "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else str(exc)
         return _report(Output(args.json), EXIT_CONFIG, f"--env-file {args.env_file}: {reason}", ENV_FILE_FIX)
+    if local_stack.not_running(os.environ):
+        return _report(Output(args.json), EXIT_CONFIG, f"--env-file {args.env_file}: {local_stack.NOT_RUNNING}",
+                       "run `make stack` (it starts the stack and writes its settings anew)")
     return None
 
 

@@ -159,6 +159,34 @@ def test_a_missing_env_file_is_one_clear_error(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_a_missing_local_stack_settings_file_says_the_stack_is_not_running(tmp_path):
+    missing = tmp_path / ".local" / "settings.env"  # what `make stack-stop` leaves: the file is gone
+    for command in ("doctor", "status"):
+        result = subprocess.run([sys.executable, "-m", "shared", "--env-file", str(missing), command],
+                                cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2, result.stderr
+        assert "the local stack is not running: `make stack`" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_settings_of_a_stopped_local_stack_say_it_is_not_running(stack, tmp_path):
+    import re
+    import socket
+
+    with socket.socket() as probe:  # a loopback port nobody listens on, for every endpoint the stack wrote
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    values = {k: re.sub(r"//(127\.0\.0\.1|localhost):\d+", rf"//\g<1>:{closed}", v) for k, v in stack.settings.items()}
+    local = tmp_path / "local.settings.json"  # what `make stack-stop` leaves behind for `func start`
+    local.write_text(json.dumps({"IsEncrypted": False, "Values": values}))
+    for command in ("doctor", "status", "sync"):
+        result = subprocess.run([sys.executable, "-m", "shared", "--env-file", str(local), command],
+                                cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "the local stack is not running: `make stack`" in result.stderr
+        assert "network" not in result.stderr and "Traceback" not in result.stderr
+
+
 def test_an_env_file_line_that_is_no_setting_is_one_clear_error(tmp_path):
     env_file = tmp_path / "bad.env"
     env_file.write_text("EXPORT_CONTAINER=exports\n=oops\n")
