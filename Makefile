@@ -6,11 +6,14 @@
 #   stack       start the local stack in the background; data on disk in .local/azurite (kept across restarts),
 #               settings in .local/settings.env and local.settings.json (STACK_ARGS=--in-memory: data in memory;
 #               STACK_AUDIENCE_MODE=scope|resource: how the Skyporten simulator sets the token's audience)
-#   stack-stop  stop exactly what `make stack` started
+#               (a running stack is left as it is: `make stack-stop` first to start it with other options)
+#   stack-stop  stop exactly what `make stack` started (.local/settings.env goes with it)
 #   func        `func start` (Azure Functions Core Tools) on the running stack (FUNC_ARGS: more func options)
 #   test-large  the 2 GiB export end to end on the on-disk stack (not part of `make test`)
 #   bench       benchmarks (not part of `make test`); results in bench/RESULTS.md
 #   lint-infra  parse the Bicep templates and run checkov offline
+#   clean       stop the local stack, then delete its data and settings (.local/, the local.settings.json it wrote)
+#               and the tools' caches
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -62,4 +65,5 @@ lint-infra:
 	bash scripts/lint-infra.sh
 
 clean:
+	@if [ -x $(PY) ]; then $(PY) -m sim.stack clean --workdir .local; fi
 	rm -rf .local .pytest_cache .ruff_cache .coverage
