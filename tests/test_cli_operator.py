@@ -432,37 +432,43 @@ def test_docs_link_only_to_files_in_the_repository():
         assert "PROTOCOL.md" not in doc.read_text(), doc.name
 
 
+DOCUMENTED_COMMAND = r"(?:^|`|\s)((?:[^\s`]*python3?) -m shared\b[^`|]*|[^\s`]*bin/skyporten-relay\b[^`|]*)"
+
+
 def documented_commands():
-    """(doc, command, runnable): every `python -m shared` in the docs; runnable when it is a line of a code block."""
+    """(doc, command, runnable): every `python -m shared` and `skyporten-relay` command in the docs; runnable when it
+    is a line of a code block."""
     for doc in DOCS:
         in_block = False
         for line in doc.read_text().splitlines():
             if line.startswith("```"):
                 in_block = not in_block
                 continue
-            for m in re.finditer(r"(?:^|`|\s)((?:[^\s`]*python3?) -m shared\b[^`|]*)", line):
+            for m in re.finditer(DOCUMENTED_COMMAND, line):
                 yield doc.name, m.group(1).split(" #")[0].strip(), in_block
 
 
-def test_documented_commands_use_the_venv_python_and_the_ones_to_paste_parse():
+def test_documented_commands_use_the_venv_and_the_ones_to_paste_parse():
     import shlex
 
     from shared.cli import build_parser
 
     commands = list(documented_commands())
     assert sum(runnable for _, _, runnable in commands) >= 5
+    assert any(command.startswith(".venv/bin/skyporten-relay") for _, command, _ in commands)
     for doc, command, runnable in commands:
         words = shlex.split(command)
-        assert words[0] == ".venv/bin/python", (doc, command)
+        assert words[0] == ".venv/bin/python" or words[0].endswith(".venv/bin/skyporten-relay"), (doc, command)
         if runnable:
             try:
-                build_parser().parse_args(words[3:])
+                build_parser().parse_args(words[3:] if words[0].endswith("python") else words[1:])
             except SystemExit:
                 pytest.fail(f"{doc}: {command!r} does not parse")
 
 
 def test_readme_says_once_early_how_to_run_the_command_line():
     text = (REPO / "README.md").read_text()
+    assert text.index(".venv/bin/skyporten-relay") < text.index("## What it does")
     assert text.index(".venv/bin/python -m shared") < text.index("## What it does")
 
 
