@@ -1,15 +1,19 @@
 # The Skyporten relay. Public targets (partners and CI depend on them):
-#   install     the Python venv (.venv) and the pinned Azurite (node_modules)
+#   install     the Python venv (.venv) with the console command `skyporten-relay`, and the pinned Azurite
+#               (node_modules)
 #   demo        the main job end to end on the local stack, with a delivery report
 #   test        lint and the whole test suite (starts its own Azurite and simulators)
 #   stack       start the local stack in the background; data on disk in .local/azurite (kept across restarts),
 #               settings in .local/settings.env and local.settings.json (STACK_ARGS=--in-memory: data in memory;
 #               STACK_AUDIENCE_MODE=scope|resource: how the Skyporten simulator sets the token's audience)
-#   stack-stop  stop exactly what `make stack` started
+#               (a running stack is left as it is: `make stack-stop` first to start it with other options)
+#   stack-stop  stop exactly what `make stack` started (.local/settings.env goes with it)
 #   func        `func start` (Azure Functions Core Tools) on the running stack (FUNC_ARGS: more func options)
 #   test-large  the 2 GiB export end to end on the on-disk stack (not part of `make test`)
 #   bench       benchmarks (not part of `make test`); results in bench/RESULTS.md
 #   lint-infra  parse the Bicep templates and run checkov offline
+#   clean       stop the local stack, then delete its data and settings (.local/, the local.settings.json it wrote)
+#               and the tools' caches
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -23,9 +27,10 @@ FUNC_ARGS ?=
 
 install: $(STAMP_PY) $(STAMP_NODE)
 
-$(STAMP_PY): requirements.txt requirements-dev.txt
+$(STAMP_PY): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
 $(STAMP_NODE): package.json package-lock.json
@@ -60,4 +65,5 @@ lint-infra:
 	bash scripts/lint-infra.sh
 
 clean:
+	@if [ -x $(PY) ]; then $(PY) -m sim.stack clean --workdir .local; fi
 	rm -rf .local .pytest_cache .ruff_cache .coverage

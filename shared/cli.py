@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from . import doctor
+from . import doctor, local_stack
 from .config import ENV_FILE_FORMATS, load_settings, read_env_file
 from .diagnosis import (
     LinkFailure,
@@ -430,8 +430,9 @@ def _print_check(out: Output, result: doctor.Result) -> None:
 
 # -- entry point ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    console = Path(sys.argv[0]).name == "skyporten-relay"  # the console command (pyproject.toml), else -m shared
     parser = argparse.ArgumentParser(
-        prog=".venv/bin/python -m shared",
+        prog="skyporten-relay" if console else ".venv/bin/python -m shared",
         description="The Skyporten relay: deliver export files into Bane NOR's storage through Skyporten. "
         "Settings come from the environment (app settings), or from --env-file.",
         epilog="Exit codes: 0 all delivered, 1 some failed or poisoned, 2 a setting or the command line is wrong, "
@@ -511,9 +512,15 @@ def _read_env_file(args: argparse.Namespace) -> int | None:
     try:
         os.environ.update(read_env_file(args.env_file))
     except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        if isinstance(exc, FileNotFoundError) and local_stack.is_stack_settings_file(args.env_file):
+            return _report(Output(args.json), EXIT_CONFIG, f"--env-file {args.env_file}: {local_stack.NOT_RUNNING}",
+                           "run `make stack` (it writes this file; `make stack-stop` removes it)")
         reason = (exc.strerror or type(exc).__name__) if isinstance(exc, OSError) else \
             "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else str(exc)
         return _report(Output(args.json), EXIT_CONFIG, f"--env-file {args.env_file}: {reason}", ENV_FILE_FIX)
+    if local_stack.not_running(os.environ):
+        return _report(Output(args.json), EXIT_CONFIG, f"--env-file {args.env_file}: {local_stack.NOT_RUNNING}",
+                       "run `make stack` (it starts the stack and writes its settings anew)")
     return None
 
 

@@ -696,14 +696,21 @@ def read_env_file(path: str | Path) -> dict[str, str]:
         line = line.strip()
         if line.startswith("export "):
             line = line[len("export "):].lstrip()
-        if line and not line.startswith("#") and "=" in line:
-            key, _, value = line.partition("=")
-            if not _ENV_KEY.match(key.strip()):
-                raise ValueError(f"line {number}: {key.strip()[:40]!r} is not a setting name")
-            value = value.strip()
-            if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-                value = value[1:-1]
-            values[key.strip()] = value
+        if not line or line.startswith("#"):
+            continue
+        if "=" not in line:
+            # Skipping it would leave the setting at its default and the mistake unseen (`BANENOR_DIRECTORY x`
+            # writes to the container's root). Only the first word is shown: the rest may be a secret.
+            first = line.split(None, 1)[0].rstrip(":")[:40]
+            raise ValueError(f"line {number} is not KEY=value (it starts with {first!r}; write {first}=<value>, "
+                             "or # to comment it out)")
+        key, _, value = line.partition("=")
+        if not _ENV_KEY.match(key.strip()):
+            raise ValueError(f"line {number}: {key.strip()[:40]!r} is not a setting name")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        values[key.strip()] = value
     return values
 
 

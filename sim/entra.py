@@ -74,6 +74,9 @@ class EntraOptions:
     # Seconds after a federated credential was added during which it does not match yet (AADSTS70021):
     # Entra needs minutes to propagate a new credential.
     propagation_delay: float = 0.0
+    # The clock that delay is measured on (None: the simulator's). A test hands it a clock the relay's backoff
+    # moves, so "refused, then matched after the backoff" never depends on how fast the machine is.
+    propagation_clock: Clock | None = None
     # "specific": AADSTS700211 issuer / 700212 audience / 700213 subject; "generic": AADSTS70021 for all.
     mismatch_style: str = "specific"
     conditional_access_block: bool = False  # AADSTS53003 for every token request of the tenant's identities
@@ -158,7 +161,11 @@ class EntraSim(SimServer):
     ) -> None:
         """Add a credential now; it matches only after `options.propagation_delay` seconds."""
         with self._lock:
-            self._identities[(tenant_id, client_id)].credentials.append(_Credential(credential, self.clock()))
+            self._identities[(tenant_id, client_id)].credentials.append(
+                _Credential(credential, self._propagation_now()))
+
+    def _propagation_now(self) -> float:
+        return (self.options.propagation_clock or self.clock)()
 
     def remove_federated_credentials(self, tenant_id: str, client_id: str) -> None:
         with self._lock:
@@ -312,7 +319,7 @@ class EntraSim(SimServer):
         iss, sub = claims.get("iss"), claims.get("sub")
         aud = claims.get("aud")
         auds = aud if isinstance(aud, list) else [aud]
-        now = self.clock()
+        now = self._propagation_now()
         active = [c.value for c in identity.credentials if now - c.added_at >= self.options.propagation_delay]
         for credential in active:
             if credential.issuer == iss and credential.subject == sub and credential.audience in auds:

@@ -1,7 +1,8 @@
 """The local stack: Azurite plus the Skyporten, Entra, Key Vault and gateway simulators, wired as in Azure.
 
 `Stack` starts everything in-process and publishes the relay's settings; the CLI (`python -m sim.stack
-start|stop|serve`) runs the same stack in a detached background process for `make stack`.
+start|stop|clean|serve`) runs the same stack in a detached background process for `make stack` (`make stack-stop`
+stops it, `make clean` stops it and deletes what it wrote).
 
 Two layouts (docs/local-development.md says why):
 - "split" (`make stack`, `func start`): the partner's account in an Azurite of its own with blob, queue and table
@@ -21,6 +22,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -36,6 +38,8 @@ from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob import BlobServiceClient
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from shared.local_stack import MARKER as STACK_MARKER
 
 from .azurite import REPO, SERVICES, Azurite, free_port
 from .entra import EntraSim, FederatedCredential
@@ -366,7 +370,7 @@ class Stack:
             "IDENTITY_HEADER": self.entra.msi_secret,
             "STACK_BANENOR_BACKEND_CONNECTION_STRING": backend,
             "STACK_KEYVAULT_KEY_ID": vault_kid,
-            "STACK_PARTNER_ORGNO": PARTNER_ORGNO,
+            STACK_MARKER: PARTNER_ORGNO,  # STACK_PARTNER_ORGNO: how the CLI knows the stack's settings
         } | self._layout_settings()
 
     def _layout_settings(self) -> dict[str, str]:
@@ -473,9 +477,12 @@ def _start(workdir: Path, local_settings: Path | None, audience_mode: str = "sco
     workdir.mkdir(parents=True, exist_ok=True)
     pid = _read_pid(workdir / "stack.pid")
     if pid is not None and _pid_alive(pid, "sim.stack"):
-        print(f"the local stack is already running (pid {pid}); stop it with: python -m sim.stack stop "
-              f"--workdir {workdir}", file=sys.stderr)
-        return 1
+        # `make stack` twice is a no-op: the stack keeps its ports, data and settings files.
+        ready = (workdir / "settings.env").exists()
+        print(f"the local stack is already running (pid {pid}"
+              f"{'; settings in ' + str(workdir / 'settings.env') if ready else ', still starting'}); nothing to "
+              "do. To start it with other options, stop it first: `make stack-stop`")
+        return 0
     (workdir / "settings.env").unlink(missing_ok=True)
     command = [sys.executable, "-m", "sim.stack", "serve", "--workdir", str(workdir), "--audience-mode", audience_mode]
     if persistence == "memory":
@@ -528,9 +535,34 @@ def _stop(workdir: Path) -> int:
     return 0
 
 
+def _clean(workdir: Path, local_settings: Path | None) -> int:
+    """`make clean`: stop the stack if it runs (its pid files are in the workdir, so never delete them first),
+    then delete the workdir and the `local.settings.json` the stack wrote (its account key and identity header
+    belong to a stack that is gone). A `local.settings.json` the stack did not write stays."""
+    pid = _read_pid(workdir / "stack.pid")
+    if pid is not None and _pid_alive(pid, "sim.stack"):
+        _stop(workdir)
+    target = local_settings or REPO / "local.settings.json"
+    if _written_by_stack(target):
+        target.unlink()
+        print(f"removed {target} (written by the local stack)")
+    if workdir.exists():
+        shutil.rmtree(workdir)
+        print(f"removed {workdir}")
+    return 0
+
+
+def _written_by_stack(path: Path) -> bool:
+    try:
+        values = json.loads(path.read_text()).get("Values", {})
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(values, dict) and STACK_MARKER in values
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sim.stack", description=__doc__)
-    parser.add_argument("command", choices=["start", "stop", "serve"])
+    parser.add_argument("command", choices=["start", "stop", "clean", "serve"])
     parser.add_argument("--workdir", type=Path, default=Path(".local"))
     parser.add_argument(
         "--local-settings", type=Path, default=None, help="local.settings.json to write (default: repo root)"
@@ -559,6 +591,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(workdir, local_settings, audience_mode, persistence)
     if args.command == "start":
         return _start(workdir, local_settings, audience_mode, persistence)
+    if args.command == "clean":
+        return _clean(workdir, local_settings)
     return _stop(workdir)
 
 

@@ -17,10 +17,12 @@ import contextlib
 import http.client
 import random
 import re
+import select
 import socket
 import ssl
 import struct
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -66,7 +68,8 @@ def match(method: str | None = None, path: str | None = None, comp: str | None =
 class Fault:
     """Inject `action` on requests that `when` matches: skip the first `skip` matches, then fire `times`
     times (None: until removed). `status`/`retry_after` for "status" (a storage error), `status` for "page" (a
-    proxy's or firewall's HTML page, no storage error code); `stall` seconds for "stall";
+    proxy's or firewall's HTML page, no storage error code); for "stall" the request is held until the client
+    hangs up (counted in `abandoned`: its timeout fired), the proxy stops, or `stall` seconds pass;
     `fraction` of the body that gets through for "reset_response" and "cut_request"; `headers` for "fake_ok"
     (201 for a PUT, 200 otherwise, never forwarded); `code` the storage error code of "status" (default: the usual
     one for the status); "endless_listing" answers a List Blobs with an empty page and a NextMarker (legal in
@@ -84,6 +87,7 @@ class Fault:
     code: str | None = None
     seen: int = 0
     fired: int = 0
+    abandoned: int = 0
 
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
@@ -267,7 +271,9 @@ class FaultProxy:
                     self._reset(conn)
                     return
                 if fault is not None and fault.action == "stall":
-                    self._stopping.wait(fault.stall)  # the client's read timeout should fire first
+                    if self._client_hangs_up(conn, fault.stall):  # the client's read timeout should fire first
+                        with self._lock:
+                            fault.abandoned += 1
                     self._reset(conn)
                     return
                 if fault is not None and fault.action == "status":
@@ -328,6 +334,26 @@ class FaultProxy:
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
+
+    def _client_hangs_up(self, conn: ssl.SSLSocket, seconds: float) -> bool:
+        """Hold a stalled request: True once the client closes its side, False when the proxy stops or `seconds`
+        pass first. The cap is a hang guard only: tests assert on the hang-up, never on time."""
+        deadline = time.monotonic() + seconds
+        while not self._stopping.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            readable, _, _ = select.select([conn], [], [], min(remaining, 0.05))
+            if not readable:
+                continue
+            try:
+                if not conn.recv(1):  # end of stream (close_notify or FIN): the client gave up
+                    return True
+            except ssl.SSLWantReadError:
+                continue
+            except (OSError, ssl.SSLError):
+                return True
+        return False
 
     @staticmethod
     def _reset(conn: socket.socket) -> None:

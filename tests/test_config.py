@@ -182,6 +182,24 @@ def test_env_file_lines_are_read(tmp_path):
     assert read_env_file(path) == {"A": "1", "B": "two=2"}
 
 
+@pytest.mark.parametrize("line", ["BANENOR_DIRECTORY partner-987654321", "BANENOR_DIRECTORY",
+                                  "export BANENOR_DIRECTORY", "BANENOR_DIRECTORY: partner-987654321", "[settings]"])
+def test_an_env_file_line_that_is_not_key_value_is_an_error_naming_its_line(tmp_path, line):
+    path = tmp_path / "settings.env"
+    path.write_text(f"# comment\n\nEXPORT_CONTAINER=exports\n   \n{line}\nLEDGER_CONTAINER=ledger\n")
+    with pytest.raises(ValueError, match=r"^line 5 is not KEY=value") as info:
+        read_env_file(path)
+    assert "partner-987654321" not in str(info.value)  # a value may be a secret: only the name is shown
+
+
+def test_an_env_file_line_error_shows_no_value_of_a_secret(tmp_path):
+    path = tmp_path / "settings.env"
+    path.write_text("IDENTITY_HEADER s3cr3t-value-here\n")
+    with pytest.raises(ValueError) as info:
+        read_env_file(path)
+    assert "s3cr3t" not in str(info.value) and "IDENTITY_HEADER" in str(info.value)
+
+
 @pytest.mark.parametrize("name", ["LEDGER_CONTAINER", "ARCHIVE_CONTAINER"])
 def test_ledger_or_archive_in_the_export_container_is_refused(name):
     found = problems_of(base_env(EXPORT_CONTAINER="exports", **{name: "exports"}))

@@ -16,7 +16,6 @@ import base64
 import hashlib
 import os
 import random
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -337,14 +336,14 @@ STALLS = [
 @pytest.mark.parametrize(("setting", "when"), STALLS, ids=[s[0] for s in STALLS])
 def test_a_stall_past_the_read_timeout_is_retried_and_delivered(relay_env, faults, setting, when):
     relay_env.put("slow.csv")
-    rt = fast_runtime(relay_env, faults, timeout=0.5)
-    stall = faults[setting].add(Fault("stall", when, stall=3.0))
-    started = time.monotonic()
+    # The read timeout is short next to the stall (which the proxy holds until the client hangs up, at most a
+    # minute) and long next to an answer on a loaded machine: only the stalled request times out.
+    rt = fast_runtime(relay_env, faults, timeout=2.0)
+    stall = faults[setting].add(Fault("stall", when, stall=60.0))
     outcome = rt.relay.deliver("slow.csv")
-    elapsed = time.monotonic() - started
     assert stall.fired == 1
+    assert stall.abandoned == 1  # the client gave up on the stalled request, it did not wait for the proxy
     assert outcome.status == "delivered", outcome.reason
-    assert elapsed < 3.0  # the client gave up on the stalled request, it did not wait for the proxy
     assert_one_verified_delivery_each(relay_env, rt)
 
 

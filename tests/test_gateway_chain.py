@@ -10,6 +10,7 @@ from azure.storage.blob import BlobServiceClient
 from shared.errors import EntraError, GatewayError
 from shared.storage import banenor_service_client, gateway_error
 from sim.entra import FederatedCredential
+from tests.fakes import FakeClock
 
 pytestmark = pytest.mark.stack
 
@@ -95,15 +96,21 @@ def test_federated_audience_mismatch(make_runtime, federated):
 
 
 def test_new_federated_credential_is_retried_until_it_propagates(make_runtime, stack, federated):
+    # Propagation is measured on a clock of its own that only the relay's backoff moves: the first exchange is
+    # refused and the one after the backoff matches, however long the machine takes between the two.
+    clock = FakeClock()
+    stack.entra.options.propagation_clock = clock
     stack.entra.options.propagation_delay = 0.5
     try:
         federated()
         rt = make_runtime(FEDERATION_RETRY_SECONDS="30")
-        rt.banenor_credential.sleep = lambda s: __import__("time").sleep(0.6)  # real time: the simulator's clock
+        rt.banenor_credential.clock, rt.banenor_credential.sleep = clock, clock.sleep
         write(rt, f"{rt.settings.banenor.directory}/propagated.txt")
     finally:
         stack.entra.options.propagation_delay = 0.0
-    assert rt.banenor_credential.exchanges >= 2
+        stack.entra.options.propagation_clock = None
+    assert rt.banenor_credential.exchanges == 2
+    assert clock.slept == [5.0]
 
 
 def test_wrong_storage_audience_is_not_a_resource_in_the_tenant(make_runtime):

@@ -22,7 +22,9 @@ relay_env = test_relay.relay_env  # the fixture: fresh export/ledger containers 
 
 FILES = 200
 THREADS = 32
-DEADLINE = 60.0  # seconds for the whole run: a join timeout, so a deadlock fails instead of hanging
+# A join timeout, so a deadlock fails with the stuck threads named instead of hanging: a hang guard, not a speed
+# check (the run takes seconds on a quiet machine and many times that on a loaded one), just under pytest's 300 s.
+DEADLINE = 240.0
 RSS_GROWTH_BOUND_MIB = 64  # peak RSS growth allowed during the run; measured 19-20 MiB on 2 shared cores
 
 
@@ -95,7 +97,7 @@ def test_200_concurrent_deliveries_and_a_sync_deliver_each_file_once_with_one_to
     stuck = [t.name for t in threads if t.is_alive()]
     growth_mib = (_status_kib("VmHWM") - rss_before) / 1024
 
-    assert not stuck, f"deadlock or overrun after {elapsed:.1f} s: {stuck}"
+    assert not stuck, f"deadlock: still running after {elapsed:.1f} s: {stuck}"
     assert not errors, errors[:3]
     summary = summaries[0]
     assert summary.error is None and summary.failed == 0, summary.error

@@ -209,11 +209,13 @@ def test_the_documented_drop_command_puts_a_file_into_the_export_container(local
     script = textwrap.dedent(block).replace(".venv/bin/python", sys.executable)
     (tmp_path / "local.settings.json").write_text(json.dumps({"IsEncrypted": False, "Values": local_values}))
     name = f"drop-{uuid.uuid4().hex[:8]}.csv"
-    (tmp_path / name).write_bytes(b"a;b\n1;2\n")
+    # As a reader runs it: in a directory holding only local.settings.json, so the step makes its own file.
     env = {k: v for k, v in os.environ.items() if k not in PYTHON_ONLY_ENV}
     result = subprocess.run(["bash", "-c", script.replace("report.csv", name)], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+    made = (tmp_path / name).read_bytes()
+    assert made
     with BlobServiceClient.from_connection_string(local_values["EXPORT_STORAGE"]) as service:
         blob = service.get_blob_client(local_values["EXPORT_CONTAINER"], name)
-        assert blob.download_blob().readall() == b"a;b\n1;2\n"
+        assert blob.download_blob().readall() == made

@@ -214,7 +214,7 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
-def test_cli_start_refuses_a_second_start_and_stop_leaves_no_process(tmp_path):
+def test_cli_start_while_running_is_a_no_op_and_stop_leaves_no_process(tmp_path):
     workdir, local = tmp_path / "local", tmp_path / "local.settings.json"
     started = _cli("start", "--workdir", str(workdir), "--local-settings", str(local))
     try:
@@ -224,8 +224,10 @@ def test_cli_start_refuses_a_second_start_and_stop_leaves_no_process(tmp_path):
         pid = int((workdir / "stack.pid").read_text())
         azurite_pids = [int(line) for line in (workdir / "azurite.pid").read_text().split()]
         assert len(azurite_pids) == 2  # the partner's (HTTP) and Bane NOR's (HTTPS) Azurite
-        again = _cli("start", "--workdir", str(workdir), "--local-settings", str(local))
-        assert again.returncode == 1 and "already running" in again.stderr
+        again = _cli("start", "--workdir", str(workdir), "--local-settings", str(local))  # `make stack` again
+        assert again.returncode == 0, again.stderr
+        assert "already running" in again.stdout and "make stack-stop" in again.stdout
+        assert int((workdir / "stack.pid").read_text()) == pid and (workdir / "settings.env").exists()
     finally:
         stopped = _cli("stop", "--workdir", str(workdir))
     assert stopped.returncode == 0
@@ -242,3 +244,40 @@ def test_cli_start_in_memory_keeps_no_storage_data_on_disk(tmp_path):
         assert not (workdir / "azurite").exists()
     finally:
         _cli("stop", "--workdir", str(workdir))
+
+
+def test_cli_clean_stops_a_running_stack_and_removes_what_it_wrote(tmp_path):
+    workdir, local = tmp_path / "local", tmp_path / "local.settings.json"
+    started = _cli("start", "--workdir", str(workdir), "--local-settings", str(local))
+    try:
+        assert started.returncode == 0, started.stderr
+        pid = int((workdir / "stack.pid").read_text())
+        azurite_pids = [int(line) for line in (workdir / "azurite.pid").read_text().split()]
+        cleaned = _cli("clean", "--workdir", str(workdir), "--local-settings", str(local))  # `make clean`
+    finally:
+        _cli("stop", "--workdir", str(workdir))  # a no-op when clean did its job
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert not _alive(pid) and not any(_alive(azurite_pid) for azurite_pid in azurite_pids)
+    assert not workdir.exists()
+    assert not local.exists()  # its account key and identity header belonged to the stack that is gone
+
+
+def test_cli_clean_keeps_a_local_settings_json_the_stack_did_not_write(tmp_path):
+    workdir, local = tmp_path / "local", tmp_path / "local.settings.json"
+    workdir.mkdir()
+    (workdir / "stack.log").write_text("an old run\n")
+    mine = json.dumps({"IsEncrypted": False, "Values": {"FUNCTIONS_WORKER_RUNTIME": "python"}})
+    local.write_text(mine)
+    cleaned = _cli("clean", "--workdir", str(workdir), "--local-settings", str(local))
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert not workdir.exists()
+    assert local.read_text() == mine
+
+
+def test_make_clean_stops_the_stack_before_it_deletes_the_stack_files():
+    dry = subprocess.run(["make", "-n", "clean"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    lines = dry.stdout.splitlines()
+    stop = next(i for i, line in enumerate(lines) if "sim.stack clean" in line)
+    remove = next(i for i, line in enumerate(lines) if "rm -rf" in line and ".local" in line)
+    assert stop < remove
