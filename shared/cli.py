@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -42,6 +43,8 @@ ENV_FILE_FIX = ("give one of: " + ENV_FILE_FORMATS + "; `make stack` writes the 
 # (the CLI prints each outcome itself) reach the terminal only with --verbose.
 SDK_LOGGERS = ("azure", "msal", "urllib3")
 RELAY_OUTCOME_LOGS = ("delivery outcome", "sync stopped", "sync summary", "sync: ")
+# The relay's notes that it retries (Skyporten, Entra's federation window, AADSTS700024): detail, --verbose only.
+RETRY_NOTE = re.compile(r"\bretry(ing)?\b")
 
 
 class Output:
@@ -193,8 +196,25 @@ def outcome_line(o: dict[str, Any]) -> str:
             f"{'  ' + reason if reason else ''}{'  [' + step + ']' if step else ''}")
 
 
+def missing_files(paths: list[str]) -> list[str]:
+    """Each FILE of `send` that is no readable regular file, with why: a command-line mistake, found before
+    anything is uploaded (nothing reached the export container, so no sync could retry it)."""
+    problems = []
+    for text in paths:
+        path = Path(text)
+        if path.is_dir():
+            problems.append(f"{text}: is a directory, not a file")
+        elif not path.is_file():
+            problems.append(f"no such file: {text}")
+    return problems
+
+
 def cmd_send(args: argparse.Namespace, out: Output) -> int:
     """Put local files into the export container, then deliver them with the same engine as the triggers."""
+    problems = missing_files(args.files)
+    if problems:
+        return _report(out, EXIT_CONFIG, "send: " + "; ".join(problems) + ". Nothing was sent.",
+                       "give the paths of existing local files (each FILE is uploaded, then delivered)")
     rt = _runtime(args)
     s = rt.settings
     check_exports(rt)
@@ -204,11 +224,6 @@ def cmd_send(args: argparse.Namespace, out: Output) -> int:
     results = []
     for path_text in args.files:
         path = Path(path_text)
-        if not path.is_file():
-            from .relay import Outcome
-
-            results.append(Outcome("failed", str(path), reason="no such local file").as_dict())
-            continue
         name = f"{args.to.strip('/')}/{path.name}" if args.to else path.name
         size = path.stat().st_size
         with path.open("rb") as handle, on_link("exports", s):
@@ -440,7 +455,7 @@ class _QuietFilter:
             return True
         text = str(record.msg)
         # each outcome is printed by the command; a retry in progress is detail until its end is reported
-        return not (text.startswith(RELAY_OUTCOME_LOGS) or (record.levelno < 40 and "; retry " in text))
+        return not (text.startswith(RELAY_OUTCOME_LOGS) or (record.levelno < 40 and RETRY_NOTE.search(text)))
 
 
 def _setup_logging(verbose: bool) -> None:
