@@ -2,7 +2,8 @@
 
 Commands: doctor (its checks are shared/doctor.py's), token, send, sync, status, retry. Every command takes
 `--json` and `--verbose`; a broken link prints one message (link, cause and fix) and exits with that link's code
-(DOCTOR_EXIT), never a traceback. Grants are never printed; a token only when `token --raw` asks for it.
+(DOCTOR_EXIT), never a traceback. Grants are never printed; a token only when `token --raw` asks for it. Ctrl-C in
+`send` and `sync` says at once what becomes of the file in flight (`on_interrupt`); a second Ctrl-C abandons it.
 """
 
 from __future__ import annotations
