@@ -5,7 +5,6 @@ an AADSTS500011 fix never suggests the audience that was just refused."""
 from __future__ import annotations
 
 import logging
-import socket
 
 import jwt
 import pytest
@@ -17,6 +16,7 @@ from shared.doctor import CHECKS, Run, run_checks
 from shared.errors import EntraError
 from shared.skyporten_token import UNSPECIFIED_AUDIENCE, GrantRequest, MaskinportenClient
 from tests.fakes import FakeClock, FakeSession, key_provider, make_key, response
+from tests.test_cli_operator import closed_port
 from tests.test_config import base_env
 from tests.test_entra_credential import ISSUER, SCOPE, SUB, ScriptedInner, refusal
 
@@ -31,12 +31,6 @@ def cli_logging():
     yield
     root.handlers[:], level = saved
     root.setLevel(level)
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- send FILE that is not there (item 2) ----------------------------------------------------------------------
