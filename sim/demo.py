@@ -92,7 +92,8 @@ def run(large_mib: int, keep: bool) -> dict[str, Any]:
         report["tokens"] = {"skyporten": stack.skyporten.token_requests - sky0,
                             "entra": stack.entra.token_requests - entra0}
         print_report(report, Settings.load(settings))
-        print(f"Log of the host and the relay ({warnings.count} warnings, {warnings.errors} errors): {log_file}")
+        print(f"Log of the host and the relay ({plural(warnings.count, 'warning')}, "
+              f"{plural(warnings.errors, 'error')}): {log_file}")
         if keep:
             stack.write_settings()
             print(f"\nThe stack keeps running (settings in {workdir / 'settings.env'}); Ctrl-C stops it.")
@@ -101,6 +102,10 @@ def run(large_mib: int, keep: bool) -> dict[str, Any]:
         return report
     finally:
         stack.stop()
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
 
 
 class _Counter(logging.Handler):

@@ -35,4 +35,5 @@ def test_demo_delivers_everything_but_the_refused_extension_and_verifies_checksu
     logged = log_file.read_text()
     for raw in ("delivery outcome=rejected", "sync timer is past due", "Auth level is not applied"):
         assert raw in logged
-    assert f"({logged.count(' WARNING ')} warnings" in log_line
+    warnings = logged.count(" WARNING ")
+    assert f"({warnings} warning{'' if warnings == 1 else 's'}, " in log_line
