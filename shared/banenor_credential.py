@@ -58,10 +58,11 @@ AADSTS: dict[int, AadstsEntry] = {
         "BANENOR_CLIENT_ID must be the managed identity's client id (not its object/principal id), and "
         "BANENOR_TENANT_ID Bane NOR's tenant"),
     90002: AadstsEntry("the tenant does not exist", "check BANENOR_TENANT_ID (a GUID Bane NOR gives you)"),
+    # The fix of these two names the presets other than the audience refused (_storage_audience_fix).
     70011: AadstsEntry("the scope is invalid", "check BANENOR_STORAGE_AUDIENCE (the external account URL)"),
     500011: AadstsEntry(
         "the resource (storage audience) is not in Bane NOR's tenant",
-        "check BANENOR_STORAGE_AUDIENCE, e.g. https://bnplmextnwesttest.blob.core.windows.net"),
+        "check BANENOR_STORAGE_AUDIENCE: the external storage account of your Bane NOR environment"),
     50027: AadstsEntry(
         "the client assertion is not a valid JWT",
         "the relay must send the Skyporten access token, whole; check MASKINPORTEN_TOKEN_ENDPOINT"),
@@ -108,6 +109,10 @@ def entra_error(exc: Exception, assertion_claims: dict[str, Any], settings_view:
         )
         if "resource" in settings_view:  # what was sent is known: say which reading of the audience is in play
             fix = _audience_fix(code, aud, resource) or fix
+    if code in STORAGE_AUDIENCE_CODES and settings_view.get("audience"):
+        refused = settings_view["audience"]
+        message += f" The storage audience asked for {refused!r}."
+        fix = _storage_audience_fix(refused)
     description = _entra_description(text)
     if description:
         message += f" Entra said: {description}"
@@ -125,6 +130,20 @@ def entra_error(exc: Exception, assertion_claims: dict[str, Any], settings_view:
         code=label if code else None,
         transient=bool(entry and entry.kind == "transient"),
     )
+
+
+STORAGE_AUDIENCE_CODES = (70011, 500011)  # the storage audience (BANENOR_STORAGE_AUDIENCE) is unknown to the tenant
+
+
+def _storage_audience_fix(refused: str) -> str:
+    """The fix for a storage audience Bane NOR's tenant does not know: the environments' presets, never the very
+    audience that was refused."""
+    from .config import ENVIRONMENTS
+
+    presets = [f"{e.name} {e.storage_audience}" for e in ENVIRONMENTS.values() if e.storage_audience != refused]
+    return ("BANENOR_STORAGE_AUDIENCE must be the external storage account of the Bane NOR environment that "
+            "BANENOR_TENANT_ID belongs to: unset it so that BANENOR_ENVIRONMENT presets it ("
+            + ", ".join(presets) + "), or set the account URL Bane NOR gave you; check BANENOR_ENVIRONMENT too")
 
 
 def _audience_fix(code: int | None, aud: Any, resource: str | None) -> str | None:
@@ -297,6 +316,7 @@ class BaneNorCredential:
                 error = entra_error(exc, self._last_assertion_claims, {
                     "client_id": self.client_id, "issuer": self.skyporten.request.audience,
                     "resource": self.skyporten.request.resource,
+                    "audience": scopes[0].removesuffix("/.default") if scopes else "",
                 })
                 entry = AADSTS.get(aadsts_code(str(exc)) or -1)
                 kind = entry.kind if entry else ("transient" if error.transient else "fatal")
@@ -306,7 +326,7 @@ class BaneNorCredential:
                                 "fetching a new one and retrying once; check the clock")
                     self.skyporten.invalidate()
                     continue
-                if kind == "federation" and self._federation_retry_due(attempt):
+                if kind == "federation" and not self._no_audience_sent() and self._federation_retry_due(attempt):
                     continue
                 raise error from None
             except RelayError:
@@ -320,6 +340,13 @@ class BaneNorCredential:
                     "answering instead of Entra ID",
                     transient=True,
                 ) from None
+
+    def _no_audience_sent(self) -> bool:
+        """The mismatch is already diagnosed: the Skyporten token's aud is 'unspecified' because Skyporten takes
+        it from a resource and none was sent. No federated credential can match that, so waiting for one to
+        propagate cannot help: the error (naming MASKINPORTEN_RESOURCE) is raised at once."""
+        return (self._last_assertion_claims.get("aud") == UNSPECIFIED_AUDIENCE
+                and self.skyporten.request.resource is None)
 
     def _federation_retry_due(self, attempt: int) -> bool:
         """Back off and retry while a fresh federated credential may still be propagating."""

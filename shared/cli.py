@@ -2,7 +2,8 @@
 
 Commands: doctor (its checks are shared/doctor.py's), token, send, sync, status, retry. Every command takes
 `--json` and `--verbose`; a broken link prints one message (link, cause and fix) and exits with that link's code
-(DOCTOR_EXIT), never a traceback. Grants are never printed; a token only when `token --raw` asks for it.
+(DOCTOR_EXIT), never a traceback. Grants are never printed; a token only when `token --raw` asks for it. Ctrl-C in
+`send` and `sync` says at once what becomes of the file in flight (`on_interrupt`); a second Ctrl-C abandons it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -43,6 +45,8 @@ ENV_FILE_FIX = ("give one of: " + ENV_FILE_FORMATS + "; `make stack` writes the 
 # (the CLI prints each outcome itself) reach the terminal only with --verbose.
 SDK_LOGGERS = ("azure", "msal", "urllib3")
 RELAY_OUTCOME_LOGS = ("delivery outcome", "sync stopped", "sync summary", "sync: ")
+# The relay's notes that it retries (Skyporten, Entra's federation window, AADSTS700024): detail, --verbose only.
+RETRY_NOTE = re.compile(r"\bretry(ing)?\b")
 
 
 class Output:
@@ -122,12 +126,69 @@ def cmd_token(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
+# -- Ctrl-C --------------------------------------------------------------------------------------------------
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+
+class StderrLine:
+    """Whether a progress line on stderr ("\r...", no newline yet) is open, so a message starts on a line of its
+    own instead of being glued to the bar."""
+
+    def __init__(self) -> None:
+        self.open = False
+
+    def write(self, text: str) -> None:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+        self.open = not text.endswith("\n")
+
+    def end(self) -> None:
+        if self.open:
+            sys.stderr.write("\n")
+            self.open = False
+
+
+class on_interrupt:
+    """Ctrl-C during a send or a sync: says at once what becomes of the work in flight (`notice()`), then lets the
+    command stop in order (KeyboardInterrupt: a sync finishes the deliveries in flight first). A second Ctrl-C
+    says `abandon` and ends the process at once (exit 130) without waiting for them: nothing half-copied is ever
+    committed at Bane NOR, and the next sync delivers what was cut off."""
+
+    def __init__(self, line: StderrLine, notice: Callable[[], str], abandon: str) -> None:
+        self.line, self.notice, self.abandon = line, notice, abandon
+        self.interrupted = False
+        self._previous: Any = None
+
+    def __enter__(self) -> on_interrupt:
+        import signal
+
+        if threading.current_thread() is threading.main_thread():  # signal handlers live on the main thread
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.line.end()
+        if self.interrupted:
+            print(self.abandon, file=sys.stderr, flush=True)
+            os._exit(EXIT_INTERRUPTED)
+        self.interrupted = True
+        print(self.notice(), file=sys.stderr, flush=True)
+        raise KeyboardInterrupt
+
+
 # -- send ----------------------------------------------------------------------------------------------------
 class Progress:
     """A one-line progress bar on stderr: bytes, rate, ETA."""
 
-    def __init__(self, label: str, total: int, enabled: bool) -> None:
+    def __init__(self, label: str, total: int, enabled: bool, line: StderrLine | None = None) -> None:
         self.label, self.total, self.enabled = label, total, enabled and total > 0
+        self.line = line or StderrLine()
         self.started = time.monotonic()
 
     def __call__(self, current: int, total: int | None = None) -> None:
@@ -139,11 +200,9 @@ class Progress:
         eta = (total - current) / rate if rate > 0 else 0
         width = 30
         filled = int(width * current / total) if total else width
-        sys.stderr.write(f"\r{self.label[:30]:<30} [{'#' * filled}{'.' * (width - filled)}] "
-                         f"{current / 2**20:8.1f}/{total / 2**20:.1f} MiB {rate / 2**20:6.1f} MiB/s ETA {eta:4.0f}s")
-        if current >= total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+        self.line.write(f"\r{self.label[:30]:<30} [{'#' * filled}{'.' * (width - filled)}] "
+                        f"{current / 2**20:8.1f}/{total / 2**20:.1f} MiB {rate / 2**20:6.1f} MiB/s ETA {eta:4.0f}s"
+                        + ("\n" if current >= total else ""))
 
 
 def check_exports(rt: Any) -> None:
@@ -213,33 +272,73 @@ def outcome_line(o: dict[str, Any]) -> str:
             f"{'  ' + reason if reason else ''}{'  [' + step + ']' if step else ''}")
 
 
+def missing_files(paths: list[str]) -> list[str]:
+    """Each FILE of `send` that is no readable regular file, with why: a command-line mistake, found before
+    anything is uploaded (nothing reached the export container, so no sync could retry it)."""
+    problems = []
+    for text in paths:
+        path = Path(text)
+        if path.is_dir():
+            problems.append(f"{text}: is a directory, not a file")
+        elif not path.is_file():
+            problems.append(f"no such file: {text}")
+    return problems
+
+
 def cmd_send(args: argparse.Namespace, out: Output) -> int:
     """Put local files into the export container, then deliver them with the same engine as the triggers."""
+    problems = missing_files(args.files)
+    if problems:
+        return _report(out, EXIT_CONFIG, "send: " + "; ".join(problems) + ". Nothing was sent.",
+                       "give the paths of existing local files (each FILE is uploaded, then delivered)")
     rt = _runtime(args)
     s = rt.settings
     check_exports(rt)
     with on_link("ledger", s):
         rt.relay  # noqa: B018 - builds the ledger (creates its container if missing)
     check_gateway(rt)
-    results = []
-    for path_text in args.files:
-        path = Path(path_text)
-        if not path.is_file():
-            from .relay import Outcome
+    results: list[dict[str, Any]] = []
+    line = StderrLine()
+    at: dict[str, Any] = {"name": None, "phase": None, "index": 0}  # where Ctrl-C finds the command
 
-            results.append(Outcome("failed", str(path), reason="no such local file").as_dict())
-            continue
-        name = f"{args.to.strip('/')}/{path.name}" if args.to else path.name
-        size = path.stat().st_size
-        with path.open("rb") as handle, on_link("exports", s):
-            rt.exports.get_blob_client(name).upload_blob(
-                handle, length=size, overwrite=True, max_concurrency=4,
-                progress_hook=Progress(name, size, not args.json and size > 8 * 2**20),
-            )
-        with on_link("ledger", s):
-            relay = rt.relay  # builds the ledger (creates its container if missing)
-        with on_link("ledger", s):
-            results.append(relay.deliver(name).as_dict())
+    def notice() -> str:
+        name, rest = at["name"], [str(p) for p in args.files[at["index"] + 1:]]
+        if at["phase"] == "upload":
+            text = (f"interrupted: {name} never reached the export container (an upload cut off is not committed), "
+                    "so nothing of it was delivered and no sync will send it: run send again for it")
+        elif at["phase"] == "deliver":
+            text = (f"interrupted while delivering {name}: it is in the export container, and the next sync "
+                    "delivers it (after this delivery's claim lapses, at most 10 minutes; a copy cut off is never "
+                    "committed at Bane NOR)")
+        else:
+            text = "interrupted before any file was sent"
+        done = len(results)
+        return (text + (f"; {done} file(s) before it are done" if done else "")
+                + (f"; not sent: {', '.join(rest)}" if rest else "") + ".")
+
+    abandon = "abandoned at once (second Ctrl-C); the line above says what becomes of the file."
+    with on_interrupt(line, notice, abandon):
+        try:
+            for index, path_text in enumerate(args.files):
+                path = Path(path_text)
+                name = f"{args.to.strip('/')}/{path.name}" if args.to else path.name
+                size = path.stat().st_size
+                at.update(name=name, phase="upload", index=index)
+                with path.open("rb") as handle, on_link("exports", s):
+                    rt.exports.get_blob_client(name).upload_blob(
+                        handle, length=size, overwrite=True, max_concurrency=4,
+                        progress_hook=Progress(name, size, not args.json and size > 8 * 2**20, line),
+                    )
+                at["phase"] = "deliver"
+                with on_link("ledger", s):
+                    relay = rt.relay  # builds the ledger (creates its container if missing)
+                with on_link("ledger", s):
+                    results.append(relay.deliver(name).as_dict())
+                at["phase"] = None
+        except KeyboardInterrupt:
+            line.end()
+            out.data({"interrupted": True, "results": results, "exit_code": EXIT_INTERRUPTED})
+            return EXIT_INTERRUPTED
     out.data(results)
     for r in results:
         out.line(outcome_line(r))
@@ -261,6 +360,7 @@ def cmd_sync(args: argparse.Namespace, out: Output) -> int:
     # attention, so a timer run's memory does not grow with the files it delivers).
     shown: list[dict[str, Any]] = []
     keep = ("delivered", "would_deliver") if (args.json or args.verbose or args.dry_run) else ()
+    line = StderrLine()
 
     def progress(outcome: Any) -> None:  # called from the sync's worker threads
         with lock:
@@ -268,13 +368,26 @@ def cmd_sync(args: argparse.Namespace, out: Output) -> int:
             if outcome.status != "already_delivered" and (outcome.status not in ("delivered", "would_deliver")
                                                           or outcome.status in keep):
                 shown.append(outcome.as_dict())
-        if not args.json and sys.stderr.isatty():
-            sys.stderr.write(f"\r{count[0]} processed, last: {outcome.status} {outcome.source_name[:50]:<50}")
+            if not args.json and sys.stderr.isatty():
+                line.write(f"\r{count[0]} processed, last: {outcome.status} {outcome.source_name[:50]:<50}")
 
-    with on_link("ledger", s):  # a ledger or listing failure that ends the run (per-file ones are outcomes)
-        summary = relay.sync(dry_run=args.dry_run, progress=progress)
-    if count[0] and not args.json and sys.stderr.isatty():
-        sys.stderr.write("\n")
+    notice = ("interrupted: the dry run stops; nothing was written" if args.dry_run else
+              "interrupted: finishing the deliveries in flight, then stopping (Ctrl-C again abandons them); "
+              "nothing else starts, and the next sync delivers everything not delivered yet; nothing is lost")
+    abandon = ("abandoned the deliveries in flight: a copy cut off is never committed at Bane NOR, and the next sync "
+               "delivers those files again (a large one once its claim lapses, at most 10 minutes, resuming from "
+               "its staged blocks)")
+    try:
+        with on_interrupt(line, lambda: notice, abandon), on_link("ledger", s):
+            # a ledger or listing failure that ends the run (per-file ones are outcomes)
+            summary = relay.sync(dry_run=args.dry_run, progress=progress)
+    except KeyboardInterrupt:
+        line.end()
+        print(f"stopped: the deliveries in flight ended ({count[0]} file(s) processed in this run); the next sync "
+              "delivers the rest", file=sys.stderr, flush=True)
+        out.data({"interrupted": True, "processed": count[0], "exit_code": EXIT_INTERRUPTED})
+        return EXIT_INTERRUPTED
+    line.end()
     out.data({**summary.counts(), "outcomes": shown})
     if args.dry_run:
         out.line(f"dry run (nothing written): listed {summary.listed}, would deliver {summary.would_deliver}, "
@@ -318,13 +431,18 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
         failures = [f for f in ledger.failures()]
         rejected = list(ledger.rejections())
         links = ledger.link_states()
+    where = destinations(rt)
+
+    def entry(record: Any, status: str) -> dict[str, Any]:  # the fields every command's --json has
+        return {**asdict(record), "status": status, "destination": where(record.source_name, status)}
+
     payload = {
         "counts": counts,
         "links": [{**asdict(state), "since_at": state.since, "description": describe_link(state)}
                   for state in links],
-        "poisoned": [asdict(f) for f in failures if f.poisoned],
-        "failed": [asdict(f) for f in failures if not f.poisoned],
-        "rejected": [asdict(r) for r in rejected],
+        "poisoned": [entry(f, "poisoned") for f in failures if f.poisoned],
+        "failed": [entry(f, "failed") for f in failures if not f.poisoned],
+        "rejected": [entry(r, "rejected") for r in rejected],
     }
     for state in payload["links"]:
         del state["since"]
@@ -343,6 +461,38 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
     if links:
         return DOCTOR_EXIT.get(links[0].link, DOCTOR_EXIT["gateway"])
     return delivery_exit([k for k in ("failed", "poisoned", "rejected") if counts.get(k)])
+
+
+TIME_PLACEHOLDERS = ("{yyyy}", "{MM}", "{dd}", "{HH}")
+
+
+def destinations(rt: Any) -> Callable[[str, str], str | None]:
+    """`status`'s destination of an export: the name the policy gives it at Bane NOR (as sync's and send's
+    outcomes show it), None for a rejected one (it has none) or one the policy refuses. A template with time
+    folders needs the export's last-modified time: one properties read each, None if the export is gone."""
+    import datetime as dt
+
+    from .naming import NamePolicy, destination_path
+
+    s = rt.settings
+    policy = NamePolicy.from_settings(s.relay)
+    timed = any(p in s.relay.destination_template for p in TIME_PLACEHOLDERS)
+
+    def where(name: str, status: str) -> str | None:
+        if status == "rejected" or policy.validate():
+            return None
+        when = dt.datetime.now(dt.UTC)
+        if timed:
+            try:
+                when = rt.exports.get_blob_client(name).get_blob_properties().last_modified
+            except Exception:  # gone, or unreadable: status still answers
+                return None
+        try:
+            return destination_path(name, s.banenor.directory, policy, when)
+        except RelayError:  # NameRejected: the policy refuses the name now
+            return None
+
+    return where
 
 
 def why_not_poisoned(rt: Any, name: str) -> tuple[str, str]:
@@ -486,7 +636,7 @@ class _QuietFilter:
             return True
         text = str(record.msg)
         # each outcome is printed by the command; a retry in progress is detail until its end is reported
-        return not (text.startswith(RELAY_OUTCOME_LOGS) or (record.levelno < 40 and "; retry " in text))
+        return not (text.startswith(RELAY_OUTCOME_LOGS) or (record.levelno < 40 and RETRY_NOTE.search(text)))
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -562,6 +712,6 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_OK
-    except KeyboardInterrupt:  # Ctrl-C: a sync stops between files; the ledger keeps what was delivered
+    except KeyboardInterrupt:  # Ctrl-C elsewhere (send and sync say more): the ledger keeps what was delivered
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED

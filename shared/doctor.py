@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Settings, load_settings
-from .diagnosis import partner_endpoint, partner_storage_failure
-from .errors import ConfigError, RelayError, SigningKeyError, scrub
+from .diagnosis import partner_endpoint, partner_storage_failure, transport_cause
+from .errors import ConfigError, RelayError, SigningKeyError, first_line, scrub
 
 KEY_LIFETIME_DAYS = 365  # self-service keys expire a year after upload
 KEY_WARN_DAYS = 30
@@ -140,7 +140,10 @@ def probe_clock(run: Run) -> list[str]:
 
     s = run.settings
     url = s.skyporten.issuer + "/.well-known/openid-configuration"
-    response = requests.get(url, timeout=15, verify=s.http.verify)
+    try:
+        response = requests.get(url, timeout=15, verify=s.http.verify)
+    except requests.RequestException as exc:
+        raise skyporten_unreachable(exc, s) from None
     date = response.headers.get("Date")
     if not date:
         return ["WARNING: Skyporten's metadata endpoint sent no Date header; clock not checked"]
@@ -149,6 +152,17 @@ def probe_clock(run: Run) -> list[str]:
         raise RelayError(f"this machine's clock is {skew:+.0f} s off Skyporten's; Skyporten allows 10 s.",
                          hint="fix the clock (NTP)")
     return [f"skew {skew:+.1f} s against {s.skyporten.issuer} (allowed: 10 s)"]
+
+
+def skyporten_unreachable(exc: BaseException, s: Settings) -> RelayError:
+    """The clock link when Skyporten's host gives no answer at all: the cause in words and where to look."""
+    cause = transport_cause(exc) or f"{type(exc).__name__}: {scrub(first_line(str(exc)))[:160]}"
+    fix = ("check MASKINPORTEN_ISSUER (leave it unset: BANENOR_ENVIRONMENT presets it) and this machine's outbound "
+           "access to it (firewall, proxy, DNS)")
+    if "TLS" in cause:
+        fix += "; a proxy that inspects TLS needs its CA in REQUESTS_CA_BUNDLE"
+    return RelayError(f"Skyporten at {scrub(s.skyporten.issuer)} cannot be reached: {cause}; the clock was not "
+                      "checked.", hint=fix)
 
 
 def probe_key_vault(run: Run) -> list[str]:

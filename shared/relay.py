@@ -144,7 +144,7 @@ class Relay:
                 return Outcome("already_delivered", name, etag, size=version.size)
             rejection = self.ledger.rejection(name, etag)
             if rejection is not None:
-                return Outcome("rejected", name, etag, reason=rejection.reason)
+                return Outcome("rejected", name, etag, size=version.size, reason=rejection.reason)
             failure = self.ledger.failure(name, etag)
         if failure is not None and failure.poisoned:
             return Outcome("poisoned", name, etag, reason=failure.last_error)
@@ -158,7 +158,7 @@ class Relay:
                                          version.last_modified)
         except NameRejected as exc:
             self.ledger.record_rejection(name, etag, str(exc))
-            return Outcome("rejected", name, etag, reason=str(exc))
+            return Outcome("rejected", name, etag, size=version.size, reason=str(exc))
 
         if not (listed and UnclaimedDelivery.fits(self, version, failure)):
             return ClaimedDelivery(self).run(source, version, dest_path, failure)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -51,6 +52,8 @@ def run(large_mib: int, keep: bool) -> dict[str, Any]:
     from sim.stack import Stack
 
     workdir = Path(tempfile.mkdtemp(prefix="relay-demo-"))
+    log_file = workdir / "relay.log"
+    warnings = log_to_file(log_file)
     print(f"Starting the local stack in {workdir} ...", flush=True)
     stack = Stack(workdir).start()
     try:
@@ -89,6 +92,8 @@ def run(large_mib: int, keep: bool) -> dict[str, Any]:
         report["tokens"] = {"skyporten": stack.skyporten.token_requests - sky0,
                             "entra": stack.entra.token_requests - entra0}
         print_report(report, Settings.load(settings))
+        print(f"Log of the host and the relay ({plural(warnings.count, 'warning')}, "
+              f"{plural(warnings.errors, 'error')}): {log_file}")
         if keep:
             stack.write_settings()
             print(f"\nThe stack keeps running (settings in {workdir / 'settings.env'}); Ctrl-C stops it.")
@@ -97,6 +102,33 @@ def run(large_mib: int, keep: bool) -> dict[str, Any]:
         return report
     finally:
         stack.stop()
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+class _Counter(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = self.errors = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+        self.errors += record.levelno >= logging.ERROR
+
+
+def log_to_file(path: Path) -> _Counter:
+    """The host's and the relay's log lines (a rejection's WARNING, the timer's past-due note, the Functions
+    library's notes) go to `path`, as Application Insights would keep them, so the report is alone on the
+    terminal; returns the counter of warnings and errors that the report quotes."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    counter = _Counter()
+    root = logging.getLogger()
+    root.handlers[:] = [handler, counter]  # before any import logs: no logging.basicConfig to stderr
+    root.setLevel(logging.INFO)
+    return counter
 
 
 def build_report(rt: Any, stack: Any, files: dict[str, bytes], elapsed: float, trigger_failures: int) -> dict:

@@ -341,9 +341,10 @@ def test_send_and_sync_share_the_exit_code_table(cli, tmp_path):
     assert cli("sync").returncode == EXIT_OK  # the rejected version waits in `status`; this run went well
     assert cli("status").returncode == EXIT_REJECTED
     absent = cli("send", str(tmp_path / "absent.csv"), str(good), "--json")
-    assert absent.returncode == EXIT_FAILED
-    first, second = as_json(absent)
-    assert first["status"] == "failed" and set(first) == set(second)  # the same fields for every file
+    assert absent.returncode == EXIT_CONFIG  # a command-line mistake: nothing is sent, nothing to retry
+    assert "no such file" in as_json(absent)["error"]
+    first, second = as_json(cli("send", str(good), str(bad), "--json", expect=EXIT_REJECTED))
+    assert set(first) == set(second)  # the same fields for every file
 
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")

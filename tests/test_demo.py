@@ -26,3 +26,14 @@ def test_demo_delivers_everything_but_the_refused_extension_and_verifies_checksu
     assert renamed["Målinger 2024_01 (rev B).csv"] == "partner-987654321/Maalinger-2024-01-rev-B.csv"
     assert "Delivery report" in result.stdout
     assert "Checksums verified at the destination: all" in result.stdout
+    # The report alone on the terminal (issue 27): the host's and the relay's log lines go to the demo's log file,
+    # which the report names with its count of warnings.
+    assert "WARNING" not in result.stdout + result.stderr
+    assert "delivery outcome=" not in result.stdout + result.stderr
+    log_line = next(line for line in result.stdout.splitlines() if line.startswith("Log of the host and the relay"))
+    log_file = Path(log_line.rsplit(": ", 1)[1])
+    logged = log_file.read_text()
+    for raw in ("delivery outcome=rejected", "sync timer is past due", "Auth level is not applied"):
+        assert raw in logged
+    warnings = logged.count(" WARNING ")
+    assert f"({warnings} warning{'' if warnings == 1 else 's'}, " in log_line
