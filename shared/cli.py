@@ -262,6 +262,8 @@ def _next_step(status: str, name: str) -> str:
         return f"poisoned: not retried until `retry {name}` (after the cause is fixed)"
     if status == "failed":
         return "retried by the next sync"
+    if status == "held":
+        return "a link is broken: the next sync delivers it once the link answers"
     return ""
 
 
@@ -342,6 +344,9 @@ def cmd_send(args: argparse.Namespace, out: Output) -> int:
     out.data(results)
     for r in results:
         out.line(outcome_line(r))
+    held = [r for r in results if r["status"] == "held"]
+    if held:  # a broken link met by the delivery: the link's code, as doctor numbers it
+        return DOCTOR_EXIT.get(held[0].get("link") or "gateway", DOCTOR_EXIT["gateway"])
     return delivery_exit([r["status"] for r in results])
 
 

@@ -111,7 +111,7 @@ class Relay:
     def _held(self, exc: RelayError, name: str, etag: str | None) -> Outcome:
         """A delivery that met a broken link: the link's state is recorded once; the file waits for the sync."""
         state = self.links.broken(exc)
-        return Outcome("held", name, etag, reason=f"{exc} (link {state.link} broken since "
+        return Outcome("held", name, etag, link=state.link, reason=f"{exc} (link {state.link} broken since "
                        f"{dt.datetime.fromtimestamp(state.since, dt.UTC):%Y-%m-%dT%H:%M:%SZ}; the sync delivers it "
                        "once the link answers)")
 
