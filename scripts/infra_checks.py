@@ -428,7 +428,7 @@ REQUIRED_ALERTS = {
 }
 WORKBOOK_PANELS = {
     "deliveries and bytes per hour": ("delivery outcome=delivered", "bytes="),
-    "delivery latency p50/p95": ("latency=", "percentile"),
+    "delivery latency p50/p95": ("latency=", "percentile(latency, 50)", "percentile(latency, 95)"),
     "outcomes by status and reason": ("outcome=", "reason="),
     "the state of each link": ("link broken", "link restored"),
     "token requests": ("Skyporten token issued", "Entra token issued"),
