@@ -473,7 +473,8 @@ module locks 'modules/locks.bicep' = if (lockResources) {
   }
 }
 
-module budget 'modules/budget.bicep' = if (budgetAmount > 0 && !empty(budgetStartDate)) {
+// A budget needs someone to tell: ALERT_EMAIL or an action group.
+module budget 'modules/budget.bicep' = if (budgetAmount > 0 && !empty(budgetStartDate) && (!empty(alertEmail) || !empty(alertWebhookUrl) || !empty(alertActionGroupIds))) {
   name: 'budget'
   scope: rg
   params: {
