@@ -21,6 +21,8 @@ _spec.loader.exec_module(checks)
 def repo(tmp_path):
     for rel in ("infra", "host.json", "docs", "azure.yaml", "requirements.txt", "requirements.in"):
         source = ROOT / rel
+        if not source.exists():
+            continue
         if source.is_dir():
             shutil.copytree(source, tmp_path / rel)
         else:
