@@ -204,8 +204,9 @@ def check_host_json(host_json: str) -> list[str]:
 # -- queries ---------------------------------------------------------------------------------------------------
 # The relay's log lines that queries read, by the text before their first key=value pair: the keys each carries.
 # tests/test_log_fields.py captures the real records (running the relay's code) and fails when this table and
-# the code disagree, so it cannot drift. The two link records come from issue #26 (shared/links.py): until that
-# merges they are PENDING_RECORDS, checked against SAMPLE_LINES below instead of the code.
+# the code disagree, so it cannot drift. The two link records are issue #26's (shared/links.py, on main since
+# c194e36): while this branch lacks that module they are PENDING_RECORDS, checked against SAMPLE_LINES, which copy
+# its format strings; with the module present the test captures the real records instead.
 RELAY_RECORDS = {
     "delivery": ("outcome", "correlation_id", "source", "version", "destination", "bytes", "seconds", "mode",
                  "latency", "reason"),
@@ -217,18 +218,20 @@ RELAY_RECORDS = {
     "link broken": ("link", "since", "status", "code", "cause"),
     "link restored": ("link", "since", "seconds"),
 }
-# Values a query may compare a key with (the rest are free): delivery statuses are shared/delivery.py STATUSES.
+# Values a query may compare a key with (the rest are free): delivery statuses are shared/delivery.py STATUSES
+# ("held": a delivery that met a broken link, #26).
 RECORD_VALUES = {
     ("delivery", "outcome"): ("delivered", "already_delivered", "rejected", "failed", "poisoned", "in_progress",
-                              "missing", "pending", "would_deliver"),
+                              "missing", "pending", "would_deliver", "held"),
     ("sync summary", "outcome"): ("ok", "error"),
 }
-LINK_NAMES = ("keyvault", "skyporten", "entra", "banenor", "exports")
+# The links of shared/links.py (LINK_TITLES: doctor's names for them).
+LINK_NAMES = ("key_vault", "key", "skyporten", "entra", "gateway", "exports", "ledger")
 PENDING_RECORDS = {"link broken", "link restored"}
 SAMPLE_LINES = {
-    "link broken": "link broken link=skyporten since=2026-12-04T14:03:00Z status=400 code=MP-121 "
-                   "cause=Skyporten refused the grant: the key expired",
-    "link restored": "link restored link=skyporten since=2026-12-04T14:03:00Z seconds=1260",
+    "link broken": "link broken link=key_vault since=2026-12-04T14:03:00Z status=403 code=Forbidden "
+                   "cause=Key Vault refused the app's identity: no role to read the signing key.",
+    "link restored": "link restored link=key_vault since=2026-12-04T14:03:00Z seconds=1260",
 }
 # Columns of the tables queries read (Azure Monitor table reference; App Insights classic names in its scope).
 TABLE_COLUMNS = {

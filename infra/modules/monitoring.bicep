@@ -171,7 +171,7 @@ resource linkBrokenAlert 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
   kind: 'LogAlert'
   properties: {
     displayName: 'Skyporten relay: a link is broken'
-    description: 'A link of the chain broke (Key Vault, Skyporten, Entra, Bane NOR\'s storage or the export account); the alert carries the link, the status, the error code and the cause. Run `doctor` for the fix.'
+    description: 'A link broke (Key Vault, the signing key, Skyporten, Entra, Bane NOR\'s storage, the export account or the ledger); the alert carries the link, the status, the error code and the cause. Run `doctor` for the fix.'
     severity: 1
     enabled: true
     scopes: [
