@@ -219,10 +219,10 @@ RELAY_RECORDS = {
     "link restored": ("link", "since", "seconds"),
 }
 # Values a query may compare a key with (the rest are free): delivery statuses are shared/delivery.py STATUSES
-# ("held": a delivery that met a broken link, #26).
+# ("held": a delivery that met a broken link; "superseded": a version replaced before delivery; both #26).
 RECORD_VALUES = {
     ("delivery", "outcome"): ("delivered", "already_delivered", "rejected", "failed", "poisoned", "in_progress",
-                              "missing", "pending", "would_deliver", "held"),
+                              "missing", "pending", "would_deliver", "held", "superseded"),
     ("sync summary", "outcome"): ("ok", "error"),
 }
 # The links of shared/links.py (LINK_TITLES: doctor's names for them).
