@@ -14,6 +14,8 @@
 #   lint-infra  parse the Bicep templates and run checkov offline
 #   clean       stop the local stack, then delete its data and settings (.local/, the local.settings.json it wrote)
 #               and the tools' caches
+#   upgrade-pins  upgrade the pinned runtime versions (requirements.txt) within requirements.in's ranges, reinstall
+#               .venv and run `make test`: what is deployed is what the tests ran
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -23,7 +25,7 @@ STAMP_NODE := node_modules/.installed
 STACK_ARGS ?=
 FUNC_ARGS ?=
 
-.PHONY: install demo test test-large stack stack-stop func bench lint-infra lint clean
+.PHONY: install demo test test-large stack stack-stop func bench lint-infra lint clean upgrade-pins
 
 install: $(STAMP_PY) $(STAMP_NODE)
 
@@ -63,6 +65,18 @@ bench: install
 
 lint-infra:
 	bash scripts/lint-infra.sh
+
+# A scratch venv gets the newest versions requirements.in allows; scripts/pin_requirements.py writes them, with
+# everything they need, to requirements.txt; .venv is brought to exactly those and the whole suite runs on them.
+upgrade-pins: $(STAMP_PY)
+	rm -rf .venv-pins
+	$(PYTHON) -m venv .venv-pins
+	.venv-pins/bin/python -m pip install --quiet --disable-pip-version-check --upgrade packaging -r requirements.in
+	.venv-pins/bin/python scripts/pin_requirements.py
+	rm -rf .venv-pins
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $(STAMP_PY)
+	$(MAKE) test
 
 clean:
 	@if [ -x $(PY) ]; then $(PY) -m sim.stack clean --workdir .local; fi

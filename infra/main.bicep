@@ -190,8 +190,47 @@ param instanceMemoryMB int = 2048
 @description('More relay app settings, name to string value (e.g. SYNC_CONCURRENCY, BLOCK_SIZE, ALLOWED_EXTENSIONS). Every provision writes the whole app-settings list, so a setting added by hand in the portal is gone after the next `azd provision`: put it here. A setting with its own parameter above is set by that parameter.')
 param extraAppSettings object = {}
 
-@description('E-mail address for alerts; empty creates the alert rules without an action group.')
+@description('E-mail address for alerts (ALERT_EMAIL). With no e-mail, webhook or action group the alerts tell no one: the preprovision hook warns, and refuses for BANENOR_ENVIRONMENT=prod.')
 param alertEmail string = ''
+
+@secure()
+@description('Webhook that receives alerts in the common alert schema (ALERT_WEBHOOK_URL), e.g. an on-call or chat URL; empty for none.')
+param alertWebhookUrl string = ''
+
+@description('Resource ids of existing action groups to notify, comma-separated (ALERT_ACTION_GROUP_IDS); empty for none.')
+param alertActionGroupIds string = ''
+
+@minValue(1)
+@maxValue(180)
+@description('Alert when the signing key or certificate expires, or a registered key is due for rotation, within this many days (KEY_EXPIRY_WARNING_DAYS).')
+param keyExpiryWarningDays int = 30
+
+@description('Time of this deployment (UTC); the no-successful-sync alert stays quiet from then until the first successful sync. Leave the default.')
+param deployedAt string = utcNow('s')
+
+@description('Daily ingestion cap of the Log Analytics workspace in GB (LOG_DAILY_CAP_GB, e.g. 0.5); empty for none. Ingestion, and so the log alerts, stop for the rest of the day when it is reached.')
+param logDailyCapGb string = ''
+
+@description('Delete locks on the Key Vault and the export account (LOCK_RESOURCES): `azd down` would delete the signing key\'s vault and the ledger; with the locks it fails until they are removed.')
+param lockResources bool = false
+
+@minValue(0)
+@description('Monthly cost budget of the resource group in the subscription\'s currency (BUDGET_AMOUNT); 0 for none. Notifies ALERT_EMAIL and the action groups at 80 % actual and 100 % forecast.')
+param budgetAmount int = 0
+
+@description('First day of the month the budget starts, yyyy-MM-dd (BUDGET_START_DATE); set once by the preprovision hook when BUDGET_AMOUNT is set.')
+param budgetStartDate string = ''
+
+@description('Object id of the operator who runs doctor, status and send against this deployment (OPERATOR_PRINCIPAL_ID); empty grants nothing. Gets exactly the roles those commands need (docs/deploy.md).')
+param operatorPrincipalId string = ''
+
+@allowed([
+  'User'
+  'Group'
+  'ServicePrincipal'
+])
+@description('Principal type of operatorPrincipalId (OPERATOR_PRINCIPAL_TYPE).')
+param operatorPrincipalType string = 'User'
 
 @minValue(15)
 @maxValue(2880)
@@ -308,7 +347,13 @@ module monitoring 'modules/monitoring.bicep' = {
     logAnalyticsName: 'log-${resourceToken}'
     applicationInsightsName: 'appi-${resourceToken}'
     alertEmail: alertEmail
+    alertWebhookUrl: alertWebhookUrl
+    alertActionGroupIds: empty(alertActionGroupIds) ? [] : split(replace(alertActionGroupIds, ' ', ''), ',')
     noSuccessfulSyncMinutes: noSuccessfulSyncMinutes
+    deployedAt: deployedAt
+    keyExpiryWarningDays: keyExpiryWarningDays
+    dailyCapGb: logDailyCapGb
+    exportStorageAccountName: storage.outputs.name
   }
 }
 
@@ -402,6 +447,47 @@ module rbacExports 'modules/rbac-exports.bicep' = {
   }
 }
 
+module rbacOperator 'modules/rbac-operator.bicep' = if (!empty(operatorPrincipalId)) {
+  name: 'rbac-operator'
+  scope: rg
+  params: {
+    operatorPrincipalId: operatorPrincipalId
+    operatorPrincipalType: operatorPrincipalType
+    keyVaultName: keyVault.outputs.name
+    signingKeySource: signingKeySource
+    storageAccountName: storage.outputs.name
+    exportContainerName: exportContainerName
+    ledgerContainerName: ledgerContainerName
+    archiveContainerName: archiveContainerName
+    copyMode: copyMode
+    afterDelivery: afterDelivery
+  }
+}
+
+module locks 'modules/locks.bicep' = if (lockResources) {
+  name: 'locks'
+  scope: rg
+  params: {
+    keyVaultName: keyVault.outputs.name
+    storageAccountName: storage.outputs.name
+  }
+}
+
+// A budget needs someone to tell: ALERT_EMAIL or an action group.
+module budget 'modules/budget.bicep' = if (budgetAmount > 0 && !empty(budgetStartDate) && (!empty(alertEmail) || !empty(alertWebhookUrl) || !empty(alertActionGroupIds))) {
+  name: 'budget'
+  scope: rg
+  params: {
+    name: 'budget-relay-${resourceToken}'
+    amount: max(budgetAmount, 1)
+    startDate: budgetStartDate
+    contactEmails: empty(alertEmail) ? [] : [
+      alertEmail
+    ]
+    actionGroupIds: monitoring.outputs.actionGroupIds
+  }
+}
+
 module functionApp 'modules/functionapp.bicep' = {
   name: 'functionapp'
   scope: rg
@@ -464,9 +550,11 @@ output AZURE_FUNCTION_APP_NAME string = functionApp.outputs.name
 output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
 output AZURE_HOST_STORAGE_ACCOUNT_NAME string = hostStorage.outputs.name
 output AZURE_STORAGE_SKU string = effectiveStorageSku
+output AZURE_KEY_VAULT_ID string = keyVault.outputs.id
 output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
 output KEY_VAULT_URL string = keyVault.outputs.uri
 output SIGNING_KEY_NAME string = signingKeyName
+output AZURE_WORKBOOK_ID string = monitoring.outputs.workbookId
 // What the postdeploy hook needs to create the Event Grid subscription (descriptions of what exists, nothing
 // that decides whether to create it: the hook asks Azure).
 output EVENT_GRID_SYSTEM_TOPIC_NAME string = eventGrid.outputs.systemTopicName

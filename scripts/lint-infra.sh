@@ -6,7 +6,11 @@
 #   3. scripts/infra_checks.py: allowed regions (Flex Consumption, Norway East included) agree between
 #      main.bicep and the preprovision hooks; no role on the partner's export account wider than the settings
 #      need; the postdeploy hooks poll for the blobs_extension key (no listKeys in templates); host.json does
-#      not sample traces; azure.yaml runs the preprovision and postdeploy hooks;
+#      not sample traces; azure.yaml runs the preprovision and postdeploy hooks; every KQL query in infra/ and
+#      docs/ reads existing tables and columns and only the fields the relay's log lines carry; the workbook,
+#      an alert for each way the relay stops (metric names of the resource type), alert recipients, resource
+#      logs into resource-specific tables; the hooks' az calls name the subscription; requiredVersions; locks,
+#      budget, daily cap, the operator's roles; requirements.txt pinned exactly;
 #   4. checkov --framework bicep --skip-download: fails on failed checks, parsing errors, and on
 #      suppressions (`// checkov:skip=CKV_...: reason` inside a resource) that give no reason.
 # Tools live in .venv-infra (created from requirements-infra.txt; reused while that file is unchanged).
@@ -107,7 +111,7 @@ else
   echo "   none found"
 fi
 
-echo "== 3/4 regions, export-account roles, key polling, trace sampling (scripts/infra_checks.py)"
+echo "== 3/4 regions, roles, key polling, trace sampling, queries, alerts, workbook, deployment (scripts/infra_checks.py)"
 "$VENV/bin/python" scripts/infra_checks.py "$ROOT" || status=1
 
 echo "== 4/4 checkov (bicep, offline)"

@@ -264,7 +264,11 @@ class BaneNorCredential:
 
     def _get(self, scopes: tuple[str, ...], kwargs: dict[str, Any]) -> Any:
         with self._lock:
+            exchanges = self.exchanges
             info = self._exchange(scopes, kwargs)  # azure-identity answers from its cache while the token is good
+            if self.exchanges != exchanges:  # Entra issued a token (the assertion was asked for): the workbook counts
+                log.info("Entra token issued: scope=%s expires_in=%d", " ".join(scopes),
+                         int(info.expires_on - self.clock()))
             self._issued[scopes] = info
             if self._recovering:
                 self._recovery_token = info.token

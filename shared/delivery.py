@@ -50,6 +50,7 @@ class Outcome:
     reason: str | None = None
     mode: str | None = None
     md5: str | None = None
+    latency: float | None = None  # seconds from the export's last modification to its receipt (delivered only)
     correlation_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     link: str | None = None  # a failure on this link's side (gateway, exports): what a window of failures counts
 

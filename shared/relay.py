@@ -106,7 +106,7 @@ class Relay:
             outcome = self._held(exc, name, version.etag)
         if outcome is not None and outcome.status in ("delivered", "already_delivered") and self.links.known:
             self.links.working("gateway", "exports", *TOKEN_LINKS)  # a write went through: every link works
-        return self._finish(outcome, started)
+        return self._finish(outcome, started, version)
 
     def _held(self, exc: RelayError, name: str, etag: str | None) -> Outcome:
         """A delivery that met a broken link: the link's state is recorded once; the file waits for the sync."""
@@ -128,10 +128,14 @@ class Relay:
         source = self.exports.get_blob_client(props.name)
         outcome = self._deliver_version(source, version, listed=True, failure=failure, receipts=receipts,
                                         started=started)
-        return None if outcome is None else self._finish(outcome, started)
+        return None if outcome is None else self._finish(outcome, started, version)
 
-    def _finish(self, outcome: Outcome, started: float) -> Outcome:
-        outcome.seconds = round(self.clock() - started, 3)
+    def _finish(self, outcome: Outcome, started: float, version: SourceVersion | None = None) -> Outcome:
+        now = self.clock()
+        outcome.seconds = round(now - started, 3)
+        if outcome.status == "delivered" and version is not None and version.last_modified is not None:
+            # From the export's last write to its receipt: the workbook's delivery latency.
+            outcome.latency = round(now - version.last_modified.timestamp(), 3)
         self._log(outcome)
         return outcome
 
@@ -168,7 +172,7 @@ class Relay:
         if receipts.defers:
             def defer(delivery: Unverified) -> None:  # its outcome is logged as it settles, with its batch
                 receipts.defer(Unverified(delivery.sent, delivery.receipt,
-                                          lambda verdict: self._finish(delivery.settle(verdict), started)))
+                                          lambda verdict: self._finish(delivery.settle(verdict), started, version)))
         return UnclaimedDelivery(self, receipts.add, defer).run(source, version, dest_path, failure)
 
     def _log(self, outcome: Outcome) -> None:
@@ -178,9 +182,9 @@ class Relay:
             return
         # key=value pairs: Application Insights queries parse them (traces | parse message with ...).
         log.log(level, "delivery outcome=%s correlation_id=%s source=%s version=%s destination=%s bytes=%d "
-                "seconds=%.3f mode=%s%s", outcome.status, outcome.correlation_id, outcome.source_name,
+                "seconds=%.3f mode=%s%s%s", outcome.status, outcome.correlation_id, outcome.source_name,
                 (outcome.source_etag or "").strip('"'), outcome.destination, outcome.size, outcome.seconds,
-                outcome.mode,
+                outcome.mode, "" if outcome.latency is None else f" latency={outcome.latency:.3f}",
                 f" reason={outcome.reason}" if outcome.reason and outcome.status != "already_delivered" else "",
                 extra={"relay": outcome.as_dict()})
 

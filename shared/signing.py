@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MIN_RSA_BITS = 2048  # Maskinporten requires RSA keys of at least 2048 bits
+KEY_LIFETIME_DAYS = 365  # Maskinporten self-service keys expire a year after upload (MP-121)
 _SIGNING_HASH = {"RS256": hashes.SHA256, "RS384": hashes.SHA384, "RS512": hashes.SHA512}
 
 
@@ -56,6 +57,18 @@ class KeyInfo:
     certificate_not_before: dt.datetime | None = None
     certificate_not_after: dt.datetime | None = None
     version: str | None = None
+
+
+def key_expiry(info: KeyInfo) -> tuple[dt.datetime | None, str]:
+    """When the key stops working, and what says so: the certificate's notAfter, the vault object's expiry, or
+    (for a registered key) a year after it was stored, the date to have rotated by (docs/key-rotation.md)."""
+    if info.certificate_not_after is not None:
+        return info.certificate_not_after, "certificate"
+    if info.expires_on is not None:
+        return info.expires_on, "keyvault"
+    if info.created_on is not None and info.source != "keyvault-certificate":
+        return info.created_on + dt.timedelta(days=KEY_LIFETIME_DAYS), "registration"
+    return None, "-"
 
 
 class SigningKey:
@@ -277,6 +290,10 @@ def _scrubbed(exc: Exception) -> _ScrubbedError:
 
 # -- sources ----------------------------------------------------------------------------------------------
 
+def _iso(value: dt.datetime | None) -> str:
+    return "-" if value is None else value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _utc(value: dt.datetime | None) -> dt.datetime | None:
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=dt.UTC)
@@ -466,8 +483,12 @@ class SigningKeyProvider:
             if self._key is None or now - self._loaded_at >= self._ttl:
                 self._key = self._load()
                 self._loaded_at = now
-                log.info("signing key loaded: source=%s name=%s kid=%s", self._key.info.source,
-                         self._key.info.name, self._key.kid)
+                info = self._key.info
+                expires, basis = key_expiry(info)
+                # key=value pairs: the key-expiry alert reads days_left (infra/queries/key-expiry.kql).
+                log.info("signing key loaded: source=%s name=%s kid=%s created=%s expires=%s days_left=%s "
+                         "expiry_from=%s", info.source, info.name, self._key.kid, _iso(info.created_on),
+                         _iso(expires), "-" if expires is None else int((expires.timestamp() - now) // 86400), basis)
             return self._key
 
     def invalidate(self) -> None:

@@ -3,6 +3,7 @@ Azure and have no local stand-in; the fakes answer the few calls the hooks make 
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -29,6 +30,14 @@ FAKE_AZ = textwrap.dedent("""\
 
     def arg(name):
         return args[args.index(name) + 1]
+
+    # Which subscription the call acts on: --subscription, the one in an az rest URL, else the CLI's default
+    # (`az account set`), which here is another subscription than the one azd deploys to.
+    named = arg("--subscription") if "--subscription" in args else None
+    if args[:1] == ["rest"] and "/subscriptions/" in arg("--url"):
+        named = arg("--url").split("/subscriptions/")[1].split("/")[0]
+    if (named or state["default_subscription"]) != state["subscription_id"]:
+        sys.exit(f"ERROR: (ResourceNotFound) not found in subscription {named or state['default_subscription']}")
 
     if args[:2] == ["account", "show"]:
         if state.get("user_type") is None:
@@ -88,7 +97,9 @@ class Fakes:
         self._script("az", f'exec "{sys.executable}" "{self.bin / "fake_az.py"}" "$@"')
         self._script("azd", f'echo "$*" >> "{self.bin / "azd.log"}"')
         self._script("curl", "exit 0")  # the hook's wake-up request must not leave this machine
-        self.state = {"user_type": "user", "keys": [KEY], "subscription": None}
+        self.state = {"user_type": "user", "keys": [KEY], "subscription": None,
+                      "subscription_id": ENV["AZURE_SUBSCRIPTION_ID"],
+                      "default_subscription": "99999999-0000-0000-0000-000000000009"}
 
     def _script(self, name: str, body: str) -> None:
         path = self.bin / name
@@ -168,7 +179,8 @@ def test_preprovision_refuses_server_copy_in_vnet_mode(fakes):
 def test_preprovision_says_how_to_sign_in_when_the_cli_is_not(fakes):
     fakes.state["user_type"] = None
     done = fakes.run("preprovision.sh")
-    assert done.returncode == 1 and "the Azure CLI is not signed in. Fix: az login" in done.stderr
+    assert done.returncode == 1 and "the Azure CLI is not signed in, or cannot see subscription" in done.stderr
+    assert "Fix: az login" in done.stderr
     assert "Traceback" not in done.stderr
 
 
@@ -177,8 +189,8 @@ def test_preprovision_recovers_the_key_vault_an_earlier_azd_down_soft_deleted(fa
     done = fakes.run("preprovision.sh", AZURE_RESOURCE_GROUP="")
     assert done.returncode == 0, done.stderr
     changes = [c for c in fakes.calls() if c[:2] in (["group", "create"], ["keyvault", "recover"])]
-    assert [c[:4] for c in changes] == [["group", "create", "--name", "rg-relay-test"],
-                                        ["keyvault", "recover", "--name", "kv-abc"]]
+    assert [(c[:2], c[c.index("--name") + 1]) for c in changes] == [(["group", "create"], "rg-relay-test"),
+                                                                     (["keyvault", "recover"], "kv-abc")]
     assert "recovered Key Vault kv-abc" in done.stdout
 
 
@@ -275,3 +287,63 @@ def test_hooks_keep_nothing_in_the_azd_environment_that_decides_the_subscription
 @pytest.mark.skipif(os.name == "nt", reason="POSIX hooks")
 def test_hooks_are_executable():
     assert all(os.access(HOOKS / name, os.X_OK) for name in ("preprovision.sh", "postdeploy.sh"))
+
+
+# --- the subscription, the alerts' recipients, the budget ------------------------------------------------
+
+
+def named_subscriptions(calls):
+    for call in calls:
+        if "--subscription" in call:
+            yield call[call.index("--subscription") + 1]
+        else:
+            url = call[call.index("--url") + 1]
+            yield url.split("/subscriptions/")[1].split("/")[0]
+
+
+def test_every_az_call_names_the_subscription_azd_deploys_to_not_the_cli_default(fakes):
+    # The fake az answers only for AZURE_SUBSCRIPTION_ID; its default subscription is another one.
+    fakes.state["deleted_vaults"] = [["kv-abc", "relay-test"]]
+    assert fakes.run("preprovision.sh").returncode == 0
+    done = fakes.run("postdeploy.sh")
+    assert done.returncode == 0, done.stderr
+    calls = fakes.calls()
+    assert {c[0] for c in calls} >= {"account", "keyvault", "group", "functionapp", "rest"}
+    assert set(named_subscriptions(calls)) == {ENV["AZURE_SUBSCRIPTION_ID"]}
+
+
+@pytest.mark.parametrize("hook", ["preprovision.sh", "postdeploy.sh"])
+def test_hooks_refuse_to_run_without_the_subscription(fakes, hook):
+    done = fakes.run(hook, AZURE_SUBSCRIPTION_ID="")
+    assert done.returncode == 1 and "AZURE_SUBSCRIPTION_ID" in done.stderr
+    assert fakes.calls() == []
+
+
+def test_preprovision_warns_when_alerts_would_tell_no_one(fakes):
+    done = fakes.run("preprovision.sh", BANENOR_ENVIRONMENT="test")
+    assert done.returncode == 0, done.stderr
+    assert "WARNING: ALERT_EMAIL, ALERT_WEBHOOK_URL and ALERT_ACTION_GROUP_IDS are empty" in done.stderr
+
+
+def test_preprovision_refuses_alerts_with_no_one_to_tell_in_prod(fakes):
+    done = fakes.run("preprovision.sh", BANENOR_ENVIRONMENT="prod")
+    assert done.returncode == 1 and "azd env set ALERT_EMAIL" in done.stderr
+    assert fakes.calls() == [] and fakes.azd() == []
+
+
+@pytest.mark.parametrize("target", [{"ALERT_EMAIL": "ops@example.com"},
+                                    {"ALERT_WEBHOOK_URL": "https://hooks.example.com/x?token=s3cr3t-webhook"},
+                                    {"ALERT_ACTION_GROUP_IDS": "/subscriptions/x/resourceGroups/ops/providers/"
+                                                               "microsoft.insights/actionGroups/on-call"}])
+def test_preprovision_accepts_any_recipient_in_prod_and_never_prints_the_webhook(fakes, target):
+    done = fakes.run("preprovision.sh", BANENOR_ENVIRONMENT="prod", **target)
+    assert done.returncode == 0, done.stderr
+    assert "WARNING" not in done.stderr and "s3cr3t-webhook" not in done.stdout + done.stderr
+
+
+def test_preprovision_fixes_the_budget_start_once(fakes):
+    assert fakes.run("preprovision.sh", BUDGET_AMOUNT="50").returncode == 0
+    [line] = [c for c in fakes.azd() if "BUDGET_START_DATE" in c]
+    assert re.fullmatch(r"env set BUDGET_START_DATE \d{4}-\d{2}-01", line)
+    assert fakes.run("preprovision.sh", BUDGET_AMOUNT="50", BUDGET_START_DATE="2026-01-01").returncode == 0
+    assert len([c for c in fakes.azd() if "BUDGET_START_DATE" in c]) == 1

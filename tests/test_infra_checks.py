@@ -2,8 +2,11 @@
 it exists for in a changed copy."""
 
 import importlib.util
+import io
 import json
 import shutil
+import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -16,8 +19,10 @@ _spec.loader.exec_module(checks)
 
 @pytest.fixture
 def repo(tmp_path):
-    for rel in ("infra", "host.json"):
+    for rel in ("infra", "host.json", "docs", "azure.yaml", "requirements.txt", "requirements.in"):
         source = ROOT / rel
+        if not source.exists():
+            continue
         if source.is_dir():
             shutil.copytree(source, tmp_path / rel)
         else:
@@ -73,6 +78,54 @@ BROKEN = {
     "a postdeploy hook that does not poll for the key": (
         "infra/hooks/postdeploy.sh", 'while [ "$i" -lt "$attempts" ]; do\n  i=$((i + 1))\n  key=',
         "for once in 1; do\n  key=", "postdeploy.sh: must poll"),
+    "resource logs into AzureDiagnostics": (
+        "infra/modules/diagnostics.bicep", "    logAnalyticsDestinationType: 'Dedicated'\n", "",
+        "sends resource logs to AzureDiagnostics"),
+    "a metric the system topic does not have": (
+        "infra/modules/eventgrid.bicep", "metricName: 'DeliveryAttemptFailCount'", "metricName: 'DeliveryFailedCount'",
+        "has no metric DeliveryFailedCount"),
+    "a query reading a field the link record lacks": (
+        "infra/queries/link-broken.kql", 'code = extract(@"\\bcode=', 'code = extract(@"\\berror=',
+        "reads error= from link broken lines"),
+    "a filter on a key the delivery line lacks": (
+        "infra/queries/poisoned.kql", '"delivery outcome=poisoned"', '"delivery result=poisoned"',
+        "'delivery' lines carry no result="),
+    "a status the relay never logs": (
+        "infra/queries/poisoned.kql", '"delivery outcome=poisoned"', '"delivery outcome=poisened"',
+        "outcome=poisened is not a value the relay logs"),
+    "a column requests does not have": (
+        "infra/queries/function-failures.kql", "| where success == false", "| where succeeded == false",
+        "`succeeded` is not a column of requests"),
+    "a docs query on AzureDiagnostics": (
+        "docs/operations.md", "AZKVAuditLogs\n|", "AzureDiagnostics\n|", "reads table AzureDiagnostics"),
+    "a workbook without the latency percentiles": (
+        "infra/workbooks/relay.workbook.json", "p95 = percentile(latency, 95)", "p95 = max(latency)",
+        "no panel for delivery latency p50/p95"),
+    "a broken-link alert not split by link": (
+        "infra/modules/monitoring.bicep", "              name: 'link'\n", "              name: 'cause'\n",
+        "must split by the link dimension"),
+    "a no-sync alert armed at deployment": (
+        "infra/modules/monitoring.bicep", ", '__DEPLOYED__', deployedAt)", ", '__DEPLOYED__', '2026-01-01')",
+        "must stay quiet after a deployment until the first successful sync"),
+    "an alert without recipients": (
+        "infra/modules/monitoring.bicep", "      actionGroups: actionGroups\n", "      actionGroups: []\n",
+        "notifies no action group"),
+    "an az call on the CLI's default subscription": (
+        "infra/hooks/postdeploy.sh", 'az functionapp keys list --subscription "$sub" ', "az functionapp keys list ",
+        "does not name the subscription"),
+    "no azd version required": (
+        "azure.yaml", "requiredVersions:\n  azd: '>= 1.13.0'\n", "", "no requiredVersions.azd"),
+    "a dependency range in what is deployed": (
+        "requirements.txt", "\nidna==", "\nidna>=", "is a range"),
+    "an operator role wider than the commands need": (
+        "infra/modules/rbac-operator.bicep", "  scope: ledgerContainer\n", "  scope: account\n",
+        "operatorLedger must grant"),
+    "no optional locks": (
+        "infra/main.bicep", "module locks 'modules/locks.bicep' = if (lockResources)",
+        "module locks 'modules/locks.bicep' = if (false)", "no optional CanNotDelete locks"),
+    "an inline alert query": (
+        "infra/modules/monitoring.bicep", "query: loadTextContent('../queries/poisoned.kql')",
+        "query: 'traces | where message contains \"poisoned\"'", "an inline alert query"),
     "host.json sampling traces": (
         "host.json", '"excludedTypes": "Exception;Request;Trace"', '"excludedTypes": "Exception;Request"',
         'add "Trace" to excludedTypes'),
@@ -108,3 +161,67 @@ def test_host_json_with_sampling_off_is_fine(repo):
 def test_a_missing_hook_is_named(repo):
     (repo / "infra/hooks/preprovision.ps1").unlink()
     assert checks.run(repo) == ["infra/hooks/preprovision.ps1: missing"]
+
+
+def test_a_query_that_selects_no_relay_record_is_a_problem():
+    problems = checks.check_query("q", 'traces | where message contains "poisoned" | project timestamp')
+    assert any("none of the relay's records" in p for p in problems)
+    assert any("without selecting one of the relay's records" in p for p in problems)
+
+
+def test_a_list_of_links_other_than_the_relay_s_is_a_problem():
+    query = ('let links = datatable(link: string) ["keyvault", "gateway"];\n'
+             'traces | where message startswith "link broken" | extend link = extract(@"\\blink=(\\S+)", 1, message)')
+    assert any("the list of links must be exactly" in p for p in checks.check_query("q", query))
+
+
+def test_every_query_is_found(repo):
+    wheres = [where for where, _ in checks.all_queries(repo)]
+    assert {f"infra/queries/{p.name}" for p in (repo / "infra/queries").glob("*.kql")} <= set(wheres)
+    assert sum("workbook" in w for w in wheres) >= 10 and sum(w.startswith("docs/") for w in wheres) >= 4
+
+
+STARTING_COMMIT = "aefbf21"
+# What the templates lacked before issue #28, one message each (scripts/infra_checks.py finds all of them).
+GAPS = {
+    "workbook": "no workbook",
+    "diagnostic destination": "sends resource logs to AzureDiagnostics",
+    "early Event Grid failures": "no metric alert for 'Event Grid failed to deliver (early)'",
+    "function failures": "no alert for 'a function invocation failed'",
+    "poison queue": "no alert for 'the blob trigger wrote to its poison queue'",
+    "broken link": "no alert for 'a link broke",
+    "key expiry": "no alert for 'the signing key nears its expiry or rotation date'",
+    "quiet no-sync": "no alert for 'no successful sync (quiet until the first one after a deployment)'",
+    "webhook recipients": "no @secure() alertWebhookUrl parameter",
+    "existing action groups": "no alertActionGroupIds parameter",
+    "alerts with no one to tell": "must warn (and refuse in prod) when alerts tell no one",
+    "hooks on the CLI's default subscription": "does not name the subscription",
+    "azd version": "no requiredVersions.azd",
+    "locks": "no optional CanNotDelete locks",
+    "budget": "no optional budget alert",
+    "daily cap": "no optional Log Analytics daily cap",
+    "operator roles": "no optional operator principal",
+    "pinned package": "requirements.txt: what is deployed must be pinned exactly",
+    "queries whose fields are not checked": "an inline alert query",
+    "docs querying AzureDiagnostics": "reads table AzureDiagnostics",
+}
+
+
+def _checkout(commit: str, into: Path) -> bool:
+    paths = ["infra", "host.json", "docs", "azure.yaml", "requirements.txt"]
+    done = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", commit, *paths], capture_output=True,
+                          timeout=60)
+    if done.returncode != 0:
+        return False
+    with tarfile.open(fileobj=io.BytesIO(done.stdout)) as archive:
+        archive.extractall(into, filter="data")
+    return True
+
+
+@pytest.mark.parametrize("gap", GAPS)
+def test_each_gap_of_issue_28_is_found_in_the_starting_templates(tmp_path_factory, gap):
+    root = tmp_path_factory.getbasetemp() / "aefbf21"
+    if not root.exists() and not _checkout(STARTING_COMMIT, root):
+        pytest.skip(f"commit {STARTING_COMMIT} is not in this clone's history")
+    problems = checks.run(root)
+    assert any(GAPS[gap] in p for p in problems), "\n".join(problems)

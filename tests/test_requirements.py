@@ -1,6 +1,9 @@
-"""requirements.txt holds what the function app imports, and nothing only the tests or the simulators use."""
+"""requirements.in holds what the function app imports, and nothing only the tests or the simulators use;
+requirements.txt pins exactly the versions installed here, the ones the tests run (what is deployed)."""
 
 import re
+import subprocess
+import sys
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
@@ -9,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def runtime_requirements() -> list[str]:
     names = []
-    for line in (ROOT / "requirements.txt").read_text().splitlines():
+    for line in (ROOT / "requirements.in").read_text().splitlines():
         line = line.split("#")[0].strip()
         if line and not line.startswith("-"):
             names.append(re.split(r"[\[<>=!~ ;]", line, maxsplit=1)[0])
@@ -40,3 +43,13 @@ def test_every_runtime_requirement_is_imported_by_the_function_app():
                    for module in import_names(name))
     ]
     assert unused == [], f"only tests or simulators use {unused}: move them to requirements-dev.txt"
+
+
+def test_requirements_txt_pins_exactly_the_versions_the_tests_run():
+    # scripts/pin_requirements.py --check: the closure of requirements.in as installed in this venv, name==version.
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "pin_requirements.py"), "--check"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    pins = [line for line in (ROOT / "requirements.txt").read_text().splitlines() if not line.startswith("#")]
+    assert pins and all(re.fullmatch(r"[A-Za-z0-9_.-]+==[\w.]+", line) for line in pins)
+    assert {p.split("==")[0].lower() for p in pins} >= {n.lower() for n in runtime_requirements()}

@@ -1,7 +1,8 @@
 # azd postdeploy hook (Windows): the same steps as postdeploy.sh, which documents them. Polls until the host
 # has its blobs_extension key, then creates the Event Grid subscription to the blob trigger, unless one already
 # delivers to this app, with the host's current key, and this filter. Keeps nothing in the azd environment; the
-# key goes to Azure in a request body file, never on a command line or in output.
+# key goes to Azure in a request body file, never on a command line or in output. Every az call names
+# AZURE_SUBSCRIPTION_ID.
 $ErrorActionPreference = 'Stop'
 
 $SubscriptionName = 'exports-blob-created'
@@ -14,7 +15,7 @@ function Fail([string]$Message) {
     [Console]::Error.WriteLine("postdeploy: $Message")
     exit 1
 }
-foreach ($name in 'AZURE_RESOURCE_GROUP', 'AZURE_FUNCTION_APP_NAME', 'EVENT_GRID_SYSTEM_TOPIC_NAME', 'EVENT_GRID_SUBJECT_PREFIX', 'EVENT_GRID_DEAD_LETTER_ACCOUNT_ID', 'EVENT_GRID_DEAD_LETTER_CONTAINER') {
+foreach ($name in 'AZURE_SUBSCRIPTION_ID', 'AZURE_RESOURCE_GROUP', 'AZURE_FUNCTION_APP_NAME', 'EVENT_GRID_SYSTEM_TOPIC_NAME', 'EVENT_GRID_SUBJECT_PREFIX', 'EVENT_GRID_DEAD_LETTER_ACCOUNT_ID', 'EVENT_GRID_DEAD_LETTER_CONTAINER') {
     if (-not [Environment]::GetEnvironmentVariable($name)) { Fail "$name is not in the azd environment. Fix: run azd provision (or azd up) first." }
 }
 if (-not (Get-Command az -ErrorAction SilentlyContinue)) { Fail 'the Azure CLI (az) is not installed. Fix: install it and az login as the same principal azd uses.' }
@@ -22,7 +23,7 @@ if (-not (Get-Command az -ErrorAction SilentlyContinue)) { Fail 'the Azure CLI (
 $rg = $env:AZURE_RESOURCE_GROUP
 $app = $env:AZURE_FUNCTION_APP_NAME
 $prefix = $env:EVENT_GRID_SUBJECT_PREFIX
-$sub = if ($env:AZURE_SUBSCRIPTION_ID) { $env:AZURE_SUBSCRIPTION_ID } else { '{subscriptionId}' }
+$sub = $env:AZURE_SUBSCRIPTION_ID
 $resource = "/subscriptions/$sub/resourceGroups/$rg/providers/Microsoft.EventGrid/systemTopics/$($env:EVENT_GRID_SYSTEM_TOPIC_NAME)/eventSubscriptions/$SubscriptionName"
 $url = "$resource`?api-version=$Api"
 $base = "https://$app.azurewebsites.net/runtime/webhooks/blobs"
@@ -39,7 +40,7 @@ $key = ''
 $last = ''
 $errorFile = New-TemporaryFile
 for ($i = 1; $i -le $attempts; $i++) {
-    $key = az functionapp keys list --resource-group $rg --name $app --query systemKeys.blobs_extension --output tsv 2>$errorFile
+    $key = az functionapp keys list --subscription $sub --resource-group $rg --name $app --query systemKeys.blobs_extension --output tsv 2>$errorFile
     if ($LASTEXITCODE -eq 0 -and $key) { break }
     $key = ''
     $last = (Get-Content -Path $errorFile -TotalCount 1 -ErrorAction SilentlyContinue) -join ''

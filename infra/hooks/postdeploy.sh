@@ -7,6 +7,7 @@
 # alone; one with a stale key (host keys renewed) or another endpoint is updated. Nothing is stored in the azd
 # environment: whether to create is decided by asking Azure, so `azd down` + `azd up` works.
 # The key never appears on the command line or in output: it goes to Azure in a request body file (mode 600).
+# Every az call names the subscription azd deploys to (AZURE_SUBSCRIPTION_ID), not the Azure CLI's default.
 set -eu
 
 SUBSCRIPTION_NAME=exports-blob-created
@@ -19,7 +20,7 @@ fail() {
   echo "postdeploy: $*" >&2
   exit 1
 }
-for name in AZURE_RESOURCE_GROUP AZURE_FUNCTION_APP_NAME EVENT_GRID_SYSTEM_TOPIC_NAME EVENT_GRID_SUBJECT_PREFIX \
+for name in AZURE_SUBSCRIPTION_ID AZURE_RESOURCE_GROUP AZURE_FUNCTION_APP_NAME EVENT_GRID_SYSTEM_TOPIC_NAME EVENT_GRID_SUBJECT_PREFIX \
   EVENT_GRID_DEAD_LETTER_ACCOUNT_ID EVENT_GRID_DEAD_LETTER_CONTAINER; do
   eval "value=\${$name:-}"
   [ -n "$value" ] || fail "$name is not in the azd environment. Fix: run azd provision (or azd up) first."
@@ -28,8 +29,7 @@ command -v az >/dev/null 2>&1 || fail "the Azure CLI (az) is not installed. Fix:
 
 rg="$AZURE_RESOURCE_GROUP"
 app="$AZURE_FUNCTION_APP_NAME"
-sub="${AZURE_SUBSCRIPTION_ID:-}"
-[ -n "$sub" ] || sub='{subscriptionId}'  # az rest fills in the signed-in subscription
+sub="$AZURE_SUBSCRIPTION_ID"
 resource="/subscriptions/$sub/resourceGroups/$rg/providers/Microsoft.EventGrid/systemTopics/$EVENT_GRID_SYSTEM_TOPIC_NAME/eventSubscriptions/$SUBSCRIPTION_NAME"
 url="$resource?api-version=$API"
 base="https://$app.azurewebsites.net/runtime/webhooks/blobs"
@@ -51,7 +51,7 @@ key=""
 i=0
 while [ "$i" -lt "$attempts" ]; do
   i=$((i + 1))
-  key="$(az functionapp keys list --resource-group "$rg" --name "$app" --query systemKeys.blobs_extension --output tsv 2>"$work/error")" || key=""
+  key="$(az functionapp keys list --subscription "$sub" --resource-group "$rg" --name "$app" --query systemKeys.blobs_extension --output tsv 2>"$work/error")" || key=""
   [ -n "$key" ] && break
   echo "postdeploy: waiting for the host's blobs_extension key ($i/$attempts)"
   if [ "$i" -lt "$attempts" ]; then sleep "$interval"; fi

@@ -6,7 +6,12 @@
 #   - AZURE_PRINCIPAL_TYPE is set from the Azure CLI's sign-in: User for a person, ServicePrincipal for CI,
 #     so role assignments to the principal running azd (GRANT_KEY_IMPORT_ROLE) carry the right type;
 #   - a Key Vault of this azd environment soft-deleted by an earlier `azd down` (purge protection keeps it and
-#     its name for 90 days) is recovered, with the signing key in it, so provisioning can use the name again.
+#     its name for 90 days) is recovered, with the signing key in it, so provisioning can use the name again;
+#   - alerts with no one to tell (no ALERT_EMAIL, ALERT_WEBHOOK_URL or ALERT_ACTION_GROUP_IDS): a warning, and a
+#     refusal for BANENOR_ENVIRONMENT=prod;
+#   - BUDGET_AMOUNT set: BUDGET_START_DATE is fixed once to the first day of this month (a budget's start stays).
+# Every az call names the subscription azd deploys to (AZURE_SUBSCRIPTION_ID), so the Azure CLI's own default
+# subscription cannot send it elsewhere.
 # Nothing here is remembered for later runs: every provision checks again.
 set -eu
 
@@ -36,8 +41,18 @@ if [ "${VNET_ENABLED:-false}" = "true" ] && [ "${COPY_MODE:-auto}" = "server" ];
   fail "VNET_ENABLED=true with COPY_MODE=server: Bane NOR's storage cannot pull exports from an account without public access. Fix: azd env set COPY_MODE auto (falls back to streaming) or stream."
 fi
 
+if [ -z "${ALERT_EMAIL:-}${ALERT_WEBHOOK_URL:-}${ALERT_ACTION_GROUP_IDS:-}" ]; then
+  if [ "${BANENOR_ENVIRONMENT:-}" = "prod" ]; then
+    fail "no one would be told when the relay stops delivering: ALERT_EMAIL, ALERT_WEBHOOK_URL and ALERT_ACTION_GROUP_IDS are all empty. Fix: azd env set ALERT_EMAIL ops@example.com (or ALERT_WEBHOOK_URL, or ALERT_ACTION_GROUP_IDS with an existing action group's resource id)."
+  fi
+  echo "preprovision: WARNING: ALERT_EMAIL, ALERT_WEBHOOK_URL and ALERT_ACTION_GROUP_IDS are empty: the alerts will fire and tell no one. Fix: azd env set ALERT_EMAIL <address> (docs/deploy.md)." >&2
+fi
+
+sub="${AZURE_SUBSCRIPTION_ID:-}"
+[ -n "$sub" ] || fail "AZURE_SUBSCRIPTION_ID is not in the azd environment. Fix: azd env set AZURE_SUBSCRIPTION_ID <subscription id> (the one azd deploys to)."
+
 command -v az >/dev/null 2>&1 || fail "the Azure CLI (az) is not installed; the deploy hooks use it. Fix: install it (https://aka.ms/azure-cli), then az login as the same principal azd uses."
-user_type="$(az account show --query user.type --output tsv 2>/dev/null)" || fail "the Azure CLI is not signed in. Fix: az login (a person), or in CI sign it in as the same service principal as azd (docs/deploy.md, CI)."
+user_type="$(az account show --subscription "$sub" --query user.type --output tsv 2>/dev/null)" || fail "the Azure CLI is not signed in, or cannot see subscription $sub. Fix: az login (a person), or in CI sign it in as the same service principal as azd (docs/deploy.md, CI); then az account set --subscription $sub."
 case "$user_type" in
   user) principal_type=User ;;
   servicePrincipal) principal_type=ServicePrincipal ;;
@@ -47,16 +62,20 @@ azd env set AZURE_PRINCIPAL_TYPE "$principal_type"
 
 env_name="${AZURE_ENV_NAME:-}"
 if [ -n "$env_name" ]; then
-  deleted="$(az keyvault list-deleted --resource-type vault --query "[?properties.tags.\"azd-env-name\"=='$env_name'].name" --output tsv 2>/dev/null || true)"
+  deleted="$(az keyvault list-deleted --subscription "$sub" --resource-type vault --query "[?properties.tags.\"azd-env-name\"=='$env_name'].name" --output tsv 2>/dev/null || true)"
   for vault in $deleted; do
     group="${AZURE_RESOURCE_GROUP:-rg-$env_name}"
     # Recovery puts the vault back into its resource group, which `azd down` deleted.
-    az group create --name "$group" --location "$location" --tags "azd-env-name=$env_name" --output none ||
+    az group create --subscription "$sub" --name "$group" --location "$location" --tags "azd-env-name=$env_name" --output none ||
       fail "could not create resource group $group to recover Key Vault $vault into. Fix: check your role on the subscription."
-    az keyvault recover --name "$vault" --output none ||
-      fail "Key Vault $vault of this environment is soft-deleted and could not be recovered. Fix: az keyvault recover --name $vault, or use a new azd environment name."
+    az keyvault recover --subscription "$sub" --name "$vault" --output none ||
+      fail "Key Vault $vault of this environment is soft-deleted and could not be recovered. Fix: az keyvault recover --subscription $sub --name $vault, or use a new azd environment name."
     echo "preprovision: recovered Key Vault $vault (soft-deleted by an earlier azd down), with its signing key"
   done
+fi
+
+if [ "${BUDGET_AMOUNT:-0}" != "0" ] && [ -n "${BUDGET_AMOUNT:-}" ] && [ -z "${BUDGET_START_DATE:-}" ]; then
+  azd env set BUDGET_START_DATE "$(date -u +%Y-%m-01)"
 fi
 
 if listed "$ZONE_REGIONS" "$location"; then auto_sku=Standard_ZRS; else auto_sku=Standard_LRS; fi

@@ -1,5 +1,7 @@
-// Diagnostic settings into the Log Analytics workspace: Key Vault's audit log (who read or changed the signing
-// key: AzureDiagnostics, Category AuditEvent), the blob and queue logs of both storage accounts (who read,
+// Diagnostic settings into the Log Analytics workspace, each into its resource-specific table
+// (logAnalyticsDestinationType 'Dedicated'; without it Key Vault and Event Grid write to the shared AzureDiagnostics
+// table and the tables docs/operations.md queries stay empty): Key Vault's audit log (who read or changed the
+// signing key: AZKVAuditLogs), the blob and queue logs of both storage accounts (who read,
 // wrote or deleted an export, the ledger or the host's state: StorageBlobLogs, StorageQueueLogs) and Event
 // Grid's delivery failures (AegDeliveryFailureLogs). The dead-letter alert itself is a metric alert
 // (eventgrid.bicep).
@@ -58,6 +60,7 @@ resource vaultDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-prev
   scope: vault
   properties: {
     workspaceId: workspaceId
+    logAnalyticsDestinationType: 'Dedicated'
     logs: [
       {
         categoryGroup: 'audit'
@@ -72,6 +75,7 @@ resource exportBlobDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01
   scope: exportBlobs
   properties: {
     workspaceId: workspaceId
+    logAnalyticsDestinationType: 'Dedicated'
     logs: storageLogs
   }
 }
@@ -81,6 +85,7 @@ resource exportQueueDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-0
   scope: exportQueues
   properties: {
     workspaceId: workspaceId
+    logAnalyticsDestinationType: 'Dedicated'
     logs: storageLogs
   }
 }
@@ -90,6 +95,7 @@ resource hostBlobDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-p
   scope: hostBlobs
   properties: {
     workspaceId: workspaceId
+    logAnalyticsDestinationType: 'Dedicated'
     // Writes and deletes only: the host reads its lease and key blobs all day.
     logs: [
       {
@@ -109,6 +115,7 @@ resource topicDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-prev
   scope: systemTopic
   properties: {
     workspaceId: workspaceId
+    logAnalyticsDestinationType: 'Dedicated'
     logs: [
       {
         category: 'DeliveryFailures'

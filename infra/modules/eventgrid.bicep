@@ -1,5 +1,6 @@
 // Event Grid wiring for the Flex Consumption blob trigger: the system topic on the partner's export account,
-// the role its identity dead-letters with (shared key is off), and the alert on dead-lettered events.
+// the role its identity dead-letters with (shared key is off), and two metric alerts: failed delivery attempts
+// (early: the webhook refuses or is unreachable now) and dead-lettered events (after 24 h of retries).
 @description('Event Grid system topic name.')
 param systemTopicName string
 
@@ -15,8 +16,12 @@ param storageAccountName string
 @description('Container for events Event Grid could not deliver.')
 param deadLetterContainerName string
 
-@description('Action groups the dead-letter alert notifies; empty for none.')
+@description('Action groups the alerts notify; empty for none.')
 param actionGroupIds array
+
+@minValue(1)
+@description('Alert when Event Grid failed more than this many delivery attempts to the blob trigger within 15 minutes (a cold start can fail one attempt; Event Grid retries it).')
+param deliveryFailureThreshold int = 3
 
 // Storage Blob Data Contributor: the topic's identity writes dead-lettered events.
 var storageBlobDataContributor = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
@@ -84,6 +89,42 @@ resource deadLetterAlert 'Microsoft.Insights/metricAlerts@2018-03-01' = {
           metricName: 'DeadLetteredCount'
           operator: 'GreaterThan'
           threshold: 0
+          timeAggregation: 'Total'
+        }
+      ]
+    }
+    autoMitigate: true
+    actions: [for id in actionGroupIds: {
+      actionGroupId: id
+    }]
+  }
+}
+
+// Failed delivery attempts, minutes after they start (DeadLetteredCount comes only after 24 hours of retries):
+// a stopped app, a changed blobs_extension key, a deleted function. AegDeliveryFailureLogs says why.
+resource deliveryFailureAlert 'Microsoft.Insights/metricAlerts@2018-03-01' = {
+  name: 'alert-delivery-failures-${systemTopicName}'
+  location: 'global'
+  tags: tags
+  properties: {
+    description: 'Event Grid failed to deliver BlobCreated events to the relay\'s webhook (more than ${deliveryFailureThreshold} attempts in 15 minutes); the timer sync still delivers the exports. See docs/operations.md.'
+    severity: 2
+    enabled: true
+    scopes: [
+      systemTopic.id
+    ]
+    evaluationFrequency: 'PT5M'
+    windowSize: 'PT15M'
+    criteria: {
+      'odata.type': 'Microsoft.Azure.Monitor.SingleResourceMultipleMetricCriteria'
+      allOf: [
+        {
+          criterionType: 'StaticThresholdCriterion'
+          name: 'delivery-attempts-failed'
+          metricNamespace: 'Microsoft.EventGrid/systemTopics'
+          metricName: 'DeliveryAttemptFailCount'
+          operator: 'GreaterThan'
+          threshold: deliveryFailureThreshold
           timeAggregation: 'Total'
         }
       ]
