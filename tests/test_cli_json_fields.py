@@ -5,7 +5,7 @@ import pytest
 
 from shared.cli import EXIT_FAILED, EXIT_OK, EXIT_REJECTED
 from tests.test_cli import as_json, make_cli
-from tests.test_cli_operator import exports_client
+from tests.test_cli_operator import exports_client, plant_foreign
 
 pytestmark = pytest.mark.stack
 FIELDS = ("source_name", "source_etag", "status", "destination", "reason")
@@ -28,16 +28,14 @@ def test_a_rejected_file_has_its_size_in_send_as_in_the_dry_run(cli, tmp_path):
     assert {o["source_name"]: o["size"] for o in synced["outcomes"]}["other.bin"] == 1000
 
 
-def test_status_entries_have_the_fields_every_command_has(cli, stack):
+def test_status_entries_have_the_fields_every_command_has(cli, backend):
     exports = exports_client(cli)
     exports.get_blob_client("tool.exe").upload_blob(b"MZ")
     exports.get_blob_client("Målinger 1.csv").upload_blob(b"a\n")
-    stack.gateway.revoke(stack.mi_object_id)
-    try:
-        cli("sync", MAX_ATTEMPTS="1", expect=EXIT_FAILED)
-    finally:
-        stack.gateway.grant(stack.mi_object_id, "integration-dev", "partner-987654321")
-    status = as_json(cli("status", "--json", expect=EXIT_OK))
+    # Poisoned at once by a file of Bane NOR's own at its destination (a revoked ACL is the link's state: #26)
+    plant_foreign(cli, backend, "Maalinger-1.csv")
+    cli("sync", MAX_ATTEMPTS="1", expect=EXIT_FAILED)
+    status = as_json(cli("status", "--json", expect=EXIT_FAILED))  # a poisoned version waits for a person
     (poisoned,) = status["poisoned"]
     (rejected,) = status["rejected"]
     for entry in (poisoned, rejected):
