@@ -22,8 +22,18 @@ from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, HttpResponseError
 from azure.storage.blob import BlobClient, ContentSettings
 
-from .errors import DeliveryError, scrub
-from .storage import SERVER_COPY_CODES, banenor_answer, banenor_link_refusal, request_method
+from .errors import (  # noqa: F401  (the CopyFailed family: shared/errors.py; importable from here as before)
+    SERVER_COPY_CODES,
+    CopyFailed,
+    DeliveryError,
+    DestinationExistsError,
+    ServerCopyRefusedError,
+    SourceChangedError,
+    VerificationError,
+    link_of,
+    scrub,
+)
+from .storage import banenor_answer, request_method
 
 log = logging.getLogger(__name__)
 
@@ -38,65 +48,6 @@ SAS_REFRESH_SECONDS = 600.0
 
 
 # --- errors -------------------------------------------------------------------------------------------
-
-
-class CopyFailed(DeliveryError):
-    """A storage request of the copy failed. `side` is "source" or "destination"; `status` and
-    `error_code` are the service's (None for a connection error); `blob` names the source export. A 401 from
-    the destination is the trust chain's (the storage token was refused), not the file's: `link` names the link
-    a refusal is about (`_link_of`), None when it is about this file or transient."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        hint: str | None = None,
-        transient: bool = True,
-        status: int | None = None,
-        error_code: str | None = None,
-        blob: str | None = None,
-        side: str | None = None,
-    ) -> None:
-        super().__init__(message, hint=hint, transient=transient)
-        self.status = status
-        self.error_code = error_code
-        self.blob = blob
-        self.side = side
-        self.link = _link_of(status, error_code, side, None)
-
-
-def _link_of(status: int | None, code: str | None, side: str | None, method: str | None) -> str | None:
-    """The link a storage answer refuses (shared.storage.banenor_link_refusal on Bane NOR's side), else None: the
-    partner's own storage refusing to read one export is that file's problem."""
-    if side == "destination" and status is not None and banenor_link_refusal(status, code, method):
-        return "gateway"
-    return None
-
-
-class SourceChangedError(CopyFailed):
-    """The export was rewritten or deleted while it was being copied; nothing was committed. Transient:
-    the next run reads the new version."""
-
-
-class DestinationExistsError(CopyFailed):
-    """A create-only write found the destination already there (409 BlobAlreadyExists / 412).
-
-    `same_content` is True when the existing blob has this copy's size and Content-MD5 (an earlier attempt
-    whose answer was lost, say): the caller may count that as delivered. None when it could not be told.
-    """
-
-    def __init__(self, message: str, **kwargs: object) -> None:
-        kwargs["transient"] = False
-        super().__init__(message, **kwargs)  # type: ignore[arg-type]
-        self.same_content: bool | None = None
-
-
-class VerificationError(CopyFailed):
-    """The bytes read do not match what the source declared (size or Content-MD5); nothing committed."""
-
-
-class ServerCopyRefusedError(CopyFailed):
-    """Mode "server" only: the destination could not or would not pull from the source SAS URL."""
 
 
 class _ServerRefusal(Exception):
@@ -277,7 +228,7 @@ def _translate(err: AzureError, *, blob: str, side: str, action: str) -> CopyFai
     transient, hint = (banenor_answer(status, code, has_body=method != "HEAD") if side == "destination"
                        else _source_answer(status, code))
     failed = CopyFailed(f"{action} {blob!r} failed: {label}: {detail}", hint=hint, transient=transient, **kwargs)
-    failed.link = _link_of(status, code, side, method)
+    failed.link = link_of(status, code, side, method)
     return failed
 
 

@@ -245,7 +245,7 @@ class ListingEvidence:
         for path in sorted(paths):
             folders.setdefault(path.rpartition("/")[0], []).append(path)
         for names in folders.values():
-            for group in _listing_groups(names):
+            for group in listing_groups(names):
                 try:
                     self._list_group(group, paths, found)
                 except Exception as exc:
@@ -285,7 +285,7 @@ def _common_prefix(first: str, last: str) -> str:
     return first[:common]
 
 
-def _listing_groups(names: list[str]) -> list[list[str]]:
+def listing_groups(names: list[str]) -> list[list[str]]:
     """Sorted names of one directory -> the groups to list, each from its own common prefix.
 
     A listing starts at the first blob with its prefix, so a batch of numbered files `file-00150` .. `file-00349`

@@ -94,7 +94,7 @@ class SigningKey:
 
     @classmethod
     def held_here(cls, info: KeyInfo, key: rsa.RSAPrivateKey, x5c: list[str] | None = None) -> SigningKey:
-        return cls(info, _local_signer(key), x5c=x5c, local=key)
+        return cls(info, local_signer(key), x5c=x5c, local=key)
 
     @property
     def kid(self) -> str | None:
@@ -144,7 +144,7 @@ def _check_rsa(key: Any, what: str) -> rsa.RSAPrivateKey:
     return key
 
 
-def _local_signer(key: rsa.RSAPrivateKey) -> Callable[[str, bytes], bytes]:
+def local_signer(key: rsa.RSAPrivateKey) -> Callable[[str, bytes], bytes]:
     def sign(alg: str, data: bytes) -> bytes:
         return key.sign(data, padding.PKCS1v15(), _SIGNING_HASH[alg]())
 
