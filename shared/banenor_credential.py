@@ -327,7 +327,7 @@ class BaneNorCredential:
                 if kind == "expired" and not refetched:
                     refetched = True
                     log.warning("Entra says the Skyporten token is outside its valid time (AADSTS700024): "
-                                "fetching a new one and retrying once; check the clock")
+                                "fetching a new one and retrying once; check the clock", extra={"relay_retry": True})
                     self.skyporten.invalidate()
                     continue
                 if kind == "federation" and not self._no_audience_sent() and self._federation_retry_due(attempt):
@@ -362,6 +362,6 @@ class BaneNorCredential:
             return False
         delay = min(remaining, 60.0, 5.0 * 2 ** (attempt - 1))
         log.warning("No federated credential matched yet (it may still be propagating); retrying in %.0f s, "
-                    "giving up in %.0f s", delay, remaining)
+                    "giving up in %.0f s", delay, remaining, extra={"relay_retry": True})
         self.sleep(delay)
         return True

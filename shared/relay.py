@@ -246,7 +246,7 @@ class Relay:
             if exc.link is not None:
                 summary.link = exc.link
                 self.links.broken(exc)
-            log.error("sync stopped: %s", exc)
+            log.error("sync stopped: %s", exc, extra={"relay_sync_error": str(exc)})
         summary.seconds = round(self.clock() - started, 3)
         log.info("sync summary outcome=%s delivered=%d already=%d rejected=%d failed=%d poisoned=%d pending=%d "
                  "in_progress=%d bytes=%d seconds=%.1f", "ok" if summary.error is None else "error",

@@ -216,7 +216,7 @@ def run_sync(relay: Host, summary: SyncSummary, dry_run: bool,
                 receipts.flush()
             except RelayError as exc:
                 if error or interrupted is not None:  # the first error is the one to report
-                    log.error("sync: %s", exc)
+                    log.error("sync: %s", exc, extra={"relay_sync_error": str(exc)})
                 else:
                     raise
             finally:
