@@ -81,7 +81,7 @@ def aadsts_code(text: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def entra_error(exc: Exception, assertion_claims: dict[str, Any], settings_view: dict[str, str]) -> EntraError:
+def entra_error(exc: Exception, assertion_claims: dict[str, Any], settings_view: dict[str, str | None]) -> EntraError:
     """One clear EntraError for an azure-identity ClientAuthenticationError (never quotes a token)."""
     text = str(getattr(exc, "message", None) or exc)
     code = aadsts_code(text)
@@ -110,7 +110,7 @@ def entra_error(exc: Exception, assertion_claims: dict[str, Any], settings_view:
         if "resource" in settings_view:  # what was sent is known: say which reading of the audience is in play
             fix = _audience_fix(code, aud, resource) or fix
     if code in STORAGE_AUDIENCE_CODES and settings_view.get("audience"):
-        refused = settings_view["audience"]
+        refused = settings_view["audience"] or ""
         message += f" The storage audience asked for {refused!r}."
         fix = _storage_audience_fix(refused)
     description = _entra_description(text)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from . import doctor, local_stack
 from .config import ENV_FILE_FORMATS, load_settings, read_env_file
@@ -89,7 +89,7 @@ class on_link:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> Literal[False]:
         if exc is None or isinstance(exc, ConfigError | BrokenPipeError | KeyboardInterrupt):
             return False
         link = self.link
@@ -690,9 +690,9 @@ def _run(args: argparse.Namespace, out: Output) -> int:
     except LinkFailure as failure:
         return _report(out, DOCTOR_EXIT[failure.link], failure.message, failure.fix, link=failure.link)
     except RelayError as exc:
-        failure = diagnose(exc, None)
-        assert failure is not None  # every RelayError has a link
-        return _report(out, DOCTOR_EXIT[failure.link], failure.message, failure.fix, link=failure.link)
+        diagnosed = diagnose(exc, None)
+        assert diagnosed is not None  # every RelayError has a link
+        return _report(out, DOCTOR_EXIT[diagnosed.link], diagnosed.message, diagnosed.fix, link=diagnosed.link)
     except (BrokenPipeError, KeyboardInterrupt):
         raise
     except Exception as exc:  # nothing we know: still one line (the traceback only with --verbose)

@@ -171,7 +171,7 @@ def _scrub_in_place(err: BaseException) -> None:
     except Exception:  # a response we cannot inspect is dropped, to be safe
         carried_source, body = True, ""
     if carried_source or "sig=" in body.lower():
-        err.response = None
+        err.response = None  # type: ignore[attr-defined]
 
 
 def _code(err: HttpResponseError) -> str | None:
@@ -206,7 +206,7 @@ def _translate(err: AzureError, *, blob: str, side: str, action: str) -> CopyFai
     code = _code(err)
     detail = scrub((err.reason or "").strip() or str(err).splitlines()[0])
     label = f"{status} {code or ''}".strip()
-    kwargs = {"status": status, "error_code": code, "blob": blob, "side": side}
+    kwargs: dict[str, Any] = {"status": status, "error_code": code, "blob": blob, "side": side}
     if code == "SourceConditionNotMet" or (side == "source" and status in (404, 412)):
         what = "was deleted" if status == 404 else "was rewritten or deleted"
         return SourceChangedError(
@@ -377,6 +377,7 @@ class Copier:
         mode = self._options.mode
         condition = _WriteCondition(overwrite or replace_etag is not None, replace_etag)
         one_put = self.single_put(size)
+        md5: bytes | None
         if one_put:
             md5, etag, blocks, used = self._single_put(source, source_version, dest, metadata, condition)
         elif self._server_enabled():
@@ -459,7 +460,7 @@ class Copier:
                 max_concurrency=1,
             )
             sink = _Pieces()
-            downloader.readinto(sink)
+            downloader.readinto(sink)  # type: ignore[arg-type]  # a write-only sink is all readinto uses
             data = sink.value()
         except AzureError as err:
             raise _translate(err, blob=version.name, side="source", action="reading") from err
@@ -499,7 +500,7 @@ class Copier:
         try:
             # One Put Block List: readers never see a partial file (docs/protocol.md section 6).
             response = dest.commit_block_list(
-                ids,
+                ids,  # type: ignore[arg-type]  # the SDK takes block ids as strings as well as BlobBlocks
                 content_settings=self._content_settings(version, md5),
                 metadata=metadata,
                 **condition.commit_kwargs(),

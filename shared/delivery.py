@@ -335,6 +335,7 @@ class ClaimedDelivery(Delivery):
             # delivered version keeps its claim), so the receipt needs no second look; a delivery that slipped in
             # unclaimed (sync's small exports) is met by the create-only commit.
             outcome = self._copy_and_record(source, version, dest_path, failure, on_progress=keeper)
+            assert outcome is not None  # a claimed delivery never hands its evidence over (no `defer`)
             return outcome
         finally:
             # Once the receipt exists nobody claims this version again (the receipt is checked first), so a

@@ -170,7 +170,7 @@ def _problem(found: ListedBlob | None, sent: Sent) -> str | None:
         return f"{found.size} bytes where the export has {sent.version.size}"
     if sent.md5 and not stored_md5:
         return "no Content-MD5 for the bytes"
-    if sent.md5 and bytes(stored_md5) != sent.md5:
+    if sent.md5 and bytes(stored_md5 or b"") != sent.md5:
         return "a Content-MD5 that differs from the bytes sent"
     if sent.attempt is not None and md.get("relay_attempt") != sent.attempt:
         return "a blob that this write did not produce"

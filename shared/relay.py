@@ -104,7 +104,8 @@ class Relay:
             if exc.link is None:
                 raise
             outcome = self._held(exc, name, version.etag)
-        if outcome is not None and outcome.status in ("delivered", "already_delivered") and self.links.known:
+        assert outcome is not None  # None only for a sync's deferred deliveries (deliver_listed)
+        if outcome.status in ("delivered", "already_delivered") and self.links.known:
             self.links.working("gateway", "exports", *TOKEN_LINKS)  # a write went through: every link works
         return self._finish(outcome, started, version)
 

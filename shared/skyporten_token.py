@@ -317,7 +317,7 @@ class MaskinportenClient:
                          if t is not None)
         if _number(claims.get("iat")) is None:
             claims["iat"] = sent_at  # the refresh margin is measured from it
-        scope = body.get("scope") if isinstance(body.get("scope"), str) else self.request.scope
+        scope: str = body["scope"] if isinstance(body.get("scope"), str) else (self.request.scope or "")
         log.info("Skyporten token issued: scope=%s expires_in=%s", scope, expires_in)
         return SkyportenToken(access_token, expires_at, scope, claims)
 

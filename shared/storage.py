@@ -100,6 +100,7 @@ def partner_service_client(exports: ExportSettings, http: HttpSettings, credenti
         kwargs.update(interactive_storage_options())
     if exports.connection_string:
         return BlobServiceClient.from_connection_string(exports.connection_string, **kwargs)
+    assert exports.service_uri is not None  # config requires EXPORT_STORAGE or EXPORT_STORAGE__blobServiceUri
     return BlobServiceClient(exports.service_uri, credential=credential, **kwargs)
 
 
@@ -266,7 +267,7 @@ def _listing_error(response: Any) -> Exception:
     else:
         kind = HttpResponseError
     error = kind(response=response)
-    error.error_code = code
+    error.error_code = code  # type: ignore[attr-defined]  # the SDK's own errors carry it the same way
     return error
 
 

@@ -158,6 +158,7 @@ def run_sync(relay: Host, summary: SyncSummary, dry_run: bool,
         try:
             if error:
                 return
+            result: Outcome | BaseException | None
             try:
                 result = relay.deliver_listed(blob, failure, receipts)
             except Exception as exc:
