@@ -292,7 +292,12 @@ def probe_ledger(run: Run) -> list[str]:
     except Exception as exc:
         failure = partner_storage_failure(exc, "ledger", container, partner_endpoint(run.s.exports))
         raise RelayError(failure.message, hint=failure.fix) from None
-    return [f"container {container} writable; " + ", ".join(f"{k} {v}" for k, v in rt.ledger.counts().items())]
+    notes = [f"container {container} writable; " + ", ".join(f"{k} {v}" for k, v in rt.ledger.counts().items())]
+    from .links import describe
+
+    # A link the runs found broken: its record stays until the next run gets through it (shared/links.py).
+    notes += [f"WARNING: the ledger records a broken link: {describe(state)}" for state in rt.ledger.link_states()]
+    return notes
 
 
 _CHAIN: tuple[tuple[str, str, Probe], ...] = (
