@@ -2,7 +2,7 @@
 #   install     the Python venv (.venv) with the console command `skyporten-relay`, and the pinned Azurite
 #               (node_modules)
 #   demo        the main job end to end on the local stack, with a delivery report
-#   test        lint and the whole test suite (starts its own Azurite and simulators)
+#   test        lint (ruff, and mypy over shared/) and the whole test suite (starts its own Azurite and simulators)
 #   stack       start the local stack in the background; data on disk in .local/azurite (kept across restarts),
 #               settings in .local/settings.env and local.settings.json (STACK_ARGS=--in-memory: data in memory;
 #               STACK_AUDIENCE_MODE=scope|resource: how the Skyporten simulator sets the token's audience)
@@ -41,6 +41,7 @@ $(STAMP_NODE): package.json package-lock.json
 
 lint: $(STAMP_PY)
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 test: install lint
 	$(PY) -m pytest

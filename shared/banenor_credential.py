@@ -81,7 +81,7 @@ def aadsts_code(text: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def entra_error(exc: Exception, assertion_claims: dict[str, Any], settings_view: dict[str, str]) -> EntraError:
+def entra_error(exc: Exception, assertion_claims: dict[str, Any], settings_view: dict[str, str | None]) -> EntraError:
     """One clear EntraError for an azure-identity ClientAuthenticationError (never quotes a token)."""
     text = str(getattr(exc, "message", None) or exc)
     code = aadsts_code(text)
@@ -110,7 +110,7 @@ def entra_error(exc: Exception, assertion_claims: dict[str, Any], settings_view:
         if "resource" in settings_view:  # what was sent is known: say which reading of the audience is in play
             fix = _audience_fix(code, aud, resource) or fix
     if code in STORAGE_AUDIENCE_CODES and settings_view.get("audience"):
-        refused = settings_view["audience"]
+        refused = settings_view["audience"] or ""
         message += f" The storage audience asked for {refused!r}."
         fix = _storage_audience_fix(refused)
     description = _entra_description(text)
@@ -327,7 +327,7 @@ class BaneNorCredential:
                 if kind == "expired" and not refetched:
                     refetched = True
                     log.warning("Entra says the Skyporten token is outside its valid time (AADSTS700024): "
-                                "fetching a new one and retrying once; check the clock")
+                                "fetching a new one and retrying once; check the clock", extra={"relay_retry": True})
                     self.skyporten.invalidate()
                     continue
                 if kind == "federation" and not self._no_audience_sent() and self._federation_retry_due(attempt):
@@ -362,6 +362,6 @@ class BaneNorCredential:
             return False
         delay = min(remaining, 60.0, 5.0 * 2 ** (attempt - 1))
         log.warning("No federated credential matched yet (it may still be propagating); retrying in %.0f s, "
-                    "giving up in %.0f s", delay, remaining)
+                    "giving up in %.0f s", delay, remaining, extra={"relay_retry": True})
         self.sleep(delay)
         return True

@@ -42,7 +42,7 @@ class BlobReference(SdkType):
         return self
 
 
-class BlobReferenceConverter(InConverter, binding="blob", trigger="blobTrigger"):
+class BlobReferenceConverter(InConverter, binding="blob", trigger="blobTrigger"):  # type: ignore[call-arg]
     """Decodes the host's ModelBindingData for a blob (trigger or input) into a `BlobReference`."""
 
     @classmethod

@@ -11,14 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from . import doctor, local_stack
 from .config import ENV_FILE_FORMATS, load_settings, read_env_file
@@ -44,9 +43,7 @@ ENV_FILE_FIX = ("give one of: " + ENV_FILE_FORMATS + "; `make stack` writes the 
 # What the SDKs log (the raw Entra error body, retries, connection pool notes) and what the relay logs per file
 # (the CLI prints each outcome itself) reach the terminal only with --verbose.
 SDK_LOGGERS = ("azure", "msal", "urllib3")
-RELAY_OUTCOME_LOGS = ("delivery outcome", "sync stopped", "sync summary", "sync: ")
 # The relay's notes that it retries (Skyporten, Entra's federation window, AADSTS700024): detail, --verbose only.
-RETRY_NOTE = re.compile(r"\bretry(ing)?\b")
 
 
 class Output:
@@ -92,7 +89,7 @@ class on_link:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> Literal[False]:
         if exc is None or isinstance(exc, ConfigError | BrokenPipeError | KeyboardInterrupt):
             return False
         link = self.link
@@ -631,17 +628,22 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
 }
 
 
+# The structured `extra` the relay attaches to a record: lines the command prints in its own words (an outcome, a
+# sync's summary or stop, a link's state), and retry notes, which are detail until their end is reported.
+PRINTED_BY_COMMAND = ("relay", "relay_sync", "relay_sync_error", "relay_link")
+RETRY_NOTE_KEY = "relay_retry"
+
+
 class _QuietFilter:
-    """Without --verbose: no SDK log lines, and no relay outcome lines (the CLI prints each outcome itself)."""
+    """Without --verbose: no SDK log lines, no relay record the command prints itself, and no retry notes; read from
+    each record's structured `extra`, never from its wording."""
 
     def filter(self, record: Any) -> bool:
         if record.name.split(".")[0] in SDK_LOGGERS:
             return False
-        if not record.name.startswith("shared."):
-            return True
-        text = str(record.msg)
-        # each outcome is printed by the command; a retry in progress is detail until its end is reported
-        return not (text.startswith(RELAY_OUTCOME_LOGS) or (record.levelno < 40 and RETRY_NOTE.search(text)))
+        if any(hasattr(record, key) for key in PRINTED_BY_COMMAND):
+            return False
+        return not (getattr(record, RETRY_NOTE_KEY, False) and record.levelno < 40)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -688,9 +690,9 @@ def _run(args: argparse.Namespace, out: Output) -> int:
     except LinkFailure as failure:
         return _report(out, DOCTOR_EXIT[failure.link], failure.message, failure.fix, link=failure.link)
     except RelayError as exc:
-        failure = diagnose(exc, None)
-        assert failure is not None  # every RelayError has a link
-        return _report(out, DOCTOR_EXIT[failure.link], failure.message, failure.fix, link=failure.link)
+        diagnosed = diagnose(exc, None)
+        assert diagnosed is not None  # every RelayError has a link
+        return _report(out, DOCTOR_EXIT[diagnosed.link], diagnosed.message, diagnosed.fix, link=diagnosed.link)
     except (BrokenPipeError, KeyboardInterrupt):
         raise
     except Exception as exc:  # nothing we know: still one line (the traceback only with --verbose)

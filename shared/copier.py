@@ -22,8 +22,18 @@ from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, HttpResponseError
 from azure.storage.blob import BlobClient, ContentSettings
 
-from .errors import DeliveryError, scrub
-from .storage import SERVER_COPY_CODES, banenor_answer, banenor_link_refusal, request_method
+from .errors import (  # noqa: F401  (the CopyFailed family: shared/errors.py; importable from here as before)
+    SERVER_COPY_CODES,
+    CopyFailed,
+    DeliveryError,
+    DestinationExistsError,
+    ServerCopyRefusedError,
+    SourceChangedError,
+    VerificationError,
+    link_of,
+    scrub,
+)
+from .storage import banenor_answer, request_method
 
 log = logging.getLogger(__name__)
 
@@ -38,65 +48,6 @@ SAS_REFRESH_SECONDS = 600.0
 
 
 # --- errors -------------------------------------------------------------------------------------------
-
-
-class CopyFailed(DeliveryError):
-    """A storage request of the copy failed. `side` is "source" or "destination"; `status` and
-    `error_code` are the service's (None for a connection error); `blob` names the source export. A 401 from
-    the destination is the trust chain's (the storage token was refused), not the file's: `link` names the link
-    a refusal is about (`_link_of`), None when it is about this file or transient."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        hint: str | None = None,
-        transient: bool = True,
-        status: int | None = None,
-        error_code: str | None = None,
-        blob: str | None = None,
-        side: str | None = None,
-    ) -> None:
-        super().__init__(message, hint=hint, transient=transient)
-        self.status = status
-        self.error_code = error_code
-        self.blob = blob
-        self.side = side
-        self.link = _link_of(status, error_code, side, None)
-
-
-def _link_of(status: int | None, code: str | None, side: str | None, method: str | None) -> str | None:
-    """The link a storage answer refuses (shared.storage.banenor_link_refusal on Bane NOR's side), else None: the
-    partner's own storage refusing to read one export is that file's problem."""
-    if side == "destination" and status is not None and banenor_link_refusal(status, code, method):
-        return "gateway"
-    return None
-
-
-class SourceChangedError(CopyFailed):
-    """The export was rewritten or deleted while it was being copied; nothing was committed. Transient:
-    the next run reads the new version."""
-
-
-class DestinationExistsError(CopyFailed):
-    """A create-only write found the destination already there (409 BlobAlreadyExists / 412).
-
-    `same_content` is True when the existing blob has this copy's size and Content-MD5 (an earlier attempt
-    whose answer was lost, say): the caller may count that as delivered. None when it could not be told.
-    """
-
-    def __init__(self, message: str, **kwargs: object) -> None:
-        kwargs["transient"] = False
-        super().__init__(message, **kwargs)  # type: ignore[arg-type]
-        self.same_content: bool | None = None
-
-
-class VerificationError(CopyFailed):
-    """The bytes read do not match what the source declared (size or Content-MD5); nothing committed."""
-
-
-class ServerCopyRefusedError(CopyFailed):
-    """Mode "server" only: the destination could not or would not pull from the source SAS URL."""
 
 
 class _ServerRefusal(Exception):
@@ -220,7 +171,7 @@ def _scrub_in_place(err: BaseException) -> None:
     except Exception:  # a response we cannot inspect is dropped, to be safe
         carried_source, body = True, ""
     if carried_source or "sig=" in body.lower():
-        err.response = None
+        err.response = None  # type: ignore[attr-defined]
 
 
 def _code(err: HttpResponseError) -> str | None:
@@ -255,7 +206,7 @@ def _translate(err: AzureError, *, blob: str, side: str, action: str) -> CopyFai
     code = _code(err)
     detail = scrub((err.reason or "").strip() or str(err).splitlines()[0])
     label = f"{status} {code or ''}".strip()
-    kwargs = {"status": status, "error_code": code, "blob": blob, "side": side}
+    kwargs: dict[str, Any] = {"status": status, "error_code": code, "blob": blob, "side": side}
     if code == "SourceConditionNotMet" or (side == "source" and status in (404, 412)):
         what = "was deleted" if status == 404 else "was rewritten or deleted"
         return SourceChangedError(
@@ -277,7 +228,7 @@ def _translate(err: AzureError, *, blob: str, side: str, action: str) -> CopyFai
     transient, hint = (banenor_answer(status, code, has_body=method != "HEAD") if side == "destination"
                        else _source_answer(status, code))
     failed = CopyFailed(f"{action} {blob!r} failed: {label}: {detail}", hint=hint, transient=transient, **kwargs)
-    failed.link = _link_of(status, code, side, method)
+    failed.link = link_of(status, code, side, method)
     return failed
 
 
@@ -426,6 +377,7 @@ class Copier:
         mode = self._options.mode
         condition = _WriteCondition(overwrite or replace_etag is not None, replace_etag)
         one_put = self.single_put(size)
+        md5: bytes | None
         if one_put:
             md5, etag, blocks, used = self._single_put(source, source_version, dest, metadata, condition)
         elif self._server_enabled():
@@ -508,7 +460,7 @@ class Copier:
                 max_concurrency=1,
             )
             sink = _Pieces()
-            downloader.readinto(sink)
+            downloader.readinto(sink)  # type: ignore[arg-type]  # a write-only sink is all readinto uses
             data = sink.value()
         except AzureError as err:
             raise _translate(err, blob=version.name, side="source", action="reading") from err
@@ -548,7 +500,7 @@ class Copier:
         try:
             # One Put Block List: readers never see a partial file (docs/protocol.md section 6).
             response = dest.commit_block_list(
-                ids,
+                ids,  # type: ignore[arg-type]  # the SDK takes block ids as strings as well as BlobBlocks
                 content_settings=self._content_settings(version, md5),
                 metadata=metadata,
                 **condition.commit_kwargs(),

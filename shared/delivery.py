@@ -13,7 +13,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
@@ -24,10 +24,23 @@ from .errors import DeliveryError, GatewayError, NameRejected, RelayError, kind_
 from .ledger import Ledger, Receipt
 from .receipts import Unverified
 
-if TYPE_CHECKING:
-    from .relay import Relay
-
 log = logging.getLogger(__name__)
+
+
+class Context(Protocol):
+    """What a delivery works with, handed down by the orchestrator (`shared.relay.Relay` is one): the clients of both
+    sides, the ledger, the copier, the settings, the clock. A delivery never reaches back up for anything else."""
+
+    settings: Any
+    exports: Any  # ContainerClient for EXPORT_CONTAINER
+    destination: Any  # ContainerClient for BANENOR_CONTAINER behind the gateway (replaced after a refused token)
+    ledger: Ledger
+    copier: Any
+    archive: Any
+    source_url: Callable[[Any], str]
+    on_unauthorized: Callable[[BaseException], None] | None
+    clock: Callable[[], float]
+    owner: str
 
 UNAUTHORIZED_RETRIES = 2  # after a gateway 401: once with a new Entra token, once more after a new Skyporten token
 # A claim lasts CLAIM_TTL and is renewed every CLAIM_RENEW_SECONDS while its copy makes progress (block by block), so
@@ -65,13 +78,13 @@ STATUSES = ("delivered", "already_delivered", "rejected", "failed", "poisoned", 
             "pending", "would_deliver", "held", "superseded")
 
 
-def _is_trust_chain(exc: BaseException) -> bool:
+def is_link_refusal(exc: BaseException) -> bool:
     """A refusal about a link (the chain of trust, the gateway's 401, 403 RBAC/ACL, 404 container), not about one
     file: `errors.kind_of` says so from the error's own attributes."""
     return kind_of(exc) == "link"
 
 
-def _is_terminal(exc: BaseException) -> bool:
+def is_terminal(exc: BaseException) -> bool:
     """Retrying cannot help until someone acts on this file (a destination that is never overwritten, a request
     the gateway refuses for its name or size): `errors.kind_of` says so. Errors the relay did not classify (a
     connection reset inside the SDK, say) are transient."""
@@ -99,7 +112,7 @@ def archive_name(version: SourceVersion) -> str:
     return f"{folder}/" * bool(folder) + f"{stem}.{stamp}.{tag}" + (f".{ext}" if ext else "")
 
 
-class _ClaimKeeper:
+class ClaimKeeper:
     """Renews a delivery's claim while its copy makes progress (called after each block, on the delivering thread),
     at most once per CLAIM_RENEW_SECONDS. Raises DeliveryError (transient) when the claim expired meanwhile and
     another instance took it over: that one delivers, this attempt stops."""
@@ -127,7 +140,7 @@ class Delivery:
     there), verify at Bane NOR, write the receipt, then the after-delivery action. A strategy decides what
     guards the attempt (`run`)."""
 
-    def __init__(self, relay: Relay, record: Callable[[Receipt], Receipt] | None = None,
+    def __init__(self, relay: Context, record: Callable[[Receipt], Receipt] | None = None,
                  defer: Callable[[Unverified], None] | None = None) -> None:
         self.relay = relay
         # Where the receipt goes: the ledger at once, or (a sync's unclaimed deliveries) the run's ReceiptBuffer.
@@ -172,7 +185,7 @@ class Delivery:
                 # No receipt on the gateway's word alone: the destination itself must show these bytes.
                 destination.verify(dest, version, size, md5, sent.attempt)
         except Exception as exc:
-            if _is_trust_chain(exc):
+            if is_link_refusal(exc):
                 if getattr(exc, "status", None) == 401 and relay.on_unauthorized is not None:
                     # A token refused before its expiry (revoked, say): drop it (once for every delivery in flight)
                     # and try again at once with one Entra issued anew; the credential also fetches a new Skyporten
@@ -203,7 +216,7 @@ class Delivery:
         charging nothing."""
         if verdict is None:
             return self._recorded(receipt, receipt, version, failure)
-        if _is_trust_chain(verdict):
+        if is_link_refusal(verdict):
             raise verdict
         current = self._current_etag(version.name)
         if current is not None and current != version.etag.strip('"'):
@@ -257,7 +270,7 @@ class Delivery:
                 gone = False
             status = "missing" if gone else "failed"
             return Outcome(status, version.name, version.etag, destination=dest_path, reason=reason)
-        terminal = _is_terminal(exc)
+        terminal = is_terminal(exc)
         failure = relay.ledger.record_failure(version.name, version.etag, reason, relay.settings.relay.max_attempts,
                                               terminal=terminal)
         status = "poisoned" if failure.poisoned else "failed"
@@ -316,12 +329,13 @@ class ClaimedDelivery(Delivery):
             return Outcome("in_progress", name, etag, destination=dest_path,
                            reason="another instance is delivering this version")
         outcome = None
-        keeper = _ClaimKeeper(relay.ledger, name, etag, claimant, claim, relay.clock)
+        keeper = ClaimKeeper(relay.ledger, name, etag, claimant, claim, relay.clock)
         try:
             # A claim we could create means no claimed delivery of this version finished within CLAIM_TTL (a
             # delivered version keeps its claim), so the receipt needs no second look; a delivery that slipped in
             # unclaimed (sync's small exports) is met by the create-only commit.
             outcome = self._copy_and_record(source, version, dest_path, failure, on_progress=keeper)
+            assert outcome is not None  # a claimed delivery never hands its evidence over (no `defer`)
             return outcome
         finally:
             # Once the receipt exists nobody claims this version again (the receipt is checked first), so a
@@ -340,7 +354,7 @@ class UnclaimedDelivery(Delivery):
     every delivery is claimed."""
 
     @staticmethod
-    def fits(relay: Relay, version: SourceVersion, failure: Any) -> bool:
+    def fits(relay: Context, version: SourceVersion, failure: Any) -> bool:
         """Whether this strategy may deliver `version`: a first attempt, sources kept, one Put Blob."""
         return (failure is None and relay.settings.relay.after_delivery == "keep"
                 and relay.copier.single_put(version.size))

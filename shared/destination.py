@@ -170,7 +170,7 @@ def _problem(found: ListedBlob | None, sent: Sent) -> str | None:
         return f"{found.size} bytes where the export has {sent.version.size}"
     if sent.md5 and not stored_md5:
         return "no Content-MD5 for the bytes"
-    if sent.md5 and bytes(stored_md5) != sent.md5:
+    if sent.md5 and bytes(stored_md5 or b"") != sent.md5:
         return "a Content-MD5 that differs from the bytes sent"
     if sent.attempt is not None and md.get("relay_attempt") != sent.attempt:
         return "a blob that this write did not produce"
@@ -245,7 +245,7 @@ class ListingEvidence:
         for path in sorted(paths):
             folders.setdefault(path.rpartition("/")[0], []).append(path)
         for names in folders.values():
-            for group in _listing_groups(names):
+            for group in listing_groups(names):
                 try:
                     self._list_group(group, paths, found)
                 except Exception as exc:
@@ -285,7 +285,7 @@ def _common_prefix(first: str, last: str) -> str:
     return first[:common]
 
 
-def _listing_groups(names: list[str]) -> list[list[str]]:
+def listing_groups(names: list[str]) -> list[list[str]]:
     """Sorted names of one directory -> the groups to list, each from its own common prefix.
 
     A listing starts at the first blob with its prefix, so a batch of numbered files `file-00150` .. `file-00349`

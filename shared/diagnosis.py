@@ -8,10 +8,18 @@ exception is never shown; `--verbose` logs it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .errors import EntraError, GatewayError, MaskinportenError, RelayError, SigningKeyError, TokenError, scrub
+from .errors import (
+    EntraError,
+    GatewayError,
+    LinkFailure,
+    MaskinportenError,
+    RelayError,
+    SigningKeyError,
+    TokenError,
+    scrub,
+)
 
 if TYPE_CHECKING:
     from .config import BanenorSettings, ExportSettings
@@ -19,18 +27,6 @@ if TYPE_CHECKING:
 PARTNER_ROLES = {"exports": "Storage Blob Data Reader", "ledger": "Storage Blob Data Contributor"}
 PARTNER_SETTINGS = {"exports": "EXPORT_CONTAINER", "ledger": "LEDGER_CONTAINER"}
 STORAGE_SETTING = "EXPORT_STORAGE (local) or EXPORT_STORAGE__blobServiceUri (Azure)"
-
-
-@dataclass  # not frozen: raising sets __traceback__
-class LinkFailure(Exception):
-    """One broken link: `link` is one of doctor.DOCTOR_LINKS."""
-
-    link: str
-    message: str
-    fix: str
-
-    def __str__(self) -> str:
-        return f"{self.message} Fix: {self.fix}"
 
 
 def _chain(exc: BaseException) -> list[BaseException]:

@@ -61,6 +61,12 @@ class Run:
     key_error: SigningKeyError | None = None
     sky: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def s(self) -> Settings:
+        """The settings, for the probes after the settings link (which stops the run when they cannot be read)."""
+        assert self.settings is not None, "the settings link runs first"
+        return self.settings
+
 
 Probe = Callable[[Run], list[str] | None]
 
@@ -138,7 +144,7 @@ def probe_clock(run: Run) -> list[str]:
 
     import requests
 
-    s = run.settings
+    s = run.s
     url = s.skyporten.issuer + "/.well-known/openid-configuration"
     try:
         response = requests.get(url, timeout=15, verify=s.http.verify)
@@ -166,7 +172,7 @@ def skyporten_unreachable(exc: BaseException, s: Settings) -> RelayError:
 
 
 def probe_key_vault(run: Run) -> list[str]:
-    key = run.settings.signing_key
+    key = run.s.signing_key
     where = key.vault_url if key.source.in_key_vault else key.file
     try:
         run.key = run.runtime.signing_keys.get()
@@ -217,7 +223,7 @@ def probe_skyporten(run: Run) -> list[str]:
 def probe_entra(run: Run) -> list[str]:
     from .errors import EntraError
 
-    s = run.settings
+    s = run.s
     try:
         token = run.runtime.banenor_credential.get_token(s.banenor.storage_audience + "/.default")
     except EntraError as exc:
@@ -238,13 +244,14 @@ def probe_entra(run: Run) -> list[str]:
 def probe_gateway(run: Run) -> list[str]:
     from .storage import gateway_error
 
-    banenor = run.settings.banenor
+    banenor = run.s.banenor
     rt = run.runtime
     directory = banenor.directory
     if run.read_only:
         prefix = (directory + "/") if directory else None
         try:
-            page = next(iter(rt.destination.list_blobs(name_starts_with=prefix, results_per_page=5).by_page()), [])
+            page: Any = next(iter(rt.destination.list_blobs(name_starts_with=prefix, results_per_page=5).by_page()),
+                             [])
             names = [b.name for b in page]  # one page, one request: an endless marker cannot hold doctor
         except Exception as exc:
             raise gateway_error(exc, f"{banenor.container}/{directory}") from None
@@ -265,27 +272,32 @@ def probe_gateway(run: Run) -> list[str]:
 
 
 def probe_exports(run: Run) -> list[str]:
-    container = run.settings.exports.container
+    container = run.s.exports.container
     try:
-        page = next(iter(run.runtime.exports_probe.list_blobs(results_per_page=1).by_page()), [])
+        page: Any = next(iter(run.runtime.exports_probe.list_blobs(results_per_page=1).by_page()), [])
         names = [b.name for b in page]
     except Exception as exc:
-        failure = partner_storage_failure(exc, "exports", container, partner_endpoint(run.settings.exports))
+        failure = partner_storage_failure(exc, "exports", container, partner_endpoint(run.s.exports))
         raise RelayError(failure.message, hint=failure.fix) from None
     return [f"container {container} readable ({'not empty' if names else 'empty'})"]
 
 
 def probe_ledger(run: Run) -> list[str]:
     rt = run.runtime
-    container = run.settings.exports.ledger_container
+    container = run.s.exports.ledger_container
     try:
         probe = rt.ledger.container.get_blob_client("doctor/probe.txt")
         probe.upload_blob(b"probe", overwrite=True)
         probe.delete_blob()
     except Exception as exc:
-        failure = partner_storage_failure(exc, "ledger", container, partner_endpoint(run.settings.exports))
+        failure = partner_storage_failure(exc, "ledger", container, partner_endpoint(run.s.exports))
         raise RelayError(failure.message, hint=failure.fix) from None
-    return [f"container {container} writable; " + ", ".join(f"{k} {v}" for k, v in rt.ledger.counts().items())]
+    notes = [f"container {container} writable; " + ", ".join(f"{k} {v}" for k, v in rt.ledger.counts().items())]
+    from .links import describe
+
+    # A link the runs found broken: its record stays until the next run gets through it (shared/links.py).
+    notes += [f"WARNING: the ledger records a broken link: {describe(state)}" for state in rt.ledger.link_states()]
+    return notes
 
 
 _CHAIN: tuple[tuple[str, str, Probe], ...] = (

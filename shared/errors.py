@@ -11,6 +11,13 @@
     ├── ListingError           a listing that does not end (a continuation marker that keeps coming)
     ├── LinkDown               every request to a link failed for a while: the link's state, not the files'
     └── DeliveryError          a copy failed (source changed, destination conflict, verification failed)
+        └── CopyFailed         one storage request of a copy failed (`side`, `status`, `error_code`, `link`)
+            ├── SourceChangedError      the export was rewritten or deleted during the copy
+            ├── DestinationExistsError  a create-only write found the destination there
+            ├── VerificationError       the bytes read differ from what the source declared
+            └── ServerCopyRefusedError  COPY_MODE=server: Bane NOR's storage cannot pull from the source URL
+
+    LinkFailure (not a RelayError: the command line's one message per broken link, shared/diagnosis.py makes it)
 
 Every refusal is of one of three kinds, read from the error's own attributes (`kind_of`):
 - about a link (`link` is set: key_vault, key, skyporten, entra, gateway, exports; doctor's names): the link is
@@ -24,6 +31,7 @@ Every message names the cause and the fix; none ever contains a key, grant, asse
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 _SIG = re.compile(r"(?i)(sig=)[^&\s\"'<>]*")
 _URL_QUERY = re.compile(r"(?i)(https?://[^\s?\"'<>]+)\?[^\s\"'<>]*")
@@ -186,6 +194,82 @@ class DeliveryError(RelayError):
         self.transient = transient
 
 
+# Server-side copy: storage answers CannotVerifyCopySource with the status it met reading the source (403 or 404:
+# the source URL is not reachable for Bane NOR's storage; 5xx: the partner's storage was busy, transient).
+SERVER_COPY_CODES = ("CannotVerifyCopySource",)
+
+
+def banenor_link_refusal(status: int, code: str | None, method: str | None = None) -> bool:
+    """Whether an answer from Bane NOR's side refuses the link rather than one file: the token (401), the
+    identity's RBAC or ACL on the directory (403, a role or ACL still propagating after onboarding), the container
+    (404 ContainerNotFound, or a 404 to a write: Bane NOR redeploying). Nothing a file could change; every write
+    would meet it."""
+    if code in SERVER_COPY_CODES:
+        return False
+    if status in (401, 403):
+        return True
+    return status == 404 and (code == "ContainerNotFound" or method not in (None, "GET", "HEAD"))
+
+
+class CopyFailed(DeliveryError):
+    """A storage request of the copy failed. `side` is "source" or "destination"; `status` and
+    `error_code` are the service's (None for a connection error); `blob` names the source export. A 401 from
+    the destination is the trust chain's (the storage token was refused), not the file's: `link` names the link
+    a refusal is about (`link_of`), None when it is about this file or transient."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        transient: bool = True,
+        status: int | None = None,
+        error_code: str | None = None,
+        blob: str | None = None,
+        side: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint, transient=transient)
+        self.status = status
+        self.error_code = error_code
+        self.blob = blob
+        self.side = side
+        self.link = link_of(status, error_code, side, None)
+
+
+def link_of(status: int | None, code: str | None, side: str | None, method: str | None) -> str | None:
+    """The link a storage answer refuses (`banenor_link_refusal` on Bane NOR's side), else None: the partner's own
+    storage refusing to read one export is that file's problem."""
+    if side == "destination" and status is not None and banenor_link_refusal(status, code, method):
+        return "gateway"
+    return None
+
+
+class SourceChangedError(CopyFailed):
+    """The export was rewritten or deleted while it was being copied; nothing was committed. Transient:
+    the next run reads the new version."""
+
+
+class DestinationExistsError(CopyFailed):
+    """A create-only write found the destination already there (409 BlobAlreadyExists / 412).
+
+    `same_content` is True when the existing blob has this copy's size and Content-MD5 (an earlier attempt
+    whose answer was lost, say): the caller may count that as delivered. None when it could not be told.
+    """
+
+    def __init__(self, message: str, **kwargs: object) -> None:
+        kwargs["transient"] = False
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.same_content: bool | None = None
+
+
+class VerificationError(CopyFailed):
+    """The bytes read do not match what the source declared (size or Content-MD5); nothing committed."""
+
+
+class ServerCopyRefusedError(CopyFailed):
+    """Mode "server" only: the destination could not or would not pull from the source SAS URL."""
+
+
 def kind_of(exc: BaseException) -> str:
     """The one reading of a refusal: "link" (a link is broken, no file to blame), "transient" (retry with
     backoff), or "file" (this file, for good). Errors the relay did not classify (a connection reset inside an
@@ -193,3 +277,17 @@ def kind_of(exc: BaseException) -> str:
     if isinstance(exc, RelayError):
         return "link" if exc.link is not None else "transient" if exc.transient else "file"
     return "transient"
+
+
+
+@dataclass  # not frozen: raising sets __traceback__
+class LinkFailure(Exception):
+    """One broken link as the command line reports it: `link` is one of doctor.DOCTOR_LINKS (its exit code), with
+    the cause in one sentence and the fix. shared/diagnosis.py turns what a command met into one."""
+
+    link: str
+    message: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.message} Fix: {self.fix}"

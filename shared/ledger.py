@@ -1,7 +1,7 @@
 """The delivery ledger: what was delivered, what failed, what was refused, what is in flight.
 
 One small JSON blob per record in the partner's storage, every write conditional (create-only or If-Match), listing
-state in metadata; earlier versions' `receipt-batches/` are still read, never written. See docs/ledger.md.
+state in metadata; a sync's receipts go many to a blob under `receipt-batches/`. See docs/ledger.md.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RECEIPTS = "receipts/"
-RECEIPT_BATCHES = "receipt-batches/"  # written by earlier versions (JSON lines, many receipts each); read only
+RECEIPT_BATCHES = "receipt-batches/"  # a sync's receipts, many per blob (JSON lines; shared/receipts.py batches them)
 FAILURES = "failures/"
 REJECTED = "rejected/"
 CLAIMS = "claims/"
@@ -42,6 +43,7 @@ LINKS = "links/"  # one record per broken link (shared/links.py); none while eve
 
 MAX_ERROR_CHARS = 500
 _JSON = ContentSettings(content_type="application/json")
+_JSON_LINES = ContentSettings(content_type="application/x-ndjson")
 _SAFE_ETAG = re.compile(r"[A-Za-z0-9]{1,64}")
 _CONFLICT_RETRIES = 50
 
@@ -182,6 +184,26 @@ class LinkState(_Record):
                    transient=md.get("transient") == "1")
 
 
+# What to do with one listed export version, from what the ledger holds of it (`standing`).
+SKIPPED = ("already_delivered", "rejected", "poisoned", "pending")  # nothing to do now
+TO_DELIVER = ("new", "retry")  # deliver it: for the first time, or a failure whose retry is due
+
+
+def standing(delivered: bool, rejected: bool, failure: Failure | None, now: float) -> str:
+    """The one decision on a listed version, used by the trigger's delivery, the sync, the dry run and `due_retries`:
+    already_delivered (it has a receipt), rejected (refused for good), poisoned (waits for `retry`), pending (a
+    failure whose next retry has not come), retry (a failure due again) or new."""
+    if delivered:
+        return "already_delivered"
+    if rejected:
+        return "rejected"
+    if failure is None:
+        return "new"
+    if failure.poisoned:
+        return "poisoned"
+    return "pending" if failure.next_retry_at > now else "retry"
+
+
 def _lower(md: dict[str, str] | None) -> dict[str, str]:
     # Metadata names are case-insensitive in Azure; compare them lower-cased.
     return {k.lower(): v for k, v in (md or {}).items()}
@@ -206,8 +228,8 @@ class Ledger:
         self.clock = clock
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
-        # Receipt batches never change once written (unique names; an earlier version's compaction wrote a new one
-        # and deleted the old), so the keys each one holds are read once per process: name -> keys.
+        # Receipt batches never change once written (unique names; a compaction writes a new one and deletes the old),
+        # so the keys each one holds are read once per process: name -> keys.
         self._batch_keys: dict[str, frozenset[str]] = {}
         self._batch_lock = threading.Lock()
 
@@ -291,7 +313,7 @@ class Ledger:
 
     # -- receipts --------------------------------------------------------------------------
     def receipt(self, name: str, etag: str) -> Receipt | None:
-        """The receipt of a version: its own record, else one in a batch an earlier version's `sync` wrote."""
+        """The receipt of a version: its own record, else one in a receipt batch a `sync` wrote."""
         key = self.key(name, etag)  # an etag from a listing has no quotes, one from Get Properties has
         body = self._read(self._blob(RECEIPTS, key))
         if body is not None:
@@ -303,7 +325,7 @@ class Ledger:
             body = self._read(self.container.get_blob_client(batch))
             if body is not None:
                 return next(r for r in _parse_batch(body) if self.key(r.source_name, r.source_etag) == key)
-            # merged by an earlier version's compaction since the listing: look again
+            # merged by a compaction since the listing: look again
         raise RelayError("the ledger's receipt batches kept changing under a compaction")
 
     def delivered(self, name: str, etag: str) -> bool:
@@ -324,13 +346,47 @@ class Ledger:
             return self.record_receipt(receipt)
         return Receipt.from_json(existing)
 
+    def record_receipt_batch(self, receipts: Sequence[Receipt]) -> None:
+        """Write many receipts in one request: a blob of JSON lines under a unique name (create-only). A version may
+        end up with two receipts (its own and one in a batch, after two deliverers raced): readers take the union."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.clock()))
+        blob = self.container.get_blob_client(f"{RECEIPT_BATCHES}{stamp}-{uuid.uuid4().hex}.jsonl")
+        body = "".join(receipt.to_json() + "\n" for receipt in receipts)
+        # None (409) can only mean our own write whose answer was lost and retried: the name is a fresh uuid4.
+        self._create(blob, body, {"count": str(len(receipts))}, _JSON_LINES)
+
+    def compact_receipt_batches(self, max_batches: int = 100, full: int = 1000) -> int:
+        """Keep the number of batch blobs (each one a GET per process) bounded: when there are more than
+        `max_batches`, merge every batch of fewer than `full` receipts into one new batch, then delete the merged
+        ones (only if unchanged). Readers that meet a deleted batch list again and find the merged one; a crash in
+        between leaves receipts twice, which readers tolerate. Returns how many batches were merged (0: one
+        listing)."""
+        every = list(self._list(RECEIPT_BATCHES))
+        small = [b for b in every if int(_lower(b.metadata).get("count", "0")) < full]
+        if len(every) <= max_batches or len(small) < 2:
+            return 0
+        merged: list[Receipt] = []
+        sources = []
+        for b in small:
+            body = self._read(self.container.get_blob_client(b.name))
+            if body is not None:
+                merged.extend(_parse_batch(body))
+                sources.append(b)
+        self.record_receipt_batch(merged)
+        for b in sources:
+            try:
+                self.container.get_blob_client(b.name).delete_blob(etag=b.etag,
+                                                                   match_condition=MatchConditions.IfNotModified)
+            except (ResourceModifiedError, ResourceNotFoundError):
+                pass
+        return len(sources)
+
     def _batch_index(self) -> dict[str, frozenset[str]]:
         """Batch name -> the keys of its receipts, for every receipt batch: one listing, plus one GET for each
         batch this process has not read yet.
 
-        A batch that vanishes between the listing and its GET was merged by a compaction (an earlier version's,
-        still running beside this one during an upgrade) into a batch written before the deletion, so the listing
-        is taken again until one pass reads every batch it lists.
+        A batch that vanishes between the listing and its GET was merged by a compaction (another sync's) into a
+        batch written before the deletion, so the listing is taken again until one pass reads every batch it lists.
         """
         for _ in range(_CONFLICT_RETRIES):
             index: dict[str, frozenset[str]] = {}
@@ -422,7 +478,7 @@ class Ledger:
         """(name, etag) of failures that are not poisoned and whose next_retry_at has come."""
         now = self.clock()
         for f in self.failures():
-            if not f.poisoned and f.next_retry_at <= now:
+            if standing(False, False, f, now) == "retry":
                 yield f.source_name, f.source_etag
 
     def _unpoison(self, match: Callable[[Failure], bool]) -> int:

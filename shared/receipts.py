@@ -4,8 +4,8 @@ A sync of 2,000 small files otherwise writes 2,000 receipt blobs, one request ea
 ledger's cost per file (bench/RESULTS.md). The same batches carry the evidence: a delivery handed over unverified
 (`ReceiptBuffer.defer`) is checked with the rest of its batch against one listing of Bane NOR's directory
 (`destination.ListingEvidence`) before its receipt is written and its outcome settled. Owns `ReceiptBuffer` (one
-per sync run), the batch write and the compaction that keeps the number of batch blobs bounded; `Ledger` reads
-batches (`receipt-batches/`).
+per sync run); the batches themselves are the ledger's (`Ledger.record_receipt_batch`, `compact_receipt_batches`,
+under `receipt-batches/`).
 """
 
 from __future__ import annotations
@@ -13,24 +13,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import Any
 
-from azure.core import MatchConditions
-from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
-from azure.storage.blob import ContentSettings
-
 from .destination import ListingEvidence, Sent
 from .errors import RelayError, scrub
-from .ledger import RECEIPT_BATCHES, Clock, Ledger, Receipt, _lower, _parse_batch
+from .ledger import Clock, Ledger, Receipt
 
 log = logging.getLogger(__name__)
 
 BATCH_MIN = 10  # fewer receipts than this go one by one: a batch blob would cost each reader a GET for little
-_JSON_LINES = ContentSettings(content_type="application/x-ndjson")
 
 
 def record_receipts(ledger: Ledger, receipts: Sequence[Receipt]) -> None:
@@ -44,41 +38,12 @@ def record_receipts(ledger: Ledger, receipts: Sequence[Receipt]) -> None:
         for receipt in receipts:
             ledger.record_receipt(receipt)
         return
-    _write_batch(ledger, receipts)
-
-
-def _write_batch(ledger: Ledger, receipts: Sequence[Receipt]) -> None:
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(ledger.clock()))
-    blob = ledger.container.get_blob_client(f"{RECEIPT_BATCHES}{stamp}-{uuid.uuid4().hex}.jsonl")
-    body = "".join(receipt.to_json() + "\n" for receipt in receipts)
-    # None (409) can only mean our own write whose answer was lost and retried: the name is a fresh uuid4.
-    ledger._create(blob, body, {"count": str(len(receipts))}, _JSON_LINES)
+    ledger.record_receipt_batch(receipts)
 
 
 def compact_receipt_batches(ledger: Ledger, max_batches: int = 100, full: int = 1000) -> int:
-    """Keep the number of batch blobs (each one a GET per process) bounded: when there are more than
-    `max_batches`, merge every batch of fewer than `full` receipts into one new batch, then delete the merged ones
-    (only if unchanged). Readers that meet a deleted batch list again and find the merged one; a crash in between
-    leaves receipts twice, which readers tolerate. Returns how many batches were merged (0: one listing)."""
-    every = list(ledger._list(RECEIPT_BATCHES))
-    small = [b for b in every if int(_lower(b.metadata).get("count", "0")) < full]
-    if len(every) <= max_batches or len(small) < 2:
-        return 0
-    merged: list[Receipt] = []
-    sources = []
-    for b in small:
-        body = ledger._read(ledger.container.get_blob_client(b.name))
-        if body is not None:
-            merged.extend(_parse_batch(body))
-            sources.append(b)
-    _write_batch(ledger, merged)
-    for b in sources:
-        try:
-            ledger.container.get_blob_client(b.name).delete_blob(etag=b.etag,
-                                                                 match_condition=MatchConditions.IfNotModified)
-        except (ResourceModifiedError, ResourceNotFoundError):
-            pass
-    return len(sources)
+    """Keep the number of batch blobs bounded (`Ledger.compact_receipt_batches`); returns how many were merged."""
+    return ledger.compact_receipt_batches(max_batches, full)
 
 
 @dataclass

@@ -15,19 +15,19 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .copier import Copier, CopyFailed, SourceVersion
-from .delivery import (  # noqa: F401  (CLAIM_*, _ClaimKeeper, _is_*, archive_name: re-exported for importers)
+from .delivery import (  # noqa: F401  (CLAIM_*, ClaimKeeper, is_*, archive_name: importable from here as before)
     CLAIM_RENEW_SECONDS,
     CLAIM_TTL,
     ClaimedDelivery,
+    ClaimKeeper,
     Outcome,
     UnclaimedDelivery,
-    _ClaimKeeper,
-    _is_terminal,
-    _is_trust_chain,
     archive_name,
+    is_link_refusal,
+    is_terminal,
 )
 from .errors import NameRejected, RelayError
-from .ledger import Ledger
+from .ledger import Ledger, standing
 from .links import TOKEN_LINKS, Links
 from .naming import NamePolicy, destination_path
 from .receipts import ReceiptBuffer, Unverified
@@ -104,7 +104,8 @@ class Relay:
             if exc.link is None:
                 raise
             outcome = self._held(exc, name, version.etag)
-        if outcome is not None and outcome.status in ("delivered", "already_delivered") and self.links.known:
+        assert outcome is not None  # None only for a sync's deferred deliveries (deliver_listed)
+        if outcome.status in ("delivered", "already_delivered") and self.links.known:
             self.links.working("gateway", "exports", *TOKEN_LINKS)  # a write went through: every link works
         return self._finish(outcome, started, version)
 
@@ -143,16 +144,17 @@ class Relay:
                          failure: Any = None, receipts: ReceiptBuffer | None = None,
                          started: float = 0.0) -> Outcome | None:
         name, etag = version.name, version.etag
-        if not listed:
+        if not listed:  # the trigger: what the ledger holds of this version, one record at a time
             if self.ledger.delivered(name, etag):
                 return Outcome("already_delivered", name, etag, size=version.size)
             rejection = self.ledger.rejection(name, etag)
             if rejection is not None:
                 return Outcome("rejected", name, etag, size=version.size, reason=rejection.reason)
             failure = self.ledger.failure(name, etag)
-        if failure is not None and failure.poisoned:
+        step = standing(False, False, failure, self.clock())  # a listed version: the sync decided the rest
+        if step == "poisoned":
             return Outcome("poisoned", name, etag, reason=failure.last_error)
-        if failure is not None and failure.next_retry_at > self.clock():
+        if step == "pending":
             # A host retry of the trigger right after a failure: wait for the ledger's backoff, charge nothing.
             return Outcome("pending", name, etag, reason=f"next retry after {failure.next_retry_at:.0f}: "
                            f"{failure.last_error}")
@@ -194,15 +196,16 @@ class Relay:
         retry is not due), failed (too big for BLOCK_SIZE), or would_deliver (new, or a due retry) with its
         destination name."""
         name, etag = props.name, props.etag
-        if delivered:
+        step = standing(delivered, rejected, failure, now)
+        if step == "already_delivered":
             return Outcome("already_delivered", name, etag, size=props.size, reason="its receipt is in the ledger")
-        if rejected:
+        if step == "rejected":
             found = self.ledger.rejection(name, etag)
             return Outcome("rejected", name, etag, size=props.size,
                            reason=found.reason if found else "rejected earlier (recorded in the ledger)")
-        if failure is not None and failure.poisoned:
+        if step == "poisoned":
             return Outcome("poisoned", name, etag, size=props.size, reason=failure.last_error)
-        if failure is not None and failure.next_retry_at > now:
+        if step == "pending":
             retry_at = dt.datetime.fromtimestamp(failure.next_retry_at, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             return Outcome("pending", name, etag, size=props.size,
                            reason=f"failed {failure.attempts} time(s); next retry {retry_at}")
@@ -244,7 +247,7 @@ class Relay:
             if exc.link is not None:
                 summary.link = exc.link
                 self.links.broken(exc)
-            log.error("sync stopped: %s", exc)
+            log.error("sync stopped: %s", exc, extra={"relay_sync_error": str(exc)})
         summary.seconds = round(self.clock() - started, 3)
         log.info("sync summary outcome=%s delivered=%d already=%d rejected=%d failed=%d poisoned=%d pending=%d "
                  "in_progress=%d bytes=%d seconds=%.1f", "ok" if summary.error is None else "error",

@@ -94,7 +94,7 @@ class SigningKey:
 
     @classmethod
     def held_here(cls, info: KeyInfo, key: rsa.RSAPrivateKey, x5c: list[str] | None = None) -> SigningKey:
-        return cls(info, _local_signer(key), x5c=x5c, local=key)
+        return cls(info, local_signer(key), x5c=x5c, local=key)
 
     @property
     def kid(self) -> str | None:
@@ -144,9 +144,9 @@ def _check_rsa(key: Any, what: str) -> rsa.RSAPrivateKey:
     return key
 
 
-def _local_signer(key: rsa.RSAPrivateKey) -> Callable[[str, bytes], bytes]:
+def local_signer(key: rsa.RSAPrivateKey) -> Callable[[str, bytes], bytes]:
     def sign(alg: str, data: bytes) -> bytes:
-        return key.sign(data, padding.PKCS1v15(), _SIGNING_HASH[alg]())
+        return key.sign(data, padding.PKCS1v15(), _SIGNING_HASH[alg]())  # type: ignore[abstract]
 
     return sign
 
@@ -442,7 +442,8 @@ class KeyVaultSource:
         if kv_key.key_type not in ("RSA", "RSA-HSM"):
             raise SigningKeyError(f"Key Vault key {self.name!r} is {kv_key.key_type}, not RSA.",
                                   hint="Create an RSA key (2048 bits or more) for Maskinporten.")
-        bits = len(kv_key.key.n) * 8 if kv_key.key.n else 0
+        modulus = getattr(kv_key.key, "n", None)  # JsonWebKey's RSA fields are set from the service's answer
+        bits = len(modulus) * 8 if modulus else 0
         if bits < MIN_RSA_BITS:
             raise SigningKeyError(f"Key Vault key {self.name!r} has {bits} bits; Maskinporten needs 2048.",
                                   hint="Create a new RSA-2048 key and register its public JWK.")
@@ -502,10 +503,12 @@ def provider_from_settings(key: SigningKeySettings, ca_bundle: str | None = None
     identity), trusting `ca_bundle` (REQUESTS_CA_BUNDLE)."""
     if key.source == "file":
         path, kid = key.file, key.key_id
+        assert path is not None  # SIGNING_KEY_SOURCE=file requires SIGNING_KEY_FILE (config)
         return SigningKeyProvider(lambda: key_from_file(path, kid), key.cache_seconds, clock)
     if credential is None:
         from .storage import partner_credential
 
         credential = partner_credential(ca_bundle)
+    assert key.vault_url is not None and key.name is not None  # required for a Key Vault source (config)
     source = KeyVaultSource(key.vault_url, key.name, key.source, key.key_id, credential, ca_bundle, clock)
     return SigningKeyProvider(source.load, key.cache_seconds, clock)

@@ -258,7 +258,7 @@ class MaskinportenClient:
                 # Clock skew or a slow path: one retry with a fresh grant, and a warning (docs/protocol.md section 3).
                 clock_retry_used = True
                 log.warning("Skyporten says the grant was expired or from the future (MP-130): check the clock; "
-                            "retrying once with a fresh grant")
+                            "retrying once with a fresh grant", extra={"relay_retry": True})
                 continue
             raise error
 
@@ -269,7 +269,7 @@ class MaskinportenClient:
                 delay = min(30.0, float(retry_after))
             except ValueError:
                 pass
-        log.warning("Skyporten token request failed; retry %d in %.1f s", attempt, delay)
+        log.warning("Skyporten token request failed; retry %d in %.1f s", attempt, delay, extra={"relay_retry": True})
         self.sleep(delay)
 
     def _note_date(self, response: requests.Response) -> None:
@@ -317,7 +317,7 @@ class MaskinportenClient:
                          if t is not None)
         if _number(claims.get("iat")) is None:
             claims["iat"] = sent_at  # the refresh margin is measured from it
-        scope = body.get("scope") if isinstance(body.get("scope"), str) else self.request.scope
+        scope: str = body["scope"] if isinstance(body.get("scope"), str) else (self.request.scope or "")
         log.info("Skyporten token issued: scope=%s expires_in=%s", scope, expires_in)
         return SkyportenToken(access_token, expires_at, scope, claims)
 

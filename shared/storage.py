@@ -19,7 +19,7 @@ from typing import Any
 from xml.etree import ElementTree
 
 from .config import DEFAULT_TRANSFER_SIZE, BanenorSettings, ExportSettings, HttpSettings
-from .errors import GatewayError, RelayError, first_line
+from .errors import GatewayError, RelayError, banenor_link_refusal, first_line
 
 # -- connection options -----------------------------------------------------------------------------------
 
@@ -100,6 +100,7 @@ def partner_service_client(exports: ExportSettings, http: HttpSettings, credenti
         kwargs.update(interactive_storage_options())
     if exports.connection_string:
         return BlobServiceClient.from_connection_string(exports.connection_string, **kwargs)
+    assert exports.service_uri is not None  # config requires EXPORT_STORAGE or EXPORT_STORAGE__blobServiceUri
     return BlobServiceClient(exports.service_uri, credential=credential, **kwargs)
 
 
@@ -266,7 +267,7 @@ def _listing_error(response: Any) -> Exception:
     else:
         kind = HttpResponseError
     error = kind(response=response)
-    error.error_code = code
+    error.error_code = code  # type: ignore[attr-defined]  # the SDK's own errors carry it the same way
     return error
 
 
@@ -329,23 +330,6 @@ NOT_STORAGE_HINT = "the answer was not a storage error: check BANENOR_STORAGE_UR
 def banenor_hint(status: int | None, code: str | None) -> str | None:
     """The hint for a refusal from Bane NOR's side (None: the table has none)."""
     return BANENOR_HINTS.get(code or "") or BANENOR_HINTS.get(status or 0)
-
-
-# Server-side copy: storage answers CannotVerifyCopySource with the status it met reading the source (403 or 404:
-# the source URL is not reachable for Bane NOR's storage; 5xx: the partner's storage was busy, transient).
-SERVER_COPY_CODES = ("CannotVerifyCopySource",)
-
-
-def banenor_link_refusal(status: int, code: str | None, method: str | None = None) -> bool:
-    """Whether an answer from Bane NOR's side refuses the link rather than one file: the token (401), the
-    identity's RBAC or ACL on the directory (403, a role or ACL still propagating after onboarding), the container
-    (404 ContainerNotFound, or a 404 to a write: Bane NOR redeploying). Nothing a file could change; every write
-    would meet it."""
-    if code in SERVER_COPY_CODES:
-        return False
-    if status in (401, 403):
-        return True
-    return status == 404 and (code == "ContainerNotFound" or method not in (None, "GET", "HEAD"))
 
 
 def banenor_answer(status: int, code: str | None, *, has_body: bool = True) -> tuple[bool, str]:

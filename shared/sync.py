@@ -12,19 +12,36 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .delivery import Outcome
 from .destination import ListingEvidence
 from .errors import LinkDown, RelayError, scrub
-from .ledger import Ledger
+from .ledger import SKIPPED, Ledger, standing
 from .receipts import ReceiptBuffer, compact_receipt_batches
 from .storage import list_blobs
 
-if TYPE_CHECKING:
-    from .relay import Relay
-
 log = logging.getLogger(__name__)
+
+
+class Host(Protocol):
+    """What the batch needs of its orchestrator (`shared.relay.Relay` is one): the settings, the ledger and the links'
+    state, the two containers, the clock, and the two decisions per listed version it hands back down (deliver it,
+    or, in a dry run, plan it)."""
+
+    settings: Any
+    ledger: Ledger
+    links: Any
+    exports: Any
+    destination: Any
+    clock: Callable[[], float]
+    pool_initializer: Callable[[], Callable[[], None] | None] | None
+
+    def deliver_listed(self, props: Any, failure: Any = None, receipts: ReceiptBuffer | None = None) -> Outcome | None:
+        ...
+
+    def plan(self, props: Any, *, delivered: bool, rejected: bool, failure: Any, now: float) -> Outcome:
+        ...
 
 
 # The outcomes a summary keeps (with their reasons): what needs attention, and a dry run's plan.
@@ -79,7 +96,7 @@ class SyncSummary:
         return self.error is None and self.failed == 0 and self.poisoned == 0
 
 
-def run_sync(relay: Relay, summary: SyncSummary, dry_run: bool,
+def run_sync(relay: Host, summary: SyncSummary, dry_run: bool,
              progress: Callable[[Outcome], None] | None, probe: bool = False) -> None:
     """One pass: fills `summary`; raises the first refusal about a link (RelayError with `link`), or LinkDown
     when TRANSIENT_TRIP transient failures on one link came in a row. `probe`: a link was recorded broken, so
@@ -141,6 +158,7 @@ def run_sync(relay: Relay, summary: SyncSummary, dry_run: bool,
         try:
             if error:
                 return
+            result: Outcome | BaseException | None
             try:
                 result = relay.deliver_listed(blob, failure, receipts)
             except Exception as exc:
@@ -173,14 +191,12 @@ def run_sync(relay: Relay, summary: SyncSummary, dry_run: bool,
                     record(relay.plan(blob, delivered=key in delivered, rejected=key in rejected,
                                       failure=failure, now=now))
                     continue
-                skipped = ("already_delivered" if key in delivered else "rejected" if key in rejected
-                           else "poisoned" if failure is not None and failure.poisoned
-                           else "pending" if failure is not None and failure.next_retry_at > now else None)
+                step = standing(key in delivered, key in rejected, failure, now)
                 with lock:  # the workers update the same summary
                     summary.listed += 1
-                    if skipped:
-                        setattr(summary, skipped, getattr(summary, skipped) + 1)
-                if skipped:
+                    if step in SKIPPED:
+                        setattr(summary, step, getattr(summary, step) + 1)
+                if step in SKIPPED:
                     continue
                 _take_slot(slots, receipts)
                 try:
@@ -201,7 +217,7 @@ def run_sync(relay: Relay, summary: SyncSummary, dry_run: bool,
                 receipts.flush()
             except RelayError as exc:
                 if error or interrupted is not None:  # the first error is the one to report
-                    log.error("sync: %s", exc)
+                    log.error("sync: %s", exc, extra={"relay_sync_error": str(exc)})
                 else:
                     raise
             finally:

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs
 import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from shared.signing import KeyInfo, SigningKey, SigningKeyProvider, _local_signer
+from shared.signing import KeyInfo, SigningKey, SigningKeyProvider, local_signer
 
 
 class FakeClock:
@@ -67,7 +67,7 @@ def make_key(bits: int = 2048) -> rsa.RSAPrivateKey:
 
 
 def key_provider(key: rsa.RSAPrivateKey, kid: str = "kid-1", clock=None) -> SigningKeyProvider:
-    signing = SigningKey(KeyInfo("test", "unit", kid, key.key_size), _local_signer(key))
+    signing = SigningKey(KeyInfo("test", "unit", kid, key.key_size), local_signer(key))
     return SigningKeyProvider(lambda: signing, ttl=300, clock=clock or (lambda: 0.0))
 
 

@@ -172,10 +172,10 @@ def test_a_listing_crowded_by_other_files_stops_at_its_bound_and_reads_the_rest_
 
 
 def test_a_batch_of_numbered_files_is_listed_from_prefixes_that_start_where_it_starts():
-    from shared.destination import _listing_groups
+    from shared.destination import listing_groups
 
     names = [f"d/file-{i:05d}.csv" for i in range(150, 350)]
-    groups = _listing_groups(names)
+    groups = listing_groups(names)
     assert [(g[0], g[-1]) for g in groups] == [
         *((f"d/file-00{t}0.csv", f"d/file-00{t}9.csv") for t in range(15, 20)),  # file-0015 .. file-0019
         ("d/file-00200.csv", "d/file-00299.csv"), ("d/file-00300.csv", "d/file-00349.csv")]
@@ -183,10 +183,10 @@ def test_a_batch_of_numbered_files_is_listed_from_prefixes_that_start_where_it_s
 
 
 def test_names_with_nothing_in_common_are_one_bounded_listing():
-    from shared.destination import _listing_groups
+    from shared.destination import listing_groups
 
     names = sorted(f"d/{c}{i}.csv" for c in "abcdefghijklmnopqrstuvwxyz" for i in range(3))
-    assert _listing_groups(names) == [names]
+    assert listing_groups(names) == [names]
 
 
 # -- the listing itself: the same answer as the SDK's list_blobs, parsed for a tenth of the CPU -------------

@@ -191,11 +191,11 @@ def test_a_long_copy_renews_its_claim_so_it_never_expires_under_it(relay_env):
 
 @pytest.mark.stack
 def test_a_claim_taken_over_after_it_expired_stops_the_attempt(relay_env):
-    from shared.relay import CLAIM_TTL, _ClaimKeeper
+    from shared.relay import CLAIM_TTL, ClaimKeeper
 
     ledger = relay_env.rt.ledger
     claim = ledger.claim("x.csv", '"e1"', "relay-a", CLAIM_TTL)
-    keeper = _ClaimKeeper(ledger, "x.csv", '"e1"', "relay-a", claim, relay_env.clock)
+    keeper = ClaimKeeper(ledger, "x.csv", '"e1"', "relay-a", claim, relay_env.clock)
     relay_env.clock.offset += CLAIM_TTL + 1
     assert ledger.claim("x.csv", '"e1"', "relay-b", CLAIM_TTL) is not None  # expired: another instance takes it
     with pytest.raises(DeliveryError, match="another instance took it over"):
@@ -204,12 +204,12 @@ def test_a_claim_taken_over_after_it_expired_stops_the_attempt(relay_env):
 
 @pytest.mark.stack
 def test_a_claim_is_not_renewed_before_its_renewal_time(relay_env):
-    from shared.relay import CLAIM_RENEW_SECONDS, CLAIM_TTL, _ClaimKeeper
+    from shared.relay import CLAIM_RENEW_SECONDS, CLAIM_TTL, ClaimKeeper
 
     ledger = relay_env.rt.ledger
     claim = ledger.claim("y.csv", '"e1"', "relay-a", CLAIM_TTL)
     clock = FakeClock(time.time())  # the keeper's own clock, still between readings: a slow machine adds nothing
-    keeper = _ClaimKeeper(ledger, "y.csv", '"e1"', "relay-a", claim, clock)
+    keeper = ClaimKeeper(ledger, "y.csv", '"e1"', "relay-a", claim, clock)
     clock.now += CLAIM_RENEW_SECONDS - 1
     keeper()
     assert keeper.claim_etag == claim

@@ -14,7 +14,8 @@ import pytest
 
 from shared.copier import CopyFailed
 from shared.errors import DeliveryError, GatewayError, SigningKeyError
-from shared.relay import _is_terminal, _is_trust_chain
+from shared.relay import is_link_refusal as _is_trust_chain
+from shared.relay import is_terminal as _is_terminal
 from tests import test_no_loss, test_relay
 from tests.faultproxy import Fault, match
 
