@@ -20,7 +20,8 @@ from urllib.parse import quote, unquote
 
 from .copier import Copier, DestinationExistsError, SourceVersion
 from .errors import DeliveryError, GatewayError, NameRejected
-from .storage import ListedBlob, gateway_error, list_blob_pages
+from .listing import ListedBlob, list_blob_pages
+from .storage import gateway_error
 
 log = logging.getLogger(__name__)
 

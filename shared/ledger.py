@@ -293,7 +293,7 @@ class Ledger:
     def _list(self, prefix: str, metadata: bool = True) -> Iterator[Any]:
         """The ledger's records under `prefix`, with their metadata (`storage.list_blobs`: the relay's own parse of
         the listing, a tenth of the SDK's CPU; a timer run lists every receipt)."""
-        from .storage import list_blobs
+        from .listing import list_blobs
 
         return list_blobs(self.container, prefix, metadata=metadata)
 

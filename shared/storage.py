@@ -2,24 +2,21 @@
 
 Builds the partner's BlobServiceClient (connection string, or its own identity through DefaultAzureCredential) and
 Bane NOR's (the payload manager gateway: audience, API version, timeouts, retries), signs the source SAS for
-server-side copy, lists Bane NOR's directory for the delivery evidence, and holds the one table of hints for errors
-from Bane NOR's gateway and the storage behind it.
+server-side copy, and holds the one table of hints for errors from Bane NOR's gateway and the storage behind it.
+Listing a container is shared/listing.py's (re-exported here).
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
+from collections.abc import Callable
 from typing import Any
-from xml.etree import ElementTree
 
 from .config import DEFAULT_TRANSFER_SIZE, BanenorSettings, ExportSettings, HttpSettings
 from .errors import GatewayError, RelayError, banenor_link_refusal, first_line
+from .listing import ListedBlob, list_blob_pages, list_blobs  # noqa: F401  (importable from here as before)
 
 # -- connection options -----------------------------------------------------------------------------------
 
@@ -168,139 +165,6 @@ def banenor_service_client(banenor: BanenorSettings, http: HttpSettings, credent
     }
     kwargs.update(overrides)
     return BlobServiceClient(account_url=banenor.storage_url, credential=credential, **kwargs)
-
-
-# -- listing Bane NOR's directory, for the evidence --------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ListedBlob:
-    """One blob of a listing: what the delivery evidence compares (size, Content-MD5, metadata) and what a sync
-    reads of an export's version (etag, last modified, content type and disposition)."""
-
-    name: str
-    size: int
-    content_md5: bytes | None
-    metadata: dict[str, str]
-    etag: str = ""
-    last_modified: dt.datetime | None = None
-    content_type: str | None = None
-    content_disposition: str | None = None
-
-
-def list_blobs(container: Any, prefix: str | None = None, *, metadata: bool = False,
-               page_size: int = 5000) -> Iterator[ListedBlob]:
-    """Every blob under `prefix`, in name order, lazily (`list_blob_pages`, flattened)."""
-    for page in list_blob_pages(container, prefix or "", page_size, metadata=metadata):
-        yield from page
-
-
-def list_blob_pages(container: Any, prefix: str, page_size: int, *,
-                    metadata: bool = True) -> Iterator[list[ListedBlob]]:
-    """List Blobs (with metadata, unless told otherwise) under `prefix`, page by page, in name order, through
-    `container`'s own pipeline (its credential, retry policy, timeouts and TLS options; the client's x-ms-version).
-    Raises azure-core's HttpResponseError (with the storage `error_code`) for a refusal.
-
-    The SDK's `list_blobs` turns each entry into its models with a generic deserializer that costs about 0.2 ms of
-    CPU per blob: a sync lists every export, and checks every small delivery against a listing of Bane NOR's
-    directory, so that cost alone was about a tenth of a sync of 2,000 small files and most of a timer run over a
-    large container (bench/RESULTS.md). The same XML parsed with ElementTree costs a tenth of that. The request goes
-    through the generated client's documented raw-request method (`_send_request`); where a future SDK lacks it,
-    the SDK's own listing is used.
-    """
-    send = getattr(getattr(container, "_client", None), "_send_request", None)
-    if send is None:
-        yield from _sdk_pages(container, prefix, page_size, metadata)
-        return
-    from azure.core.rest import HttpRequest
-
-    marker = ""
-    empty = 0
-    while True:
-        query = {"restype": "container", "comp": "list", "maxresults": str(page_size),
-                 **({"include": "metadata"} if metadata else {}), **({"prefix": prefix} if prefix else {}),
-                 **({"marker": marker} if marker else {})}
-        response = send(HttpRequest("GET", container.url, params=query,
-                                    headers={"x-ms-version": container.api_version}))
-        if response.status_code != 200:
-            raise _listing_error(response)
-        # The parser azure-storage-blob itself uses on these answers: expat resolves no external entity and (2.4.1
-        # and later, bundled with Python 3.11) bounds entity expansion.
-        root = ElementTree.fromstring(response.read())  # noqa: S314
-        page = [_listed(blob) for blob in root.iter("Blob")]
-        marker = root.findtext("NextMarker") or ""
-        empty = _count_empty(page, marker, empty, container)
-        yield page
-        if not marker:
-            return
-
-
-# Azure may answer a page with no entries and a NextMarker (a listing that ran out of time on the server side); a
-# server that keeps doing so would keep a listing going for ever: stop after this many empty pages in a row.
-MAX_EMPTY_PAGES = 50
-
-
-def _count_empty(page: list[Any], marker: str, empty: int, container: Any) -> int:
-    """Empty pages in a row so far; raises ListingError past MAX_EMPTY_PAGES."""
-    if page or not marker:
-        return 0
-    if empty + 1 >= MAX_EMPTY_PAGES:
-        from .errors import ListingError
-
-        raise ListingError(f"listing container {getattr(container, 'container_name', '?')!r} answered "
-                           f"{MAX_EMPTY_PAGES} empty pages in a row, each with a NextMarker; stopped",
-                           hint="a storage or gateway fault: the next run lists again; if it repeats, report it to "
-                                "the owner of that storage (Bane NOR for its gateway)")
-    return empty + 1
-
-
-def _listing_error(response: Any) -> Exception:
-    """The error the SDK's own listing raises for this answer (its type by storage error code, then by status; the
-    code on `error_code`), so callers catch the same ones."""
-    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
-
-    code = response.headers.get("x-ms-error-code")
-    if code in ("ContainerNotFound", "ResourceNotFound") or response.status_code == 404:
-        kind: type[HttpResponseError] = ResourceNotFoundError
-    elif code in ("AuthenticationFailed", "InvalidAuthenticationInfo") or response.status_code == 401:
-        kind = ClientAuthenticationError
-    else:
-        kind = HttpResponseError
-    error = kind(response=response)
-    error.error_code = code  # type: ignore[attr-defined]  # the SDK's own errors carry it the same way
-    return error
-
-
-def _listed(blob: Any) -> ListedBlob:
-    props = blob.find("Properties")
-    if props is None:
-        props = ElementTree.Element("Properties")
-    md5 = props.findtext("Content-MD5")
-    modified = props.findtext("Last-Modified")
-    metadata = blob.find("Metadata")
-    return ListedBlob(
-        name=blob.findtext("Name") or "",
-        size=int(props.findtext("Content-Length") or 0),
-        content_md5=base64.b64decode(md5) if md5 else None,
-        metadata={m.tag: m.text or "" for m in metadata} if metadata is not None else {},
-        etag=props.findtext("Etag") or "",
-        last_modified=parsedate_to_datetime(modified) if modified else None,
-        content_type=props.findtext("Content-Type") or None,
-        content_disposition=props.findtext("Content-Disposition") or None,
-    )
-
-
-def _sdk_pages(container: Any, prefix: str, page_size: int, metadata: bool) -> Iterator[list[ListedBlob]]:
-    pages = container.list_blobs(name_starts_with=prefix or None, include=["metadata"] if metadata else None,
-                                 results_per_page=page_size)
-    empty = 0
-    by_page = pages.by_page()
-    for page in by_page:
-        entries = list(page)
-        empty = _count_empty(entries, getattr(by_page, "continuation_token", None) or "", empty, container)
-        yield [ListedBlob(b.name, b.size, bytes(b.content_settings.content_md5) if b.content_settings.content_md5
-                          else None, dict(b.metadata or {}), b.etag, b.last_modified, b.content_settings.content_type,
-                          b.content_settings.content_disposition) for b in entries]
 
 
 # -- what Bane NOR's side answers ---------------------------------------------------------------------------

@@ -18,8 +18,8 @@ from .delivery import Outcome
 from .destination import ListingEvidence
 from .errors import LinkDown, RelayError, scrub
 from .ledger import SKIPPED, Ledger, standing
+from .listing import list_blobs
 from .receipts import ReceiptBuffer, compact_receipt_batches
-from .storage import list_blobs
 
 log = logging.getLogger(__name__)
 
