@@ -1,8 +1,8 @@
 """The copy engine: moves one export's bytes from the partner's blob into Bane NOR's storage.
 
 Owns the three ways to write (one Put Blob; staged blocks streamed through this process; staged blocks the
-destination pulls from a SAS URL), the single atomic commit, create-only conditions, the source-etag pin,
-and the translation of every storage error into a `DeliveryError` that carries no secret.
+destination pulls from a SAS URL), the single atomic commit, create-only conditions and the source-etag pin. Every
+storage error it meets becomes a `DeliveryError` that carries no secret (shared/copy_errors.py).
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from datetime import datetime
 from typing import Any
 
 from azure.core import MatchConditions
-from azure.core.exceptions import AzureError, HttpResponseError
+from azure.core.exceptions import AzureError
 from azure.storage.blob import BlobClient, ContentSettings
 
+from .copy_errors import ServerRefusal, is_server_refusal, translate
 from .errors import (  # noqa: F401  (the CopyFailed family: shared/errors.py; importable from here as before)
     SERVER_COPY_CODES,
     CopyFailed,
@@ -33,7 +34,6 @@ from .errors import (  # noqa: F401  (the CopyFailed family: shared/errors.py; i
     link_of,
     scrub,
 )
-from .storage import banenor_answer, request_method
 
 log = logging.getLogger(__name__)
 
@@ -45,26 +45,6 @@ MAX_BLOCK_BYTES = 4000 * 1024 * 1024
 # A source SAS is re-signed once it is this old (the runtime signs each for 15 minutes): a long server copy never
 # presents an expired one.
 SAS_REFRESH_SECONDS = 600.0
-
-
-# --- errors -------------------------------------------------------------------------------------------
-
-
-class _ServerRefusal(Exception):
-    """The destination cannot pull from the source URL; `error` is what mode "server" raises."""
-
-    def __init__(self, reason: str, cause: CopyFailed) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.error = ServerCopyRefusedError(
-            f"server-side copy of {cause.blob!r} refused: {reason}",
-            hint="use mode 'auto' or 'stream', or ask Bane NOR to allow copy from the partner's source URL",
-            transient=False,
-            status=cause.status,
-            error_code=cause.error_code,
-            blob=cause.blob,
-            side=cause.side,
-        )
 
 
 # --- value objects ------------------------------------------------------------------------------------
@@ -145,105 +125,6 @@ class CopyResult:
     blocks: int
     seconds: float
     single_put: bool
-
-
-# --- secret scrubbing and error translation -------------------------------------------------------------
-
-def _scrub_in_place(err: BaseException) -> None:
-    """The original error is chained as __cause__ and shows in tracebacks: make sure it carries no SAS.
-
-    azure-core's HttpResponseError.__str__ appends the raw response body, and a service may echo the
-    x-ms-copy-source header (SAS included) there; the response also holds the request and its headers.
-    So an error whose request carried a copy source, or whose body holds a signature, loses its response
-    (status_code, reason and error_code stay).
-    """
-    if isinstance(err, AzureError):
-        err.message = scrub(str(err.message))
-        if isinstance(getattr(err, "exc_msg", None), str):
-            err.exc_msg = scrub(err.exc_msg)
-    err.args = tuple(scrub(a) if isinstance(a, str) else a for a in err.args)
-    response = getattr(err, "response", None)
-    if response is None:
-        return
-    try:
-        carried_source = "x-ms-copy-source" in {k.lower() for k in response.request.headers}
-        body = response.text() or ""
-    except Exception:  # a response we cannot inspect is dropped, to be safe
-        carried_source, body = True, ""
-    if carried_source or "sig=" in body.lower():
-        err.response = None  # type: ignore[attr-defined]
-
-
-def _code(err: HttpResponseError) -> str | None:
-    code = getattr(err, "error_code", None)  # absent when the answer is not a storage error (HTML, empty, JSON)
-    return None if code is None else str(getattr(code, "value", code))
-
-
-def _source_answer(status: int, code: str | None) -> tuple[bool, str | None]:
-    """(transient, hint) for an error answer from the partner's storage while reading an export."""
-    transient = (status >= 500 or status in (408, 429) or (code or "").startswith("Lease")
-                 or (code is None and status not in (400, 401, 403, 404, 409, 412, 413)))
-    if transient:
-        return True, "transient: the next run retries it"
-    if status in (401, 403):
-        return False, "the relay's identity cannot read the partner's export: check its role on the source account"
-    return False, None
-
-
-def _translate(err: AzureError, *, blob: str, side: str, action: str) -> CopyFailed:
-    """One storage error -> the DeliveryError subclass that says what happened. Never includes a URL query."""
-    _scrub_in_place(err)
-    if not isinstance(err, HttpResponseError) or err.status_code is None:
-        reason = scrub(str(err).splitlines()[0] if str(err) else type(err).__name__)
-        return CopyFailed(
-            f"{action} {blob!r} failed: connection error ({reason})",
-            hint="transient: the next run retries it",
-            transient=True,
-            blob=blob,
-            side=side,
-        )
-    status = err.status_code
-    code = _code(err)
-    detail = scrub((err.reason or "").strip() or str(err).splitlines()[0])
-    label = f"{status} {code or ''}".strip()
-    kwargs: dict[str, Any] = {"status": status, "error_code": code, "blob": blob, "side": side}
-    if code == "SourceConditionNotMet" or (side == "source" and status in (404, 412)):
-        what = "was deleted" if status == 404 else "was rewritten or deleted"
-        return SourceChangedError(
-            f"{action} {blob!r}: the source {what} during the copy ({label}); nothing was committed",
-            hint="transient: the next run copies the new version",
-            transient=True,
-            **kwargs,
-        )
-    # 409 BlobAlreadyExists answers If-None-Match: *, 412 ConditionNotMet answers If-Match (a HEAD has no code);
-    # other 412s (LeaseIdMissing: Bane NOR holds a lease) are not about what is there and fall through.
-    if side == "destination" and (code == "BlobAlreadyExists" or (status == 412 and code in (None, "ConditionNotMet"))):
-        return DestinationExistsError(
-            f"{action} {blob!r}: the destination already exists, or changed since it was read ({label})",
-            hint="the export was delivered before; the relay looks at what is there",
-            **kwargs,
-        )
-    # Bane NOR's side is read in one place (shared.storage.banenor_answer), whichever component met the answer.
-    method = request_method(err)
-    transient, hint = (banenor_answer(status, code, has_body=method != "HEAD") if side == "destination"
-                       else _source_answer(status, code))
-    failed = CopyFailed(f"{action} {blob!r} failed: {label}: {detail}", hint=hint, transient=transient, **kwargs)
-    failed.link = link_of(status, code, side, method)
-    return failed
-
-
-def _is_server_refusal(err: CopyFailed) -> bool:
-    """Auto mode falls back to streaming when the destination cannot pull from the source URL.
-
-    403 AuthorizationPermissionMismatch is about the destination's own RBAC/ACL (docs/protocol.md section 6)
-    and would fail a streamed write too, so it is not a reason to switch modes.
-    """
-    if err.error_code in SERVER_COPY_CODES:
-        # 5xx: the partner's storage was busy answering Bane NOR's read (throttled): transient, not a refusal
-        return err.status is None or err.status < 500
-    if err.status in (403, 501):
-        return err.error_code != "AuthorizationPermissionMismatch"
-    return False
 
 
 # --- the copier -----------------------------------------------------------------------------------------
@@ -335,7 +216,7 @@ class Copier:
         try:
             props = source.get_blob_properties()
         except AzureError as err:
-            raise _translate(err, blob=source.blob_name, side="source-read", action="reading") from err
+            raise translate(err, blob=source.blob_name, side="source-read", action="reading") from err
         return SourceVersion.from_properties(props)
 
     def copy(
@@ -385,7 +266,7 @@ class Copier:
                 md5, etag, blocks = self._server_copy(source, source_version, dest, metadata, condition,
                                                       on_progress)
                 used = "server"
-            except _ServerRefusal as refusal:
+            except ServerRefusal as refusal:
                 if mode == "server":
                     raise refusal.error from refusal.__cause__
                 self._disable_server(refusal.reason)
@@ -463,7 +344,7 @@ class Copier:
             downloader.readinto(sink)  # type: ignore[arg-type]  # a write-only sink is all readinto uses
             data = sink.value()
         except AzureError as err:
-            raise _translate(err, blob=version.name, side="source", action="reading") from err
+            raise translate(err, blob=version.name, side="source", action="reading") from err
         if len(data) != length:
             raise VerificationError(
                 f"reading {version.name!r}: got {len(data)} bytes at offset {offset}, expected {length}",
@@ -506,7 +387,7 @@ class Copier:
                 **condition.commit_kwargs(),
             )
         except AzureError as err:
-            error = _translate(err, blob=version.name, side="destination", action="committing")
+            error = translate(err, blob=version.name, side="destination", action="committing")
             if isinstance(error, DestinationExistsError):
                 self._compare_existing(dest, error, version.size, md5)
             raise error from err
@@ -544,7 +425,7 @@ class Copier:
             try:
                 source.get_blob_properties(etag=version.etag, match_condition=MatchConditions.IfNotModified)
             except AzureError as err:
-                raise _translate(err, blob=version.name, side="source", action="reading") from err
+                raise translate(err, blob=version.name, side="source", action="reading") from err
             data = b""
         md5 = hashlib.md5(data).digest()  # noqa: S324 - Content-MD5 is what storage speaks, not security
         self._check(version, len(data), md5)
@@ -559,7 +440,7 @@ class Copier:
                 max_concurrency=1,
             )
         except AzureError as err:
-            error = _translate(err, blob=version.name, side="destination", action="writing")
+            error = translate(err, blob=version.name, side="destination", action="writing")
             if isinstance(error, DestinationExistsError):
                 self._compare_existing(dest, error, version.size, md5)
             raise error from err
@@ -594,7 +475,7 @@ class Copier:
             try:
                 dest.stage_block(ids[index], data, length=length, validate_content=True)
             except AzureError as err:
-                raise _translate(err, blob=version.name, side="destination", action="staging") from err
+                raise translate(err, blob=version.name, side="destination", action="staging") from err
             return data
 
         md5 = hashlib.md5()  # noqa: S324 - Content-MD5, not security
@@ -661,11 +542,11 @@ class Copier:
                     ids[index], signer.url(), offset, length, headers={"x-ms-source-if-match": version.etag}
                 )
             except AzureError as err:
-                error = _translate(err, blob=version.name, side="destination", action="pulling")
-                if _is_server_refusal(error):
+                error = translate(err, blob=version.name, side="destination", action="pulling")
+                if is_server_refusal(error):
                     label = f"{error.status} {error.error_code or ''}".strip()
                     reason = f"destination cannot pull from the source URL: {label}"
-                    raise _ServerRefusal(reason, error) from err
+                    raise ServerRefusal(reason, error) from err
                 raise error from err
 
         with ThreadPoolExecutor(self._options.parallelism, thread_name_prefix="copier-url",
@@ -702,10 +583,10 @@ class _SourceUrl:
                 try:
                     self._url = self._sign(self._source)
                 except AzureError as err:
-                    error = _translate(err, blob=self._version.name, side="source", action="signing a SAS for")
+                    error = translate(err, blob=self._version.name, side="source", action="signing a SAS for")
                     if error.status == 403:
                         # The partner's identity may not get a user delegation key: stream instead.
-                        raise _ServerRefusal(f"source SAS refused: {error.status} {error.error_code}",
+                        raise ServerRefusal(f"source SAS refused: {error.status} {error.error_code}",
                                              error) from err
                     raise error from err
                 self._signed_at = now
