@@ -6,7 +6,6 @@ state in metadata; a sync's receipts go many to a blob under `receipt-batches/`.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import hashlib
 import json
@@ -16,8 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import (
@@ -29,10 +27,22 @@ from azure.core.exceptions import (
 from azure.storage.blob import BlobClient, ContainerClient, ContentSettings
 
 from .errors import RelayError, scrub
+from .records import (  # noqa: F401  (the records and `standing`: importable from here as before)
+    SKIPPED,
+    TO_DELIVER,
+    Failure,
+    LinkState,
+    Receipt,
+    Rejection,
+    b64,
+    lower_keys,
+    parse_batch,
+    standing,
+    unb64,
+)
 
 Clock = Callable[[], float]
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 RECEIPTS = "receipts/"
 RECEIPT_BATCHES = "receipt-batches/"  # a sync's receipts, many per blob (JSON lines; shared/receipts.py batches them)
@@ -46,167 +56,6 @@ _JSON = ContentSettings(content_type="application/json")
 _JSON_LINES = ContentSettings(content_type="application/x-ndjson")
 _SAFE_ETAG = re.compile(r"[A-Za-z0-9]{1,64}")
 _CONFLICT_RETRIES = 50
-
-
-def _b64(text: str) -> str:
-    # Blob metadata values must be ASCII: names and error texts go base64url-encoded.
-    return base64.urlsafe_b64encode(text.encode()).decode()
-
-
-def _unb64(text: str) -> str:
-    return base64.urlsafe_b64decode(text.encode()).decode()
-
-
-def _parse_batch(body: bytes) -> list[Receipt]:
-    return [Receipt.from_json(line) for line in body.splitlines() if line.strip()]
-
-
-class _Record:
-    """to_json/from_json for the frozen record dataclasses; unknown fields in stored JSON are ignored."""
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), ensure_ascii=False, sort_keys=True)  # type: ignore[call-overload]
-
-    @classmethod
-    def from_json(cls: type[T], text: str | bytes) -> T:
-        data = json.loads(text)
-        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-
-@dataclass(frozen=True)
-class Receipt(_Record):
-    """One export version delivered: where it went and what Bane NOR's storage answered."""
-
-    source_name: str
-    source_etag: str
-    size: int
-    md5: str  # base64, as in Content-MD5
-    destination_path: str
-    destination_url: str
-    destination_etag: str
-    attempts: int
-    first_attempt_at: float
-    delivered_at: float
-    mode: str  # how it got there: "stream", "server", "copied" (this attempt's, answer lost), "existing" (adopted)
-    original_name: str  # the source name, as source_name (kept: readers of every version expect the field)
-
-
-@dataclass(frozen=True)
-class Failure(_Record):
-    """One export version that failed: how often, the last error, and when it is due again."""
-
-    source_name: str
-    source_etag: str
-    attempts: int
-    last_error: str
-    first_failed_at: float
-    last_failed_at: float
-    next_retry_at: float
-    poisoned: bool
-
-    def _metadata(self) -> dict[str, str]:
-        return {
-            "source": _b64(self.source_name),
-            "etag": _b64(self.source_etag),
-            "attempts": str(self.attempts),
-            "error": _b64(self.last_error),
-            "firstfailedat": repr(self.first_failed_at),
-            "lastfailedat": repr(self.last_failed_at),
-            "nextretryat": repr(self.next_retry_at),
-            "poisoned": "1" if self.poisoned else "0",
-        }
-
-    @classmethod
-    def _from_metadata(cls, md: dict[str, str]) -> Failure:
-        return cls(
-            source_name=_unb64(md["source"]),
-            source_etag=_unb64(md["etag"]),
-            attempts=int(md["attempts"]),
-            last_error=_unb64(md["error"]),
-            first_failed_at=float(md["firstfailedat"]),
-            last_failed_at=float(md["lastfailedat"]),
-            next_retry_at=float(md["nextretryat"]),
-            poisoned=md["poisoned"] == "1",
-        )
-
-
-@dataclass(frozen=True)
-class Rejection(_Record):
-    """One export version refused for good (its name or extension); never retried."""
-
-    source_name: str
-    source_etag: str
-    reason: str
-    rejected_at: float
-
-    def _metadata(self) -> dict[str, str]:
-        return {
-            "source": _b64(self.source_name),
-            "etag": _b64(self.source_etag),
-            "reason": _b64(self.reason),
-            "rejectedat": repr(self.rejected_at),
-        }
-
-    @classmethod
-    def _from_metadata(cls, md: dict[str, str]) -> Rejection:
-        return cls(
-            source_name=_unb64(md["source"]),
-            source_etag=_unb64(md["etag"]),
-            reason=_unb64(md["reason"]),
-            rejected_at=float(md["rejectedat"]),
-        )
-
-
-@dataclass(frozen=True)
-class LinkState(_Record):
-    """A link that is broken: which (doctor's name), since when, the refusal (HTTP status and error code where
-    there is one), the cause in one sentence and the fix; `transient` when the link did not refuse but stopped
-    answering (every request of a window failed)."""
-
-    link: str
-    since: float
-    cause: str
-    fix: str
-    status: int | None = None
-    code: str | None = None
-    transient: bool = False
-
-    def _metadata(self) -> dict[str, str]:
-        return {"link": self.link, "since": repr(self.since), "cause": _b64(self.cause), "fix": _b64(self.fix),
-                "status": str(self.status or ""), "code": _b64(self.code or ""),
-                "transient": "1" if self.transient else "0"}
-
-    @classmethod
-    def _from_metadata(cls, md: dict[str, str]) -> LinkState:
-        return cls(link=md["link"], since=float(md["since"]), cause=_unb64(md["cause"]), fix=_unb64(md["fix"]),
-                   status=int(md["status"]) if md.get("status") else None, code=_unb64(md.get("code", "")) or None,
-                   transient=md.get("transient") == "1")
-
-
-# What to do with one listed export version, from what the ledger holds of it (`standing`).
-SKIPPED = ("already_delivered", "rejected", "poisoned", "pending")  # nothing to do now
-TO_DELIVER = ("new", "retry")  # deliver it: for the first time, or a failure whose retry is due
-
-
-def standing(delivered: bool, rejected: bool, failure: Failure | None, now: float) -> str:
-    """The one decision on a listed version, used by the trigger's delivery, the sync, the dry run and `due_retries`:
-    already_delivered (it has a receipt), rejected (refused for good), poisoned (waits for `retry`), pending (a
-    failure whose next retry has not come), retry (a failure due again) or new."""
-    if delivered:
-        return "already_delivered"
-    if rejected:
-        return "rejected"
-    if failure is None:
-        return "new"
-    if failure.poisoned:
-        return "poisoned"
-    return "pending" if failure.next_retry_at > now else "retry"
-
-
-def _lower(md: dict[str, str] | None) -> dict[str, str]:
-    # Metadata names are case-insensitive in Azure; compare them lower-cased.
-    return {k.lower(): v for k, v in (md or {}).items()}
 
 
 class Ledger:
@@ -288,7 +137,7 @@ class Ledger:
             props = blob.get_blob_properties()
         except ResourceNotFoundError:
             return None
-        return _lower(props.metadata), props.etag
+        return lower_keys(props.metadata), props.etag
 
     def _list(self, prefix: str, metadata: bool = True) -> Iterator[Any]:
         """The ledger's records under `prefix`, with their metadata (`storage.list_blobs`: the relay's own parse of
@@ -324,7 +173,7 @@ class Ledger:
                 return None
             body = self._read(self.container.get_blob_client(batch))
             if body is not None:
-                return next(r for r in _parse_batch(body) if self.key(r.source_name, r.source_etag) == key)
+                return next(r for r in parse_batch(body) if self.key(r.source_name, r.source_etag) == key)
             # merged by a compaction since the listing: look again
         raise RelayError("the ledger's receipt batches kept changing under a compaction")
 
@@ -339,7 +188,7 @@ class Ledger:
     def record_receipt(self, receipt: Receipt) -> Receipt:
         """Write the receipt once; if one exists for this version already, return that one unchanged."""
         blob = self._blob(RECEIPTS, self.key(receipt.source_name, receipt.source_etag))
-        if self._create(blob, receipt.to_json(), {"source": _b64(receipt.source_name)}):
+        if self._create(blob, receipt.to_json(), {"source": b64(receipt.source_name)}):
             return receipt
         existing = self._read(blob)
         if existing is None:  # deleted between the two calls: nobody deletes receipts, but be exact
@@ -362,7 +211,7 @@ class Ledger:
         between leaves receipts twice, which readers tolerate. Returns how many batches were merged (0: one
         listing)."""
         every = list(self._list(RECEIPT_BATCHES))
-        small = [b for b in every if int(_lower(b.metadata).get("count", "0")) < full]
+        small = [b for b in every if int(lower_keys(b.metadata).get("count", "0")) < full]
         if len(every) <= max_batches or len(small) < 2:
             return 0
         merged: list[Receipt] = []
@@ -370,7 +219,7 @@ class Ledger:
         for b in small:
             body = self._read(self.container.get_blob_client(b.name))
             if body is not None:
-                merged.extend(_parse_batch(body))
+                merged.extend(parse_batch(body))
                 sources.append(b)
         self.record_receipt_batch(merged)
         for b in sources:
@@ -398,7 +247,7 @@ class Ledger:
                     if body is None:
                         complete = False
                         continue
-                    keys = frozenset(self.key(r.source_name, r.source_etag) for r in _parse_batch(body))
+                    keys = frozenset(self.key(r.source_name, r.source_etag) for r in parse_batch(body))
                 index[b.name] = keys
             with self._batch_lock:
                 self._batch_keys = {**self._batch_keys, **index} if not complete else index
@@ -416,7 +265,7 @@ class Ledger:
     # -- failures --------------------------------------------------------------------------
     def failure(self, name: str, etag: str) -> Failure | None:
         found = self._properties(self._blob(FAILURES, self.key(name, etag)))
-        return Failure._from_metadata(found[0]) if found else None
+        return Failure.from_metadata(found[0]) if found else None
 
     def backoff(self, attempts: int) -> float:
         """Seconds to wait after the `attempts`-th failure: base, 2*base, 4*base ... capped at max."""
@@ -435,7 +284,7 @@ class Ledger:
         for _ in range(_CONFLICT_RETRIES):
             now = self.clock()
             found = self._properties(blob)
-            previous = Failure._from_metadata(found[0]) if found else None
+            previous = Failure.from_metadata(found[0]) if found else None
             attempts = (previous.attempts if previous else 0) + 1
             failure = Failure(
                 source_name=name,
@@ -448,9 +297,9 @@ class Ledger:
                 poisoned=terminal or attempts >= max_attempts,
             )
             if found is None:
-                written = self._create(blob, failure.to_json(), failure._metadata())
+                written = self._create(blob, failure.to_json(), failure.to_metadata())
             else:
-                written = self._replace(blob, failure.to_json(), failure._metadata(), found[1])
+                written = self._replace(blob, failure.to_json(), failure.to_metadata(), found[1])
             if written:
                 return failure
         raise RelayError(f"the ledger entry for {name!r} kept changing under concurrent writers")
@@ -472,7 +321,7 @@ class Ledger:
         delivered = self.delivered_keys() if delivered is None else delivered
         for b in self._list(FAILURES):
             if b.name[len(FAILURES) : -len(".json")] not in delivered:
-                yield Failure._from_metadata(_lower(b.metadata))
+                yield Failure.from_metadata(lower_keys(b.metadata))
 
     def due_retries(self) -> Iterator[tuple[str, str]]:
         """(name, etag) of failures that are not poisoned and whose next_retry_at has come."""
@@ -486,15 +335,15 @@ class Ledger:
         count = 0
         for b in self._list(FAILURES):
             blob = self.container.get_blob_client(b.name)
-            md, etag = _lower(b.metadata), b.etag
+            md, etag = lower_keys(b.metadata), b.etag
             for _ in range(_CONFLICT_RETRIES):
-                f = Failure._from_metadata(md)
+                f = Failure.from_metadata(md)
                 if not f.poisoned or not match(f):
                     break
                 # A manual retry means someone fixed the cause: reset the count so the usual backoff
                 # schedule applies again (first_failed_at and last_error stay as history).
                 fresh = dataclasses.replace(f, attempts=0, poisoned=False, next_retry_at=self.clock())
-                if self._replace(blob, fresh.to_json(), fresh._metadata(), etag):
+                if self._replace(blob, fresh.to_json(), fresh.to_metadata(), etag):
                     count += 1
                     break
                 found = self._properties(blob)
@@ -516,17 +365,17 @@ class Ledger:
         """Record that a version is refused for good; idempotent (the first record wins)."""
         rejection = Rejection(name, etag, reason[:MAX_ERROR_CHARS], self.clock())
         blob = self._blob(REJECTED, self.key(name, etag))
-        if self._create(blob, rejection.to_json(), rejection._metadata()):
+        if self._create(blob, rejection.to_json(), rejection.to_metadata()):
             return rejection
         return self.rejection(name, etag) or rejection
 
     def rejection(self, name: str, etag: str) -> Rejection | None:
         found = self._properties(self._blob(REJECTED, self.key(name, etag)))
-        return Rejection._from_metadata(found[0]) if found else None
+        return Rejection.from_metadata(found[0]) if found else None
 
     def rejections(self) -> Iterator[Rejection]:
         for b in self._list(REJECTED):
-            yield Rejection._from_metadata(_lower(b.metadata))
+            yield Rejection.from_metadata(lower_keys(b.metadata))
 
     # -- claims ----------------------------------------------------------------------------
     def try_claim(self, name: str, etag: str, owner: str, ttl: float) -> bool:
@@ -544,7 +393,7 @@ class Ledger:
         for _ in range(_CONFLICT_RETRIES):
             now = self.clock()
             claim = {"source": name, "etag": etag, "owner": owner, "claimed_at": now, "expires_at": now + ttl}
-            md = {"owner": _b64(owner), "expiresat": repr(now + ttl)}
+            md = {"owner": b64(owner), "expiresat": repr(now + ttl)}
             body = json.dumps(claim, ensure_ascii=False)
             created = self._create(blob, body, md)
             if created is not None:
@@ -553,7 +402,7 @@ class Ledger:
             if found is None:
                 continue  # released meanwhile: try to create again
             held, blob_etag = found
-            if _unb64(held["owner"]) != owner and float(held["expiresat"]) > now:
+            if unb64(held["owner"]) != owner and float(held["expiresat"]) > now:
                 return None
             # Ours to renew, or expired: take it over only if nobody changed it since we looked; if someone
             # did, look again (they may hold it now, or have released it).
@@ -569,7 +418,7 @@ class Ledger:
         body = json.dumps({"source": name, "etag": etag, "owner": owner, "claimed_at": now, "expires_at": now + ttl},
                           ensure_ascii=False)
         return self._replace(self._blob(CLAIMS, self.key(name, etag)), body,
-                             {"owner": _b64(owner), "expiresat": repr(now + ttl)}, claim_etag)
+                             {"owner": b64(owner), "expiresat": repr(now + ttl)}, claim_etag)
 
     def release_claim(self, name: str, etag: str, owner: str, claim_etag: str | None = None) -> None:
         """Delete the claim if `owner` still holds it; another owner's claim is left alone.
@@ -584,7 +433,7 @@ class Ledger:
                 pass
             return
         found = self._properties(blob)
-        if found is None or _unb64(found[0]["owner"]) != owner:
+        if found is None or unb64(found[0]["owner"]) != owner:
             return
         try:
             blob.delete_blob(etag=found[1], match_condition=MatchConditions.IfNotModified)
@@ -594,16 +443,16 @@ class Ledger:
     # -- links -----------------------------------------------------------------------------
     def link_states(self) -> list[LinkState]:
         """The links recorded broken (one listing); empty while every link works."""
-        return [LinkState._from_metadata(_lower(b.metadata)) for b in self._list(LINKS)]
+        return [LinkState.from_metadata(lower_keys(b.metadata)) for b in self._list(LINKS)]
 
     def record_link(self, state: LinkState) -> LinkState:
         """Record `state` unless its link is recorded broken already (create-only: concurrent runs agree on one
         broken period). Returns the record that holds: `state` when it is new, else the earlier one."""
         blob = self._blob(LINKS, state.link)
-        if self._create(blob, state.to_json(), state._metadata()):
+        if self._create(blob, state.to_json(), state.to_metadata()):
             return state
         found = self._properties(blob)
-        return LinkState._from_metadata(found[0]) if found else self.record_link(state)
+        return LinkState.from_metadata(found[0]) if found else self.record_link(state)
 
     def clear_link(self, link: str) -> bool:
         """Forget that `link` was broken; True when this call removed the record (so one run logs its end)."""
