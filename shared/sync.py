@@ -101,135 +101,170 @@ def run_sync(relay: Host, summary: SyncSummary, dry_run: bool,
     """One pass: fills `summary`; raises the first refusal about a link (RelayError with `link`), or LinkDown
     when TRANSIENT_TRIP transient failures on one link came in a row. `probe`: a link was recorded broken, so
     the first delivery runs alone, and the run goes wide only once it got through."""
-    options, ledger = relay.settings.relay, relay.ledger  # concurrency, prefix, suffix
-    delivered = ledger.delivered_keys()
-    rejected = {Ledger.key(r.source_name, r.source_etag) for r in ledger.rejections()}
-    failures = {Ledger.key(f.source_name, f.source_etag): f for f in ledger.failures(delivered=delivered)}
-    stale: dict[str, list[Any]] = {}  # failure records by export name: closed once a newer version is delivered
-    for f in failures.values():
-        stale.setdefault(f.source_name, []).append(f)
-    now = relay.clock()
-    limit = options.sync_concurrency
-    error: list[BaseException] = []
-    lock = threading.Lock()
+    _Pass(relay, summary, dry_run, progress).run(probe)
 
-    streak: dict[str, int] = {}  # transient failures in a row, by link
 
-    def record(outcome: Outcome) -> None:
-        with lock:
-            summary.add(outcome)
+class _Pass:
+    """One sync pass: the ledger read once (receipts, rejections, failures), every listed version decided
+    (`standing`), the rest delivered on SYNC_CONCURRENCY threads, each delivery's end settled here."""
+
+    def __init__(self, relay: Host, summary: SyncSummary, dry_run: bool,
+                 progress: Callable[[Outcome], None] | None) -> None:
+        self.relay, self.summary, self.dry_run, self.progress = relay, summary, dry_run, progress
+        self.options, self.ledger = relay.settings.relay, relay.ledger  # concurrency, prefix, suffix
+        ledger = self.ledger
+        self.delivered = ledger.delivered_keys()
+        self.rejected = {Ledger.key(r.source_name, r.source_etag) for r in ledger.rejections()}
+        self.failures = {Ledger.key(f.source_name, f.source_etag): f
+                         for f in ledger.failures(delivered=self.delivered)}
+        self.stale: dict[str, list[Any]] = {}  # failure records by export name: closed once a newer version is in
+        for f in self.failures.values():
+            self.stale.setdefault(f.source_name, []).append(f)
+        self.now = relay.clock()
+        self.limit = self.options.sync_concurrency
+        self.error: list[BaseException] = []
+        self.lock = threading.Lock()
+        self.streak: dict[str, int] = {}  # transient failures in a row, by link
+        # Bounded: at most 2 x SYNC_CONCURRENCY deliveries submitted at a time, so a 100,000-blob container never
+        # piles up work; each frees its slot as it ends.
+        self.slots = threading.BoundedSemaphore(2 * self.limit)
+
+    # -- each delivery's end ---------------------------------------------------------------------------------
+    def record(self, outcome: Outcome) -> None:
+        with self.lock:
+            self.summary.add(outcome)
             if outcome.status in ("delivered", "already_delivered"):
-                streak.clear()
+                self.streak.clear()
             elif outcome.status == "failed" and outcome.link is not None:
-                streak[outcome.link] = streak.get(outcome.link, 0) + 1
-                if streak[outcome.link] == TRANSIENT_TRIP and not error:
-                    error.append(LinkDown(outcome.link, f"{TRANSIENT_TRIP} deliveries in a row failed on the "
-                                          f"{outcome.link} link (last: {outcome.reason})",
-                                          hint="nothing to do if it passes: the failed files are retried with "
-                                               "backoff and the next run tries the link again; if it lasts, "
-                                               "run `doctor`"))
-        if outcome.status in ("delivered", "already_delivered") and relay.links.known:
-            relay.links.working("gateway", "exports")  # a write went through
-        if progress:
-            progress(outcome)
+                self._count_transient(outcome)
+        if outcome.status in ("delivered", "already_delivered") and self.relay.links.known:
+            self.relay.links.working("gateway", "exports")  # a write went through
+        if self.progress:
+            self.progress(outcome)
 
-    def settled(name: str, result: Outcome | BaseException | None) -> None:
+    def _count_transient(self, outcome: Outcome) -> None:
+        """Under the lock: one more transient failure on the outcome's link; TRANSIENT_TRIP in a row stop the run."""
+        link = outcome.link
+        assert link is not None
+        self.streak[link] = self.streak.get(link, 0) + 1
+        if self.streak[link] == TRANSIENT_TRIP and not self.error:
+            self.error.append(LinkDown(link, f"{TRANSIENT_TRIP} deliveries in a row failed on the {link} link "
+                                       f"(last: {outcome.reason})",
+                                       hint="nothing to do if it passes: the failed files are retried with backoff "
+                                            "and the next run tries the link again; if it lasts, run `doctor`"))
+
+    def settled(self, name: str, result: Outcome | BaseException | None) -> None:
         """One delivery's end: its outcome (None: handed to the receipt batches, settled later), or what it raised."""
         if result is None:
             return
         if isinstance(result, Outcome):
-            record(result)
+            self.record(result)
         elif isinstance(result, RelayError) and result.link is not None:
-            with lock:
-                if not error:  # the first refusal is the link's state; charges no file (a deferred delivery it
-                    error.append(result)  # caught is simply sent again)
+            with self.lock:
+                if not self.error:  # the first refusal is the link's state; charges no file (a deferred delivery
+                    self.error.append(result)  # it caught is simply sent again)
         elif isinstance(result, RelayError):
-            record(Outcome("failed", name, reason=str(result)))
+            self.record(Outcome("failed", name, reason=str(result)))
         elif isinstance(result, Exception):  # a ledger or listing hiccup for one file: report, keep going
-            record(Outcome("failed", name, reason=f"{type(result).__name__}: {scrub(str(result))[:300]}"))
+            self.record(Outcome("failed", name, reason=f"{type(result).__name__}: {scrub(str(result))[:300]}"))
         else:
             raise result
 
-    # Bounded: at most 2 x SYNC_CONCURRENCY deliveries submitted at a time, so a 100,000-blob container never piles
-    # up work; each frees its slot as it ends.
-    slots = threading.BoundedSemaphore(2 * limit)
-
-    def run(blob: Any, failure: Any, receipts: ReceiptBuffer | None) -> None:
+    def deliver(self, blob: Any, failure: Any, receipts: ReceiptBuffer | None) -> None:
+        """On a pool thread: one listed version's delivery, settled; frees its slot."""
         try:
-            if error:
+            if self.error:
                 return
             result: Outcome | BaseException | None
             try:
-                result = relay.deliver_listed(blob, failure, receipts)
+                result = self.relay.deliver_listed(blob, failure, receipts)
             except Exception as exc:
                 result = exc
-            settled(blob.name, result)
+            self.settled(blob.name, result)
         finally:
-            slots.release()
+            self.slots.release()
 
-    # The evidence of the small deliveries comes with their receipt batches: a listing of Bane NOR's directory.
-    # Checked and written on a thread of their own, so no delivery worker waits for a listing and a write.
-    initializer = relay.pool_initializer and relay.pool_initializer()  # the invocation id, on every thread
-    writer = None if dry_run else ThreadPoolExecutor(1, thread_name_prefix="relay-receipts", initializer=initializer)
-    receipts = None if dry_run else ReceiptBuffer(ledger, evidence=ListingEvidence(relay.destination),
-                                                  settled=settled, writer=writer)
-    interrupted: BaseException | None = None
-    try:
-        with ThreadPoolExecutor(max_workers=limit, thread_name_prefix="relay-sync", initializer=initializer) as pool:
-            for blob in list_blobs(relay.exports, options.sync_prefix or None):  # the relay's own parse (storage.py)
-                if error:
-                    break
-                if options.sync_suffix and not blob.name.endswith(options.sync_suffix):
-                    continue
-                key = Ledger.key(blob.name, blob.etag)
-                failure = failures.get(key)
-                if not dry_run and blob.name in stale:
-                    _close_superseded(ledger, stale.pop(blob.name), blob.etag, key in delivered)
-                if dry_run:  # the real decisions, each file with its reason; nothing written
-                    with lock:
-                        summary.listed += 1
-                    record(relay.plan(blob, delivered=key in delivered, rejected=key in rejected,
-                                      failure=failure, now=now))
-                    continue
-                step = standing(key in delivered, key in rejected, failure, now)
-                with lock:  # the workers update the same summary
-                    summary.listed += 1
-                    if step in SKIPPED:
-                        setattr(summary, step, getattr(summary, step) + 1)
-                if step in SKIPPED:
-                    continue
-                _take_slot(slots, receipts)
-                try:
-                    pool.submit(run, blob, failure, receipts)
-                except BaseException:
-                    slots.release()
-                    raise
-                if probe:  # the first delivery alone: does the link recorded broken answer again?
-                    _drain(slots, receipts, 2 * limit)
-                    probe = False
-            _drain(slots, receipts, 2 * limit)  # every slot back: every delivery has ended
-    except BaseException as exc:
-        interrupted = exc
-        raise
-    finally:
-        if receipts is not None:
-            try:
-                receipts.flush()
-            except RelayError as exc:
-                if error or interrupted is not None:  # the first error is the one to report
-                    log.error("sync: %s", exc, extra={"relay_sync_error": str(exc)})
-                else:
-                    raise
-            finally:
-                if writer is not None:
-                    writer.shutdown(wait=True)
-    if error:
-        raise error[0]
-    if receipts is not None and receipts.writes:
+    # -- the listing -----------------------------------------------------------------------------------------
+    def decide(self, blob: Any) -> tuple[bool, Any]:
+        """A listed version: counted, then planned (a dry run) or skipped, or to be delivered: (deliver it?, its
+        failure record, None for a new version)."""
+        key = Ledger.key(blob.name, blob.etag)
+        failure = self.failures.get(key)
+        if not self.dry_run and blob.name in self.stale:
+            _close_superseded(self.ledger, self.stale.pop(blob.name), blob.etag, key in self.delivered)
+        if self.dry_run:  # the real decisions, each file with its reason; nothing written
+            with self.lock:
+                self.summary.listed += 1
+            self.record(self.relay.plan(blob, delivered=key in self.delivered, rejected=key in self.rejected,
+                                        failure=failure, now=self.now))
+            return False, None
+        step = standing(key in self.delivered, key in self.rejected, failure, self.now)
+        with self.lock:  # the workers update the same summary
+            self.summary.listed += 1
+            if step in SKIPPED:
+                setattr(self.summary, step, getattr(self.summary, step) + 1)
+        return step not in SKIPPED, failure
+
+    def run(self, probe: bool) -> None:
+        relay, options, limit = self.relay, self.options, self.limit
+        # The evidence of the small deliveries comes with their receipt batches: a listing of Bane NOR's directory.
+        # Checked and written on a thread of their own, so no delivery worker waits for a listing and a write.
+        initializer = relay.pool_initializer and relay.pool_initializer()  # the invocation id, on every thread
+        writer = None if self.dry_run else ThreadPoolExecutor(1, thread_name_prefix="relay-receipts",
+                                                              initializer=initializer)
+        receipts = None if self.dry_run else ReceiptBuffer(self.ledger, evidence=ListingEvidence(relay.destination),
+                                                           settled=self.settled, writer=writer)
+        interrupted: BaseException | None = None
         try:
-            compact_receipt_batches(ledger)
-        except Exception as exc:  # housekeeping: the next sync that writes a batch tries again
-            log.warning("receipt batches not compacted: %s: %s", type(exc).__name__, scrub(str(exc))[:200])
+            with ThreadPoolExecutor(max_workers=limit, thread_name_prefix="relay-sync",
+                                    initializer=initializer) as pool:
+                for blob in list_blobs(relay.exports, options.sync_prefix or None):  # the relay's own parse
+                    if self.error:
+                        break
+                    if options.sync_suffix and not blob.name.endswith(options.sync_suffix):
+                        continue
+                    deliver, failure = self.decide(blob)
+                    if not deliver:
+                        continue
+                    _take_slot(self.slots, receipts)
+                    try:
+                        pool.submit(self.deliver, blob, failure, receipts)
+                    except BaseException:
+                        self.slots.release()
+                        raise
+                    if probe:  # the first delivery alone: does the link recorded broken answer again?
+                        _drain(self.slots, receipts, 2 * limit)
+                        probe = False
+                _drain(self.slots, receipts, 2 * limit)  # every slot back: every delivery has ended
+        except BaseException as exc:
+            interrupted = exc
+            raise
+        finally:
+            self._flush(receipts, writer, interrupted)
+        if self.error:
+            raise self.error[0]
+        if receipts is not None and receipts.writes:
+            try:
+                compact_receipt_batches(self.ledger)
+            except Exception as exc:  # housekeeping: the next sync that writes a batch tries again
+                log.warning("receipt batches not compacted: %s: %s", type(exc).__name__, scrub(str(exc))[:200])
+
+    def _flush(self, receipts: ReceiptBuffer | None, writer: ThreadPoolExecutor | None,
+               interrupted: BaseException | None) -> None:
+        """The last receipts checked and written; a write that fails raises, unless an earlier error is the one
+        to report."""
+        if receipts is None:
+            return
+        try:
+            receipts.flush()
+        except RelayError as exc:
+            if self.error or interrupted is not None:  # the first error is the one to report
+                log.error("sync: %s", exc, extra={"relay_sync_error": str(exc)})
+            else:
+                raise
+        finally:
+            if writer is not None:
+                writer.shutdown(wait=True)
 
 
 def _close_superseded(ledger: Ledger, records: list[Any], etag: str, delivered: bool) -> None:
