@@ -141,8 +141,11 @@ class Delivery:
     guards the attempt (`run`)."""
 
     def __init__(self, relay: Context, record: Callable[[Receipt], Receipt] | None = None,
-                 defer: Callable[[Unverified], None] | None = None) -> None:
+                 defer: Callable[[Unverified], None] | None = None,
+                 finish: Callable[[Outcome], Outcome] | None = None) -> None:
         self.relay = relay
+        # What a deferred delivery's outcome goes through as it settles (the orchestrator times and logs it).
+        self.finish = finish or (lambda outcome: outcome)
         # Where the receipt goes: the ledger at once, or (a sync's unclaimed deliveries) the run's ReceiptBuffer.
         self.record = record or relay.ledger.record_receipt
         # Set (a sync's unclaimed deliveries): the evidence and the receipt are left to the batch; see _settle.
@@ -205,7 +208,8 @@ class Delivery:
             original_name=name,
         )
         if self.defer is not None:
-            self.defer(Unverified(sent, receipt, lambda verdict: self._settle(receipt, version, failure, verdict)))
+            self.defer(Unverified(sent, receipt,
+                                  lambda verdict: self.finish(self._settle(receipt, version, failure, verdict))))
             return None
         return self._recorded(receipt, self.record(receipt), version, failure)
 

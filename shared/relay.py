@@ -30,7 +30,7 @@ from .errors import NameRejected, RelayError
 from .ledger import Ledger, standing
 from .links import TOKEN_LINKS, Links
 from .naming import NamePolicy, destination_path
-from .receipts import ReceiptBuffer, Unverified
+from .receipts import ReceiptBuffer
 from .sync import SyncSummary, run_sync
 
 if TYPE_CHECKING:
@@ -170,12 +170,11 @@ class Relay:
             return ClaimedDelivery(self).run(source, version, dest_path, failure)
         if receipts is None:
             return UnclaimedDelivery(self).run(source, version, dest_path, failure)
-        defer = None
-        if receipts.defers:
-            def defer(delivery: Unverified) -> None:  # its outcome is logged as it settles, with its batch
-                receipts.defer(Unverified(delivery.sent, delivery.receipt,
-                                          lambda verdict: self._finish(delivery.settle(verdict), started, version)))
-        return UnclaimedDelivery(self, receipts.add, defer).run(source, version, dest_path, failure)
+        # Handed over for its evidence (a buffer that defers): its outcome is timed and logged as it settles, with
+        # its batch.
+        return UnclaimedDelivery(self, receipts.add, receipts.defer if receipts.defers else None,
+                                 finish=lambda outcome: self._finish(outcome, started, version)
+                                 ).run(source, version, dest_path, failure)
 
     def _log(self, outcome: Outcome) -> None:
         level = logging.INFO if outcome.status in ("delivered", "already_delivered", "in_progress", "superseded") else \
