@@ -11,12 +11,9 @@ import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .errors import NameRejected
-
-if TYPE_CHECKING:
-    from .config import RelaySettings
 
 # Bane NOR "File and blob restrictions": every other extension needs a request to Bane NOR.
 BANENOR_EXTENSIONS: frozenset[str] = frozenset(
@@ -71,6 +68,20 @@ _HINT_CHARS = "Bane NOR accepts only [a-zA-Z0-9.-] in each path segment: rename 
 _HINT_STRICT = _HINT_CHARS + ", or set NAME_POLICY=sanitize to have the relay rename it"
 
 
+class NameSettings(Protocol):
+    """The settings a policy is built from: `config.RelaySettings` has them. A protocol, so that the name policy
+    stays pure and imports nothing of the settings (no import circle with `config`)."""
+
+    @property
+    def name_policy(self) -> str: ...
+    @property
+    def allowed_extensions(self) -> frozenset[str]: ...
+    @property
+    def folder_mode(self) -> str: ...
+    @property
+    def destination_template(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class NamePolicy:
     """How source names become destination names.
@@ -98,8 +109,9 @@ class NamePolicy:
         object.__setattr__(self, "_problems", tuple(self._find_problems()))
 
     @classmethod
-    def from_settings(cls, relay: RelaySettings) -> NamePolicy:
-        """The policy NAME_POLICY, ALLOWED_EXTENSIONS, FOLDER_MODE and DESTINATION_TEMPLATE describe."""
+    def from_settings(cls, relay: NameSettings) -> NamePolicy:
+        """The policy NAME_POLICY, ALLOWED_EXTENSIONS, FOLDER_MODE and DESTINATION_TEMPLATE describe (the settings'
+        relay section)."""
         return cls(mode=relay.name_policy, allowed_extensions=relay.allowed_extensions, folders=relay.folder_mode,
                    template=relay.destination_template)
 

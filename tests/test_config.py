@@ -333,3 +333,18 @@ def test_the_blob_trigger_source_is_a_plain_text_value_and_unknown_falls_back_to
     assert blob_trigger_source({"BLOB_TRIGGER_SOURCE": "LogsAndContainerScan"}) == "LogsAndContainerScan"
     assert type(blob_trigger_source({"BLOB_TRIGGER_SOURCE": "Polling"})) is str
     assert blob_trigger_source({"BLOB_TRIGGER_SOURCE": "Polling"}) == "EventGrid"
+
+
+def test_describe_lists_every_setting_it_reads_once_in_doctors_order():
+    """`doctor --settings` prints these rows in this order: the settings table's (issue 29 made it the one list)."""
+    assert [name for name, _, _ in Settings.load(base_env()).describe()] == [
+        "BANENOR_ENVIRONMENT", "MASKINPORTEN_ISSUER", "MASKINPORTEN_TOKEN_ENDPOINT", "BANENOR_STORAGE_URL",
+        "BANENOR_STORAGE_AUDIENCE", "MASKINPORTEN_CLIENT_ID", "MASKINPORTEN_SCOPE", "MASKINPORTEN_RESOURCE",
+        "MASKINPORTEN_RESOURCE_FORM", "MASKINPORTEN_KEY_ID", "SIGNING_KEY_SOURCE", "KEY_VAULT_URL", "SIGNING_KEY_NAME",
+        "SIGNING_KEY_FILE", "BANENOR_TENANT_ID", "BANENOR_CLIENT_ID", "BANENOR_AUTHORITY_HOST", "BANENOR_CONTAINER",
+        "BANENOR_DIRECTORY", "BANENOR_STORAGE_API_VERSION", "EXPORT_STORAGE", "EXPORT_STORAGE__blobServiceUri",
+        "EXPORT_CONTAINER", "LEDGER_CONTAINER", "ARCHIVE_CONTAINER", "COPY_MODE", "AFTER_DELIVERY", "MAX_ATTEMPTS",
+        "NAME_POLICY", "ALLOWED_EXTENSIONS", "FOLDER_MODE", "DESTINATION_TEMPLATE", "BLOCK_SIZE", "PARALLELISM",
+        "SINGLE_PUT_LIMIT", "SYNC_CONCURRENCY", "SYNC_PREFIX", "SYNC_SUFFIX", "REQUESTS_CA_BUNDLE",
+        "SIGNING_KEY_CACHE_SECONDS", "FEDERATION_RETRY_SECONDS",
+    ]
