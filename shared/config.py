@@ -59,15 +59,14 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     """The table, the reader and the settings files, imported on first use: function_app.py imports this module
     when the host indexes the functions, for `blob_trigger_source` only, and that import stays cheap."""
-    if name in ("ENV_FILE_FORMATS", "read_env_file"):
-        from . import env_file as part
-    elif name in ("HTTP_ENV_VARIABLES", "SETTING_NAMES", "misspelt_settings"):
-        from . import settings_table as part
-    elif name == "is_loopback":
-        from . import settings_reader as part
-    else:
+    import importlib
+
+    homes = {"ENV_FILE_FORMATS": "env_file", "read_env_file": "env_file", "HTTP_ENV_VARIABLES": "settings_table",
+             "SETTING_NAMES": "settings_table", "misspelt_settings": "settings_table",
+             "is_loopback": "settings_reader"}
+    if name not in homes:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(part, name)
+    return getattr(importlib.import_module(f".{homes[name]}", __package__), name)
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,8 @@ class Environment:
 # The Skyporten issuers have no trailing slash (unlike ordinary Maskinporten): docs/protocol.md section 2.
 _SKY_TEST = "https://test.sky.maskinporten.no"
 _SKY_PROD = "https://sky.maskinporten.no"
-ENVIRONMENTS: dict[BanenorEnvironment, Environment] = {
+# Keyed by the StrEnum, which hashes as its value: a plain string finds its entry too.
+ENVIRONMENTS: dict[str, Environment] = {
     # dev pairs with Skyporten test: open in docs/protocol.md, so MASKINPORTEN_ISSUER can override it.
     BanenorEnvironment.DEV: Environment(
         "dev", _SKY_TEST, "https://dev.api.apps.banenor.no/payload-manager/v1",

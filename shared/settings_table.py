@@ -87,7 +87,7 @@ def _environment(r: Reader, name: str) -> BanenorEnvironment | None:
     if value is not None and found is None:
         r.problem(name, f"is {value!r}; use dev, test or prod.")
     r.preset = found or r.preset
-    return BanenorEnvironment(value) if found else None
+    return BanenorEnvironment(value) if found and value is not None else None
 
 
 def _token_endpoint(r: Reader, name: str) -> str:
