@@ -72,7 +72,8 @@ class Setting:
         return (self.field or "").partition(".")[2]
 
     def value(self, reader: Reader) -> Any:
-        value = self.read(reader, self.name)  # type: ignore[misc]  # only rows with a `read` are read
+        """This setting read and checked (a row with a `read`)."""
+        value = self.read(reader, self.name)
         for step in self.then:
             value = step(reader, self.name, value)
         return value
