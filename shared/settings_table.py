@@ -72,7 +72,7 @@ class Setting:
         return (self.field or "").partition(".")[2]
 
     def value(self, reader: Reader) -> Any:
-        assert self.read is not None, self.name
+        """This setting read and checked (a row with a `read`)."""
         value = self.read(reader, self.name)
         for step in self.then:
             value = step(reader, self.name, value)
@@ -271,22 +271,24 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 
+_EAGER = tuple(setting for setting in SETTINGS if setting.read is not None and not setting.late)
+_LATE = tuple(setting for setting in SETTINGS if setting.late)
+_FIELDS = tuple((setting.name, setting.section, setting.attribute) for setting in SETTINGS if setting.field)
+
+
 def read_sections(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
     """Every section of `Settings` by its attribute name, and where each value came from (set, preset or
     default) by lower-case setting name. Raises ConfigError listing every problem."""
     reader = Reader(env)
-    for setting in SETTINGS:
-        if setting.read is not None and not setting.late:
-            reader.values[setting.name] = setting.value(reader)
+    for setting in _EAGER:
+        reader.values[setting.name] = setting.value(reader)
     if reader.problems:
         raise ConfigError(reader.problems)
-    for setting in SETTINGS:
-        if setting.late:
-            reader.values[setting.name] = setting.value(reader)
+    for setting in _LATE:
+        reader.values[setting.name] = setting.value(reader)
     fields: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
-    for setting in SETTINGS:
-        if setting.field:
-            fields[setting.section][setting.attribute] = reader.values[setting.name]
+    for name, section, attribute in _FIELDS:
+        fields[section][attribute] = reader.values[name]
     fields["http"]["from_environment"] = any(k.lower() in HTTP_ENV_VARIABLES and v for k, v in env.items())
     return {section: SECTIONS[section](**values) for section, values in fields.items()}, reader.origins
 
