@@ -11,16 +11,10 @@ import threading
 import pytest
 
 from shared.cli import EXIT_OK
-from tests.test_cli import REPO, as_json, make_cli
-from tests.test_cli_operator import exports_client
+from tests.cli_runner import REPO, as_json, exports_client
 
 pytestmark = pytest.mark.stack
 INTERRUPTED = 130
-
-
-@pytest.fixture
-def cli(stack, tmp_path):
-    return make_cli(stack, tmp_path)
 
 
 class Running:

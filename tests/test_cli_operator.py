@@ -1,14 +1,16 @@
-"""Off the happy path, as a partner's operator meets it (issue 20): every CLI command run as a subprocess
+"""Off the happy path, as a partner's operator meets it (issue 20): every CLI command
 (`python -m shared --env-file ... <command>`) against the local stack or a deliberately broken endpoint.
 
 Each link failure ends in one message (link, cause, fix) with the link's exit code, as `doctor` uses them, within
 the CLI's documented bound; answers (dry run, retry, rejections, exit codes, --json) are right; settings are read
-as operators hold them (dotenv, local.settings.json, `az functionapp config appsettings list`)."""
+as operators hold them (dotenv, local.settings.json, `az functionapp config appsettings list`).
+
+Commands run in this process (`cli`, tests/cli_runner.py); Ctrl-C and a closed pipe are a real process's, so those
+two tests start `python -m shared` as a subprocess."""
 
 import datetime as dt
 import json
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +19,8 @@ import uuid
 import pytest
 
 from shared.cli import DOCTOR_EXIT, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_REJECTED
-from tests.test_cli import REPO, as_json, make_cli
+from tests.cli_runner import REPO, as_json, exports_client, run_main
+from tests.helpers import closed_port
 
 pytestmark = pytest.mark.stack
 BOUND_SECONDS = 10  # the CLI's documented bound for a broken partner storage link (docs/troubleshooting.md)
@@ -25,17 +28,6 @@ BOUND_SECONDS = 10  # the CLI's documented bound for a broken partner storage li
 # and, for a stall, from counted attempts; a run's wall time only guards against a hang or the SDK's default
 # retries (15 + 18 + 24 s and a 120 s read timeout), far past anything a loaded machine adds.
 HANG_GUARD_SECONDS = 50
-
-
-@pytest.fixture
-def cli(stack, tmp_path):
-    return make_cli(stack, tmp_path)
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def with_blob_endpoint(connection_string: str, endpoint: str) -> str:
@@ -49,14 +41,6 @@ def plant_foreign(cli, backend, name):
     blob = backend.get_blob_client(f"{cli.base['BANENOR_DIRECTORY']}/cli{cli.tag}/{name}")
     blob.upload_blob(b"bane nor's own")
     return blob
-
-
-def exports_client(cli):
-    from azure.storage.blob import BlobServiceClient
-
-    return BlobServiceClient.from_connection_string(
-        cli.base["EXPORT_STORAGE"], connection_verify=cli.base["REQUESTS_CA_BUNDLE"]
-    ).get_container_client(cli.base["EXPORT_CONTAINER"])
 
 
 def one_clear_message(result):
@@ -381,8 +365,7 @@ def test_a_misspelt_setting_is_reported_with_the_closest_real_name(cli, command)
 
 
 def run_with(path, *args):
-    return subprocess.run([sys.executable, "-m", "shared", "--env-file", str(path), *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    return run_main(["--env-file", str(path), *args])
 
 
 def test_env_file_reads_a_functions_local_settings_json(cli, tmp_path):

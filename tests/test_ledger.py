@@ -1,59 +1,22 @@
-"""The delivery ledger against real Azurite: create-only receipts, counted failures, claims, listings."""
+"""The delivery ledger against real Azurite: create-only receipts, counted failures, claims, listings.
+
+The `ledger` fixture (tests/conftest.py) is on a container of its own with an injected `clock`."""
 
 from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
 
 import pytest
-from azure.storage.blob import BlobServiceClient, ContainerClient
+from azure.storage.blob import BlobServiceClient
 
 from shared.ledger import RECEIPT_BATCHES, Failure, Ledger, Receipt, Rejection
-from sim.azurite import Azurite
+from tests.helpers import LedgerClock as Clock
 
-ACCOUNT = "partnerexports"
 NAME = "eksport/Målinger 2024_01 (rev B).csv"
 ETAG = '"0x8DC1234567890AB"'
 
 pytestmark = pytest.mark.stack
-
-
-class Clock:
-    """An injectable clock: tests move time by hand instead of sleeping."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture(scope="module")
-def azurite() -> Iterator[Azurite]:
-    server = Azurite({ACCOUNT: ""}).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def container(azurite: Azurite) -> ContainerClient:
-    service = BlobServiceClient.from_connection_string(azurite.connection_string(ACCOUNT))
-    return service.get_container_client(f"ledger-{uuid.uuid4().hex[:12]}")
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def ledger(container: ContainerClient, clock: Clock) -> Ledger:
-    ledger = Ledger(container, clock=clock, backoff_base=60, backoff_max=3600)
-    ledger.ensure()
-    return ledger
 
 
 def new_ledger(ledger: Ledger, clock: Clock) -> Ledger:
