@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +21,8 @@ from typing import Any
 
 from tests.helpers import REPO
 
-__all__ = ["REPO", "CliResult", "as_json", "exports_client", "make_cli", "run_main", "write_env_file"]
+__all__ = ["REPO", "CliResult", "as_json", "exports_client", "make_cli", "no_token_backoff", "process_runtime",
+           "run_main", "write_env_file"]
 
 
 @dataclass(frozen=True)
@@ -34,13 +35,13 @@ class CliResult:
     stderr: str
 
 
-def run_main(argv: Sequence[str]) -> CliResult:
+def run_main(argv: Sequence[str], *, before: Callable[[], object] | None = None) -> CliResult:
     """`python -m shared *argv`, in this process.
 
     What a new process would start without is reset before and after: the process-wide runtime
     (`shared.runtime.reset_runtime`), the environment (`--env-file` adds its settings to `os.environ`) and the root
     logger's handlers and level (`main` installs its own handler on stderr). stdout and stderr are this run's alone,
-    including what the relay's worker threads print."""
+    including what the relay's worker threads print. `before` runs first, after the reset (`make_cli`'s `prepare`)."""
     from shared.cli import main
     from shared.runtime import reset_runtime
 
@@ -50,6 +51,8 @@ def run_main(argv: Sequence[str]) -> CliResult:
     out, err = io.StringIO(), io.StringIO()
     reset_runtime()
     try:
+        if before is not None:
+            before()
         with redirect_stdout(out), redirect_stderr(err):
             try:
                 code = main(list(argv))
@@ -70,10 +73,33 @@ def write_env_file(path: Path, values: dict[str, str | None]) -> Path:
     return path
 
 
+def process_runtime(values: dict[str, str | None]) -> Any:
+    """The process-wide runtime, built now from the environment plus `values` as `main` builds it from an env file
+    of `values`: `main` then finds it (`shared.runtime.get_runtime` builds it once) with what a test changed."""
+    from shared.config import load_settings
+    from shared.runtime import get_runtime
+
+    env = {**os.environ, **{k: v for k, v in values.items() if v is not None}}
+    return get_runtime(settings=load_settings(env), interactive=True)
+
+
+def no_token_backoff(rt: Any) -> None:
+    """The Skyporten client of `rt` built anew by the product's builder, with a `sleep` that records each backoff
+    (`rt.sleeps.delays`) instead of waiting it out: the same retries, without the seconds between them."""
+    from shared.skyporten_token import client_from_settings
+    from tests.helpers import Sleeps
+
+    s = rt.settings
+    rt.sleeps = Sleeps()
+    rt.__dict__["maskinporten"] = client_from_settings(s.skyporten, rt.signing_keys, clock=rt.clock, sleep=rt.sleeps,
+                                                       verify=s.http.verify)
+
+
 def make_cli(stack: Any, tmp_path: Path) -> Any:
-    """`run(*args, expect=None, **overrides)`: the command line (`python -m shared --env-file FILE *args`, run in
-    this process by `run_main`) with the stack's settings plus `overrides` (a value of None leaves the setting out)
-    in an env file, on containers of its own (`run.tag`, `run.base`)."""
+    """`run(*args, expect=None, prepare=None, **overrides)`: the command line (`python -m shared --env-file FILE
+    *args`, run in this process by `run_main`) with the stack's settings plus `overrides` (a value of None leaves the
+    setting out) in an env file, on containers of its own (`run.tag`, `run.base`). `prepare(runtime)` may change
+    the runtime the command will use before it starts (`no_token_backoff`)."""
     tag = uuid.uuid4().hex[:8]
     base = dict(stack.settings, EXPORT_CONTAINER=f"cli-exports-{tag}", LEDGER_CONTAINER=f"cli-ledger-{tag}",
                 DESTINATION_TEMPLATE=f"cli{tag}/{{path}}")
@@ -82,9 +108,12 @@ def make_cli(stack: Any, tmp_path: Path) -> Any:
     BlobServiceClient.from_connection_string(base["EXPORT_STORAGE"], connection_verify=base["REQUESTS_CA_BUNDLE"]) \
         .create_container(base["EXPORT_CONTAINER"])
 
-    def run(*args: str, expect: int | None = None, **overrides: str | None) -> CliResult:
-        env_file = write_env_file(tmp_path / f"settings-{uuid.uuid4().hex[:6]}.env", {**base, **overrides})
-        result = run_main(["--env-file", str(env_file), *args])
+    def run(*args: str, expect: int | None = None, prepare: Callable[[Any], None] | None = None,
+            **overrides: str | None) -> CliResult:
+        values = {**base, **overrides}
+        env_file = write_env_file(tmp_path / f"settings-{uuid.uuid4().hex[:6]}.env", values)
+        before = None if prepare is None else lambda: prepare(process_runtime(values))
+        result = run_main(["--env-file", str(env_file), *args], before=before)
         if expect is not None:
             assert result.returncode == expect, result.stdout[-3000:] + result.stderr[-3000:]
         return result

@@ -19,7 +19,7 @@ import uuid
 import pytest
 
 from shared.cli import DOCTOR_EXIT, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_REJECTED
-from tests.cli_runner import REPO, as_json, exports_client, run_main
+from tests.cli_runner import REPO, as_json, exports_client, no_token_backoff, run_main
 from tests.helpers import closed_port
 
 pytestmark = pytest.mark.stack
@@ -125,9 +125,7 @@ def test_ctrl_c_ends_with_one_word_and_exit_130(cli, stack, tmp_path):
         env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
         process = subprocess.Popen([sys.executable, "-m", "shared", "--env-file", str(env_file), "status"],
                                    cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 20
-        while not stall.fired and time.monotonic() < deadline:  # until the command waits for the stalled ledger
-            time.sleep(0.02)
+        stall.wait_fired(process)  # until the command waits for the stalled ledger, however long its start takes
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=30)
     finally:
@@ -181,7 +179,8 @@ def test_a_malformed_connection_string_is_a_setting_problem_not_a_traceback(cli)
 def test_skyporten_unreachable_is_the_skyporten_link_for_token_and_sync(cli):
     port = closed_port()
     for args in (("token",), ("sync",)):
-        result = cli(*args, MASKINPORTEN_TOKEN_ENDPOINT=f"https://127.0.0.1:{port}/token",
+        # The client's own retries, without waiting out their backoff (0.5, 1, 2 s): a message, not a wait, is tested.
+        result = cli(*args, MASKINPORTEN_TOKEN_ENDPOINT=f"https://127.0.0.1:{port}/token", prepare=no_token_backoff,
                      expect=DOCTOR_EXIT["skyporten"])
         assert "MASKINPORTEN_TOKEN_ENDPOINT" in one_clear_message(result)
         assert "retry 1" not in result.stderr  # our retries are detail: --verbose

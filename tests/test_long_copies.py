@@ -241,14 +241,12 @@ def test_a_delivery_killed_mid_copy_is_resumed_by_the_next_attempt_without_resen
                "COPY_MODE": "stream", "BLOCK_SIZE": "1MiB", "SINGLE_PUT_LIMIT": "1MiB", "PARALLELISM": "1",
                "NAME": "killed.csv"}
         # Every block goes through; the commit hangs, as a function does when the host's timeout is near.
-        proxy.add(Fault("stall", when=match("PUT", comp="blocklist"), stall=60))
+        commit = proxy.add(Fault("stall", when=match("PUT", comp="blocklist"), stall=60))
         child = subprocess.Popen([sys.executable, "-c", _CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, cwd=str(REPO), text=True)
         child.stdin.write(json.dumps(env))
         child.stdin.close()
-        deadline = time.monotonic() + 60
-        while proxy.injected["stall"] == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        commit.wait_fired(child)  # until the child holds its commit (or has ended), however long its start takes
         if proxy.injected["stall"] == 0:
             child.kill()
             pytest.fail(f"the child never reached its commit: {child.stdout.read()} {child.stderr.read()[-3000:]}")
