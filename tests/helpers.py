@@ -2,7 +2,8 @@
 
 - the relay on the local stack: `RelayEnv` (behind the `relay_env` fixture) and its `OffsetClock`;
 - runtimes whose every dependency goes through a fault proxy, with short retry policies (`fast_runtime`);
-- Azurite holding the partner's and Bane NOR's accounts for the copier and ledger tests (`Stores`, `Wire`).
+- Azurite holding the partner's and Bane NOR's accounts for the copier and ledger tests (`Stores`, `Wire`), and
+  the ledger's test records (`receipt`, `versions`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 from azure.storage.blob import BlobClient, BlobSasPermissions, BlobServiceClient, ContentSettings, generate_blob_sas
 
 from shared.config import Settings
+from shared.ledger import Ledger, Receipt
 from shared.runtime import Runtime
 from sim.azurite import Azurite
 
@@ -264,6 +266,37 @@ class Stores:
 
 def payload(size: int, seed: int = 1) -> bytes:
     return random.Random(seed).randbytes(size)
+
+
+NAME = "eksport/Målinger 2024_01 (rev B).csv"  # an export name of the ledger's tests
+ETAG = '"0x8DC1234567890AB"'
+
+
+def receipt(name: str = NAME, etag: str = ETAG, **changes: object) -> Receipt:
+    fields: dict[str, object] = {
+        "source_name": name,
+        "source_etag": etag,
+        "size": 1234,
+        "md5": "1B2M2Y8AsgTpgAmY7PhCfg==",
+        "destination_path": "inn/eksport/Maalinger-2024-01-rev-B.csv",
+        "destination_url": "https://gw.example/payload-manager/v1/c/inn/eksport/Maalinger-2024-01-rev-B.csv",
+        "destination_etag": '"0x8DCAAAA"',
+        "attempts": 1,
+        "first_attempt_at": 1_700_000_000.0,
+        "delivered_at": 1_700_000_001.5,
+        "mode": "stream",
+        "original_name": name,
+    }
+    fields.update(changes)
+    return Receipt(**fields)  # type: ignore[arg-type]
+
+
+def versions(count: int, prefix: str = "v") -> list[Receipt]:
+    return [receipt(name=f"{prefix}/{i}.csv", etag=f'"0x{i:04X}"') for i in range(count)]
+
+
+def names(ledger: Ledger, prefix: str) -> list[str]:
+    return [b.name for b in ledger.container.list_blobs(name_starts_with=prefix)]
 
 
 class LedgerClock:

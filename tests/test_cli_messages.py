@@ -13,10 +13,20 @@ from shared.config import Settings
 from shared.doctor import CHECKS, Run, run_checks
 from shared.errors import EntraError
 from shared.skyporten_token import UNSPECIFIED_AUDIENCE, GrantRequest, MaskinportenClient
-from tests.fakes import FakeClock, FakeSession, key_provider, make_key, response
+from tests.fakes import (
+    ISSUER,
+    SCOPE,
+    SUB,
+    FakeClock,
+    FakeSession,
+    ScriptedInner,
+    key_provider,
+    make_key,
+    refusal,
+    response,
+)
 from tests.helpers import closed_port
 from tests.test_config import base_env
-from tests.test_entra_credential import ISSUER, SCOPE, SUB, ScriptedInner, refusal
 
 KEY = make_key()
 

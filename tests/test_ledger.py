@@ -11,10 +11,8 @@ import pytest
 from azure.storage.blob import BlobServiceClient
 
 from shared.ledger import RECEIPT_BATCHES, Failure, Ledger, Receipt, Rejection
+from tests.helpers import ETAG, NAME, receipt, versions
 from tests.helpers import LedgerClock as Clock
-
-NAME = "eksport/Målinger 2024_01 (rev B).csv"
-ETAG = '"0x8DC1234567890AB"'
 
 pytestmark = pytest.mark.stack
 
@@ -24,25 +22,6 @@ def new_ledger(ledger: Ledger, clock: Clock) -> Ledger:
     c = ledger.container
     service = BlobServiceClient(c.primary_endpoint.rsplit("/", 1)[0], credential=c.credential)
     return Ledger(service.get_container_client(c.container_name), clock=clock)
-
-
-def receipt(name: str = NAME, etag: str = ETAG, **changes: object) -> Receipt:
-    fields: dict[str, object] = {
-        "source_name": name,
-        "source_etag": etag,
-        "size": 1234,
-        "md5": "1B2M2Y8AsgTpgAmY7PhCfg==",
-        "destination_path": "inn/eksport/Maalinger-2024-01-rev-B.csv",
-        "destination_url": "https://gw.example/payload-manager/v1/c/inn/eksport/Maalinger-2024-01-rev-B.csv",
-        "destination_etag": '"0x8DCAAAA"',
-        "attempts": 1,
-        "first_attempt_at": 1_700_000_000.0,
-        "delivered_at": 1_700_000_001.5,
-        "mode": "stream",
-        "original_name": name,
-    }
-    fields.update(changes)
-    return Receipt(**fields)  # type: ignore[arg-type]
 
 
 def run_together(count: int, work) -> list:
@@ -120,14 +99,6 @@ def test_delivered_keys_lists_every_receipt(ledger: Ledger) -> None:
     ledger.record_receipt(receipt())
     ledger.record_receipt(receipt(name="b.csv", etag='"0x2"'))
     assert ledger.delivered_keys() == {Ledger.key(NAME, ETAG), Ledger.key("b.csv", '"0x2"')}
-
-
-def versions(count: int, prefix: str = "v") -> list[Receipt]:
-    return [receipt(name=f"{prefix}/{i}.csv", etag=f'"0x{i:04X}"') for i in range(count)]
-
-
-def names(ledger: Ledger, prefix: str) -> list[str]:
-    return [b.name for b in ledger.container.list_blobs(name_starts_with=prefix)]
 
 
 # Receipt batches as earlier versions wrote them for `sync` (nothing writes them now; a deployed ledger holds
