@@ -103,10 +103,6 @@ def make_cli(stack: Any, tmp_path: Path) -> Any:
     tag = uuid.uuid4().hex[:8]
     base = dict(stack.settings, EXPORT_CONTAINER=f"cli-exports-{tag}", LEDGER_CONTAINER=f"cli-ledger-{tag}",
                 DESTINATION_TEMPLATE=f"cli{tag}/{{path}}")
-    from azure.storage.blob import BlobServiceClient
-
-    BlobServiceClient.from_connection_string(base["EXPORT_STORAGE"], connection_verify=base["REQUESTS_CA_BUNDLE"]) \
-        .create_container(base["EXPORT_CONTAINER"])
 
     def run(*args: str, expect: int | None = None, prepare: Callable[[Any], None] | None = None,
             **overrides: str | None) -> CliResult:
@@ -120,6 +116,7 @@ def make_cli(stack: Any, tmp_path: Path) -> Any:
 
     run.tag = tag
     run.base = base
+    exports_client(run).create_container()
     return run
 
 
