@@ -1,4 +1,5 @@
-"""Fakes with behaviour for unit tests: a clock, a recording HTTP session, a test signing key.
+"""Fakes with behaviour for unit tests: a clock, a recording HTTP session, a test signing key, a stand-in for
+azure-identity's ClientAssertionCredential (`ScriptedInner`) and the refusals Entra answers with.
 
 Used only where a unit test needs to script exact HTTP answers (5xx, 429, HTML, timeouts) that the
 simulators do not play; integration tests use the simulators and the local stack.
@@ -12,6 +13,8 @@ from collections.abc import Callable
 from urllib.parse import parse_qs
 
 import requests
+from azure.core.credentials import AccessTokenInfo
+from azure.core.exceptions import ClientAuthenticationError
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from shared.signing import KeyInfo, SigningKey, SigningKeyProvider, local_signer
@@ -73,3 +76,35 @@ def key_provider(key: rsa.RSAPrivateKey, kid: str = "kid-1", clock=None) -> Sign
 
 def form_of(body: str) -> dict:
     return {k: v[-1] for k, v in parse_qs(body).items()}
+
+
+# -- the Entra exchange: the Skyporten token it carries, and a stand-in for azure-identity's credential ------
+ISSUER = "https://test.sky.maskinporten.no"
+SUB = "0192:987654321;banenor:payloadmanager.storage"
+SCOPE = "https://bnplmextnwesttest.blob.core.windows.net/.default"
+class ScriptedInner:
+    """Stands in for ClientAssertionCredential: answers from its cache until five minutes before expiry, else
+    calls the assertion callback, then raises or answers."""
+
+    def __init__(self, assertion, outcomes, clock):
+        self.assertion = assertion
+        self.outcomes = outcomes  # shared by the stand-ins built after each invalidate
+        self.clock = clock
+        self.assertions = []
+        self.cache = {}
+
+    def get_token_info(self, *scopes, options=None):
+        cached = self.cache.get(scopes)
+        if cached is not None and self.clock() < cached.expires_on - 300:
+            return cached
+        self.assertions.append(self.assertion())
+        outcome = self.outcomes.pop(0) if self.outcomes else None
+        if isinstance(outcome, Exception):
+            raise outcome
+        self.cache[scopes] = AccessTokenInfo("storage-token-xyz", int(self.clock()) + 3599)
+        return self.cache[scopes]
+
+
+def refusal(code, text="refused"):
+    return ClientAuthenticationError(
+        message=f"Authentication failed: AADSTS{code}: {text} Trace ID: t Correlation ID: c Timestamp: now")

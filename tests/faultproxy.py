@@ -26,6 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 ACTIONS = ("status", "page", "reset", "reset_response", "cut_request", "drop_answer", "stall", "fake_ok",
@@ -88,10 +89,19 @@ class Fault:
     seen: int = 0
     fired: int = 0
     abandoned: int = 0
+    fired_once: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
             raise ValueError(f"unknown fault action {self.action!r}; use one of {ACTIONS}")
+
+    def wait_fired(self, process: Any) -> bool:
+        """Until this fault has fired or `process` (a Popen) has ended, however long a loaded machine takes (pytest's
+        timeout is the guard): whether it fired. No wall-clock deadline that a slow start could miss."""
+        while not self.fired_once.wait(0.02):
+            if process.poll() is not None:
+                return self.fired_once.is_set()
+        return True
 
     def take(self, req: Request) -> bool:
         if not self.when(req):
@@ -100,6 +110,7 @@ class Fault:
         if self.seen <= self.skip or (self.times is not None and self.fired >= self.times):
             return False
         self.fired += 1
+        self.fired_once.set()
         return True
 
 

@@ -24,9 +24,6 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from shared.errors import ConfigError, SigningKeyError
 from sim.httpbase import Handler, SimServer
 from sim.pki import TlsFiles, issue_certificate, new_rsa_key
-from tests import test_relay
-
-relay_env = test_relay.relay_env  # the fixture: fresh export/ledger containers and destination folder per test
 
 pytestmark = pytest.mark.stack
 

@@ -12,12 +12,9 @@ from collections import Counter
 
 import pytest
 
-from tests import test_relay
 from tests.faultproxy import Fault, match, proxy_for
 
 pytestmark = pytest.mark.stack
-
-relay_env = test_relay.relay_env  # fresh export/ledger/archive containers and destination folder per test
 
 
 @pytest.fixture

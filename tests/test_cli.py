@@ -1,5 +1,8 @@
 """Every CLI command on the local stack, run as a partner would (`python -m shared --env-file ... <command>`),
-including each `doctor` failure (one test per broken link) and the secrecy of what is printed."""
+including each `doctor` failure (one test per broken link) and the secrecy of what is printed.
+
+Commands run in this process (`cli`, tests/cli_runner.py); `--help` runs as a subprocess, so one test starts the
+interpreter on `python -m shared` as a partner does."""
 
 import json
 import subprocess
@@ -10,44 +13,9 @@ from pathlib import Path
 import pytest
 
 from shared.cli import DOCTOR_EXIT, EXIT_REJECTED
+from tests.cli_runner import REPO, as_json, run_main
 
-REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.stack
-
-
-@pytest.fixture
-def cli(stack, tmp_path):
-    return make_cli(stack, tmp_path)
-
-
-def make_cli(stack, tmp_path):
-    """`run(*args, expect=None, **overrides)`: the CLI as a subprocess with the stack's settings in an env file,
-    on containers of its own (`run.tag`, `run.base`)."""
-    tag = uuid.uuid4().hex[:8]
-    base = dict(stack.settings, EXPORT_CONTAINER=f"cli-exports-{tag}", LEDGER_CONTAINER=f"cli-ledger-{tag}",
-                DESTINATION_TEMPLATE=f"cli{tag}/{{path}}")
-    from azure.storage.blob import BlobServiceClient
-
-    BlobServiceClient.from_connection_string(base["EXPORT_STORAGE"], connection_verify=base["REQUESTS_CA_BUNDLE"]) \
-        .create_container(base["EXPORT_CONTAINER"])
-
-    def run(*args, expect=None, **overrides):
-        env_file = tmp_path / f"settings-{uuid.uuid4().hex[:6]}.env"
-        values = {**base, **overrides}
-        env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items() if v is not None))
-        result = subprocess.run([sys.executable, "-m", "shared", "--env-file", str(env_file), *args],
-                                cwd=REPO, capture_output=True, text=True, timeout=120)
-        if expect is not None:
-            assert result.returncode == expect, result.stdout[-3000:] + result.stderr[-3000:]
-        return result
-
-    run.tag = tag
-    run.base = base
-    return run
-
-
-def as_json(result):
-    return json.loads(result.stdout)
 
 
 def test_help_explains_every_command():
@@ -192,8 +160,7 @@ def test_doctor_read_only_lists_instead_of_writing(cli):
 
 
 def test_a_missing_env_file_is_one_clear_error(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "shared", "--env-file", str(tmp_path / "absent.env"), "status"],
-                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    result = run_main(["--env-file", str(tmp_path / "absent.env"), "status"])
     assert result.returncode == 2
     assert "absent.env: No such file or directory" in result.stderr and "make stack" in result.stderr
     assert "Traceback" not in result.stderr
@@ -202,8 +169,7 @@ def test_a_missing_env_file_is_one_clear_error(tmp_path):
 def test_a_missing_local_stack_settings_file_says_the_stack_is_not_running(tmp_path):
     missing = tmp_path / ".local" / "settings.env"  # what `make stack-stop` leaves: the file is gone
     for command in ("doctor", "status"):
-        result = subprocess.run([sys.executable, "-m", "shared", "--env-file", str(missing), command],
-                                cwd=REPO, capture_output=True, text=True, timeout=60)
+        result = run_main(["--env-file", str(missing), command])
         assert result.returncode == 2, result.stderr
         assert "the local stack is not running: `make stack`" in result.stderr
         assert "Traceback" not in result.stderr
@@ -220,8 +186,7 @@ def test_settings_of_a_stopped_local_stack_say_it_is_not_running(stack, tmp_path
     local = tmp_path / "local.settings.json"  # what `make stack-stop` leaves behind for `func start`
     local.write_text(json.dumps({"IsEncrypted": False, "Values": values}))
     for command in ("doctor", "status", "sync"):
-        result = subprocess.run([sys.executable, "-m", "shared", "--env-file", str(local), command],
-                                cwd=REPO, capture_output=True, text=True, timeout=60)
+        result = run_main(["--env-file", str(local), command])
         assert result.returncode == 2, result.stdout + result.stderr
         assert "the local stack is not running: `make stack`" in result.stderr
         assert "network" not in result.stderr and "Traceback" not in result.stderr
@@ -230,8 +195,7 @@ def test_settings_of_a_stopped_local_stack_say_it_is_not_running(stack, tmp_path
 def test_an_env_file_line_that_is_no_setting_is_one_clear_error(tmp_path):
     env_file = tmp_path / "bad.env"
     env_file.write_text("EXPORT_CONTAINER=exports\n=oops\n")
-    result = subprocess.run([sys.executable, "-m", "shared", "--env-file", str(env_file), "status"],
-                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    result = run_main(["--env-file", str(env_file), "status"])
     assert result.returncode == 2
     assert "line 2" in result.stderr and "not a setting name" in result.stderr
     assert "Traceback" not in result.stderr
@@ -241,8 +205,7 @@ def test_an_env_file_line_without_equals_is_exit_2_naming_its_line(tmp_path):
     env_file = tmp_path / "typo.env"
     env_file.write_text("EXPORT_CONTAINER=exports\nBANENOR_DIRECTORY partner-987654321\n")
     for command in ("doctor", "status"):
-        result = subprocess.run([sys.executable, "-m", "shared", "--env-file", str(env_file), command],
-                                cwd=REPO, capture_output=True, text=True, timeout=60)
+        result = run_main(["--env-file", str(env_file), command])
         assert result.returncode == 2, result.stdout + result.stderr
         assert "line 2" in result.stderr and "BANENOR_DIRECTORY" in result.stderr and "KEY=value" in result.stderr
         assert "Traceback" not in result.stderr

@@ -11,16 +11,10 @@ import threading
 import pytest
 
 from shared.cli import EXIT_OK
-from tests.test_cli import REPO, as_json, make_cli
-from tests.test_cli_operator import exports_client
+from tests.cli_runner import REPO, as_json, exports_client
 
 pytestmark = pytest.mark.stack
 INTERRUPTED = 130
-
-
-@pytest.fixture
-def cli(stack, tmp_path):
-    return make_cli(stack, tmp_path)
 
 
 class Running:
@@ -49,12 +43,10 @@ class Running:
     def interrupt(self):
         self.process.send_signal(signal.SIGINT)
 
-    def wait_for(self, fault, polls=3000):
-        """Until the proxy holds the request that `fault` matches: the command is then waiting for it."""
-        pause = threading.Event()  # never set: a 20 ms pause between looks
-        while not fault.fired and self.process.poll() is None and polls:
-            pause.wait(0.02)
-            polls -= 1
+    def wait_for(self, fault):
+        """Until the proxy holds the request that `fault` matches: the command is then waiting for it (or it ended
+        first: then the assertion says what it printed)."""
+        fault.wait_fired(self.process)
         assert fault.fired, "the request never reached the proxy: " + "".join(self.seen)
 
 

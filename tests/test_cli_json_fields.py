@@ -4,16 +4,10 @@ sync's and send's outcomes do, and a rejected file's size is its size in `send` 
 import pytest
 
 from shared.cli import EXIT_FAILED, EXIT_OK, EXIT_REJECTED
-from tests.test_cli import as_json, make_cli
-from tests.test_cli_operator import exports_client, plant_foreign
+from tests.cli_runner import as_json, exports_client, plant_foreign
 
 pytestmark = pytest.mark.stack
 FIELDS = ("source_name", "source_etag", "status", "destination", "reason")
-
-
-@pytest.fixture
-def cli(stack, tmp_path):
-    return make_cli(stack, tmp_path)
 
 
 def test_a_rejected_file_has_its_size_in_send_as_in_the_dry_run(cli, tmp_path):

@@ -4,8 +4,6 @@ an AADSTS500011 fix never suggests the audience that was just refused."""
 
 from __future__ import annotations
 
-import logging
-
 import jwt
 import pytest
 
@@ -15,22 +13,22 @@ from shared.config import Settings
 from shared.doctor import CHECKS, Run, run_checks
 from shared.errors import EntraError
 from shared.skyporten_token import UNSPECIFIED_AUDIENCE, GrantRequest, MaskinportenClient
-from tests.fakes import FakeClock, FakeSession, key_provider, make_key, response
-from tests.test_cli_operator import closed_port
+from tests.fakes import (
+    ISSUER,
+    SCOPE,
+    SUB,
+    FakeClock,
+    FakeSession,
+    ScriptedInner,
+    key_provider,
+    make_key,
+    refusal,
+    response,
+)
+from tests.helpers import closed_port
 from tests.test_config import base_env
-from tests.test_entra_credential import ISSUER, SCOPE, SUB, ScriptedInner, refusal
 
 KEY = make_key()
-
-
-@pytest.fixture
-def cli_logging():
-    """main() installs its own log handler on the root logger; give pytest's back afterwards."""
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    yield
-    root.handlers[:], level = saved
-    root.setLevel(level)
 
 
 # -- send FILE that is not there (item 2) ----------------------------------------------------------------------

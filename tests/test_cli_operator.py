@@ -1,14 +1,16 @@
-"""Off the happy path, as a partner's operator meets it (issue 20): every CLI command run as a subprocess
+"""Off the happy path, as a partner's operator meets it (issue 20): every CLI command
 (`python -m shared --env-file ... <command>`) against the local stack or a deliberately broken endpoint.
 
 Each link failure ends in one message (link, cause, fix) with the link's exit code, as `doctor` uses them, within
 the CLI's documented bound; answers (dry run, retry, rejections, exit codes, --json) are right; settings are read
-as operators hold them (dotenv, local.settings.json, `az functionapp config appsettings list`)."""
+as operators hold them (dotenv, local.settings.json, `az functionapp config appsettings list`).
+
+Commands run in this process (`cli`, tests/cli_runner.py); Ctrl-C and a closed pipe are a real process's, so those
+two tests start `python -m shared` as a subprocess."""
 
 import datetime as dt
 import json
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +19,8 @@ import uuid
 import pytest
 
 from shared.cli import DOCTOR_EXIT, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_REJECTED
-from tests.test_cli import REPO, as_json, make_cli
+from tests.cli_runner import REPO, as_json, exports_client, no_token_backoff, plant_foreign, run_main
+from tests.helpers import closed_port
 
 pytestmark = pytest.mark.stack
 BOUND_SECONDS = 10  # the CLI's documented bound for a broken partner storage link (docs/troubleshooting.md)
@@ -27,36 +30,9 @@ BOUND_SECONDS = 10  # the CLI's documented bound for a broken partner storage li
 HANG_GUARD_SECONDS = 50
 
 
-@pytest.fixture
-def cli(stack, tmp_path):
-    return make_cli(stack, tmp_path)
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def with_blob_endpoint(connection_string: str, endpoint: str) -> str:
     parts = [p for p in connection_string.split(";") if p and not p.startswith("BlobEndpoint=")]
     return ";".join([*parts, f"BlobEndpoint={endpoint}"])
-
-
-def plant_foreign(cli, backend, name):
-    """A file of Bane NOR's own where export `name` would land: never overwritten, so that version is poisoned at
-    once (a refusal about the link, such as a revoked ACL, charges no file: issue 26)."""
-    blob = backend.get_blob_client(f"{cli.base['BANENOR_DIRECTORY']}/cli{cli.tag}/{name}")
-    blob.upload_blob(b"bane nor's own")
-    return blob
-
-
-def exports_client(cli):
-    from azure.storage.blob import BlobServiceClient
-
-    return BlobServiceClient.from_connection_string(
-        cli.base["EXPORT_STORAGE"], connection_verify=cli.base["REQUESTS_CA_BUNDLE"]
-    ).get_container_client(cli.base["EXPORT_CONTAINER"])
 
 
 def one_clear_message(result):
@@ -141,9 +117,7 @@ def test_ctrl_c_ends_with_one_word_and_exit_130(cli, stack, tmp_path):
         env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
         process = subprocess.Popen([sys.executable, "-m", "shared", "--env-file", str(env_file), "status"],
                                    cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 20
-        while not stall.fired and time.monotonic() < deadline:  # until the command waits for the stalled ledger
-            time.sleep(0.02)
+        stall.wait_fired(process)  # until the command waits for the stalled ledger, however long its start takes
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=30)
     finally:
@@ -197,7 +171,8 @@ def test_a_malformed_connection_string_is_a_setting_problem_not_a_traceback(cli)
 def test_skyporten_unreachable_is_the_skyporten_link_for_token_and_sync(cli):
     port = closed_port()
     for args in (("token",), ("sync",)):
-        result = cli(*args, MASKINPORTEN_TOKEN_ENDPOINT=f"https://127.0.0.1:{port}/token",
+        # The client's own retries, without waiting out their backoff (0.5, 1, 2 s): a message, not a wait, is tested.
+        result = cli(*args, MASKINPORTEN_TOKEN_ENDPOINT=f"https://127.0.0.1:{port}/token", prepare=no_token_backoff,
                      expect=DOCTOR_EXIT["skyporten"])
         assert "MASKINPORTEN_TOKEN_ENDPOINT" in one_clear_message(result)
         assert "retry 1" not in result.stderr  # our retries are detail: --verbose
@@ -381,8 +356,7 @@ def test_a_misspelt_setting_is_reported_with_the_closest_real_name(cli, command)
 
 
 def run_with(path, *args):
-    return subprocess.run([sys.executable, "-m", "shared", "--env-file", str(path), *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    return run_main(["--env-file", str(path), *args])
 
 
 def test_env_file_reads_a_functions_local_settings_json(cli, tmp_path):

@@ -1,4 +1,5 @@
-"""The copy engine against a real Azurite holding both accounts (partner source and Bane NOR destination).
+"""The copy engine against a real Azurite holding both accounts (partner source and Bane NOR destination): the
+`stores` and `wire` fixtures (tests/conftest.py).
 
 Every request the SDK sends is recorded from its raw_request_hook / raw_response_hook so tests can check
 what went over the wire (conditions, block ids, bytes read) without mocking anything.
@@ -10,22 +11,11 @@ import base64
 import dataclasses
 import hashlib
 import logging
-import random
-import threading
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import (
     BlobClient,
-    BlobSasPermissions,
-    BlobServiceClient,
-    ContentSettings,
-    generate_blob_sas,
 )
 
 from shared.copier import (
@@ -39,139 +29,10 @@ from shared.copier import (
     scrub,
 )
 from shared.errors import DeliveryError
-from sim.azurite import Azurite, free_port
+from sim.azurite import free_port
+from tests.helpers import MiB, Stores, Wire, payload
 
-MiB = 1024 * 1024
 SMALL_BLOCKS = CopyOptions(block_size=1 * MiB, single_put_limit=1 * MiB, parallelism=4)
-
-
-@dataclass
-class Request:
-    side: str
-    method: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]
-
-
-@dataclass
-class Wire:
-    """What the SDK sent, and how many body bytes it received, per side ("source" / "destination")."""
-
-    requests: list[Request] = field(default_factory=list)
-    bytes_received: dict[str, int] = field(default_factory=lambda: {"source": 0, "destination": 0})
-    in_flight: int = 0
-    max_in_flight_blocks: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def on_request(self, side: str):
-        def hook(pipeline_request) -> None:
-            req = pipeline_request.http_request
-            query = parse_qs(urlsplit(req.url).query)
-            with self.lock:
-                self.requests.append(Request(side, req.method, query, dict(req.headers)))
-                if query.get("comp") == ["block"]:
-                    self.in_flight += 1
-                    self.max_in_flight_blocks = max(self.max_in_flight_blocks, self.in_flight)
-
-        return hook
-
-    def on_response(self, side: str):
-        def hook(pipeline_response) -> None:
-            req, resp = pipeline_response.http_request, pipeline_response.http_response
-            with self.lock:
-                if parse_qs(urlsplit(req.url).query).get("comp") == ["block"]:
-                    self.in_flight -= 1
-                if req.method == "GET" and resp.status_code in (200, 206):
-                    self.bytes_received[side] += int(resp.headers.get("Content-Length", 0))
-
-        return hook
-
-    def of(self, side: str, comp: str | None = None, method: str | None = None) -> list[Request]:
-        return [
-            r
-            for r in self.requests
-            if r.side == side
-            and (comp is None or r.query.get("comp") == [comp])
-            and (method is None or r.method == method)
-        ]
-
-
-@dataclass
-class Stores:
-    azurite: Azurite
-    source_service: BlobServiceClient
-    dest_service: BlobServiceClient
-    source_container: str
-    dest_container: str
-
-    def put_source(self, name: str, data: bytes, **settings) -> BlobClient:
-        blob = self.source_service.get_blob_client(self.source_container, name)
-        blob.upload_blob(data, overwrite=True, content_settings=ContentSettings(**settings))
-        return blob
-
-    def put_source_without_md5(self, name: str, data: bytes) -> BlobClient:
-        # Put Block List stores no Content-MD5 unless told: like a partner's large, block-uploaded export.
-        blob = self.source_service.get_blob_client(self.source_container, name)
-        blob.stage_block("000000", data)
-        blob.commit_block_list(["000000"])
-        assert blob.get_blob_properties().content_settings.content_md5 is None
-        return blob
-
-    def dest(self, name: str) -> BlobClient:
-        return self.dest_service.get_blob_client(self.dest_container, name)
-
-    def source_sas(self, blob: BlobClient) -> str:
-        sas = generate_blob_sas(
-            blob.account_name,
-            blob.container_name,
-            blob.blob_name,
-            account_key=self.azurite.accounts[blob.account_name],
-            permission=BlobSasPermissions(read=True),
-            expiry=datetime.now(UTC) + timedelta(minutes=10),
-        )
-        return f"{blob.url}?{sas}"
-
-    def forged_sas(self, blob: BlobClient) -> str:
-        # A signature Azurite cannot verify: the destination's fetch of the source gets 403, which Azurite
-        # reports as 403 CannotVerifyCopySource (checked against Azurite 3.37), as Azure does for a
-        # source behind network rules or with a bad SAS.
-        return self.source_sas(blob).replace("sig=", "sig=AAAA")
-
-
-@pytest.fixture(scope="module")
-def azurite() -> Iterator[Azurite]:
-    instance = Azurite({"partnerexports": "", "bnplmext": ""}).start()
-    try:
-        yield instance
-    finally:
-        instance.stop()
-
-
-@pytest.fixture
-def wire() -> Wire:
-    return Wire()
-
-
-@pytest.fixture
-def stores(azurite: Azurite, wire: Wire) -> Iterator[Stores]:
-    def service(account: str, side: str) -> BlobServiceClient:
-        return BlobServiceClient.from_connection_string(
-            azurite.connection_string(account),
-            raw_request_hook=wire.on_request(side),
-            raw_response_hook=wire.on_response(side),
-        )
-
-    src, dst = service("partnerexports", "source"), service("bnplmext", "destination")
-    suffix = uuid.uuid4().hex[:12]
-    src.create_container(f"exports-{suffix}")
-    dst.create_container(f"integration-{suffix}")
-    yield Stores(azurite, src, dst, f"exports-{suffix}", f"integration-{suffix}")
-    src.delete_container(f"exports-{suffix}")
-    dst.delete_container(f"integration-{suffix}")
-
-
-def payload(size: int, seed: int = 1) -> bytes:
-    return random.Random(seed).randbytes(size)
 
 
 def copy(copier: Copier, stores: Stores, source: BlobClient, name: str = "out.bin", **kwargs):

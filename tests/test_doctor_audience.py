@@ -5,14 +5,8 @@ federated credential to propagate), and a retry in progress is a note shown only
 import pytest
 
 from shared.cli import DOCTOR_EXIT
-from tests.test_cli import make_cli
 
 pytestmark = pytest.mark.stack
-
-
-@pytest.fixture
-def cli(stack, tmp_path):
-    return make_cli(stack, tmp_path)
 
 
 @pytest.fixture

@@ -1,52 +1,31 @@
 """The Bane NOR credential: AADSTS errors -> messages from the data table; federation retry window; 700024.
 
-The inner azure-identity credential is replaced here by a scripted stand-in that caches as azure-identity does
-(until five minutes before expiry; the real one against the Entra simulator is exercised in tests/test_token_chain.py
-and tests/test_token_recovery.py); the Skyporten client is real, with a scripted session.
+The inner azure-identity credential is replaced here by a scripted stand-in (tests/fakes.py's `ScriptedInner`) that
+caches as azure-identity does (until five minutes before expiry; the real one against the Entra simulator is exercised
+in tests/test_token_chain.py and tests/test_token_recovery.py); the Skyporten client is real, with a scripted session.
 """
 
 import jwt
 import pytest
 from azure.core.credentials import AccessTokenInfo
-from azure.core.exceptions import ClientAuthenticationError
 
 from shared.banenor_credential import AADSTS, BaneNorCredential, entra_error
 from shared.errors import EntraError
 from shared.skyporten_token import GrantRequest, MaskinportenClient
-from tests.fakes import FakeClock, FakeSession, key_provider, make_key, response
+from tests.fakes import (
+    ISSUER,
+    SCOPE,
+    SUB,
+    FakeClock,
+    FakeSession,
+    ScriptedInner,
+    key_provider,
+    make_key,
+    refusal,
+    response,
+)
 
-ISSUER = "https://test.sky.maskinporten.no"
-SUB = "0192:987654321;banenor:payloadmanager.storage"
-SCOPE = "https://bnplmextnwesttest.blob.core.windows.net/.default"
 KEY = make_key()
-
-
-class ScriptedInner:
-    """Stands in for ClientAssertionCredential: answers from its cache until five minutes before expiry, else
-    calls the assertion callback, then raises or answers."""
-
-    def __init__(self, assertion, outcomes, clock):
-        self.assertion = assertion
-        self.outcomes = outcomes  # shared by the stand-ins built after each invalidate
-        self.clock = clock
-        self.assertions = []
-        self.cache = {}
-
-    def get_token_info(self, *scopes, options=None):
-        cached = self.cache.get(scopes)
-        if cached is not None and self.clock() < cached.expires_on - 300:
-            return cached
-        self.assertions.append(self.assertion())
-        outcome = self.outcomes.pop(0) if self.outcomes else None
-        if isinstance(outcome, Exception):
-            raise outcome
-        self.cache[scopes] = AccessTokenInfo("storage-token-xyz", int(self.clock()) + 3599)
-        return self.cache[scopes]
-
-
-def refusal(code, text="refused"):
-    return ClientAuthenticationError(
-        message=f"Authentication failed: AADSTS{code}: {text} Trace ID: t Correlation ID: c Timestamp: now")
 
 
 def make(outcomes, retry_window=300):

@@ -7,7 +7,8 @@ verified delivery and a consistent ledger. A seeded random run checks the same i
 
 The product has no setting for client timeouts or the storage SDK's retry backoff (15 s, 18 s, 24 s...),
 so runtimes here are built with the product's own builders plus a short retry backoff and, for stalls,
-a short read timeout (`fast_runtime`).
+a short read timeout (`fast_runtime`, tests/helpers.py). The proxies are the `proxies`/`faults` fixtures
+(tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -21,92 +22,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from shared.errors import RelayError
-from tests import test_relay
-from tests.faultproxy import Chaos, Fault, match, proxied_settings, proxies_for
+from tests.faultproxy import Chaos, Fault, match
+from tests.helpers import dest_blobs, fast_runtime
 
 pytestmark = pytest.mark.stack
 
-relay_env = test_relay.relay_env  # the fixture: fresh export/ledger containers and destination folder per test
-
 RETRY_WAIT = 600  # seconds the relay's clock moves so every failure's backoff (60, 120, 240, 480 s) is due
-
-
-@pytest.fixture(scope="module")
-def proxies(stack):
-    started = proxies_for(stack)
-    yield started
-    for proxy in started.values():
-        proxy.stop()
-
-
-@pytest.fixture
-def faults(proxies):
-    """The proxies by setting name, counters at zero; every fault is removed after the test."""
-    for proxy in proxies.values():
-        proxy.clear()
-    yield proxies
-    for proxy in proxies.values():
-        proxy.clear()
-
-
-class Sleeps:
-    """The Skyporten client's `sleep`: records each backoff instead of waiting it out."""
-
-    def __init__(self):
-        self.delays: list[float] = []
-
-    def __call__(self, seconds: float) -> None:
-        self.delays.append(seconds)
-
-
-def fast_runtime(env, proxies, *, timeout: float = 10.0, **overrides):
-    """A Runtime whose every dependency goes through its proxy, built from the product's own builders with a
-    short storage retry backoff and `timeout` as the read/connect timeout of each client."""
-    from azure.identity import ClientAssertionCredential
-    from azure.storage.blob import BlobServiceClient, LinearRetry
-
-    from shared.banenor_credential import BaneNorCredential
-    from shared.signing import KeyVaultSource, SigningKeyProvider
-    from shared.skyporten_token import client_from_settings
-    from shared.storage import banenor_service_client
-
-    rt = env.make(**proxied_settings(env.stack, proxies), **overrides)
-    s = rt.settings
-    timeouts = {"connection_timeout": timeout, "read_timeout": timeout}
-
-    def storage() -> dict:
-        # Same retry count as the product (retry_total=4), 50 ms apart instead of 15 s, 18 s, 24 s, 42 s.
-        # One policy object per client: a pipeline links its policies, a shared one would cross pipelines.
-        return {"retry_policy": LinearRetry(backoff=0.05, retry_total=4, random_jitter_range=0), **timeouts}
-
-    source = KeyVaultSource(s.signing_key.vault_url, s.signing_key.name, s.signing_key.source, s.signing_key.key_id,
-                            rt.partner_credential, s.http.ca_bundle, rt.clock,
-                            client_kwargs={"retry_backoff_factor": 0.05, **timeouts})
-    rt.__dict__["signing_keys"] = SigningKeyProvider(source.load, s.signing_key.cache_seconds, rt.clock)
-    rt.sleeps = Sleeps()
-    rt.__dict__["maskinporten"] = client_from_settings(s.skyporten, rt.signing_keys, clock=rt.clock,
-                                                       sleep=rt.sleeps, timeout=timeout, verify=s.http.verify)
-    skyporten = rt.maskinporten
-
-    def inner(assertion):
-        return ClientAssertionCredential(
-            s.banenor.tenant_id, s.banenor.client_id, lambda: skyporten.get_token().access_token,
-            authority=s.banenor.authority_host, retry_total=2, retry_backoff_factor=0.05,
-            connection_verify=s.http.ca_bundle, **timeouts)
-
-    rt.__dict__["banenor_credential"] = BaneNorCredential(
-        s.banenor.tenant_id, s.banenor.client_id, skyporten, authority=s.banenor.authority_host,
-        federation_retry_seconds=0, clock=rt.clock, ca_bundle=s.http.ca_bundle, new_inner=inner)
-    rt.__dict__["banenor_service"] = banenor_service_client(s.banenor, s.http, rt.banenor_credential, **storage())
-    rt.__dict__["export_service"] = BlobServiceClient.from_connection_string(
-        s.exports.connection_string, connection_verify=s.http.ca_bundle, **storage())
-    return rt
-
-
-def dest_blobs(env) -> dict[str, object]:
-    """Every committed blob under the test's destination folder, by path below it."""
-    prefix = env.dest_prefix
-    return {b.name[len(prefix):]: b for b in env.backend.list_blobs(name_starts_with=prefix, include=["metadata"])}
 
 
 def assert_nothing_partial(env) -> int:

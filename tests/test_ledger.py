@@ -1,59 +1,20 @@
-"""The delivery ledger against real Azurite: create-only receipts, counted failures, claims, listings."""
+"""The delivery ledger against real Azurite: create-only receipts, counted failures, claims, listings.
+
+The `ledger` fixture (tests/conftest.py) is on a container of its own with an injected `clock`."""
 
 from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
 
 import pytest
-from azure.storage.blob import BlobServiceClient, ContainerClient
+from azure.storage.blob import BlobServiceClient
 
 from shared.ledger import RECEIPT_BATCHES, Failure, Ledger, Receipt, Rejection
-from sim.azurite import Azurite
-
-ACCOUNT = "partnerexports"
-NAME = "eksport/Målinger 2024_01 (rev B).csv"
-ETAG = '"0x8DC1234567890AB"'
+from tests.helpers import ETAG, NAME, receipt, versions
+from tests.helpers import LedgerClock as Clock
 
 pytestmark = pytest.mark.stack
-
-
-class Clock:
-    """An injectable clock: tests move time by hand instead of sleeping."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture(scope="module")
-def azurite() -> Iterator[Azurite]:
-    server = Azurite({ACCOUNT: ""}).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def container(azurite: Azurite) -> ContainerClient:
-    service = BlobServiceClient.from_connection_string(azurite.connection_string(ACCOUNT))
-    return service.get_container_client(f"ledger-{uuid.uuid4().hex[:12]}")
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def ledger(container: ContainerClient, clock: Clock) -> Ledger:
-    ledger = Ledger(container, clock=clock, backoff_base=60, backoff_max=3600)
-    ledger.ensure()
-    return ledger
 
 
 def new_ledger(ledger: Ledger, clock: Clock) -> Ledger:
@@ -61,25 +22,6 @@ def new_ledger(ledger: Ledger, clock: Clock) -> Ledger:
     c = ledger.container
     service = BlobServiceClient(c.primary_endpoint.rsplit("/", 1)[0], credential=c.credential)
     return Ledger(service.get_container_client(c.container_name), clock=clock)
-
-
-def receipt(name: str = NAME, etag: str = ETAG, **changes: object) -> Receipt:
-    fields: dict[str, object] = {
-        "source_name": name,
-        "source_etag": etag,
-        "size": 1234,
-        "md5": "1B2M2Y8AsgTpgAmY7PhCfg==",
-        "destination_path": "inn/eksport/Maalinger-2024-01-rev-B.csv",
-        "destination_url": "https://gw.example/payload-manager/v1/c/inn/eksport/Maalinger-2024-01-rev-B.csv",
-        "destination_etag": '"0x8DCAAAA"',
-        "attempts": 1,
-        "first_attempt_at": 1_700_000_000.0,
-        "delivered_at": 1_700_000_001.5,
-        "mode": "stream",
-        "original_name": name,
-    }
-    fields.update(changes)
-    return Receipt(**fields)  # type: ignore[arg-type]
 
 
 def run_together(count: int, work) -> list:
@@ -157,14 +99,6 @@ def test_delivered_keys_lists_every_receipt(ledger: Ledger) -> None:
     ledger.record_receipt(receipt())
     ledger.record_receipt(receipt(name="b.csv", etag='"0x2"'))
     assert ledger.delivered_keys() == {Ledger.key(NAME, ETAG), Ledger.key("b.csv", '"0x2"')}
-
-
-def versions(count: int, prefix: str = "v") -> list[Receipt]:
-    return [receipt(name=f"{prefix}/{i}.csv", etag=f'"0x{i:04X}"') for i in range(count)]
-
-
-def names(ledger: Ledger, prefix: str) -> list[str]:
-    return [b.name for b in ledger.container.list_blobs(name_starts_with=prefix)]
 
 
 # Receipt batches as earlier versions wrote them for `sync` (nothing writes them now; a deployed ledger holds

@@ -14,15 +14,11 @@ import os
 import pytest
 
 from shared.storage import list_blob_pages
-from tests import test_faults, test_relay
 from tests.faultproxy import Fault, match
-from tests.test_faults import dest_blobs, fast_runtime
+from tests.helpers import dest_blobs, fast_runtime
 
 pytestmark = pytest.mark.stack
 
-relay_env = test_relay.relay_env
-proxies = test_faults.proxies  # the fixtures: one fault proxy per dependency of the relay
-faults = test_faults.faults
 NEXT_RUN = 60  # seconds between two ordinary timer runs: the relay's clock moves this much
 
 
@@ -244,8 +240,8 @@ def test_a_sync_summary_keeps_counts_and_only_what_needs_attention():
 # -- the command line does not call a slow partner storage broken --------------------------------------------------
 
 def test_the_command_line_waits_for_a_partner_storage_that_answers_slowly(stack, tmp_path, faults):
+    from tests.cli_runner import make_cli
     from tests.faultproxy import proxied_settings
-    from tests.test_cli import make_cli
 
     cli = make_cli(stack, tmp_path)
     exports = faults["EXPORT_STORAGE"]

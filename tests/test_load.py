@@ -14,11 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import test_relay
-
 pytestmark = pytest.mark.stack
 
-relay_env = test_relay.relay_env  # the fixture: fresh export/ledger containers and destination folder per test
 
 FILES = 200
 THREADS = 32

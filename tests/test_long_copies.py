@@ -2,8 +2,8 @@
 
 A copy in blocks resumes from the blocks an earlier attempt staged for the same version (a process killed
 mid-copy, a function past its timeout); a server copy signs a new source SAS before the old one expires; a claimed
-delivery renews its claim while its copy makes progress. Copier tests use Azurite directly (tests/test_copier.py's
-fixtures); the relay tests run on the whole local stack; one kills a real delivering process with SIGKILL.
+delivery renews its claim while its copy makes progress. Copier tests use Azurite directly (the `stores` fixture,
+tests/conftest.py); the relay tests run on the whole local stack; one kills a real delivering process with SIGKILL.
 """
 
 from __future__ import annotations
@@ -22,13 +22,10 @@ from azure.storage.blob import BlobSasPermissions, BlobServiceClient, generate_b
 
 from shared.copier import Copier, CopyOptions
 from shared.errors import DeliveryError
-from tests import test_copier, test_relay
 from tests.fakes import FakeClock
 from tests.faultproxy import Fault, match, proxy_for
-from tests.test_copier import MiB, Stores, payload
+from tests.helpers import REPO, MiB, Stores, payload
 
-relay_env = test_relay.relay_env
-azurite, stores, wire = test_copier.azurite, test_copier.stores, test_copier.wire  # Azurite with both accounts
 BLOCKS = CopyOptions(block_size=1 * MiB, single_put_limit=1 * MiB, parallelism=2, mode="stream")
 
 
@@ -244,15 +241,12 @@ def test_a_delivery_killed_mid_copy_is_resumed_by_the_next_attempt_without_resen
                "COPY_MODE": "stream", "BLOCK_SIZE": "1MiB", "SINGLE_PUT_LIMIT": "1MiB", "PARALLELISM": "1",
                "NAME": "killed.csv"}
         # Every block goes through; the commit hangs, as a function does when the host's timeout is near.
-        proxy.add(Fault("stall", when=match("PUT", comp="blocklist"), stall=60))
+        commit = proxy.add(Fault("stall", when=match("PUT", comp="blocklist"), stall=60))
         child = subprocess.Popen([sys.executable, "-c", _CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, cwd=str(test_relay.__file__).rsplit("/tests/", 1)[0],
-                                 text=True)
+                                 stderr=subprocess.PIPE, cwd=str(REPO), text=True)
         child.stdin.write(json.dumps(env))
         child.stdin.close()
-        deadline = time.monotonic() + 60
-        while proxy.injected["stall"] == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        commit.wait_fired(child)  # until the child holds its commit (or has ended), however long its start takes
         if proxy.injected["stall"] == 0:
             child.kill()
             pytest.fail(f"the child never reached its commit: {child.stdout.read()} {child.stderr.read()[-3000:]}")

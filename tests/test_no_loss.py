@@ -13,12 +13,9 @@ import hashlib
 
 import pytest
 
-from tests import test_relay
 from tests.faultproxy import Fault, match, proxy_for
 
 pytestmark = pytest.mark.stack
-
-relay_env = test_relay.relay_env  # fresh export/ledger/archive containers and destination folder per test
 
 
 def md5(data: bytes) -> bytes:

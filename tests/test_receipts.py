@@ -11,12 +11,10 @@ from shared import receipts
 from shared.errors import RelayError
 from shared.ledger import RECEIPT_BATCHES, RECEIPTS, Ledger
 from shared.receipts import BATCH_MIN, ReceiptBuffer, compact_receipt_batches, record_receipts
-from tests import test_ledger
-from tests.test_ledger import ETAG, NAME, names, receipt, versions
+from tests.helpers import ETAG, NAME, names, receipt, versions
 
 pytestmark = pytest.mark.stack
 
-azurite, container, clock, ledger = test_ledger.azurite, test_ledger.container, test_ledger.clock, test_ledger.ledger
 
 
 class Monotonic:

@@ -1,7 +1,7 @@
 """Issue 10 on the local stack: deliver and sync through the gateway simulator with the Bane NOR credential.
 
-Each test gets its own export and ledger containers and its own destination folder, so tests share one stack
-without seeing each other's files.
+Each test gets its own export and ledger containers and its own destination folder (the `relay_env` fixture,
+tests/conftest.py), so tests share one stack without seeing each other's files.
 """
 
 import base64
@@ -14,59 +14,8 @@ import uuid
 import pytest
 
 from shared import destination
-from shared.config import Settings
-from shared.runtime import Runtime
 
 pytestmark = pytest.mark.stack
-
-
-class Clock:
-    def __init__(self):
-        self.offset = 0.0
-
-    def __call__(self):
-        import time
-
-        return time.time() + self.offset
-
-
-@pytest.fixture
-def relay_env(stack, backend):
-    """A Runtime on fresh containers; `make(**overrides)` builds more with the same containers."""
-    tag = uuid.uuid4().hex[:8]
-    base = dict(stack.settings, EXPORT_CONTAINER=f"exports-{tag}", LEDGER_CONTAINER=f"ledger-{tag}",
-                ARCHIVE_CONTAINER=f"archive-{tag}", DESTINATION_TEMPLATE=f"t{tag}/{{path}}")
-    clock = Clock()
-    runtimes = []
-
-    def make(**overrides):
-        env = {**base, **{k: v for k, v in overrides.items() if v is not None}}
-        rt = Runtime(Settings.load(env), clock=clock)
-        runtimes.append(rt)
-        return rt
-
-    rt = make()
-    rt.exports.create_container()
-    rt.archive.create_container()
-
-    class Env:
-        pass
-
-    env = Env()
-    env.rt, env.make, env.clock, env.tag, env.backend, env.stack = rt, make, clock, tag, backend, stack
-    env.dest_prefix = f"{rt.settings.banenor.directory}/t{tag}/"
-
-    def put(name, data=b"x;y\n1;2\n", **kwargs):
-        rt.exports.get_blob_client(name).upload_blob(data, overwrite=True, **kwargs)
-
-    def landed(path):
-        return backend.get_blob_client(env.dest_prefix + path)
-
-    env.put, env.landed = put, landed
-    yield env
-    for r in runtimes:
-        if "banenor_credential" in r.__dict__:
-            r.banenor_credential.close()
 
 
 def md5(data):

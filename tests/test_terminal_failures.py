@@ -16,11 +16,8 @@ from shared.copier import CopyFailed
 from shared.errors import DeliveryError, GatewayError, SigningKeyError
 from shared.relay import is_link_refusal as _is_trust_chain
 from shared.relay import is_terminal as _is_terminal
-from tests import test_no_loss, test_relay
 from tests.faultproxy import Fault, match
-
-relay_env = test_relay.relay_env
-gateway_proxy = test_no_loss.lying_gateway
+from tests.helpers import with_short_gateway_retries
 
 
 @pytest.mark.stack
@@ -51,14 +48,8 @@ def test_a_transient_gateway_failure_keeps_the_backoff_until_max_attempts(relay_
     relay_env.put("busy.csv", b"1")
     rt = relay_env.make(MAX_ATTEMPTS="2",
                         BANENOR_STORAGE_URL=gateway_proxy.url(relay_env.stack.settings["BANENOR_STORAGE_URL"]))
-    # Every PUT answers 503 ServerBusy; the product's own client builder, with retries 50 ms apart.
-    from azure.storage.blob import LinearRetry
-
-    from shared.storage import banenor_service_client
-
-    rt.__dict__["banenor_service"] = banenor_service_client(
-        rt.settings.banenor, rt.settings.http, rt.banenor_credential,
-        retry_policy=LinearRetry(backoff=0.05, retry_total=1))
+    # Every PUT answers 503 ServerBusy; the product's own client builder, with one retry 50 ms later.
+    with_short_gateway_retries(rt, retry_total=1)
     gateway_proxy.add(Fault("status", when=match("PUT"), status=503, times=None))
     first = rt.relay.sync()
     assert first.failed == 1 and first.poisoned == 0
