@@ -73,6 +73,7 @@ class Setting:
 
     def value(self, reader: Reader) -> Any:
         """This setting read and checked (a row with a `read`)."""
+        assert self.read is not None, f"{self.name} has no reader"
         value = self.read(reader, self.name)
         for step in self.then:
             value = step(reader, self.name, value)
