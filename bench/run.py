@@ -318,16 +318,111 @@ def small_files(probe: Probe, settings: dict[str, str], count: int, file_size: i
             "threaded": best("plain-threaded"), "loop": best("plain-loop")}
 
 
-def idle_sync(probe: Probe, settings: dict[str, str], count: int) -> dict[str, Any]:
-    """What every timer run costs a long-running relay: `sync` over `count` exports that are all delivered."""
+def spread(values: list[float]) -> dict[str, float]:
+    """Median, min, max and the spread (max / min) of a contender's runs or of per-round ratios."""
+    return {"median": median(values), "min": min(values), "max": max(values),
+            "spread": max(values) / min(values) if min(values) > 0 else float("nan"), "n": len(values)}
+
+
+def scaling(probe: Probe, settings: dict[str, str], counts: list[int], threads: list[int], rounds: int,
+            relay_concurrency: list[int], file_size: int) -> dict[str, Any]:
+    """Issue 30: the relay's `sync` at its defaults (and, for experiments, at other SYNC_CONCURRENCY values) against a
+    plain azure-storage-blob copy on 8, 16, 32 and 64 threads, over `counts` small exports each. Rounds are
+    interleaved, forward then backward (A B C D E, E D C B A, ...), so the machine's drift hits every contender;
+    each contender's figure is the median of its runs, its spread max / min, and each ratio the median of the
+    per-round ratios (relay run / plain run of the same round) with their range. The relay's runs also give its
+    peak RSS at each count, each run in a fresh process (VmHWM): whether memory grows with the files delivered."""
+    out: dict[str, Any] = {"threads": threads, "rounds": rounds, "counts": {}}
+    contenders = [("relay", None)] + [(f"relay-{n}", n) for n in relay_concurrency] + \
+        [(f"plain-{n}", n) for n in threads]
+    for count in counts:
+        tag = uuid.uuid4().hex[:8]
+        container = f"bench-many-{tag}"
+        log(f"scaling: uploading {count:,} x {file_size // 1024} KiB exports")
+        setup = probe.run("setup-small", settings, container=container, count=count, size=file_size)
+        if setup["count"] != count:
+            raise RuntimeError(f"setup put {setup['count']} exports, not {count}")
+        runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in contenders}
+        for round_index in range(rounds):
+            order = contenders if round_index % 2 == 0 else contenders[::-1]
+            for label, n in order:
+                run = f"{tag}-{round_index}-{label}"
+                common = {"container": container, "count": count, "folder": f"m{run}"}
+                log(f"scaling {count:,}: {label} (round {round_index + 1} of {rounds}; load "
+                    f"{os.getloadavg()[0]:.2f})")
+                if label.startswith("plain"):
+                    row = probe.run("plain-threaded", settings, threads=n, **common)
+                else:
+                    overrides = {"SYNC_CONCURRENCY": str(n)} if n else {}
+                    row = probe.run("relay-sync", settings, ledger=f"bench-ledger-{run}", overrides=overrides,
+                                    **common)
+                if row["count"] != count:
+                    raise RuntimeError(f"{label} copied {row['count']} files, not {count}")
+                row["round"] = round_index
+                runs[label].append(row)
+        out["counts"][count] = {"setup": setup, "runs": runs}
+    return out
+
+
+def summarize_scaling(sc: dict[str, Any]) -> dict[str, Any]:
+    """Per count: each contender's median files/s and spread; the relay's ratios to plain on its own thread count
+    and to plain at its best thread count (by median), each as the median and range of per-round ratios."""
+    result: dict[str, Any] = {}
+    for count, data in sc["counts"].items():
+        runs = data["runs"]
+        per: dict[str, Any] = {}
+        for label, rows in runs.items():
+            if not rows:
+                continue
+            per[label] = {"files_s": spread([int(count) / r["seconds"] for r in rows]),
+                          "seconds": [r["seconds"] for r in rows], "load": [r["load"][0] for r in rows],
+                          "rss": spread([r["rss_peak"] for r in rows]),
+                          "concurrency": rows[0].get("concurrency")}
+        plains = {label: v for label, v in per.items() if label.startswith("plain-")}
+        best_plain = max(plains, key=lambda label: plains[label]["files_s"]["median"])
+        ratios: dict[str, Any] = {}
+        for label, v in per.items():
+            if not label.startswith("relay"):
+                continue
+            same = f"plain-{v['concurrency']}"
+
+            def per_round(base: str, relay_label: str = label, runs: dict[str, Any] = runs) -> dict[str, float] | None:
+                if base not in runs:
+                    return None
+                pairs = [(r, b) for r in runs[relay_label] for b in runs[base] if r["round"] == b["round"]]
+                return spread([b["seconds"] / r["seconds"] for r, b in pairs])
+
+            ratios[label] = {"same": same, "vs_same": per_round(same), "best": best_plain,
+                             "vs_best": per_round(best_plain),
+                             "vs_best_medians": v["files_s"]["median"] / plains[best_plain]["files_s"]["median"]}
+        result[count] = {"contenders": per, "best_plain": best_plain, "ratios": ratios}
+    counts = sorted(int(c) for c in sc["counts"])
+    if len(counts) >= 2 and "relay" in result[counts[0]]["contenders"]:
+        small, large = result[counts[0]]["contenders"]["relay"]["rss"], result[counts[-1]]["contenders"]["relay"]["rss"]
+        result["rss"] = {"small_count": counts[0], "large_count": counts[-1], "small": small, "large": large,
+                         "growth": large["median"] / small["median"]}
+    return result
+
+
+def idle_sync(probe: Probe, settings: dict[str, str], count: int, rounds: int = 3) -> dict[str, Any]:
+    """What every timer run costs a long-running relay: `sync` over `count` exports that are all delivered, against
+    a bare listing of the exports and of the ledger (`bare-listing`), interleaved rounds (A B, B A, A B)."""
     tag = uuid.uuid4().hex[:8]
     params = {"container": f"bench-scale-{tag}", "ledger": f"bench-scale-ledger-{tag}", "count": count}
-    log(f"scale: {count:,} delivered exports (uploading; receipts in batches of 1,000)")
+    log(f"scale: {count:,} delivered exports (uploading; a receipt each, one by one)")
     setup = probe.run("setup-scale", settings, **params)
     if setup["count"] != count:
         raise RuntimeError(f"setup put {setup['count']} exports, not {count}")
-    log("scale: an idle sync over them")
-    return {"count": count, "setup": setup, "sync": probe.run("relay-sync-idle", settings, **params)}
+    syncs: list[dict[str, Any]] = []
+    bares: list[dict[str, Any]] = []
+    for index in range(rounds):
+        pair = [("sync", "relay-sync-idle", syncs), ("bare", "bare-listing", bares)]
+        for label, which, rows in pair if index % 2 == 0 else pair[::-1]:
+            log(f"scale {count:,}: {label} (round {index + 1} of {rounds}; load {os.getloadavg()[0]:.2f})")
+            rows.append(probe.run(which, settings, **params))
+    ratio = spread([s["seconds"] / b["seconds"] for s, b in zip(syncs, bares, strict=True)])
+    return {"count": count, "setup": setup, "sync": min(syncs, key=lambda r: r["seconds"]), "syncs": syncs,
+            "bares": bares, "ratio": ratio}
 
 
 # --- report -----------------------------------------------------------------------------------------------
@@ -407,6 +502,90 @@ def _idle_sync_row(scale: dict[str, Any] | None) -> list[str]:
     return [f"| idle sync over {count:,} delivered exports (what each timer run costs) | {row['seconds']:.1f} s "
             f"({row['seconds'] / count * 1000:.2f} ms per export), {requests} requests, peak RSS "
             f"{row['rss_peak']:.0f} MiB ({row['rss_idle']:.0f} before) | - | |"]
+
+
+def _label(label: str, default_concurrency: Any) -> str:
+    if label == "relay":
+        return f"relay sync, defaults (SYNC_CONCURRENCY={default_concurrency})"
+    if label.startswith("relay-"):
+        return f"relay sync, SYNC_CONCURRENCY={label.split('-', 1)[1]}"
+    return f"plain SDK copy, {label.split('-', 1)[1]} threads"
+
+
+def _ratio(x: dict[str, float] | None) -> str:
+    if not x:
+        return "-"
+    return f"{x['median']:.2f}x ({x['min']:.2f}-{x['max']:.2f}, {x['n']} rounds)"
+
+
+def scaling_lines(r: dict[str, Any]) -> list[str]:
+    sc, ss = r.get("scaling"), r.get("scaling_summary")
+    if not sc or not ss:
+        return []
+    lines = [f"### Many small files at scale: plain copy on {', '.join(map(str, sc['threads']))} threads vs the "
+             f"relay's sync at its defaults (issue 30; {sc['rounds']} interleaved rounds)", ""]
+    for count, res in ss.items():
+        if count == "rss":
+            continue
+        per = res["contenders"]
+        default = per.get("relay", {}).get("concurrency")
+        lines += [f"**{int(count):,} x 4 KiB exports.** Best plain thread count (by median): "
+                  f"{res['best_plain'].split('-')[1]}.", "",
+                  "| contender | median files/s | runs (s) | spread (max/min) | load average at each run's start | "
+                  "peak RSS (median) |", "|---|---|---|---|---|---|"]
+        for label, v in per.items():
+            f = v["files_s"]
+            lines.append(f"| {_label(label, default)} | {f['median']:.1f} | "
+                         f"{', '.join(f'{t:.2f}' for t in v['seconds'])} | {f['spread']:.2f}x | "
+                         f"{', '.join(f'{x:.2f}' for x in v['load'])} | {v['rss']['median']:.0f} MiB |")
+        lines += ["", "| relay contender | vs plain on the same threads | vs plain at its best thread count "
+                  "(per-round) | vs best (medians) |", "|---|---|---|---|"]
+        for label, x in res["ratios"].items():
+            lines.append(f"| {_label(label, default)} | {_ratio(x['vs_same'])} (plain {x['same'].split('-')[1]}) | "
+                         f"{_ratio(x['vs_best'])} (plain {x['best'].split('-')[1]}) | {x['vs_best_medians']:.2f}x |")
+        lines.append("")
+    if "rss" in ss:
+        x = ss["rss"]
+        lines += [f"Peak RSS of the relay's sync (each run its own process, VmHWM), {x['small_count']:,} vs "
+                  f"{x['large_count']:,} exports: {x['small']['median']:.0f} MiB ({x['small']['min']:.0f}-"
+                  f"{x['small']['max']:.0f}) vs {x['large']['median']:.0f} MiB ({x['large']['min']:.0f}-"
+                  f"{x['large']['max']:.0f}): {x['growth']:.3f}x (target <= 1.10x: "
+                  f"{verdict(x['growth'] <= 1.10)}).", ""]
+    lines += ["Ratios are per round (the plain run's seconds / the relay run's seconds of the same round), their "
+              "median and range; spread is a contender's slowest run over its fastest. Each run is a fresh process "
+              "on a fresh ledger into its own destination folder.", ""]
+    return lines
+
+
+def idle_lines(r: dict[str, Any]) -> list[str]:
+    idle = r.get("idle")
+    if not idle:
+        return []
+    lines = ["### Idle sync vs a bare listing of the exports and the ledger", "",
+             "| delivered exports | idle sync (s, each run) | bare listing (s, each run) | ratio, per round | "
+             "requests sync / bare | peak RSS sync | load at each sync | target <= 1.1x |",
+             "|---|---|---|---|---|---|---|---|"]
+    for x in idle:
+        sync_req = sum(x["syncs"][0]["requests"].values())
+        bare_req = sum(x["bares"][0]["requests"].values())
+        sync_s = ", ".join(f"{row['seconds']:.2f}" for row in x["syncs"])
+        bare_s = ", ".join(f"{row['seconds']:.2f}" for row in x["bares"])
+        loads = ", ".join(f"{row['load'][0]:.2f}" for row in x["syncs"])
+        lines.append(f"| {x['count']:,} | {sync_s} | {bare_s} | {_ratio(x['ratio'])} | "
+                     f"{sync_req} / {bare_req} | {max(row['rss_peak'] for row in x['syncs']):.0f} MiB | {loads} | "
+                     f"{verdict(x['ratio']['median'] <= 1.1)} |")
+    lines += ["", "The bare listing lists every page of the export container and of the whole ledger container "
+              "(names only, 5,000 a page, ElementTree), in the same kind of process, interleaved with the syncs "
+              "(A B, B A, ...); the receipts were written one by one by the product's `Ledger.record_receipt`.", ""]
+    return lines
+
+
+def partial_report(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    lines = [f"## Partial run: {r['started']} UTC ({', '.join(r['sections'])}, {r['minutes']:.1f} min)", "",
+             f"Commit {m['commit']}; load average {m['load_start']:.2f} at the start, {r['load_end']:.2f} at the end.",
+             ""]
+    return "\n".join(lines + scaling_lines(r) + idle_lines(r)) + "\n"
 
 
 def report(r: dict[str, Any]) -> str:
@@ -583,63 +762,101 @@ def write_results(path: Path, r: dict[str, Any]) -> None:
 # --- main -------------------------------------------------------------------------------------------------
 
 
+SECTIONS = ("cold", "large", "small", "scaling", "idle")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (64 MiB, 200 files) for development")
     parser.add_argument("--size-mib", type=int, help="large file size (default 1024; quick 64)")
     parser.add_argument("--files", type=int, help="number of small exports (default 2000; quick 200)")
-    parser.add_argument("--scale-files", type=int, help="delivered exports for the idle sync (default 20000; "
-                        "quick 2000; 0 skips it)")
+    parser.add_argument("--scale-files", help="delivered exports for the idle sync, comma-separated (default "
+                        "20000; quick 2000; 0 skips it)")
+    parser.add_argument("--idle-rounds", type=int, default=3, help="idle sync vs bare listing rounds (default 3)")
+    parser.add_argument("--many", help="small-export counts of the scaling section, comma-separated (default "
+                        "1500,10000; quick 300,1000)")
+    parser.add_argument("--threads", default="8,16,32,64", help="plain copy thread counts of the scaling section")
+    parser.add_argument("--relay-concurrency", default="",
+                        help="extra relay-sync contenders with SYNC_CONCURRENCY set (experiments), comma-separated")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds of the scaling section (default 3; quick 2)")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"what to run, comma-separated (default all: {','.join(SECTIONS)}); RESULTS.md is "
+                        "written only when all run")
     parser.add_argument("--file-kib", type=int, default=4)
     parser.add_argument("--block-mib", type=int, default=8, help="the relay's BLOCK_SIZE default")
     parser.add_argument("--parallelism", type=int, default=4, help="the relay's PARALLELISM default")
     parser.add_argument("--repeat", type=int, default=1, help="A-B-B-A rounds of relay stream vs best plain copy")
-    parser.add_argument("--small-rounds", type=int, default=2,
-                        help="A..F F..A rounds of the small-file contenders (default 2: best of 4 runs each)")
+    parser.add_argument("--small-rounds", type=int, default=1,
+                        help="A..F F..A rounds of the issue-17 small-file contenders (default 1: best of 2 runs each)")
     parser.add_argument("--import-runs", type=int, help="fresh interpreters per module (default 11; quick 5)")
     parser.add_argument("--write", action="store_true", help="write RESULTS.md after a --quick run too")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     size = (args.size_mib or (64 if args.quick else 1024)) * MiB
     count = args.files or (200 if args.quick else 2000)
-    scale = args.scale_files if args.scale_files is not None else (2000 if args.quick else 20000)
+    scale_arg = args.scale_files if args.scale_files is not None else ("2000" if args.quick else "20000")
+    scales = [int(v) for v in scale_arg.split(",") if int(v)]
+    many = [int(v) for v in (args.many or ("300,1000" if args.quick else "1500,10000")).split(",") if v]
+    threads = [int(v) for v in args.threads.split(",") if v]
+    relay_concurrency = [int(v) for v in args.relay_concurrency.split(",") if v]
+    rounds = args.rounds or (2 if args.quick else 3)
     import_runs = args.import_runs or (5 if args.quick else 11)
-    kind = "quick" if args.quick else "full"
+    sections = [v for v in args.sections.split(",") if v]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    complete = set(sections) == set(SECTIONS)
+    kind = ("quick" if args.quick else "full") if complete else "partial"
 
     started = time.monotonic()
     r: dict[str, Any] = {"kind": kind, "started": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M"),
-                         "machine": machine()}
-    log(f"{kind} run: {size // MiB} MiB large file, {count} small files; machine {r['machine']['cores']} cores, "
-        f"Python {r['machine']['python']}, Azurite {r['machine']['azurite']}")
-    log("cold start: fresh interpreters")
-    r["cold"] = cold_start(import_runs)
+                         "machine": machine(), "sections": sections}
+    log(f"{kind} run ({', '.join(sections)}): {size // MiB} MiB large file, {count} small files, scaling over "
+        f"{many}, idle over {scales}; machine {r['machine']['cores']} cores, Python {r['machine']['python']}, "
+        f"Azurite {r['machine']['azurite']}")
+    if "cold" in sections:
+        log("cold start: fresh interpreters")
+        r["cold"] = cold_start(import_runs)
 
     workdir = WORK / f"run-{uuid.uuid4().hex[:8]}"
     # Every contender's bytes stay in Azurite's memory until its GC (10 min): the source, 6 x repeat + 3
-    # copies of it (naive, server, sync), and headroom for the small files and the ledgers.
-    azurite_mib = (6 * args.repeat + 4) * size // MiB + 1024
+    # copies of it (naive, server, sync), and headroom for the small files, their copies and the ledgers.
+    azurite_mib = 1024
+    if "large" in sections:
+        azurite_mib += (6 * args.repeat + 4) * size // MiB
+    if "scaling" in sections:
+        per_round = 1 + len(threads) + len(relay_concurrency)
+        azurite_mib += sum(many) * (rounds * per_round + 1) * (args.file_kib + 2) // 1024
     log(f"starting the local stack (Azurite capped at {azurite_mib} MiB)")
     stack = start_stack(workdir, azurite_mib)
     try:
         settings = dict(stack.settings)
         probe = Probe(stack)
-        r["large"] = large_file(probe, settings, size, args.block_mib * MiB, args.parallelism, args.repeat)
-        r["small"] = small_files(probe, settings, count, args.file_kib * 1024, args.small_rounds)
-        if scale:
-            r["scale"] = idle_sync(probe, settings, scale)
+        if "large" in sections:
+            r["large"] = large_file(probe, settings, size, args.block_mib * MiB, args.parallelism, args.repeat)
+        if "small" in sections:
+            r["small"] = small_files(probe, settings, count, args.file_kib * 1024, args.small_rounds)
+        if "scaling" in sections:
+            r["scaling"] = scaling(probe, settings, many, threads, rounds, relay_concurrency, args.file_kib * 1024)
+        if "idle" in sections and scales:
+            r["idle"] = [idle_sync(probe, settings, n, args.idle_rounds) for n in scales]
+            r["scale"] = r["idle"][0]
         r["azurite_hwm_mib"] = process_hwm_mib(stack.azurite.process.pid)
     finally:
         stack.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     r["load_end"] = os.getloadavg()[0]
     r["minutes"] = (time.monotonic() - started) / 60
-    r["summary"] = summarize(r)
+    if "scaling" in r:
+        r["scaling_summary"] = summarize_scaling(r["scaling"])
+    if complete:
+        r["summary"] = summarize(r)
     WORK.mkdir(parents=True, exist_ok=True)
     (WORK / f"last-{kind}.json").write_text(json.dumps(r, indent=2, default=str))
-    text = report(r)
+    text = report(r) if complete else partial_report(r)
     print()
     print(text)
-    if kind == "full" or args.write:
+    if complete and (kind == "full" or args.write):
         write_results(args.results, r)
         log(f"results written to {args.results}")
     return 0
