@@ -46,6 +46,7 @@ class Measure:
     def __enter__(self) -> Measure:
         self._requests = REQUESTS.snapshot() if REQUESTS else {}
         self.load_start = os.getloadavg()[0]
+        self._cpu = os.times()
         self.rss_idle = vmhwm_mib()
         self._io = io_counters()
         self._started = time.perf_counter()
@@ -53,6 +54,8 @@ class Measure:
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self._started
+        cpu = os.times()
+        self.cpu = (cpu.user - self._cpu.user) + (cpu.system - self._cpu.system)
         io = io_counters()
         self.read_bytes = io["rchar"] - self._io["rchar"]
         self.written_bytes = io["wchar"] - self._io["wchar"]
@@ -64,7 +67,7 @@ class Measure:
     def row(self, **extra: Any) -> dict[str, Any]:
         return {"seconds": self.seconds, "rss_idle": self.rss_idle, "rss_peak": self.rss_peak,
                 "read_bytes": self.read_bytes, "written_bytes": self.written_bytes, "requests": self.requests,
-                "load": [self.load_start, self.load_end], **extra}
+                "load": [self.load_start, self.load_end], "cpu": self.cpu, **extra}
 
 
 class RequestCounter:
@@ -94,6 +97,15 @@ class RequestCounter:
             return original(pool, method, url, *args, **kwargs)
 
         HTTPConnectionPool.urlopen = urlopen  # type: ignore[method-assign]
+        from urllib3.connectionpool import HTTPSConnectionPool
+
+        for cls in (HTTPConnectionPool, HTTPSConnectionPool):  # a connection opened (TCP, and TLS for HTTPS)
+            def _new_conn(pool: Any, new_conn: Any = cls._new_conn) -> Any:
+                with counter._lock:
+                    counter.counts["connections"] = counter.counts.get("connections", 0) + 1
+                return new_conn(pool)
+
+            cls._new_conn = _new_conn  # type: ignore[method-assign]
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:

@@ -75,6 +75,11 @@ def contender(which: str, settings: dict[str, str], /, **params: Any) -> dict[st
     return row
 
 
+def nreq(row: dict[str, Any]) -> int:
+    """HTTP requests a contender sent in its timed part (every server; connections opened are counted apart)."""
+    return sum(v for k, v in row["requests"].items() if k != "connections")
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -213,6 +218,15 @@ def process_hwm_mib(pid: int) -> float:
     return float("nan")
 
 
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process (and its waited-for children), from /proc/<pid>/stat."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 class Probe:
     """Counters of the simulators (in this process) around one contender."""
 
@@ -221,7 +235,9 @@ class Probe:
 
     def snapshot(self) -> dict[str, Any]:
         s = self.stack
-        return {"skyporten": s.skyporten.token_requests, "entra": s.entra.token_requests,
+        own = os.times()
+        return {"stack_cpu": own.user + own.system, "azurite_cpu": process_cpu(s.azurite.process.pid),
+                "skyporten": s.skyporten.token_requests, "entra": s.entra.token_requests,
                 "msi": s.entra.msi_requests, "gateway_bytes_in": s.gateway.bytes_in,
                 "gateway_requests": Counter(s.gateway.requests)}
 
@@ -233,6 +249,10 @@ class Probe:
         row["entra_requests"] = after["entra"] - before["entra"]
         row["msi_requests"] = after["msi"] - before["msi"]
         row["gateway_bytes_in"] = after["gateway_bytes_in"] - before["gateway_bytes_in"]
+        # CPU seconds over the contender's whole process (start-up and warm token included): the simulators (this
+        # process: the gateway's TLS and forwarding) and Azurite. On 2 cores, CPU one side spends the other lacks.
+        row["sim_cpu"] = after["stack_cpu"] - before["stack_cpu"]
+        row["azurite_cpu"] = after["azurite_cpu"] - before["azurite_cpu"]
         row["gateway_requests"] = dict(after["gateway_requests"] - before["gateway_requests"])
         return row
 
@@ -377,6 +397,11 @@ def summarize_scaling(sc: dict[str, Any]) -> dict[str, Any]:
             per[label] = {"files_s": spread([int(count) / r["seconds"] for r in rows]),
                           "seconds": [r["seconds"] for r in rows], "load": [r["load"][0] for r in rows],
                           "rss": spread([r["rss_peak"] for r in rows]),
+                          "connections": median([r["requests"].get("connections", 0) for r in rows]),
+                          "requests": median([nreq(r) for r in rows]),
+                          "cpu": median([r["cpu"] for r in rows]),
+                          "sim_cpu": median([r["sim_cpu"] for r in rows]),
+                          "azurite_cpu": median([r["azurite_cpu"] for r in rows]),
                           "concurrency": rows[0].get("concurrency")}
         plains = {label: v for label, v in per.items() if label.startswith("plain-")}
         best_plain = max(plains, key=lambda label: plains[label]["files_s"]["median"])
@@ -462,10 +487,10 @@ def summarize(r: dict[str, Any]) -> dict[str, Any]:
         "sync_vs_threaded": threaded["seconds"] / sync["seconds"],
         "ledger_ms_per_file": (sync["seconds"] - evidence["seconds"]) / n * 1000,
         "evidence_ms_per_file": (evidence["seconds"] - bare["seconds"]) / n * 1000,
-        "evidence_requests_per_file": (sum(evidence["requests"].values()) - sum(bare["requests"].values())) / n,
+        "evidence_requests_per_file": (nreq(evidence) - nreq(bare)) / n,
         "readback_ms_per_file": (small["readback"]["seconds"] - bare["seconds"]) / n * 1000,
-        "readback_requests_per_file": (sum(small["readback"]["requests"].values())
-                                       - sum(bare["requests"].values())) / n,
+        "readback_requests_per_file": (nreq(small["readback"])
+                                       - nreq(bare)) / n,
         "sky_tokens": sync["skyporten_requests"], "entra_tokens": sync["entra_requests"],
         "cold_delta_ms": cold["function_app_ms"] - cold["azure_functions_ms"],
         "server_gateway_bytes": server["gateway_bytes_in"],
@@ -498,7 +523,7 @@ def _idle_sync_row(scale: dict[str, Any] | None) -> list[str]:
     if not scale:
         return []
     row, count = scale["sync"], scale["count"]
-    requests = sum(row["requests"].values())
+    requests = nreq(row)
     return [f"| idle sync over {count:,} delivered exports (what each timer run costs) | {row['seconds']:.1f} s "
             f"({row['seconds'] / count * 1000:.2f} ms per export), {requests} requests, peak RSS "
             f"{row['rss_peak']:.0f} MiB ({row['rss_idle']:.0f} before) | - | |"]
@@ -532,12 +557,16 @@ def scaling_lines(r: dict[str, Any]) -> list[str]:
         lines += [f"**{int(count):,} x 4 KiB exports.** Best plain thread count (by median): "
                   f"{res['best_plain'].split('-')[1]}.", "",
                   "| contender | median files/s | runs (s) | spread (max/min) | load average at each run's start | "
-                  "peak RSS (median) |", "|---|---|---|---|---|---|"]
+                  "peak RSS (median) | requests per file | connections opened | CPU ms per file: contender / "
+                  "simulators / Azurite |", "|---|---|---|---|---|---|---|---|---|"]
         for label, v in per.items():
             f = v["files_s"]
             lines.append(f"| {_label(label, default)} | {f['median']:.1f} | "
                          f"{', '.join(f'{t:.2f}' for t in v['seconds'])} | {f['spread']:.2f}x | "
-                         f"{', '.join(f'{x:.2f}' for x in v['load'])} | {v['rss']['median']:.0f} MiB |")
+                         f"{', '.join(f'{x:.2f}' for x in v['load'])} | {v['rss']['median']:.0f} MiB | "
+                         f"{v['requests'] / int(count):.3f} | {v['connections']:.0f} | "
+                         f"{v['cpu'] / int(count) * 1000:.2f} / {v['sim_cpu'] / int(count) * 1000:.2f} / "
+                         f"{v['azurite_cpu'] / int(count) * 1000:.2f} |")
         lines += ["", "| relay contender | vs plain on the same threads | vs plain at its best thread count "
                   "(per-round) | vs best (medians) |", "|---|---|---|---|"]
         for label, x in res["ratios"].items():
@@ -566,8 +595,8 @@ def idle_lines(r: dict[str, Any]) -> list[str]:
              "requests sync / bare | peak RSS sync | load at each sync | target <= 1.1x |",
              "|---|---|---|---|---|---|---|---|"]
     for x in idle:
-        sync_req = sum(x["syncs"][0]["requests"].values())
-        bare_req = sum(x["bares"][0]["requests"].values())
+        sync_req = nreq(x["syncs"][0])
+        bare_req = nreq(x["bares"][0])
         sync_s = ", ".join(f"{row['seconds']:.2f}" for row in x["syncs"])
         bare_s = ", ".join(f"{row['seconds']:.2f}" for row in x["bares"])
         loads = ", ".join(f"{row['load'][0]:.2f}" for row in x["syncs"])
