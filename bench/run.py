@@ -24,6 +24,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,11 @@ TARGETS = {
     "tokens": 1,  # Skyporten and Entra requests per batch of deliveries
     "cold_ms": 50.0,  # function_app import time over bare azure.functions
     "server_bytes": 0,  # file bytes through the function in COPY_MODE=server
+    # issue 30, the relay at its defaults:
+    "many_vs_same": 1.0,  # sync over 1,500 and 10,000 small exports / plain copy on as many threads
+    "many_vs_best": 0.9,  # ... / plain copy at its best thread count (8, 16, 32, 64)
+    "rss_growth": 1.10,  # peak RSS of a sync of 10,000 / of 1,500
+    "idle_vs_listing": 1.1,  # idle sync / bare listing of the exports and the ledger
 }
 
 
@@ -344,7 +350,7 @@ def spread(values: list[float]) -> dict[str, float]:
             "spread": max(values) / min(values) if min(values) > 0 else float("nan"), "n": len(values)}
 
 
-def scaling(probe: Probe, settings: dict[str, str], counts: list[int], threads: list[int], rounds: int,
+def scaling(probe: Probe, settings: dict[str, str], counts: list[int], threads: list[int], rounds: list[int],
             relay_concurrency: list[int], file_size: int) -> dict[str, Any]:
     """Issue 30: the relay's `sync` at its defaults (and, for experiments, at other SYNC_CONCURRENCY values) against a
     plain azure-storage-blob copy on 8, 16, 32 and 64 threads, over `counts` small exports each. Rounds are
@@ -355,7 +361,7 @@ def scaling(probe: Probe, settings: dict[str, str], counts: list[int], threads: 
     out: dict[str, Any] = {"threads": threads, "rounds": rounds, "counts": {}}
     contenders = [("relay", None)] + [(f"relay-{n}", n) for n in relay_concurrency] + \
         [(f"plain-{n}", n) for n in threads]
-    for count in counts:
+    for count, count_rounds in zip(counts, rounds, strict=True):
         tag = uuid.uuid4().hex[:8]
         container = f"bench-many-{tag}"
         log(f"scaling: uploading {count:,} x {file_size // 1024} KiB exports")
@@ -363,12 +369,12 @@ def scaling(probe: Probe, settings: dict[str, str], counts: list[int], threads: 
         if setup["count"] != count:
             raise RuntimeError(f"setup put {setup['count']} exports, not {count}")
         runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in contenders}
-        for round_index in range(rounds):
+        for round_index in range(count_rounds):
             order = contenders if round_index % 2 == 0 else contenders[::-1]
             for label, n in order:
                 run = f"{tag}-{round_index}-{label}"
                 common = {"container": container, "count": count, "folder": f"m{run}"}
-                log(f"scaling {count:,}: {label} (round {round_index + 1} of {rounds}; load "
+                log(f"scaling {count:,}: {label} (round {round_index + 1} of {count_rounds}; load "
                     f"{os.getloadavg()[0]:.2f})")
                 if label.startswith("plain"):
                     row = probe.run("plain-threaded", settings, threads=n, **common)
@@ -380,7 +386,7 @@ def scaling(probe: Probe, settings: dict[str, str], counts: list[int], threads: 
                     raise RuntimeError(f"{label} copied {row['count']} files, not {count}")
                 row["round"] = round_index
                 runs[label].append(row)
-        out["counts"][count] = {"setup": setup, "runs": runs}
+        out["counts"][count] = {"setup": setup, "runs": runs, "rounds": count_rounds}
     return out
 
 
@@ -519,6 +525,35 @@ def fmt_bytes(n: float) -> str:
     return f"{n:.0f} B"
 
 
+def issue30_headline(r: dict[str, Any]) -> list[str]:
+    """The headline rows of issue 30 (each the median of per-round ratios, with their range)."""
+    rows: list[str] = []
+    ss = r.get("scaling_summary") or {}
+    for count, res in ss.items():
+        if count == "rss" or "relay" not in res["ratios"]:
+            continue
+        x = res["ratios"]["relay"]
+        same, best = x["vs_same"], x["vs_best"]
+        rows.append(f"| sync of {int(count):,} x 4 KiB at the relay's defaults vs plain copy on the same "
+                    f"{x['same'].split('-')[1]} threads (median of rounds, range) | {_ratio(same)} | "
+                    f">= {TARGETS['many_vs_same']}x | "
+                    f"{verdict(bool(same) and same['median'] >= TARGETS['many_vs_same'])} |")
+        rows.append(f"| sync of {int(count):,} x 4 KiB at the relay's defaults vs plain copy at its best thread count "
+                    f"({x['best'].split('-')[1]} of {', '.join(map(str, r['scaling']['threads']))}) | {_ratio(best)} | "
+                    f">= {TARGETS['many_vs_best']}x | "
+                    f"{verdict(bool(best) and best['median'] >= TARGETS['many_vs_best'])} |")
+    if "rss" in ss:
+        g = ss["rss"]
+        rows.append(f"| peak RSS of a sync, {g['large_count']:,} vs {g['small_count']:,} exports (median of runs) | "
+                    f"{g['growth']:.3f}x ({g['large']['median']:.0f} vs {g['small']['median']:.0f} MiB) | "
+                    f"<= {TARGETS['rss_growth']:.2f}x | {verdict(g['growth'] <= TARGETS['rss_growth'])} |")
+    for x in r.get("idle") or []:
+        rows.append(f"| idle sync over {x['count']:,} delivered exports vs a bare listing of the exports and the "
+                    f"ledger | {_ratio(x['ratio'])} | <= {TARGETS['idle_vs_listing']}x | "
+                    f"{verdict(x['ratio']['median'] <= TARGETS['idle_vs_listing'])} |")
+    return rows
+
+
 def _idle_sync_row(scale: dict[str, Any] | None) -> list[str]:
     if not scale:
         return []
@@ -548,7 +583,7 @@ def scaling_lines(r: dict[str, Any]) -> list[str]:
     if not sc or not ss:
         return []
     lines = [f"### Many small files at scale: plain copy on {', '.join(map(str, sc['threads']))} threads vs the "
-             f"relay's sync at its defaults (issue 30; {sc['rounds']} interleaved rounds)", ""]
+             f"relay's sync at its defaults (issue 30; interleaved rounds: {', '.join(map(str, sc['rounds']))})", ""]
     for count, res in ss.items():
         if count == "rss":
             continue
@@ -659,6 +694,7 @@ def report(r: dict[str, Any]) -> str:
         f"| ledger cost per file (sync minus the same copies and evidence without it, / {n:,}) | "
         f"{s['ledger_ms_per_file']:.1f} ms | - | |",
         *_idle_sync_row(r.get("scale")),
+        *issue30_headline(r),
         f"| Skyporten / Entra token requests per {n:,} deliveries | {s['sky_tokens']} / {s['entra_tokens']} | "
         f"1 / 1 | {verdict(s['met']['tokens'])} |",
         f"| cold start: import function_app over bare azure.functions (median of {cold['runs']}) | "
@@ -696,8 +732,8 @@ def report(r: dict[str, Any]) -> str:
     lines += [
         "",
         f"Setup (not a contender): uploading the source took {setup['seconds']:.1f} s "
-        f"({large['size'] / MiB / setup['seconds']:.1f} MiB/s straight to Azurite). Azurite's own peak RSS over "
-        f"the run: {r['azurite_hwm_mib']:.0f} MiB.",
+        f"({large['size'] / MiB / setup['seconds']:.1f} MiB/s straight to Azurite). Azurite's own peak RSS (the "
+        f"largest of the sections' stacks): {r['azurite_hwm_mib']:.0f} MiB.",
         "",
         f"### Many small files: {n:,} x {small['file_size'] // 1024} KiB",
         "",
@@ -731,6 +767,8 @@ def report(r: dict[str, Any]) -> str:
         "(the warm-up fetch included): Skyporten grants, Entra client-assertion exchanges, managed identity "
         "(Key Vault) tokens.",
         "",
+        *scaling_lines(r),
+        *idle_lines(r),
         f"### Cold start (fresh interpreters, median of {cold['runs']}, in-process import time)",
         "",
         f"- `import azure.functions`: {cold['azure_functions_ms']:.0f} ms "
@@ -757,15 +795,30 @@ def history_row(r: dict[str, Any]) -> str:
         f"{s['rss_relay']:.0f} / {s['rss_naive']:.0f} | {r['small']['count']} | {s['sync_vs_loop']:.2f}x | "
         f"{s['ledger_ms_per_file']:.1f} | {s['sky_tokens']}/{s['entra_tokens']} | {s['cold_delta_ms']:+.0f} | "
         f"{s['server_gateway_bytes']} / {fmt_bytes(s['server_process_bytes'])} | {m['load_start']:.1f} | "
-        f"{s.get('sync_vs_threaded', 0):.2f}x | {s.get('evidence_ms_per_file', 0):.2f} |"
+        f"{s.get('sync_vs_threaded', 0):.2f}x | {s.get('evidence_ms_per_file', 0):.2f} | {_history30(r)} |"
     )
+
+
+def _history30(r: dict[str, Any]) -> str:
+    ss = r.get("scaling_summary") or {}
+    parts = []
+    for count, res in ss.items():
+        if count != "rss" and "relay" in res["ratios"]:
+            x = res["ratios"]["relay"]
+            same = x["vs_same"]["median"] if x["vs_same"] else float("nan")
+            parts.append(f"{int(count):,}: {same:.2f}x / {x['vs_best']['median']:.2f}x")
+    many = "; ".join(parts) or "-"
+    growth = f"{ss['rss']['growth']:.2f}x" if "rss" in ss else "-"
+    idle = "; ".join(f"{x['count']:,}: {x['ratio']['median']:.2f}x" for x in r.get("idle") or []) or "-"
+    return f"{many} | {growth} | {idle}"
 
 
 HISTORY_HEADER = (
     "| date (UTC) | commit | run | large | stream/best | stream MiB/s | gateway/direct | RSS relay / naive MiB | "
     "files | sync/loop | ledger ms/file | tokens S/E | cold ms | server: gateway B / process | load | "
-    "sync/threaded | evidence ms/file |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    "sync/threaded | evidence ms/file | sync at defaults vs plain same / best threads | RSS 10k/1.5k | "
+    "idle/listing |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
 )
 
 
@@ -807,7 +860,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", default="8,16,32,64", help="plain copy thread counts of the scaling section")
     parser.add_argument("--relay-concurrency", default="",
                         help="extra relay-sync contenders with SYNC_CONCURRENCY set (experiments), comma-separated")
-    parser.add_argument("--rounds", type=int, help="interleaved rounds of the scaling section (default 3; quick 2)")
+    parser.add_argument("--rounds", help="interleaved rounds of the scaling section, one number or one per count "
+                        "(default 3,2: 3 over 1,500, 2 over 10,000, to stay within ~25 minutes; quick 2)")
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help=f"what to run, comma-separated (default all: {','.join(SECTIONS)}); RESULTS.md is "
                         "written only when all run")
@@ -828,7 +882,8 @@ def main(argv: list[str] | None = None) -> int:
     many = [int(v) for v in (args.many or ("300,1000" if args.quick else "1500,10000")).split(",") if v]
     threads = [int(v) for v in args.threads.split(",") if v]
     relay_concurrency = [int(v) for v in args.relay_concurrency.split(",") if v]
-    rounds = args.rounds or (2 if args.quick else 3)
+    rounds_list = [int(v) for v in (args.rounds or ("2" if args.quick else "3,2")).split(",") if v]
+    rounds = [rounds_list[min(i, len(rounds_list) - 1)] for i in range(len(many))]
     import_runs = args.import_runs or (5 if args.quick else 11)
     sections = [v for v in args.sections.split(",") if v]
     unknown = set(sections) - set(SECTIONS)
@@ -847,33 +902,45 @@ def main(argv: list[str] | None = None) -> int:
         log("cold start: fresh interpreters")
         r["cold"] = cold_start(import_runs)
 
-    workdir = WORK / f"run-{uuid.uuid4().hex[:8]}"
-    # Every contender's bytes stay in Azurite's memory until its GC (10 min): the source, 6 x repeat + 3
-    # copies of it (naive, server, sync), and headroom for the small files, their copies and the ledgers.
-    azurite_mib = 1024
+    # Azurite lists blobs by scanning every blob the instance holds (LokiJS: a regex on the name, then a sort), so
+    # its listings slow down as a run piles up copies; the relay lists more than a plain copy (its evidence, its
+    # ledger). Each section therefore runs on a stack of its own, and the scaling section on one per export count.
+    # Every contender's bytes stay in Azurite's memory until its GC (10 min): the large section holds the source,
+    # 6 x repeat + 3 copies of it (naive, server, sync); the small ones their copies and ledgers.
+    def on_stack(label: str, extra_mib: int, work: Callable[[Probe, dict[str, str]], Any]) -> Any:
+        workdir = WORK / f"run-{uuid.uuid4().hex[:8]}"
+        log(f"{label}: starting the local stack (Azurite capped at {1024 + extra_mib} MiB)")
+        stack = start_stack(workdir, 1024 + extra_mib)
+        try:
+            result = work(Probe(stack), dict(stack.settings))
+            hwm[label] = process_hwm_mib(stack.azurite.process.pid)
+            return result
+        finally:
+            stack.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    hwm: dict[str, float] = {}
     if "large" in sections:
-        azurite_mib += (6 * args.repeat + 4) * size // MiB
+        r["large"] = on_stack("large", (6 * args.repeat + 4) * size // MiB, lambda probe, settings: large_file(
+            probe, settings, size, args.block_mib * MiB, args.parallelism, args.repeat))
+    if "small" in sections:
+        r["small"] = on_stack("small", count * (12 * args.small_rounds + 1) * (args.file_kib + 2) // 1024,
+                              lambda probe, settings: small_files(probe, settings, count, args.file_kib * 1024,
+                                                                  args.small_rounds))
     if "scaling" in sections:
         per_round = 1 + len(threads) + len(relay_concurrency)
-        azurite_mib += sum(many) * (rounds * per_round + 1) * (args.file_kib + 2) // 1024
-    log(f"starting the local stack (Azurite capped at {azurite_mib} MiB)")
-    stack = start_stack(workdir, azurite_mib)
-    try:
-        settings = dict(stack.settings)
-        probe = Probe(stack)
-        if "large" in sections:
-            r["large"] = large_file(probe, settings, size, args.block_mib * MiB, args.parallelism, args.repeat)
-        if "small" in sections:
-            r["small"] = small_files(probe, settings, count, args.file_kib * 1024, args.small_rounds)
-        if "scaling" in sections:
-            r["scaling"] = scaling(probe, settings, many, threads, rounds, relay_concurrency, args.file_kib * 1024)
-        if "idle" in sections and scales:
-            r["idle"] = [idle_sync(probe, settings, n, args.idle_rounds) for n in scales]
-            r["scale"] = r["idle"][0]
-        r["azurite_hwm_mib"] = process_hwm_mib(stack.azurite.process.pid)
-    finally:
-        stack.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        parts = [on_stack(f"scaling {n:,}", n * (k * per_round + 1) * (args.file_kib + 2) // 1024,
+                          lambda probe, settings, n=n, k=k: scaling(probe, settings, [n], threads, [k],
+                                                                    relay_concurrency, args.file_kib * 1024))
+                 for n, k in zip(many, rounds, strict=True)]
+        r["scaling"] = {"threads": threads, "rounds": rounds,
+                        "counts": {n: part["counts"][n] for n, part in zip(many, parts, strict=True)}}
+    if "idle" in sections and scales:
+        r["idle"] = [on_stack(f"idle {n:,}", n // 200, lambda probe, settings, n=n: idle_sync(
+            probe, settings, n, args.idle_rounds)) for n in scales]
+        r["scale"] = r["idle"][0]
+    r["azurite_hwm_mib"] = max(hwm.values(), default=float("nan"))
+    r["azurite_hwm_by_section"] = hwm
     r["load_end"] = os.getloadavg()[0]
     r["minutes"] = (time.monotonic() - started) / 60
     if "scaling" in r:

@@ -559,7 +559,7 @@ class _Reader:
         block_size = self.size("BLOCK_SIZE", DEFAULT_TRANSFER_SIZE, 256 * 1024, MAX_REQUEST_BYTES)
         parallelism = self.integer("PARALLELISM", 4, 1, 32)
         single_put = self.size("SINGLE_PUT_LIMIT", DEFAULT_TRANSFER_SIZE, 0, MAX_REQUEST_BYTES)
-        sync_concurrency = self.integer("SYNC_CONCURRENCY", 8, 1, 64)
+        sync_concurrency = self.integer("SYNC_CONCURRENCY", 16, 1, 64)
         ca_bundle = self.text("REQUESTS_CA_BUNDLE")
         if ca_bundle is not None and not Path(ca_bundle).is_file():
             self.problem("REQUESTS_CA_BUNDLE", f"{ca_bundle!r} does not exist; unset it in Azure.")
