@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,14 @@ def vmhwm_mib() -> float:
     """Peak resident set of this process in MiB (VmHWM starts afresh at exec, unlike ru_maxrss)."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def vmrss_mib() -> float:
+    """Resident set of this process now, in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -334,13 +343,24 @@ def relay_sync(job: Job) -> dict[str, Any]:
                      DESTINATION_TEMPLATE=p["folder"] + "/{path}", **p.get("overrides", {}))
     relay = rt.relay
     chain = job.warm(rt)
+    trace: list[float] = []  # VmRSS every second during the sync: does memory climb with the files, or level off?
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(1.0):
+            trace.append(vmrss_mib())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     with Measure() as m:
         summary = relay.sync()
+    done.set()
+    sampler.join()
     if summary.error or summary.delivered != p["count"] or summary.failed:
         raise RuntimeError(f"sync: delivered={summary.delivered} failed={summary.failed} error={summary.error}")
     return m.row(delivered=summary.delivered, count=summary.delivered, chain_seconds=chain,
                  concurrency=rt.settings.relay.sync_concurrency, exchanges=rt.banenor_credential.exchanges,
-                 outcomes_kept=len(summary.outcomes))
+                 outcomes_kept=len(summary.outcomes), rss_trace=[round(v, 1) for v in trace])
 
 
 def copies_without_ledger(job: Job, evidence: str = "") -> dict[str, Any]:
