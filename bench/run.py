@@ -69,9 +69,11 @@ def contender(which: str, settings: dict[str, str], /, **params: Any) -> dict[st
     """Run one contender in a fresh process; its settings go through stdin, its numbers come back on stdout."""
     job = json.dumps({"settings": settings, "params": params})
     started = time.monotonic()
+    # The idle sync's setup writes two blobs per export one by one: 100,000 take longer than any contender.
+    timeout = max(CONTENDER_TIMEOUT, params["count"] // 50) if which == "setup-scale" else CONTENDER_TIMEOUT
     done = subprocess.run(
         [sys.executable, "-m", "bench.contenders", which], input=job, capture_output=True, text=True,
-        cwd=REPO, timeout=CONTENDER_TIMEOUT, check=False,
+        cwd=REPO, timeout=timeout, check=False,
     )
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-6:])
