@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,14 @@ def vmhwm_mib() -> float:
     return float("nan")
 
 
+def vmrss_mib() -> float:
+    """Resident set of this process now, in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def io_counters() -> dict[str, int]:
     """This process's /proc/self/io (all threads): rchar and wchar count socket and file bytes alike."""
     values = {}
@@ -45,6 +54,8 @@ class Measure:
 
     def __enter__(self) -> Measure:
         self._requests = REQUESTS.snapshot() if REQUESTS else {}
+        self.load_start = os.getloadavg()[0]
+        self._cpu = os.times()
         self.rss_idle = vmhwm_mib()
         self._io = io_counters()
         self._started = time.perf_counter()
@@ -52,17 +63,20 @@ class Measure:
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self._started
+        cpu = os.times()
+        self.cpu = (cpu.user - self._cpu.user) + (cpu.system - self._cpu.system)
         io = io_counters()
         self.read_bytes = io["rchar"] - self._io["rchar"]
         self.written_bytes = io["wchar"] - self._io["wchar"]
         self.rss_peak = vmhwm_mib()
+        self.load_end = os.getloadavg()[0]
         after = REQUESTS.snapshot() if REQUESTS else {}
         self.requests = {k: v - self._requests.get(k, 0) for k, v in after.items() if v - self._requests.get(k, 0)}
 
     def row(self, **extra: Any) -> dict[str, Any]:
         return {"seconds": self.seconds, "rss_idle": self.rss_idle, "rss_peak": self.rss_peak,
                 "read_bytes": self.read_bytes, "written_bytes": self.written_bytes, "requests": self.requests,
-                **extra}
+                "load": [self.load_start, self.load_end], "cpu": self.cpu, **extra}
 
 
 class RequestCounter:
@@ -92,6 +106,15 @@ class RequestCounter:
             return original(pool, method, url, *args, **kwargs)
 
         HTTPConnectionPool.urlopen = urlopen  # type: ignore[method-assign]
+        from urllib3.connectionpool import HTTPSConnectionPool
+
+        for cls in (HTTPConnectionPool, HTTPSConnectionPool):  # a connection opened (TCP, and TLS for HTTPS)
+            def _new_conn(pool: Any, new_conn: Any = cls._new_conn) -> Any:
+                with counter._lock:
+                    counter.counts["connections"] = counter.counts.get("connections", 0) + 1
+                return new_conn(pool)
+
+            cls._new_conn = _new_conn  # type: ignore[method-assign]
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:
@@ -221,7 +244,7 @@ def setup_scale(job: Job) -> dict[str, Any]:
         container.upload_blob(f"scale/{index // 1000:03d}/export-{index:06d}.csv", b"x", overwrite=True)
 
     with Measure() as m:
-        with ThreadPoolExecutor(16) as pool:
+        with ThreadPoolExecutor(32) as pool:
             list(pool.map(put, range(p["count"])))
         ledger = Ledger(service.get_container_client(p["ledger"]))
         ledger.ensure()
@@ -232,7 +255,7 @@ def setup_scale(job: Job) -> dict[str, Any]:
                 destination_url="", destination_etag=f'"{uuid.uuid4().hex}"', attempts=1, first_attempt_at=0.0,
                 delivered_at=0.0, mode="stream", original_name=blob.name))
 
-        with ThreadPoolExecutor(16) as pool:
+        with ThreadPoolExecutor(32) as pool:
             count = sum(1 for _ in pool.map(receipt, container.list_blobs()))
     return m.row(count=count)
 
@@ -317,15 +340,27 @@ def relay_sync(job: Job) -> dict[str, Any]:
     """The product: one `Relay.sync` over the export container (fresh ledger), warm token."""
     p = job.params
     rt = job.runtime(EXPORT_CONTAINER=p["container"], LEDGER_CONTAINER=p["ledger"],
-                     DESTINATION_TEMPLATE=p["folder"] + "/{path}")
+                     DESTINATION_TEMPLATE=p["folder"] + "/{path}", **p.get("overrides", {}))
     relay = rt.relay
     chain = job.warm(rt)
+    trace: list[float] = []  # VmRSS every second during the sync: does memory climb with the files, or level off?
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(1.0):
+            trace.append(vmrss_mib())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     with Measure() as m:
         summary = relay.sync()
+    done.set()
+    sampler.join()
     if summary.error or summary.delivered != p["count"] or summary.failed:
         raise RuntimeError(f"sync: delivered={summary.delivered} failed={summary.failed} error={summary.error}")
-    return m.row(delivered=summary.delivered, chain_seconds=chain, concurrency=rt.settings.relay.sync_concurrency,
-                 exchanges=rt.banenor_credential.exchanges)
+    return m.row(delivered=summary.delivered, count=summary.delivered, chain_seconds=chain,
+                 concurrency=rt.settings.relay.sync_concurrency, exchanges=rt.banenor_credential.exchanges,
+                 outcomes_kept=len(summary.outcomes), rss_trace=[round(v, 1) for v in trace])
 
 
 def copies_without_ledger(job: Job, evidence: str = "") -> dict[str, Any]:
@@ -401,13 +436,15 @@ def plain_threaded(job: Job) -> dict[str, Any]:
     source = job.source_service().get_container_client(p["container"])
     dest = job.gateway_service(rt.banenor_credential).get_container_client(job.settings["BANENOR_CONTAINER"])
 
+    threads = p.get("threads") or rt.settings.relay.sync_concurrency
+
     def one(name: str) -> None:
         data = source.download_blob(name).readall()
         dest.upload_blob(job.dest_path(name), data, overwrite=False)
 
-    with Measure() as m, ThreadPoolExecutor(rt.settings.relay.sync_concurrency) as pool:
+    with Measure() as m, ThreadPoolExecutor(threads) as pool:
         count = sum(1 for _ in pool.map(one, (b.name for b in source.list_blobs())))
-    return m.row(count=count, chain_seconds=chain, concurrency=rt.settings.relay.sync_concurrency)
+    return m.row(count=count, chain_seconds=chain, concurrency=threads)
 
 
 def relay_sync_idle(job: Job) -> dict[str, Any]:
@@ -422,6 +459,39 @@ def relay_sync_idle(job: Job) -> dict[str, Any]:
         raise RuntimeError(f"idle sync: already={summary.already_delivered} delivered={summary.delivered} "
                            f"failed={summary.failed} error={summary.error}")
     return m.row(listed=summary.listed, chain_seconds=chain)
+
+
+def bare_listing(job: Job) -> dict[str, Any]:
+    """The floor of an idle sync: every page of the export container and of the whole ledger container, names
+    only (List Blobs, 5,000 a page, no metadata, ElementTree on the XML: the parser azure-storage-blob itself uses),
+    through the partner client's own pipeline. No decision, no ledger logic: what listing both alone costs."""
+    from xml.etree import ElementTree
+
+    from azure.core.rest import HttpRequest
+
+    p = job.params
+    service = job.source_service()
+
+    def names(container: Any) -> int:
+        count, marker = 0, ""
+        while True:
+            query = {"restype": "container", "comp": "list", "maxresults": "5000", **({"marker": marker} if marker
+                                                                                       else {})}
+            response = container._client._send_request(HttpRequest("GET", container.url, params=query,
+                                                                   headers={"x-ms-version": container.api_version}))
+            if response.status_code != 200:
+                raise RuntimeError(f"listing {container.container_name}: HTTP {response.status_code}")
+            root = ElementTree.fromstring(response.read())
+            count += sum(1 for _ in root.iter("Name"))
+            marker = root.findtext("NextMarker") or ""
+            if not marker:
+                return count
+
+    exports, ledger = service.get_container_client(p["container"]), service.get_container_client(p["ledger"])
+    with Measure() as m:
+        listed = names(exports)
+        records = names(ledger)
+    return m.row(listed=listed, records=records)
 
 
 def plain_loop(job: Job) -> dict[str, Any]:
@@ -446,6 +516,7 @@ CONTENDERS: dict[str, Callable[[Job], dict[str, Any]]] = {
     "setup-small": setup_small,
     "setup-scale": setup_scale,
     "relay-sync-idle": relay_sync_idle,
+    "bare-listing": bare_listing,
     "relay-deliver": relay_deliver,
     "relay-sync-large": relay_sync_large,
     "plain-copy": plain_copy,

@@ -24,6 +24,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,11 @@ TARGETS = {
     "tokens": 1,  # Skyporten and Entra requests per batch of deliveries
     "cold_ms": 50.0,  # function_app import time over bare azure.functions
     "server_bytes": 0,  # file bytes through the function in COPY_MODE=server
+    # issue 30, the relay at its defaults:
+    "many_vs_same": 1.0,  # sync over 1,500 and 10,000 small exports / plain copy on as many threads
+    "many_vs_best": 0.9,  # ... / plain copy at its best thread count (8, 16, 32, 64)
+    "rss_growth": 1.10,  # peak RSS of a sync of 10,000 / of 1,500
+    "idle_vs_listing": 1.1,  # idle sync / bare listing of the exports and the ledger
 }
 
 
@@ -63,9 +69,11 @@ def contender(which: str, settings: dict[str, str], /, **params: Any) -> dict[st
     """Run one contender in a fresh process; its settings go through stdin, its numbers come back on stdout."""
     job = json.dumps({"settings": settings, "params": params})
     started = time.monotonic()
+    # The idle sync's setup writes two blobs per export one by one: 100,000 take longer than any contender.
+    timeout = max(CONTENDER_TIMEOUT, params["count"] // 50) if which == "setup-scale" else CONTENDER_TIMEOUT
     done = subprocess.run(
         [sys.executable, "-m", "bench.contenders", which], input=job, capture_output=True, text=True,
-        cwd=REPO, timeout=CONTENDER_TIMEOUT, check=False,
+        cwd=REPO, timeout=timeout, check=False,
     )
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-6:])
@@ -73,6 +81,11 @@ def contender(which: str, settings: dict[str, str], /, **params: Any) -> dict[st
     row = json.loads(done.stdout.strip().splitlines()[-1])
     row["wall"] = time.monotonic() - started
     return row
+
+
+def nreq(row: dict[str, Any]) -> int:
+    """HTTP requests a contender sent in its timed part (every server; connections opened are counted apart)."""
+    return sum(v for k, v in row["requests"].items() if k != "connections")
 
 
 def median(values: list[float]) -> float:
@@ -213,6 +226,15 @@ def process_hwm_mib(pid: int) -> float:
     return float("nan")
 
 
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process (and its waited-for children), from /proc/<pid>/stat."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 class Probe:
     """Counters of the simulators (in this process) around one contender."""
 
@@ -221,7 +243,9 @@ class Probe:
 
     def snapshot(self) -> dict[str, Any]:
         s = self.stack
-        return {"skyporten": s.skyporten.token_requests, "entra": s.entra.token_requests,
+        own = os.times()
+        return {"stack_cpu": own.user + own.system, "azurite_cpu": process_cpu(s.azurite.process.pid),
+                "skyporten": s.skyporten.token_requests, "entra": s.entra.token_requests,
                 "msi": s.entra.msi_requests, "gateway_bytes_in": s.gateway.bytes_in,
                 "gateway_requests": Counter(s.gateway.requests)}
 
@@ -233,6 +257,10 @@ class Probe:
         row["entra_requests"] = after["entra"] - before["entra"]
         row["msi_requests"] = after["msi"] - before["msi"]
         row["gateway_bytes_in"] = after["gateway_bytes_in"] - before["gateway_bytes_in"]
+        # CPU seconds over the contender's whole process (start-up and warm token included): the simulators (this
+        # process: the gateway's TLS and forwarding) and Azurite. On 2 cores, CPU one side spends the other lacks.
+        row["sim_cpu"] = after["stack_cpu"] - before["stack_cpu"]
+        row["azurite_cpu"] = after["azurite_cpu"] - before["azurite_cpu"]
         row["gateway_requests"] = dict(after["gateway_requests"] - before["gateway_requests"])
         return row
 
@@ -318,16 +346,116 @@ def small_files(probe: Probe, settings: dict[str, str], count: int, file_size: i
             "threaded": best("plain-threaded"), "loop": best("plain-loop")}
 
 
-def idle_sync(probe: Probe, settings: dict[str, str], count: int) -> dict[str, Any]:
-    """What every timer run costs a long-running relay: `sync` over `count` exports that are all delivered."""
+def spread(values: list[float]) -> dict[str, float]:
+    """Median, min, max and the spread (max / min) of a contender's runs or of per-round ratios."""
+    return {"median": median(values), "min": min(values), "max": max(values),
+            "spread": max(values) / min(values) if min(values) > 0 else float("nan"), "n": len(values)}
+
+
+def scaling(probe: Probe, settings: dict[str, str], counts: list[int], threads: list[int], rounds: list[int],
+            relay_concurrency: list[int], file_size: int) -> dict[str, Any]:
+    """Issue 30: the relay's `sync` at its defaults (and, for experiments, at other SYNC_CONCURRENCY values) against a
+    plain azure-storage-blob copy on 8, 16, 32 and 64 threads, over `counts` small exports each. Rounds are
+    interleaved, forward then backward (A B C D E, E D C B A, ...), so the machine's drift hits every contender;
+    each contender's figure is the median of its runs, its spread max / min, and each ratio the median of the
+    per-round ratios (relay run / plain run of the same round) with their range. The relay's runs also give its
+    peak RSS at each count, each run in a fresh process (VmHWM): whether memory grows with the files delivered."""
+    out: dict[str, Any] = {"threads": threads, "rounds": rounds, "counts": {}}
+    contenders = [("relay", None)] + [(f"relay-{n}", n) for n in relay_concurrency] + \
+        [(f"plain-{n}", n) for n in threads]
+    for count, count_rounds in zip(counts, rounds, strict=True):
+        tag = uuid.uuid4().hex[:8]
+        container = f"bench-many-{tag}"
+        log(f"scaling: uploading {count:,} x {file_size // 1024} KiB exports")
+        setup = probe.run("setup-small", settings, container=container, count=count, size=file_size)
+        if setup["count"] != count:
+            raise RuntimeError(f"setup put {setup['count']} exports, not {count}")
+        runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in contenders}
+        for round_index in range(count_rounds):
+            order = contenders if round_index % 2 == 0 else contenders[::-1]
+            for label, n in order:
+                run = f"{tag}-{round_index}-{label}"
+                common = {"container": container, "count": count, "folder": f"m{run}"}
+                log(f"scaling {count:,}: {label} (round {round_index + 1} of {count_rounds}; load "
+                    f"{os.getloadavg()[0]:.2f})")
+                if label.startswith("plain"):
+                    row = probe.run("plain-threaded", settings, threads=n, **common)
+                else:
+                    overrides = {"SYNC_CONCURRENCY": str(n)} if n else {}
+                    row = probe.run("relay-sync", settings, ledger=f"bench-ledger-{run}", overrides=overrides,
+                                    **common)
+                if row["count"] != count:
+                    raise RuntimeError(f"{label} copied {row['count']} files, not {count}")
+                row["round"] = round_index
+                runs[label].append(row)
+        out["counts"][count] = {"setup": setup, "runs": runs, "rounds": count_rounds}
+    return out
+
+
+def summarize_scaling(sc: dict[str, Any]) -> dict[str, Any]:
+    """Per count: each contender's median files/s and spread; the relay's ratios to plain on its own thread count
+    and to plain at its best thread count (by median), each as the median and range of per-round ratios."""
+    result: dict[str, Any] = {}
+    for count, data in sc["counts"].items():
+        runs = data["runs"]
+        per: dict[str, Any] = {}
+        for label, rows in runs.items():
+            if not rows:
+                continue
+            per[label] = {"files_s": spread([int(count) / r["seconds"] for r in rows]),
+                          "seconds": [r["seconds"] for r in rows], "load": [r["load"][0] for r in rows],
+                          "rss": spread([r["rss_peak"] for r in rows]),
+                          "connections": median([r["requests"].get("connections", 0) for r in rows]),
+                          "requests": median([nreq(r) for r in rows]),
+                          "cpu": median([r["cpu"] for r in rows]),
+                          "sim_cpu": median([r["sim_cpu"] for r in rows]),
+                          "azurite_cpu": median([r["azurite_cpu"] for r in rows]),
+                          "concurrency": rows[0].get("concurrency")}
+        plains = {label: v for label, v in per.items() if label.startswith("plain-")}
+        best_plain = max(plains, key=lambda label: plains[label]["files_s"]["median"])
+        ratios: dict[str, Any] = {}
+        for label, v in per.items():
+            if not label.startswith("relay"):
+                continue
+            same = f"plain-{v['concurrency']}"
+
+            def per_round(base: str, relay_label: str = label, runs: dict[str, Any] = runs) -> dict[str, float] | None:
+                if base not in runs:
+                    return None
+                pairs = [(r, b) for r in runs[relay_label] for b in runs[base] if r["round"] == b["round"]]
+                return spread([b["seconds"] / r["seconds"] for r, b in pairs])
+
+            ratios[label] = {"same": same, "vs_same": per_round(same), "best": best_plain,
+                             "vs_best": per_round(best_plain),
+                             "vs_best_medians": v["files_s"]["median"] / plains[best_plain]["files_s"]["median"]}
+        result[count] = {"contenders": per, "best_plain": best_plain, "ratios": ratios}
+    counts = sorted(int(c) for c in sc["counts"])
+    if len(counts) >= 2 and "relay" in result[counts[0]]["contenders"]:
+        small, large = result[counts[0]]["contenders"]["relay"]["rss"], result[counts[-1]]["contenders"]["relay"]["rss"]
+        result["rss"] = {"small_count": counts[0], "large_count": counts[-1], "small": small, "large": large,
+                         "growth": large["median"] / small["median"]}
+    return result
+
+
+def idle_sync(probe: Probe, settings: dict[str, str], count: int, rounds: int = 3) -> dict[str, Any]:
+    """What every timer run costs a long-running relay: `sync` over `count` exports that are all delivered, against
+    a bare listing of the exports and of the ledger (`bare-listing`), interleaved rounds (A B, B A, A B)."""
     tag = uuid.uuid4().hex[:8]
     params = {"container": f"bench-scale-{tag}", "ledger": f"bench-scale-ledger-{tag}", "count": count}
-    log(f"scale: {count:,} delivered exports (uploading; receipts in batches of 1,000)")
+    log(f"scale: {count:,} delivered exports (uploading; a receipt each, one by one)")
     setup = probe.run("setup-scale", settings, **params)
     if setup["count"] != count:
         raise RuntimeError(f"setup put {setup['count']} exports, not {count}")
-    log("scale: an idle sync over them")
-    return {"count": count, "setup": setup, "sync": probe.run("relay-sync-idle", settings, **params)}
+    syncs: list[dict[str, Any]] = []
+    bares: list[dict[str, Any]] = []
+    for index in range(rounds):
+        pair = [("sync", "relay-sync-idle", syncs), ("bare", "bare-listing", bares)]
+        for label, which, rows in pair if index % 2 == 0 else pair[::-1]:
+            log(f"scale {count:,}: {label} (round {index + 1} of {rounds}; load {os.getloadavg()[0]:.2f})")
+            rows.append(probe.run(which, settings, **params))
+    ratio = spread([s["seconds"] / b["seconds"] for s, b in zip(syncs, bares, strict=True)])
+    return {"count": count, "setup": setup, "sync": min(syncs, key=lambda r: r["seconds"]), "syncs": syncs,
+            "bares": bares, "ratio": ratio}
 
 
 # --- report -----------------------------------------------------------------------------------------------
@@ -367,10 +495,10 @@ def summarize(r: dict[str, Any]) -> dict[str, Any]:
         "sync_vs_threaded": threaded["seconds"] / sync["seconds"],
         "ledger_ms_per_file": (sync["seconds"] - evidence["seconds"]) / n * 1000,
         "evidence_ms_per_file": (evidence["seconds"] - bare["seconds"]) / n * 1000,
-        "evidence_requests_per_file": (sum(evidence["requests"].values()) - sum(bare["requests"].values())) / n,
+        "evidence_requests_per_file": (nreq(evidence) - nreq(bare)) / n,
         "readback_ms_per_file": (small["readback"]["seconds"] - bare["seconds"]) / n * 1000,
-        "readback_requests_per_file": (sum(small["readback"]["requests"].values())
-                                       - sum(bare["requests"].values())) / n,
+        "readback_requests_per_file": (nreq(small["readback"])
+                                       - nreq(bare)) / n,
         "sky_tokens": sync["skyporten_requests"], "entra_tokens": sync["entra_requests"],
         "cold_delta_ms": cold["function_app_ms"] - cold["azure_functions_ms"],
         "server_gateway_bytes": server["gateway_bytes_in"],
@@ -399,14 +527,131 @@ def fmt_bytes(n: float) -> str:
     return f"{n:.0f} B"
 
 
+def issue30_headline(r: dict[str, Any]) -> list[str]:
+    """The headline rows of issue 30 (each the median of per-round ratios, with their range)."""
+    rows: list[str] = []
+    ss = r.get("scaling_summary") or {}
+    for count, res in ss.items():
+        if count == "rss" or "relay" not in res["ratios"]:
+            continue
+        x = res["ratios"]["relay"]
+        same, best = x["vs_same"], x["vs_best"]
+        rows.append(f"| sync of {int(count):,} x 4 KiB at the relay's defaults vs plain copy on the same "
+                    f"{x['same'].split('-')[1]} threads (median of rounds, range) | {_ratio(same)} | "
+                    f">= {TARGETS['many_vs_same']}x | "
+                    f"{verdict(bool(same) and same['median'] >= TARGETS['many_vs_same'])} |")
+        rows.append(f"| sync of {int(count):,} x 4 KiB at the relay's defaults vs plain copy at its best thread count "
+                    f"({x['best'].split('-')[1]} of {', '.join(map(str, r['scaling']['threads']))}) | {_ratio(best)} | "
+                    f">= {TARGETS['many_vs_best']}x | "
+                    f"{verdict(bool(best) and best['median'] >= TARGETS['many_vs_best'])} |")
+    if "rss" in ss:
+        g = ss["rss"]
+        rows.append(f"| peak RSS of a sync, {g['large_count']:,} vs {g['small_count']:,} exports (median of runs) | "
+                    f"{g['growth']:.3f}x ({g['large']['median']:.0f} vs {g['small']['median']:.0f} MiB) | "
+                    f"<= {TARGETS['rss_growth']:.2f}x | {verdict(g['growth'] <= TARGETS['rss_growth'])} |")
+    for x in r.get("idle") or []:
+        rows.append(f"| idle sync over {x['count']:,} delivered exports vs a bare listing of the exports and the "
+                    f"ledger | {_ratio(x['ratio'])} | <= {TARGETS['idle_vs_listing']}x | "
+                    f"{verdict(x['ratio']['median'] <= TARGETS['idle_vs_listing'])} |")
+    return rows
+
+
 def _idle_sync_row(scale: dict[str, Any] | None) -> list[str]:
     if not scale:
         return []
     row, count = scale["sync"], scale["count"]
-    requests = sum(row["requests"].values())
+    requests = nreq(row)
     return [f"| idle sync over {count:,} delivered exports (what each timer run costs) | {row['seconds']:.1f} s "
             f"({row['seconds'] / count * 1000:.2f} ms per export), {requests} requests, peak RSS "
             f"{row['rss_peak']:.0f} MiB ({row['rss_idle']:.0f} before) | - | |"]
+
+
+def _label(label: str, default_concurrency: Any) -> str:
+    if label == "relay":
+        return f"relay sync, defaults (SYNC_CONCURRENCY={default_concurrency})"
+    if label.startswith("relay-"):
+        return f"relay sync, SYNC_CONCURRENCY={label.split('-', 1)[1]}"
+    return f"plain SDK copy, {label.split('-', 1)[1]} threads"
+
+
+def _ratio(x: dict[str, float] | None) -> str:
+    if not x:
+        return "-"
+    return f"{x['median']:.2f}x ({x['min']:.2f}-{x['max']:.2f}, {x['n']} rounds)"
+
+
+def scaling_lines(r: dict[str, Any]) -> list[str]:
+    sc, ss = r.get("scaling"), r.get("scaling_summary")
+    if not sc or not ss:
+        return []
+    lines = [f"### Many small files at scale: plain copy on {', '.join(map(str, sc['threads']))} threads vs the "
+             f"relay's sync at its defaults (issue 30; interleaved rounds: {', '.join(map(str, sc['rounds']))})", ""]
+    for count, res in ss.items():
+        if count == "rss":
+            continue
+        per = res["contenders"]
+        default = per.get("relay", {}).get("concurrency")
+        lines += [f"**{int(count):,} x 4 KiB exports.** Best plain thread count (by median): "
+                  f"{res['best_plain'].split('-')[1]}.", "",
+                  "| contender | median files/s | runs (s) | spread (max/min) | load average at each run's start | "
+                  "peak RSS (median) | requests per file | connections opened | CPU ms per file: contender / "
+                  "simulators / Azurite |", "|---|---|---|---|---|---|---|---|---|"]
+        for label, v in per.items():
+            f = v["files_s"]
+            lines.append(f"| {_label(label, default)} | {f['median']:.1f} | "
+                         f"{', '.join(f'{t:.2f}' for t in v['seconds'])} | {f['spread']:.2f}x | "
+                         f"{', '.join(f'{x:.2f}' for x in v['load'])} | {v['rss']['median']:.0f} MiB | "
+                         f"{v['requests'] / int(count):.3f} | {v['connections']:.0f} | "
+                         f"{v['cpu'] / int(count) * 1000:.2f} / {v['sim_cpu'] / int(count) * 1000:.2f} / "
+                         f"{v['azurite_cpu'] / int(count) * 1000:.2f} |")
+        lines += ["", "| relay contender | vs plain on the same threads | vs plain at its best thread count "
+                  "(per-round) | vs best (medians) |", "|---|---|---|---|"]
+        for label, x in res["ratios"].items():
+            lines.append(f"| {_label(label, default)} | {_ratio(x['vs_same'])} (plain {x['same'].split('-')[1]}) | "
+                         f"{_ratio(x['vs_best'])} (plain {x['best'].split('-')[1]}) | {x['vs_best_medians']:.2f}x |")
+        lines.append("")
+    if "rss" in ss:
+        x = ss["rss"]
+        lines += [f"Peak RSS of the relay's sync (each run its own process, VmHWM), {x['small_count']:,} vs "
+                  f"{x['large_count']:,} exports: {x['small']['median']:.0f} MiB ({x['small']['min']:.0f}-"
+                  f"{x['small']['max']:.0f}) vs {x['large']['median']:.0f} MiB ({x['large']['min']:.0f}-"
+                  f"{x['large']['max']:.0f}): {x['growth']:.3f}x (target <= 1.10x: "
+                  f"{verdict(x['growth'] <= 1.10)}).", ""]
+    lines += ["Ratios are per round (the plain run's seconds / the relay run's seconds of the same round), their "
+              "median and range; spread is a contender's slowest run over its fastest. Each run is a fresh process "
+              "on a fresh ledger into its own destination folder.", ""]
+    return lines
+
+
+def idle_lines(r: dict[str, Any]) -> list[str]:
+    idle = r.get("idle")
+    if not idle:
+        return []
+    lines = ["### Idle sync vs a bare listing of the exports and the ledger", "",
+             "| delivered exports | idle sync (s, each run) | bare listing (s, each run) | ratio, per round | "
+             "requests sync / bare | peak RSS sync | load at each sync | target <= 1.1x |",
+             "|---|---|---|---|---|---|---|---|"]
+    for x in idle:
+        sync_req = nreq(x["syncs"][0])
+        bare_req = nreq(x["bares"][0])
+        sync_s = ", ".join(f"{row['seconds']:.2f}" for row in x["syncs"])
+        bare_s = ", ".join(f"{row['seconds']:.2f}" for row in x["bares"])
+        loads = ", ".join(f"{row['load'][0]:.2f}" for row in x["syncs"])
+        lines.append(f"| {x['count']:,} | {sync_s} | {bare_s} | {_ratio(x['ratio'])} | "
+                     f"{sync_req} / {bare_req} | {max(row['rss_peak'] for row in x['syncs']):.0f} MiB | {loads} | "
+                     f"{verdict(x['ratio']['median'] <= 1.1)} |")
+    lines += ["", "The bare listing lists every page of the export container and of the whole ledger container "
+              "(names only, 5,000 a page, ElementTree), in the same kind of process, interleaved with the syncs "
+              "(A B, B A, ...); the receipts were written one by one by the product's `Ledger.record_receipt`.", ""]
+    return lines
+
+
+def partial_report(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    lines = [f"## Partial run: {r['started']} UTC ({', '.join(r['sections'])}, {r['minutes']:.1f} min)", "",
+             f"Commit {m['commit']}; load average {m['load_start']:.2f} at the start, {r['load_end']:.2f} at the end.",
+             ""]
+    return "\n".join(lines + scaling_lines(r) + idle_lines(r)) + "\n"
 
 
 def report(r: dict[str, Any]) -> str:
@@ -451,6 +696,7 @@ def report(r: dict[str, Any]) -> str:
         f"| ledger cost per file (sync minus the same copies and evidence without it, / {n:,}) | "
         f"{s['ledger_ms_per_file']:.1f} ms | - | |",
         *_idle_sync_row(r.get("scale")),
+        *issue30_headline(r),
         f"| Skyporten / Entra token requests per {n:,} deliveries | {s['sky_tokens']} / {s['entra_tokens']} | "
         f"1 / 1 | {verdict(s['met']['tokens'])} |",
         f"| cold start: import function_app over bare azure.functions (median of {cold['runs']}) | "
@@ -488,8 +734,8 @@ def report(r: dict[str, Any]) -> str:
     lines += [
         "",
         f"Setup (not a contender): uploading the source took {setup['seconds']:.1f} s "
-        f"({large['size'] / MiB / setup['seconds']:.1f} MiB/s straight to Azurite). Azurite's own peak RSS over "
-        f"the run: {r['azurite_hwm_mib']:.0f} MiB.",
+        f"({large['size'] / MiB / setup['seconds']:.1f} MiB/s straight to Azurite). Azurite's own peak RSS (the "
+        f"largest of the sections' stacks): {r['azurite_hwm_mib']:.0f} MiB.",
         "",
         f"### Many small files: {n:,} x {small['file_size'] // 1024} KiB",
         "",
@@ -523,6 +769,8 @@ def report(r: dict[str, Any]) -> str:
         "(the warm-up fetch included): Skyporten grants, Entra client-assertion exchanges, managed identity "
         "(Key Vault) tokens.",
         "",
+        *scaling_lines(r),
+        *idle_lines(r),
         f"### Cold start (fresh interpreters, median of {cold['runs']}, in-process import time)",
         "",
         f"- `import azure.functions`: {cold['azure_functions_ms']:.0f} ms "
@@ -549,15 +797,30 @@ def history_row(r: dict[str, Any]) -> str:
         f"{s['rss_relay']:.0f} / {s['rss_naive']:.0f} | {r['small']['count']} | {s['sync_vs_loop']:.2f}x | "
         f"{s['ledger_ms_per_file']:.1f} | {s['sky_tokens']}/{s['entra_tokens']} | {s['cold_delta_ms']:+.0f} | "
         f"{s['server_gateway_bytes']} / {fmt_bytes(s['server_process_bytes'])} | {m['load_start']:.1f} | "
-        f"{s.get('sync_vs_threaded', 0):.2f}x | {s.get('evidence_ms_per_file', 0):.2f} |"
+        f"{s.get('sync_vs_threaded', 0):.2f}x | {s.get('evidence_ms_per_file', 0):.2f} | {_history30(r)} |"
     )
+
+
+def _history30(r: dict[str, Any]) -> str:
+    ss = r.get("scaling_summary") or {}
+    parts = []
+    for count, res in ss.items():
+        if count != "rss" and "relay" in res["ratios"]:
+            x = res["ratios"]["relay"]
+            same = x["vs_same"]["median"] if x["vs_same"] else float("nan")
+            parts.append(f"{int(count):,}: {same:.2f}x / {x['vs_best']['median']:.2f}x")
+    many = "; ".join(parts) or "-"
+    growth = f"{ss['rss']['growth']:.2f}x" if "rss" in ss else "-"
+    idle = "; ".join(f"{x['count']:,}: {x['ratio']['median']:.2f}x" for x in r.get("idle") or []) or "-"
+    return f"{many} | {growth} | {idle}"
 
 
 HISTORY_HEADER = (
     "| date (UTC) | commit | run | large | stream/best | stream MiB/s | gateway/direct | RSS relay / naive MiB | "
     "files | sync/loop | ledger ms/file | tokens S/E | cold ms | server: gateway B / process | load | "
-    "sync/threaded | evidence ms/file |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    "sync/threaded | evidence ms/file | sync at defaults vs plain same / best threads | RSS 10k/1.5k | "
+    "idle/listing |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
 )
 
 
@@ -583,63 +846,115 @@ def write_results(path: Path, r: dict[str, Any]) -> None:
 # --- main -------------------------------------------------------------------------------------------------
 
 
+SECTIONS = ("cold", "large", "small", "scaling", "idle")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (64 MiB, 200 files) for development")
     parser.add_argument("--size-mib", type=int, help="large file size (default 1024; quick 64)")
     parser.add_argument("--files", type=int, help="number of small exports (default 2000; quick 200)")
-    parser.add_argument("--scale-files", type=int, help="delivered exports for the idle sync (default 20000; "
-                        "quick 2000; 0 skips it)")
+    parser.add_argument("--scale-files", help="delivered exports for the idle sync, comma-separated (default "
+                        "20000; quick 2000; 0 skips it)")
+    parser.add_argument("--idle-rounds", type=int, default=3, help="idle sync vs bare listing rounds (default 3)")
+    parser.add_argument("--many", help="small-export counts of the scaling section, comma-separated (default "
+                        "1500,10000; quick 300,1000)")
+    parser.add_argument("--threads", default="8,16,32,64", help="plain copy thread counts of the scaling section")
+    parser.add_argument("--relay-concurrency", default="",
+                        help="extra relay-sync contenders with SYNC_CONCURRENCY set (experiments), comma-separated")
+    parser.add_argument("--rounds", help="interleaved rounds of the scaling section, one number or one per count "
+                        "(default 3,2: 3 over 1,500, 2 over 10,000, to stay within ~25 minutes; quick 2)")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"what to run, comma-separated (default all: {','.join(SECTIONS)}); RESULTS.md is "
+                        "written only when all run")
     parser.add_argument("--file-kib", type=int, default=4)
     parser.add_argument("--block-mib", type=int, default=8, help="the relay's BLOCK_SIZE default")
     parser.add_argument("--parallelism", type=int, default=4, help="the relay's PARALLELISM default")
     parser.add_argument("--repeat", type=int, default=1, help="A-B-B-A rounds of relay stream vs best plain copy")
-    parser.add_argument("--small-rounds", type=int, default=2,
-                        help="A..F F..A rounds of the small-file contenders (default 2: best of 4 runs each)")
+    parser.add_argument("--small-rounds", type=int, default=1,
+                        help="A..F F..A rounds of the issue-17 small-file contenders (default 1: best of 2 runs each)")
     parser.add_argument("--import-runs", type=int, help="fresh interpreters per module (default 11; quick 5)")
     parser.add_argument("--write", action="store_true", help="write RESULTS.md after a --quick run too")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     size = (args.size_mib or (64 if args.quick else 1024)) * MiB
     count = args.files or (200 if args.quick else 2000)
-    scale = args.scale_files if args.scale_files is not None else (2000 if args.quick else 20000)
+    scale_arg = args.scale_files if args.scale_files is not None else ("2000" if args.quick else "20000")
+    scales = [int(v) for v in scale_arg.split(",") if int(v)]
+    many = [int(v) for v in (args.many or ("300,1000" if args.quick else "1500,10000")).split(",") if v]
+    threads = [int(v) for v in args.threads.split(",") if v]
+    relay_concurrency = [int(v) for v in args.relay_concurrency.split(",") if v]
+    rounds_list = [int(v) for v in (args.rounds or ("2" if args.quick else "3,2")).split(",") if v]
+    rounds = [rounds_list[min(i, len(rounds_list) - 1)] for i in range(len(many))]
     import_runs = args.import_runs or (5 if args.quick else 11)
-    kind = "quick" if args.quick else "full"
+    sections = [v for v in args.sections.split(",") if v]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    complete = set(sections) == set(SECTIONS)
+    kind = ("quick" if args.quick else "full") if complete else "partial"
 
     started = time.monotonic()
     r: dict[str, Any] = {"kind": kind, "started": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M"),
-                         "machine": machine()}
-    log(f"{kind} run: {size // MiB} MiB large file, {count} small files; machine {r['machine']['cores']} cores, "
-        f"Python {r['machine']['python']}, Azurite {r['machine']['azurite']}")
-    log("cold start: fresh interpreters")
-    r["cold"] = cold_start(import_runs)
+                         "machine": machine(), "sections": sections}
+    log(f"{kind} run ({', '.join(sections)}): {size // MiB} MiB large file, {count} small files, scaling over "
+        f"{many}, idle over {scales}; machine {r['machine']['cores']} cores, Python {r['machine']['python']}, "
+        f"Azurite {r['machine']['azurite']}")
+    if "cold" in sections:
+        log("cold start: fresh interpreters")
+        r["cold"] = cold_start(import_runs)
 
-    workdir = WORK / f"run-{uuid.uuid4().hex[:8]}"
-    # Every contender's bytes stay in Azurite's memory until its GC (10 min): the source, 6 x repeat + 3
-    # copies of it (naive, server, sync), and headroom for the small files and the ledgers.
-    azurite_mib = (6 * args.repeat + 4) * size // MiB + 1024
-    log(f"starting the local stack (Azurite capped at {azurite_mib} MiB)")
-    stack = start_stack(workdir, azurite_mib)
-    try:
-        settings = dict(stack.settings)
-        probe = Probe(stack)
-        r["large"] = large_file(probe, settings, size, args.block_mib * MiB, args.parallelism, args.repeat)
-        r["small"] = small_files(probe, settings, count, args.file_kib * 1024, args.small_rounds)
-        if scale:
-            r["scale"] = idle_sync(probe, settings, scale)
-        r["azurite_hwm_mib"] = process_hwm_mib(stack.azurite.process.pid)
-    finally:
-        stack.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+    # Azurite lists blobs by scanning every blob the instance holds (LokiJS: a regex on the name, then a sort), so
+    # its listings slow down as a run piles up copies; the relay lists more than a plain copy (its evidence, its
+    # ledger). Each section therefore runs on a stack of its own, and the scaling section on one per export count.
+    # Every contender's bytes stay in Azurite's memory until its GC (10 min): the large section holds the source,
+    # 6 x repeat + 3 copies of it (naive, server, sync); the small ones their copies and ledgers.
+    def on_stack(label: str, extra_mib: int, work: Callable[[Probe, dict[str, str]], Any]) -> Any:
+        workdir = WORK / f"run-{uuid.uuid4().hex[:8]}"
+        log(f"{label}: starting the local stack (Azurite capped at {1024 + extra_mib} MiB)")
+        stack = start_stack(workdir, 1024 + extra_mib)
+        try:
+            result = work(Probe(stack), dict(stack.settings))
+            hwm[label] = process_hwm_mib(stack.azurite.process.pid)
+            return result
+        finally:
+            stack.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    hwm: dict[str, float] = {}
+    if "large" in sections:
+        r["large"] = on_stack("large", (6 * args.repeat + 4) * size // MiB, lambda probe, settings: large_file(
+            probe, settings, size, args.block_mib * MiB, args.parallelism, args.repeat))
+    if "small" in sections:
+        r["small"] = on_stack("small", count * (12 * args.small_rounds + 1) * (args.file_kib + 2) // 1024,
+                              lambda probe, settings: small_files(probe, settings, count, args.file_kib * 1024,
+                                                                  args.small_rounds))
+    if "scaling" in sections:
+        per_round = 1 + len(threads) + len(relay_concurrency)
+        parts = [on_stack(f"scaling {n:,}", n * (k * per_round + 1) * (args.file_kib + 2) // 1024,
+                          lambda probe, settings, n=n, k=k: scaling(probe, settings, [n], threads, [k],
+                                                                    relay_concurrency, args.file_kib * 1024))
+                 for n, k in zip(many, rounds, strict=True)]
+        r["scaling"] = {"threads": threads, "rounds": rounds,
+                        "counts": {n: part["counts"][n] for n, part in zip(many, parts, strict=True)}}
+    if "idle" in sections and scales:
+        r["idle"] = [on_stack(f"idle {n:,}", n // 200, lambda probe, settings, n=n: idle_sync(
+            probe, settings, n, args.idle_rounds)) for n in scales]
+        r["scale"] = r["idle"][0]
+    r["azurite_hwm_mib"] = max(hwm.values(), default=float("nan"))
+    r["azurite_hwm_by_section"] = hwm
     r["load_end"] = os.getloadavg()[0]
     r["minutes"] = (time.monotonic() - started) / 60
-    r["summary"] = summarize(r)
+    if "scaling" in r:
+        r["scaling_summary"] = summarize_scaling(r["scaling"])
+    if complete:
+        r["summary"] = summarize(r)
     WORK.mkdir(parents=True, exist_ok=True)
     (WORK / f"last-{kind}.json").write_text(json.dumps(r, indent=2, default=str))
-    text = report(r)
+    text = report(r) if complete else partial_report(r)
     print()
     print(text)
-    if kind == "full" or args.write:
+    if complete and (kind == "full" or args.write):
         write_results(args.results, r)
         log(f"results written to {args.results}")
     return 0
