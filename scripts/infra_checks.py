@@ -204,9 +204,7 @@ def check_host_json(host_json: str) -> list[str]:
 # -- queries ---------------------------------------------------------------------------------------------------
 # The relay's log lines that queries read, by the text before their first key=value pair: the keys each carries.
 # tests/test_log_fields.py captures the real records (running the relay's code) and fails when this table and
-# the code disagree, so it cannot drift. The two link records are issue #26's (shared/links.py, on main since
-# c194e36): while this branch lacks that module they are PENDING_RECORDS, checked against SAMPLE_LINES, which copy
-# its format strings; with the module present the test captures the real records instead.
+# the code disagree, so it cannot drift (the two link records included: shared/links.py).
 RELAY_RECORDS = {
     "delivery": ("outcome", "correlation_id", "source", "version", "destination", "bytes", "seconds", "mode",
                  "latency", "reason"),
@@ -227,12 +225,7 @@ RECORD_VALUES = {
 }
 # The links of shared/links.py (LINK_TITLES: doctor's names for them).
 LINK_NAMES = ("key_vault", "key", "skyporten", "entra", "gateway", "exports", "ledger")
-PENDING_RECORDS = {"link broken", "link restored"}
-SAMPLE_LINES = {
-    "link broken": "link broken link=key_vault since=2026-12-04T14:03:00Z status=403 code=Forbidden "
-                   "cause=Key Vault refused the app's identity: no role to read the signing key.",
-    "link restored": "link restored link=key_vault since=2026-12-04T14:03:00Z seconds=1260",
-}
+LINK_RECORDS = ("link broken", "link restored")
 # Columns of the tables queries read (Azure Monitor table reference; App Insights classic names in its scope).
 TABLE_COLUMNS = {
     "traces": {"timestamp", "message", "severityLevel", "itemType", "customDimensions", "operation_Name",

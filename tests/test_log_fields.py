@@ -5,10 +5,9 @@ key is loaded and a Skyporten and an Entra token issued) yields the records the 
 tests hold scripts/infra_checks.py's RELAY_RECORDS (what `make lint-infra` checks queries against offline) to
 those records, and run each query's field extraction on them: a changed log line fails here, not in Azure.
 
-The two link records (`link broken`, `link restored`) come from issue #26 (shared/links.py). Where that module
-exists, the fixture also breaks a link for real (a signing key name the vault does not hold: `link broken
-link=key_vault`) and heals it (the right key on the same ledger: `link restored`), and those records are the ones
-checked. Without it they are infra_checks.SAMPLE_LINES (copies of its format strings).
+The two link records (`link broken`, `link restored`, shared/links.py): the fixture also breaks a link for real (a
+signing key name the vault does not hold: `link broken link=key_vault`) and heals it (the right key on the same
+ledger: `link restored`), and those records are checked as the others.
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ _spec = importlib.util.spec_from_file_location("infra_checks", ROOT / "scripts" 
 checks = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(checks)
 
-LINKS_MODULE = importlib.util.find_spec("shared.links") is not None  # issue #26
 FREE_TEXT = ("reason", "cause")  # free text to the end of the line: always the last key
 
 
@@ -44,7 +42,8 @@ def kind_of(message: str) -> str | None:
 
 @pytest.fixture(scope="module")
 def records(stack):
-    """Messages of the relay's records from one real sync on the stack, by kind; links from SAMPLE_LINES."""
+    """Messages of the relay's records from real syncs on the stack (one of them breaks a link, one heals it), by
+    kind."""
     from azure.storage.blob import BlobServiceClient
 
     from shared.config import Settings
@@ -78,13 +77,12 @@ def records(stack):
     runtimes = [rt]
     try:
         summary = rt.relay.sync()
-        if LINKS_MODULE:
-            # A key the vault does not hold breaks the key_vault link (one `link broken` line); the right key on the
-            # same ledger finds the recorded break, answers, and ends it (one `link restored` line).
-            runtimes.append(Runtime(Settings.load(dict(env, SIGNING_KEY_NAME=f"lf-missing-{tag}"))))
-            runtimes[-1].relay.sync()
-            runtimes.append(Runtime(Settings.load(env)))
-            runtimes[-1].relay.sync()
+        # A key the vault does not hold breaks the key_vault link (one `link broken` line); the right key on the
+        # same ledger finds the recorded break, answers, and ends it (one `link restored` line).
+        runtimes.append(Runtime(Settings.load(dict(env, SIGNING_KEY_NAME=f"lf-missing-{tag}"))))
+        runtimes[-1].relay.sync()
+        runtimes.append(Runtime(Settings.load(env)))
+        runtimes[-1].relay.sync()
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
@@ -97,9 +95,6 @@ def records(stack):
         kind = kind_of(message)
         if kind:
             by_kind[kind].append(message)
-    if not LINKS_MODULE:
-        for kind in checks.PENDING_RECORDS:
-            by_kind[kind] = [checks.SAMPLE_LINES[kind]]
     return by_kind
 
 
@@ -111,8 +106,7 @@ def test_the_sync_produced_every_record_the_queries_read(records):
 
 
 @pytest.mark.stack
-@pytest.mark.parametrize("kind", sorted(set(checks.RELAY_RECORDS) - (set() if LINKS_MODULE else
-                                                                      checks.PENDING_RECORDS)))
+@pytest.mark.parametrize("kind", sorted(checks.RELAY_RECORDS))
 def test_relay_records_table_is_what_the_code_logs(records, kind):
     # The union over the captured lines: reason= and latency= appear on some delivery lines only.
     logged = {key for message in records[kind] for key in keys_of(message)}
@@ -120,10 +114,9 @@ def test_relay_records_table_is_what_the_code_logs(records, kind):
 
 
 def test_the_delivery_statuses_a_query_may_name_are_the_code_s():
-    # "held" and "superseded" come with issue #26 (with shared/links.py); a branch without it lacks them.
     allowed = set(checks.RECORD_VALUES[("delivery", "outcome")])
     assert set(STATUSES) <= allowed
-    assert allowed - set(STATUSES) == (set() if LINKS_MODULE else {"held", "superseded"})
+    assert allowed - set(STATUSES) == set()
 
 
 @pytest.mark.stack
@@ -189,25 +182,19 @@ def test_each_query_finds_its_fields_in_the_real_records(records, where, query):
 
 
 def test_link_records_match_the_code():
-    """The link records' keys, the links' names: SAMPLE_LINES copy shared/links.py's format strings; where the module
-    exists, its source and its LINK_TITLES are the reference (the fixture then also captures the real lines)."""
-    for kind in checks.PENDING_RECORDS:
-        assert checks.SAMPLE_LINES[kind].startswith(kind)
-        assert keys_of(checks.SAMPLE_LINES[kind]) == list(checks.RELAY_RECORDS[kind])
-    assert re.search(r"link=(\w+)", checks.SAMPLE_LINES["link broken"]).group(1) in checks.LINK_NAMES
-    if not LINKS_MODULE:
-        return
+    """The link records' keys and the links' names, from shared/links.py's format strings and LINK_TITLES (the
+    fixture also captures the real lines)."""
     from shared import links
 
     assert set(links.LINK_TITLES) == set(checks.LINK_NAMES)
     source = Path(links.__file__).read_text()
-    for kind in checks.PENDING_RECORDS:
+    for kind in checks.LINK_RECORDS:
         [fmt] = re.findall(rf'"({kind} [^"]*)"', source)
+        assert fmt.startswith(kind)
         assert keys_of(fmt) == list(checks.RELAY_RECORDS[kind]), fmt
 
 
 @pytest.mark.stack
-@pytest.mark.skipif(not LINKS_MODULE, reason="shared/links.py (issue #26) is not on this branch")
 def test_a_broken_and_restored_link_is_logged_as_the_queries_read_it(records):
     [broken] = records["link broken"]
     [restored] = records["link restored"]
