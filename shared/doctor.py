@@ -25,9 +25,7 @@ SETTINGS_FIX = "set or rename the settings named above (docs/settings.md)"
 
 def fmt_time(epoch: float | None) -> str:
     """ISO 8601 in UTC, to the second: what every command prints, as text and in --json."""
-    if not epoch:
-        return "-"
-    return dt.datetime.fromtimestamp(float(epoch), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return iso(float(epoch)) if epoch else "-"
 
 
 def token_facts(token: Any, now: float, resource: str | None = None) -> dict[str, Any]:
@@ -125,7 +123,8 @@ def probe_settings(run: Run) -> list[str]:
         s = load_settings()
     except ConfigError as exc:
         raise RelayError(exc.message, hint=SETTINGS_FIX) from None
-    from .naming import NamePolicy
+    from .links import iso
+from .naming import NamePolicy
     from .runtime import get_runtime
 
     problems = NamePolicy.from_settings(s.relay).validate()

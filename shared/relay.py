@@ -7,7 +7,6 @@ at Bane NOR means is shared/destination.py's; the ledger is shared/ledger.py's.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import time
 import uuid
@@ -28,7 +27,7 @@ from .delivery import (  # noqa: F401  (CLAIM_*, ClaimKeeper, is_*, archive_name
 )
 from .errors import NameRejected, RelayError
 from .ledger import Ledger, standing
-from .links import TOKEN_LINKS, Links
+from .links import TOKEN_LINKS, Links, iso
 from .naming import NamePolicy, destination_path
 from .receipts import ReceiptBuffer
 from .sync import SyncSummary, run_sync
@@ -113,7 +112,7 @@ class Relay:
         """A delivery that met a broken link: the link's state is recorded once; the file waits for the sync."""
         state = self.links.broken(exc)
         return Outcome("held", name, etag, link=state.link, reason=f"{exc} (link {state.link} broken since "
-                       f"{dt.datetime.fromtimestamp(state.since, dt.UTC):%Y-%m-%dT%H:%M:%SZ}; the sync delivers it "
+                       f"{iso(state.since)}; the sync delivers it "
                        "once the link answers)")
 
     def deliver_listed(self, props: Any, failure: Any = None,
@@ -205,7 +204,7 @@ class Relay:
         if step == "poisoned":
             return Outcome("poisoned", name, etag, size=props.size, reason=failure.last_error)
         if step == "pending":
-            retry_at = dt.datetime.fromtimestamp(failure.next_retry_at, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            retry_at = iso(failure.next_retry_at)
             return Outcome("pending", name, etag, size=props.size,
                            reason=f"failed {failure.attempts} time(s); next retry {retry_at}")
         try:
