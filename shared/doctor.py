@@ -16,6 +16,7 @@ from typing import Any
 from .config import Settings, load_settings
 from .diagnosis import partner_endpoint, partner_storage_failure, transport_cause
 from .errors import ConfigError, RelayError, SigningKeyError, first_line, scrub
+from .links import iso
 
 KEY_LIFETIME_DAYS = 365  # self-service keys expire a year after upload
 KEY_WARN_DAYS = 30
@@ -123,8 +124,7 @@ def probe_settings(run: Run) -> list[str]:
         s = load_settings()
     except ConfigError as exc:
         raise RelayError(exc.message, hint=SETTINGS_FIX) from None
-    from .links import iso
-from .naming import NamePolicy
+    from .naming import NamePolicy
     from .runtime import get_runtime
 
     problems = NamePolicy.from_settings(s.relay).validate()
