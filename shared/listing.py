@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, cast
@@ -19,7 +19,7 @@ from xml.etree import ElementTree
 from .errors import ListingError
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ListedBlob:
     """One blob of a listing: what the delivery evidence compares (size, Content-MD5, metadata) and what a sync
     reads of an export's version (etag, last modified, content type and disposition)."""
@@ -66,31 +66,51 @@ def list_blob_pages(container: Any, prefix: str, page_size: int, *,
         query = {"restype": "container", "comp": "list", "maxresults": str(page_size),
                  **({"include": "metadata"} if metadata else {}), **({"prefix": prefix} if prefix else {}),
                  **({"marker": marker} if marker else {})}
-        response = send(HttpRequest("GET", container.url, params=query,
-                                    headers={"x-ms-version": container.api_version}))
-        if response.status_code != 200:
-            raise _listing_error(response)
-        page, marker = _parse_page(response.read())
+        page, marker = _read_page(send, HttpRequest("GET", container.url, params=query,
+                                                    headers={"x-ms-version": container.api_version}))
         empty = _count_empty(page, marker, empty, container)
         yield page
         if not marker:
             return
 
 
-# Bytes of a listing's answer handed to the parser at a time: each entry is parsed and dropped before the next chunk.
-_PARSE_CHUNK = 64 * 1024
+# A page's answer is read as it arrives (`stream=True`), so the client's retry policy covers the request up to the
+# answer's headers only; an answer cut off in its body is asked for again here, at most this many times more.
+PAGE_READ_RETRIES = 3
 
 
-def _parse_page(body: bytes) -> tuple[list[ListedBlob], str]:
-    """(entries, NextMarker) of one List Blobs answer. The parser azure-storage-blob itself uses on these answers
-    (expat resolves no external entity and, 2.4.1 and later, bundled with Python 3.11, bounds entity expansion), fed
-    in chunks, each `<Blob>` turned into a ListedBlob and cleared as soon as it ends: the whole tree of a 5,000-entry
-    page took 16.7 MiB at once where this takes 4.0 MiB, at the same CPU (bench/RESULTS.md, issue 30)."""
+def _read_page(send: Any, request: Any) -> tuple[list[ListedBlob], str]:
+    """(entries, NextMarker) of one List Blobs request, its answer parsed while it arrives: a 5,000-entry answer
+    (about 5 MB) is never held whole, nor copied, so a sync's peak memory does not depend on how many exports it
+    lists (issue 26). Raises the storage error for a refusal, and the transport's error once the answer was cut off
+    PAGE_READ_RETRIES + 1 times."""
+    from azure.core.exceptions import AzureError
+
+    for attempt in range(PAGE_READ_RETRIES + 1):
+        response = send(request, stream=True)
+        try:
+            if response.status_code != 200:
+                response.read()  # the error's text, as the SDK's own listing gives it
+                raise _listing_error(response)
+            return _parse_page(response.iter_bytes())
+        except AzureError as exc:
+            if getattr(exc, "response", None) is response or attempt == PAGE_READ_RETRIES:
+                raise  # a refusal (status, code) is not a cut-off answer
+        finally:
+            response.close()
+    raise AssertionError("unreachable")
+
+
+def _parse_page(chunks: Iterable[bytes]) -> tuple[list[ListedBlob], str]:
+    """(entries, NextMarker) of one List Blobs answer, from its body's chunks as they arrive. The parser
+    azure-storage-blob itself uses on these answers (expat resolves no external entity and, 2.4.1 and later, bundled
+    with Python 3.11, bounds entity expansion); each `<Blob>` is turned into a ListedBlob and cleared as soon as it
+    ends: the whole tree of a 5,000-entry page took 16.7 MiB at once (bench/RESULTS.md, issue 30)."""
     parser: ElementTree.XMLPullParser[ElementTree.Element] = ElementTree.XMLPullParser(events=("end",))
     page: list[ListedBlob] = []
     marker = ""
-    for offset in range(0, len(body) or 1, _PARSE_CHUNK):
-        parser.feed(body[offset:offset + _PARSE_CHUNK])
+    for chunk in chunks:
+        parser.feed(chunk)
         for _, found in parser.read_events():  # type: ignore[misc]  # ("end", Element): the only event asked for
             element = cast(ElementTree.Element, found)
             if element.tag == "Blob":

@@ -1,0 +1,94 @@
+"""A listing page is parsed while its answer arrives (issue 26: a sync's peak memory must not follow the size of the
+export listing's pages), and an answer cut off in its body is asked for again, a bounded number of times.
+
+Memory is counted with tracemalloc (Python's own allocations, exact and independent of the machine's load), not RSS.
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from azure.core.exceptions import AzureError
+from azure.storage.blob import BlobServiceClient
+
+from shared.listing import PAGE_READ_RETRIES, list_blobs
+from tests.faultproxy import Fault, match
+from tests.helpers import fast_runtime
+
+ENTRIES = 1500
+METADATA = {"note": "m" * 2000}  # 2 KB an entry: an answer of about 4 MB, most of it kept in the entries
+
+
+@pytest.fixture(scope="module")
+def listed(azurite):
+    service = BlobServiceClient.from_connection_string(azurite.connection_string("partnerexports"))
+    container = service.get_container_client(f"listing-{uuid.uuid4().hex[:12]}")
+    container.create_container()
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda i: container.upload_blob(f"exports/file-{i:05d}.csv", b"x", metadata=METADATA),
+                      range(ENTRIES)))
+    yield container
+    container.delete_container()
+
+
+def _answer_bytes(container) -> int:
+    sizes: list[int] = []
+    list(container.list_blobs(include=["metadata"], results_per_page=5000,
+                              raw_response_hook=lambda r: sizes.append(len(r.http_response.body()))))
+    return sum(sizes)
+
+
+def test_a_page_is_never_held_whole_besides_its_entries(listed):
+    answer = _answer_bytes(listed)
+    list(list_blobs(listed, metadata=True))  # the client's first request and imports out of the count
+    tracemalloc.start()
+    try:
+        entries = list(list_blobs(listed, metadata=True))
+        held, _ = tracemalloc.get_traced_memory()
+        del entries
+        tracemalloc.reset_peak()
+        before, _ = tracemalloc.get_traced_memory()
+        count = sum(1 for _ in list_blobs(listed, metadata=True))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == ENTRIES
+    # Beside the page's own entries, the listing holds far less than its answer (reading the answer whole and then
+    # parsing it held about twice the answer on top of the entries).
+    assert peak - before - held < answer / 2, (peak - before, held, answer)
+
+
+def test_the_listing_reads_what_the_sdk_reads(listed):
+    ours = [(b.name, b.size, b.content_md5, b.metadata) for b in list_blobs(listed, metadata=True, page_size=400)]
+    sdk = [(b.name, b.size, bytes(b.content_settings.content_md5), b.metadata)
+           for b in listed.list_blobs(include=["metadata"])]
+    assert ours == sdk
+
+
+def test_an_answer_cut_off_in_its_body_is_asked_for_again(relay_env, faults):
+    relay_env.put("cut/a.csv", b"a")
+    relay_env.put("cut/b.csv", b"b")
+    rt = fast_runtime(relay_env, faults)
+    cut = faults["EXPORT_STORAGE"].add(Fault("reset_response", _list_request, times=1, fraction=0.5))
+    names = [b.name for b in list_blobs(rt.exports, "cut/")]
+    assert cut.fired == 1
+    assert names == ["cut/a.csv", "cut/b.csv"]
+
+
+def test_an_answer_cut_off_every_time_ends_with_the_transport_error(relay_env, faults):
+    relay_env.put("cut/a.csv", b"a")
+    rt = fast_runtime(relay_env, faults)
+    cut = faults["EXPORT_STORAGE"].add(Fault("reset_response", _list_request, times=None, fraction=0.5))
+    with pytest.raises(AzureError):
+        list(list_blobs(rt.exports, "cut/"))
+    # each read is one request through the client's own retry policy (which retries a reset before the headers
+    # too): bounded either way
+    assert PAGE_READ_RETRIES + 1 <= cut.fired <= (PAGE_READ_RETRIES + 1) * 6
+
+
+def _list_request(req) -> bool:
+    return match("GET")(req) and req.comp == "list"
+
