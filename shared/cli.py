@@ -83,8 +83,8 @@ class on_link:
 def cmd_token(args: argparse.Namespace, out: Output) -> int:
     rt = _runtime(args)
     with on_link(None):
-        token = rt.maskinporten.get_token()
-    facts = token_facts(token, time.time(), rt.maskinporten.request.resource)
+        token = rt.skyporten.get_token()
+    facts = token_facts(token, time.time(), rt.skyporten.request.resource)
     if args.decode:
         facts["claims"] = {k: v for k, v in token.claims.items() if k not in ("jti",)}
     if args.raw:

@@ -208,7 +208,7 @@ def probe_key(run: Run) -> list[str]:
 
 
 def probe_skyporten(run: Run) -> list[str]:
-    client = run.runtime.maskinporten
+    client = run.runtime.skyporten
     token = client.get_token()
     facts = token_facts(token, time.time(), client.request.resource)
     run.sky = facts

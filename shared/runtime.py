@@ -62,7 +62,7 @@ class Runtime:
         return provider_from_settings(key, self.settings.http.ca_bundle, credential, self.clock)
 
     @cached_property
-    def maskinporten(self) -> Any:
+    def skyporten(self) -> Any:
         from .skyporten_token import client_from_settings
 
         return client_from_settings(self.settings.skyporten, self.signing_keys, clock=self.clock,
@@ -74,7 +74,7 @@ class Runtime:
 
         banenor = self.settings.banenor
         return BaneNorCredential(
-            banenor.tenant_id, banenor.client_id, self.maskinporten, authority=banenor.authority_host,
+            banenor.tenant_id, banenor.client_id, self.skyporten, authority=banenor.authority_host,
             federation_retry_seconds=banenor.federation_retry_seconds, clock=self.clock,
             ca_bundle=self.settings.http.ca_bundle,
         )

@@ -91,7 +91,7 @@ def no_token_backoff(rt: Any) -> None:
 
     s = rt.settings
     rt.sleeps = Sleeps()
-    rt.__dict__["maskinporten"] = client_from_settings(s.skyporten, rt.signing_keys, clock=rt.clock, sleep=rt.sleeps,
+    rt.__dict__["skyporten"] = client_from_settings(s.skyporten, rt.signing_keys, clock=rt.clock, sleep=rt.sleeps,
                                                        verify=s.http.verify)
 
 

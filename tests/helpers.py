@@ -141,9 +141,9 @@ def fast_runtime(env: RelayEnv, proxies: dict[str, Any], *, timeout: float = 10.
                             client_kwargs={"retry_backoff_factor": 0.05, **timeouts})
     rt.__dict__["signing_keys"] = SigningKeyProvider(source.load, s.signing_key.cache_seconds, rt.clock)
     rt.sleeps = Sleeps()
-    rt.__dict__["maskinporten"] = client_from_settings(s.skyporten, rt.signing_keys, clock=rt.clock,
+    rt.__dict__["skyporten"] = client_from_settings(s.skyporten, rt.signing_keys, clock=rt.clock,
                                                        sleep=rt.sleeps, timeout=timeout, verify=s.http.verify)
-    skyporten = rt.maskinporten
+    skyporten = rt.skyporten
 
     def inner(assertion: Any) -> Any:
         return ClientAssertionCredential(
