@@ -1,5 +1,6 @@
 """What several test modules share besides their fixtures (those are in tests/conftest.py).
 
+- a partner's settings without a stack (`base_env`);
 - the relay on the local stack: `RelayEnv` (behind the `relay_env` fixture) and its `OffsetClock`;
 - runtimes whose every dependency goes through a fault proxy, with short retry policies (`fast_runtime`);
 - Azurite holding the partner's and Bane NOR's accounts for the copier and ledger tests (`Stores`, `Wire`), and
@@ -35,6 +36,31 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# -- settings without a stack ------------------------------------------------------------------------------------
+TENANT = "6ee535f2-3064-4ac9-81d8-4ceb2ff790c6"
+CLIENT = "11111111-2222-3333-4444-555555555555"
+
+
+def base_env(**overrides: str | None) -> dict[str, str]:
+    """A partner's settings on paper (test environment, a Key Vault secret, a storage URI): enough for
+    `Settings.load`, no stack needed. A value of None in `overrides` leaves the setting out."""
+    env: dict[str, str | None] = {
+        "BANENOR_ENVIRONMENT": "test",
+        "MASKINPORTEN_CLIENT_ID": "a1b2c3d4-0000-0000-0000-000000000000",
+        "MASKINPORTEN_KEY_ID": "partner-key-2026",
+        "SIGNING_KEY_SOURCE": "keyvault-secret",
+        "KEY_VAULT_URL": "https://partner-kv.vault.azure.net",
+        "SIGNING_KEY_NAME": "maskinporten-key",
+        "BANENOR_TENANT_ID": TENANT,
+        "BANENOR_CLIENT_ID": CLIENT,
+        "BANENOR_CONTAINER": "integration-dev",
+        "BANENOR_DIRECTORY": "partner-987654321",
+        "EXPORT_STORAGE__blobServiceUri": "https://partnerexports.blob.core.windows.net",
+    }
+    env.update(overrides)
+    return {k: v for k, v in env.items() if v is not None}
 
 
 # -- the relay on the local stack --------------------------------------------------------------------------------

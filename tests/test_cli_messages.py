@@ -25,8 +25,7 @@ from tests.fakes import (
     refusal,
     response,
 )
-from tests.helpers import closed_port
-from tests.test_config import base_env
+from tests.helpers import base_env, closed_port
 
 KEY = make_key()
 
