@@ -1,7 +1,7 @@
 """`doctor`: the chain of trust checked link by link, in the order a delivery uses it.
 
 Owns the ordered list of checks (CHECKS: each a link, its exit code 10-18, its probe and the cause-and-fix its
-probe raises) and the runner that stops at the first broken link. Prints nothing: shared/cli.py prints.
+probe raises) and the runner that stops at the first broken link. Prints nothing: shared/cli_links.py prints.
 """
 
 from __future__ import annotations
@@ -208,7 +208,7 @@ def probe_key(run: Run) -> list[str]:
 
 
 def probe_skyporten(run: Run) -> list[str]:
-    client = run.runtime.maskinporten
+    client = run.runtime.skyporten
     token = client.get_token()
     facts = token_facts(token, time.time(), client.request.resource)
     run.sky = facts

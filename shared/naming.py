@@ -134,11 +134,12 @@ class NamePolicy:
             problems.append(f"max_segment {self.max_segment} must be between 1 and {AZURE_MAX_SEGMENT}")
         if not 1 <= self.max_path <= AZURE_MAX_PATH:
             problems.append(f"max_path {self.max_path} must be between 1 and {AZURE_MAX_PATH}")
-        problems.extend(_template_problems(self.template))
+        problems.extend(template_problems(self.template))
         return problems
 
 
-def _template_problems(template: str) -> list[str]:
+def template_problems(template: str) -> list[str]:
+    """What is wrong with a destination template (none: an empty list); part of `NamePolicy.validate`."""
     problems: list[str] = []
     names = _PLACEHOLDER.findall(template)
     unknown = sorted({n for n in names if n not in PLACEHOLDERS})

@@ -44,6 +44,30 @@ class Runtime:
         self._partner_credential = partner_credential
         self._reset_lock = threading.Lock()
 
+    # -- parts supplied from outside ----------------------------------------------------------------------
+    @classmethod
+    def part_names(cls) -> frozenset[str]:
+        """The parts a runtime builds on first use (its cached properties): `skyporten`, `destination`, ..."""
+        return frozenset(name for name, value in vars(cls).items() if isinstance(value, cached_property))
+
+    def override(self, **parts: Any) -> Runtime:
+        """Use each given part (`rt.override(banenor_service=client)`) in place of the one this runtime would
+        build: a client with shorter retries or timeouts, a fake. Parts built later from it use it. Returns the
+        runtime. Raises ValueError for a name that is no part, or a part already built (what was built from it
+        would keep the old one)."""
+        known = self.part_names()
+        for name, value in parts.items():
+            if name not in known:
+                raise ValueError(f"{name!r} is not a part of the runtime (one of: {', '.join(sorted(known))})")
+            if self.built(name):
+                raise ValueError(f"the runtime's {name!r} is built already: override it before its first use")
+            self.__dict__[name] = value
+        return self
+
+    def built(self, name: str) -> bool:
+        """Whether part `name` was built (or supplied) already, e.g. to close only what exists."""
+        return name in self.__dict__
+
     # -- identity and tokens ------------------------------------------------------------------------------
     @cached_property
     def partner_credential(self) -> Any:
@@ -62,7 +86,7 @@ class Runtime:
         return provider_from_settings(key, self.settings.http.ca_bundle, credential, self.clock)
 
     @cached_property
-    def maskinporten(self) -> Any:
+    def skyporten(self) -> Any:
         from .skyporten_token import client_from_settings
 
         return client_from_settings(self.settings.skyporten, self.signing_keys, clock=self.clock,
@@ -74,7 +98,7 @@ class Runtime:
 
         banenor = self.settings.banenor
         return BaneNorCredential(
-            banenor.tenant_id, banenor.client_id, self.maskinporten, authority=banenor.authority_host,
+            banenor.tenant_id, banenor.client_id, self.skyporten, authority=banenor.authority_host,
             federation_retry_seconds=banenor.federation_retry_seconds, clock=self.clock,
             ca_bundle=self.settings.http.ca_bundle,
         )

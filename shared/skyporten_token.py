@@ -1,6 +1,6 @@
 """Skyporten (Maskinporten) token client: JWT grant (RFC 7523), token request, cache, retries.
 
-Building the grant's claims is pure (`grant_claims`; the key encodes it); `MaskinportenClient.get_token()`
+Building the grant's claims is pure (`grant_claims`; the key encodes it); `SkyportenClient.get_token()`
 sends it, caches the token until `min(sent_at + expires_in, exp) - margin`, lets exactly one of many
 concurrent callers refresh it, retries what is transient and turns refusals into one clear error.
 """
@@ -143,7 +143,7 @@ class SkyportenToken:
         return f"SkyportenToken(scope={self.scope!r}, expires_at={self.expires_at:.0f}, token=[secure])"
 
 
-class MaskinportenClient:
+class SkyportenClient:
     """Gets Skyporten tokens for one integration; thread-safe, cached per (scope, resource)."""
 
     def __init__(
@@ -362,8 +362,8 @@ def _number(value: Any) -> float | None:
     return None
 
 
-def client_from_settings(skyporten: SkyportenSettings, keys: SigningKeyProvider, **kwargs: Any) -> MaskinportenClient:
-    """The Skyporten token client for these settings; `kwargs` go to MaskinportenClient (`verify`: the CA
+def client_from_settings(skyporten: SkyportenSettings, keys: SigningKeyProvider, **kwargs: Any) -> SkyportenClient:
+    """The Skyporten token client for these settings; `kwargs` go to SkyportenClient (`verify`: the CA
     bundle, `clock`, `sleep`, ...)."""
     request = GrantRequest(
         audience=skyporten.issuer,
@@ -372,4 +372,9 @@ def client_from_settings(skyporten: SkyportenSettings, keys: SigningKeyProvider,
         resource=skyporten.resource,
         resource_form=skyporten.resource_form,
     )
-    return MaskinportenClient(request, skyporten.token_endpoint, keys, **kwargs)
+    return SkyportenClient(request, skyporten.token_endpoint, keys, **kwargs)
+
+
+# The class's old name, for shared/banenor_credential.py only (its import and one annotation): that file is being
+# reworked on another branch this round. Delete this line and rename the two there once both have merged.
+MaskinportenClient = SkyportenClient

@@ -1,6 +1,7 @@
-"""The terminal side of the command line: output as text or JSON, a progress bar and the line it holds open on
-stderr, what Ctrl-C prints at once, and which log records reach the terminal without --verbose (by their
-structured `extra`, never their wording).
+"""The terminal side of the command line: output as text or JSON, the exit-code table and the one way a command
+reports a failure (`report`), the words every command uses for a file's outcome, a progress bar and the line it
+holds open on stderr, what Ctrl-C prints at once, and which log records reach the terminal without --verbose (by
+their structured `extra`, never their wording).
 """
 
 from __future__ import annotations
@@ -46,6 +47,49 @@ def json_ready(value: Any, key: str = "") -> Any:
     if key.endswith("etag") and isinstance(value, str):
         return value.strip('"')
     return value
+
+
+# One exit-code table for every command (docs/troubleshooting.md): send and sync say what became of the files,
+# a broken link says which link (doctor stops at the first broken one with the same codes: doctor.DOCTOR_EXIT).
+EXIT_OK = 0  # every file delivered (or already delivered); the command did what was asked
+EXIT_FAILED = 1  # some file failed (retried by the next sync) or is poisoned; or `retry` had nothing to retry
+EXIT_CONFIG = 2  # a setting, the --env-file or the command line is wrong
+EXIT_REJECTED = 3  # nothing failed, but some file is rejected for good (its name or extension)
+
+
+def delivery_exit(statuses: list[str] | set[str], error: bool = False) -> int:
+    """send's and sync's exit code from what became of the files (EXIT_* above)."""
+    if error or {"failed", "poisoned"} & set(statuses):
+        return EXIT_FAILED
+    if "rejected" in statuses:
+        return EXIT_REJECTED
+    return EXIT_OK
+
+
+def report(out: Output, code: int, message: str, fix: str | None, **extra: Any) -> int:
+    """A command's failure: one message and its fix on stderr (with --json, also as data on stdout); returns `code`."""
+    out.data({"error": message, "fix": fix, "exit_code": code, **extra})
+    separator = "\n" if "\n" in message else " "  # a list of setting problems: the fix on a line of its own
+    print(f"{message}{separator + 'Fix: ' + fix if fix else ''}", file=sys.stderr, flush=True)
+    return code
+
+
+def next_step(status: str, name: str) -> str:
+    """What happens next to a file in this state: the same words in sync's, send's and status's output."""
+    if status == "poisoned":
+        return f"poisoned: not retried until `retry {name}` (after the cause is fixed)"
+    if status == "failed":
+        return "retried by the next sync"
+    if status == "held":
+        return "a link is broken: the next sync delivers it once the link answers"
+    return ""
+
+
+def outcome_line(o: dict[str, Any]) -> str:
+    step = next_step(o["status"], o["source_name"])
+    reason = o.get("reason") if o["status"] != "delivered" else None
+    return (f"  {o['status']:<17} {o['source_name']}{' -> ' + o['destination'] if o.get('destination') else ''}"
+            f"{'  ' + reason if reason else ''}{'  [' + step + ']' if step else ''}")
 
 
 # -- Ctrl-C --------------------------------------------------------------------------------------------------

@@ -91,8 +91,8 @@ def no_token_backoff(rt: Any) -> None:
 
     s = rt.settings
     rt.sleeps = Sleeps()
-    rt.__dict__["maskinporten"] = client_from_settings(s.skyporten, rt.signing_keys, clock=rt.clock, sleep=rt.sleeps,
-                                                       verify=s.http.verify)
+    rt.override(skyporten=client_from_settings(s.skyporten, rt.signing_keys, clock=rt.clock, sleep=rt.sleeps,
+                                               verify=s.http.verify))
 
 
 def make_cli(stack: Any, tmp_path: Path) -> Any:

@@ -64,7 +64,7 @@ def make_runtime(stack):
 
     yield build
     for rt in built:
-        if "banenor_credential" in rt.__dict__:
+        if rt.built("banenor_credential"):
             rt.banenor_credential.close()
 
 

@@ -1,5 +1,6 @@
 """What several test modules share besides their fixtures (those are in tests/conftest.py).
 
+- a partner's settings without a stack (`base_env`);
 - the relay on the local stack: `RelayEnv` (behind the `relay_env` fixture) and its `OffsetClock`;
 - runtimes whose every dependency goes through a fault proxy, with short retry policies (`fast_runtime`);
 - Azurite holding the partner's and Bane NOR's accounts for the copier and ledger tests (`Stores`, `Wire`), and
@@ -35,6 +36,31 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# -- settings without a stack ------------------------------------------------------------------------------------
+TENANT = "6ee535f2-3064-4ac9-81d8-4ceb2ff790c6"
+CLIENT = "11111111-2222-3333-4444-555555555555"
+
+
+def base_env(**overrides: str | None) -> dict[str, str]:
+    """A partner's settings on paper (test environment, a Key Vault secret, a storage URI): enough for
+    `Settings.load`, no stack needed. A value of None in `overrides` leaves the setting out."""
+    env: dict[str, str | None] = {
+        "BANENOR_ENVIRONMENT": "test",
+        "MASKINPORTEN_CLIENT_ID": "a1b2c3d4-0000-0000-0000-000000000000",
+        "MASKINPORTEN_KEY_ID": "partner-key-2026",
+        "SIGNING_KEY_SOURCE": "keyvault-secret",
+        "KEY_VAULT_URL": "https://partner-kv.vault.azure.net",
+        "SIGNING_KEY_NAME": "maskinporten-key",
+        "BANENOR_TENANT_ID": TENANT,
+        "BANENOR_CLIENT_ID": CLIENT,
+        "BANENOR_CONTAINER": "integration-dev",
+        "BANENOR_DIRECTORY": "partner-987654321",
+        "EXPORT_STORAGE__blobServiceUri": "https://partnerexports.blob.core.windows.net",
+    }
+    env.update(overrides)
+    return {k: v for k, v in env.items() if v is not None}
 
 
 # -- the relay on the local stack --------------------------------------------------------------------------------
@@ -79,7 +105,7 @@ class RelayEnv:
 
     def close(self) -> None:
         for r in self.runtimes:
-            if "banenor_credential" in r.__dict__:
+            if r.built("banenor_credential"):
                 r.banenor_credential.close()
 
 
@@ -109,11 +135,9 @@ def with_short_gateway_retries(rt: Runtime, retry_total: int = 4) -> Runtime:
     from shared.storage import banenor_service_client
 
     s = rt.settings
-    rt.__dict__["banenor_service"] = banenor_service_client(
+    return rt.override(banenor_service=banenor_service_client(
         s.banenor, s.http, rt.banenor_credential, single_put_limit=s.relay.single_put_limit,
-        block_size=s.relay.block_size, retry_policy=short_storage_retry(retry_total))
-    rt.__dict__.pop("destination", None)
-    return rt
+        block_size=s.relay.block_size, retry_policy=short_storage_retry(retry_total)))
 
 
 def fast_runtime(env: RelayEnv, proxies: dict[str, Any], *, timeout: float = 10.0, **overrides: str | None) -> Any:
@@ -139,11 +163,11 @@ def fast_runtime(env: RelayEnv, proxies: dict[str, Any], *, timeout: float = 10.
     source = KeyVaultSource(s.signing_key.vault_url, s.signing_key.name, s.signing_key.source, s.signing_key.key_id,
                             rt.partner_credential, s.http.ca_bundle, rt.clock,
                             client_kwargs={"retry_backoff_factor": 0.05, **timeouts})
-    rt.__dict__["signing_keys"] = SigningKeyProvider(source.load, s.signing_key.cache_seconds, rt.clock)
+    rt.override(signing_keys=SigningKeyProvider(source.load, s.signing_key.cache_seconds, rt.clock))
     rt.sleeps = Sleeps()
-    rt.__dict__["maskinporten"] = client_from_settings(s.skyporten, rt.signing_keys, clock=rt.clock,
-                                                       sleep=rt.sleeps, timeout=timeout, verify=s.http.verify)
-    skyporten = rt.maskinporten
+    skyporten = client_from_settings(s.skyporten, rt.signing_keys, clock=rt.clock, sleep=rt.sleeps, timeout=timeout,
+                                     verify=s.http.verify)
+    rt.override(skyporten=skyporten)
 
     def inner(assertion: Any) -> Any:
         return ClientAssertionCredential(
@@ -151,13 +175,13 @@ def fast_runtime(env: RelayEnv, proxies: dict[str, Any], *, timeout: float = 10.
             authority=s.banenor.authority_host, retry_total=2, retry_backoff_factor=0.05,
             connection_verify=s.http.ca_bundle, **timeouts)
 
-    rt.__dict__["banenor_credential"] = BaneNorCredential(
+    rt.override(banenor_credential=BaneNorCredential(
         s.banenor.tenant_id, s.banenor.client_id, skyporten, authority=s.banenor.authority_host,
-        federation_retry_seconds=0, clock=rt.clock, ca_bundle=s.http.ca_bundle, new_inner=inner)
-    rt.__dict__["banenor_service"] = banenor_service_client(s.banenor, s.http, rt.banenor_credential, **storage())
-    rt.__dict__["export_service"] = BlobServiceClient.from_connection_string(
-        s.exports.connection_string, connection_verify=s.http.ca_bundle, **storage())
-    return rt
+        federation_retry_seconds=0, clock=rt.clock, ca_bundle=s.http.ca_bundle, new_inner=inner))
+    return rt.override(
+        banenor_service=banenor_service_client(s.banenor, s.http, rt.banenor_credential, **storage()),
+        export_service=BlobServiceClient.from_connection_string(
+            s.exports.connection_string, connection_verify=s.http.ca_bundle, **storage()))
 
 
 def dest_blobs(env: RelayEnv) -> dict[str, Any]:

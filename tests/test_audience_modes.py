@@ -58,7 +58,7 @@ def test_the_chain_delivers_in_both_audience_modes(make_runtime, backend, audien
     audience_mode(mode)
     rt = make_runtime()
     assert rt.settings.skyporten.resource == (EXCHANGE_AUDIENCE if mode == "resource" else None)
-    assert rt.maskinporten.get_token().claims["aud"] == EXCHANGE_AUDIENCE
+    assert rt.skyporten.get_token().claims["aud"] == EXCHANGE_AUDIENCE
     path = write(rt)
     assert backend.get_blob_client(path).download_blob().readall() == b"hello\n"
 
@@ -66,7 +66,7 @@ def test_the_chain_delivers_in_both_audience_modes(make_runtime, backend, audien
 def test_scope_mode_ignores_a_resource_sent_anyway(make_runtime, stack, audience_mode):
     audience_mode("scope")
     rt = make_runtime(MASKINPORTEN_RESOURCE="https://skyporten.example.no")
-    assert rt.maskinporten.get_token().claims["aud"] == EXCHANGE_AUDIENCE
+    assert rt.skyporten.get_token().claims["aud"] == EXCHANGE_AUDIENCE
     write(rt)
 
 

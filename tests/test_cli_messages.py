@@ -12,7 +12,7 @@ from shared.cli import EXIT_CONFIG, main
 from shared.config import Settings
 from shared.doctor import CHECKS, Run, run_checks
 from shared.errors import EntraError
-from shared.skyporten_token import UNSPECIFIED_AUDIENCE, GrantRequest, MaskinportenClient
+from shared.skyporten_token import UNSPECIFIED_AUDIENCE, GrantRequest, SkyportenClient
 from tests.fakes import (
     ISSUER,
     SCOPE,
@@ -25,8 +25,7 @@ from tests.fakes import (
     refusal,
     response,
 )
-from tests.helpers import closed_port
-from tests.test_config import base_env
+from tests.helpers import base_env, closed_port
 
 KEY = make_key()
 
@@ -75,7 +74,7 @@ def credential(outcomes, *, aud, resource=None, retry_window=300):
         return response(200, {"access_token": token, "expires_in": 120, "scope": "s"})
 
     session = FakeSession(answer)
-    sky = MaskinportenClient(GrantRequest(ISSUER, "c", "banenor:payloadmanager.storage", resource=resource),
+    sky = SkyportenClient(GrantRequest(ISSUER, "c", "banenor:payloadmanager.storage", resource=resource),
                              ISSUER + "/token", key_provider(KEY), session=session, clock=clock, sleep=clock.sleep)
     script = list(outcomes)
     cred = BaneNorCredential("tenant", "mi-client", sky, clock=clock, sleep=clock.sleep,

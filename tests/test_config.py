@@ -4,27 +4,7 @@ import pytest
 
 from shared.config import ENVIRONMENTS, Settings, read_env_file
 from shared.errors import ConfigError
-
-TENANT = "6ee535f2-3064-4ac9-81d8-4ceb2ff790c6"
-CLIENT = "11111111-2222-3333-4444-555555555555"
-
-
-def base_env(**overrides):
-    env = {
-        "BANENOR_ENVIRONMENT": "test",
-        "MASKINPORTEN_CLIENT_ID": "a1b2c3d4-0000-0000-0000-000000000000",
-        "MASKINPORTEN_KEY_ID": "partner-key-2026",
-        "SIGNING_KEY_SOURCE": "keyvault-secret",
-        "KEY_VAULT_URL": "https://partner-kv.vault.azure.net",
-        "SIGNING_KEY_NAME": "maskinporten-key",
-        "BANENOR_TENANT_ID": TENANT,
-        "BANENOR_CLIENT_ID": CLIENT,
-        "BANENOR_CONTAINER": "integration-dev",
-        "BANENOR_DIRECTORY": "partner-987654321",
-        "EXPORT_STORAGE__blobServiceUri": "https://partnerexports.blob.core.windows.net",
-    }
-    env.update(overrides)
-    return {k: v for k, v in env.items() if v is not None}
+from tests.helpers import TENANT, base_env
 
 
 def problems_of(env):

@@ -11,7 +11,7 @@ from azure.core.credentials import AccessTokenInfo
 
 from shared.banenor_credential import AADSTS, BaneNorCredential, entra_error
 from shared.errors import EntraError
-from shared.skyporten_token import GrantRequest, MaskinportenClient
+from shared.skyporten_token import GrantRequest, SkyportenClient
 from tests.fakes import (
     ISSUER,
     SCOPE,
@@ -38,7 +38,7 @@ def make(outcomes, retry_window=300):
         return response(200, {"access_token": token, "expires_in": 120, "scope": "s"})
 
     session = FakeSession(answer)
-    sky = MaskinportenClient(GrantRequest(ISSUER, "c", "banenor:payloadmanager.storage"), ISSUER + "/token",
+    sky = SkyportenClient(GrantRequest(ISSUER, "c", "banenor:payloadmanager.storage"), ISSUER + "/token",
                              key_provider(KEY), session=session, clock=clock, sleep=clock.sleep)
     script = list(outcomes)
     cred = BaneNorCredential("tenant", "mi-client", sky, clock=clock, sleep=clock.sleep,
@@ -177,7 +177,7 @@ def test_a_malformed_skyporten_answer_inside_the_assertion_callback_stays_a_skyp
     clock = FakeClock()
     not_a_claims_object = b64url(b'{"alg":"none"}') + "." + b64url(b"[1, 2]") + ".c2ln"
     session = FakeSession(lambda form: response(200, {"access_token": not_a_claims_object, "expires_in": 120}))
-    sky = MaskinportenClient(GrantRequest(ISSUER, "c", "banenor:payloadmanager.storage"), ISSUER + "/token",
+    sky = SkyportenClient(GrantRequest(ISSUER, "c", "banenor:payloadmanager.storage"), ISSUER + "/token",
                              key_provider(KEY), session=session, clock=clock, sleep=clock.sleep, max_retries=0)
     cred = BaneNorCredential("6ee535f2-3064-4ac9-81d8-4ceb2ff790c6", "11111111-2222-3333-4444-555555555555", sky,
                              authority="https://127.0.0.1:9", clock=clock, sleep=clock.sleep)

@@ -301,7 +301,7 @@ def test_random_faults_everywhere_then_one_sync_delivers_every_version_exactly_o
     for start in range(0, len(names), 25):
         if rng.random() < 0.5:  # walk the whole chain again, under faults: key, grant, exchange
             rt.signing_keys.invalidate()
-            rt.maskinporten.invalidate()
+            rt.skyporten.invalidate()
             rt.banenor_credential.invalidate()
         with ThreadPoolExecutor(4) as pool:
             for status in pool.map(deliver, names[start:start + 25]):

@@ -69,9 +69,9 @@ def test_a_throttled_server_side_copy_is_transient_and_the_next_sync_delivers_ev
     # Only the gateway behind its proxy: Azurite pulls a server-side copy from the source's own URL.
     rt = relay_env.make(COPY_MODE="server", SINGLE_PUT_LIMIT="0", BLOCK_SIZE="256KiB",
                         BANENOR_STORAGE_URL=gateway.url(relay_env.stack.settings["BANENOR_STORAGE_URL"]))
-    rt.__dict__["banenor_service"] = banenor_service_client(  # the product's builder, retries 50 ms apart
+    rt.override(banenor_service=banenor_service_client(  # the product's builder, retries 50 ms apart
         rt.settings.banenor, rt.settings.http, rt.banenor_credential,
-        retry_policy=LinearRetry(backoff=0.05, retry_total=2, random_jitter_range=0))
+        retry_policy=LinearRetry(backoff=0.05, retry_total=2, random_jitter_range=0)))
     gateway.add(Fault("status", match("PUT", comp="block"), status=503, code="CannotVerifyCopySource",
                       retry_after="0", times=None))
     first = rt.relay.sync()

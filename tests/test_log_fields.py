@@ -87,7 +87,7 @@ def records(stack):
         logger.removeHandler(handler)
         logger.setLevel(old_level)
         for runtime in runtimes:
-            if "banenor_credential" in runtime.__dict__:
+            if runtime.built("banenor_credential"):
                 runtime.banenor_credential.close()
     assert summary.error is None, summary.error
     by_kind: dict[str, list[str]] = {kind: [] for kind in checks.RELAY_RECORDS}

@@ -266,8 +266,8 @@ def test_the_policy_is_validated_once_when_built_not_on_every_name(monkeypatch: 
     import shared.naming as naming
 
     calls = []
-    real = naming._template_problems
-    monkeypatch.setattr(naming, "_template_problems", lambda template: calls.append(template) or real(template))
+    real = naming.template_problems
+    monkeypatch.setattr(naming, "template_problems", lambda template: calls.append(template) or real(template))
     policy = NamePolicy(template="{yyyy}/{path}")
     for name in ("a.csv", "b.csv", "c/d.csv"):
         destination_path(name, "", policy, WHEN)

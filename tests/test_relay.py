@@ -373,10 +373,10 @@ def test_a_gateway_401_drops_the_cached_storage_token(relay_env, monkeypatch):
 
 def test_a_401_from_the_partners_own_storage_is_charged_to_the_file_not_the_trust_chain():
     from shared.copier import CopyFailed
-    from shared.relay import is_link_refusal as _is_trust_chain
+    from shared.relay import is_link_refusal
 
-    assert _is_trust_chain(CopyFailed("x", status=401, side="destination"))
-    assert not _is_trust_chain(CopyFailed("x", status=401, side="source"))
+    assert is_link_refusal(CopyFailed("x", status=401, side="destination"))
+    assert not is_link_refusal(CopyFailed("x", status=401, side="source"))
 
 
 # -- sync's small exports: an unclaimed delivery, the create-only write arbitrates -------------------------

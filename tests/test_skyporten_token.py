@@ -13,7 +13,7 @@ from shared.skyporten_token import (
     GRANT_LIFETIME,
     JWT_BEARER,
     GrantRequest,
-    MaskinportenClient,
+    SkyportenClient,
     decode_unverified,
     grant_claims,
 )
@@ -36,7 +36,7 @@ def token_body(clock, expires_in=120, exp_offset=None):
 def make_client(answer, clock=None, request=REQUEST, **kwargs):
     clock = clock or FakeClock()
     session = FakeSession(answer)
-    client = MaskinportenClient(request, ISSUER + "/token", key_provider(KEY), session=session, clock=clock,
+    client = SkyportenClient(request, ISSUER + "/token", key_provider(KEY), session=session, clock=clock,
                                 sleep=clock.sleep, jitter=lambda: 1.0, **kwargs)
     return client, session, clock
 
@@ -309,7 +309,7 @@ def test_a_redirect_from_the_token_endpoint_is_an_error_naming_the_endpoint_sett
     if where == "plain http elsewhere":
         target = f"http://localhost:{elsewhere.server_port}/stolen"
     endpoint = http_servers((status, {"Location": target}, b""))
-    client = MaskinportenClient(REQUEST, f"http://127.0.0.1:{endpoint.server_port}/token", key_provider(KEY),
+    client = SkyportenClient(REQUEST, f"http://127.0.0.1:{endpoint.server_port}/token", key_provider(KEY),
                                 max_retries=0)
     with pytest.raises(MaskinportenError) as info:
         client.get_token()
@@ -348,7 +348,7 @@ def test_an_answer_over_the_size_cap_is_refused_without_reading_it_all(http_serv
 
     body = b'{"access_token": "' + b"a" * (MAX_ANSWER_BYTES * 4) + b'"}'
     endpoint = http_servers((200, {"Content-Type": "application/json"}, body))
-    client = MaskinportenClient(REQUEST, f"http://127.0.0.1:{endpoint.server_port}/token", key_provider(KEY),
+    client = SkyportenClient(REQUEST, f"http://127.0.0.1:{endpoint.server_port}/token", key_provider(KEY),
                                 max_retries=0)
     with pytest.raises(MaskinportenError, match="larger than"):
         client.get_token()

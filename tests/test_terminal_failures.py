@@ -14,8 +14,7 @@ import pytest
 
 from shared.copier import CopyFailed
 from shared.errors import DeliveryError, GatewayError, SigningKeyError
-from shared.relay import is_link_refusal as _is_trust_chain
-from shared.relay import is_terminal as _is_terminal
+from shared.relay import is_link_refusal, is_terminal
 from tests.faultproxy import Fault, match
 from tests.helpers import with_short_gateway_retries
 
@@ -68,7 +67,7 @@ def test_a_transient_gateway_failure_keeps_the_backoff_until_max_attempts(relay_
     (ConnectionResetError("not classified by the relay"), False),
 ])
 def test_terminal_is_decided_by_the_errors_transient_flag(error, terminal):
-    assert _is_terminal(error) is terminal
+    assert is_terminal(error) is terminal
 
 
 @pytest.mark.parametrize(("error", "trust_chain"), [
@@ -83,4 +82,4 @@ def test_terminal_is_decided_by_the_errors_transient_flag(error, terminal):
     (DeliveryError("x"), False),
 ])
 def test_trust_chain_is_decided_by_the_errors_own_flag(error, trust_chain):
-    assert _is_trust_chain(error) is trust_chain
+    assert is_link_refusal(error) is trust_chain

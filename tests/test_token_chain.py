@@ -6,10 +6,10 @@ identity through the simulated MSI endpoint), requests against the Skyporten sim
 
 import pytest
 
-import shared.skyporten_token as maskinporten
+import shared.skyporten_token as skyporten_token
 from shared.errors import ConfigError, MaskinportenError, SigningKeyError
 from shared.signing import provider_from_settings
-from shared.skyporten_token import GrantRequest, MaskinportenClient
+from shared.skyporten_token import GrantRequest, SkyportenClient
 from sim.pki import new_rsa_key, private_pem
 
 pytestmark = pytest.mark.stack
@@ -17,7 +17,7 @@ SUBJECT = "0192:987654321;banenor:payloadmanager.storage"
 
 
 def assert_good_token(rt):
-    token = rt.maskinporten.get_token()
+    token = rt.skyporten.get_token()
     assert token.claims["sub"] == SUBJECT
     assert token.claims["iss"] == rt.settings.skyporten.issuer
     assert token.claims["consumer"] == {"authority": "iso6523-actorid-upis", "ID": "0192:987654321"}
@@ -57,9 +57,9 @@ def test_token_with_key_file(make_runtime):
 
 def test_second_request_is_served_from_cache(make_runtime, stack):
     rt = make_runtime()
-    rt.maskinporten.get_token()
+    rt.skyporten.get_token()
     before = stack.skyporten.token_requests
-    rt.maskinporten.get_token()
+    rt.skyporten.get_token()
     assert stack.skyporten.token_requests == before
 
 
@@ -67,7 +67,7 @@ def test_wrong_kid_gives_signature_error(make_runtime, stack):
     # The PEM key presented under the kid of the other registered key: Skyporten checks the signature.
     rt = make_runtime(MASKINPORTEN_KEY_ID=stack.settings["STACK_KEYVAULT_KEY_ID"])
     with pytest.raises(MaskinportenError) as info:
-        rt.maskinporten.get_token()
+        rt.skyporten.get_token()
     assert info.value.code == "MP-124"
     assert "MASKINPORTEN_KEY_ID" in info.value.hint
 
@@ -77,15 +77,15 @@ def test_key_not_registered_gives_client_error(make_runtime, tmp_path):
     path.write_bytes(private_pem(new_rsa_key()))
     rt = make_runtime(SIGNING_KEY_SOURCE="file", SIGNING_KEY_FILE=str(path), MASKINPORTEN_KEY_ID="never-registered")
     with pytest.raises(MaskinportenError) as info:
-        rt.maskinporten.get_token()
+        rt.skyporten.get_token()
     assert info.value.code == "MP-100"
 
 
 def test_grant_lifetime_over_120_seconds_is_refused(make_runtime, monkeypatch):
-    monkeypatch.setattr(maskinporten, "GRANT_LIFETIME", 121)
+    monkeypatch.setattr(skyporten_token, "GRANT_LIFETIME", 121)
     rt = make_runtime()
     with pytest.raises(MaskinportenError) as info:
-        rt.maskinporten.get_token()
+        rt.skyporten.get_token()
     assert info.value.code == "MP-130"
 
 
@@ -95,11 +95,11 @@ def test_replayed_jti_is_refused(make_runtime, monkeypatch):
         def uuid4():
             return "same-jti-every-time"
 
-    monkeypatch.setattr(maskinporten, "uuid", FixedUuid)
+    monkeypatch.setattr(skyporten_token, "uuid", FixedUuid)
     rt = make_runtime()
-    rt.maskinporten.get_token()
+    rt.skyporten.get_token()
     with pytest.raises(MaskinportenError) as info:
-        rt.maskinporten.get_token(force=True)
+        rt.skyporten.get_token(force=True)
     assert info.value.code == "MP-012"
 
 
@@ -111,7 +111,7 @@ def test_issuer_with_trailing_slash_is_refused_by_settings(make_runtime, stack):
 def test_issuer_with_trailing_slash_is_refused_by_skyporten(make_runtime, stack):
     rt = make_runtime()
     s = rt.settings
-    client = MaskinportenClient(GrantRequest(s.skyporten.issuer + "/", s.skyporten.client_id,
+    client = SkyportenClient(GrantRequest(s.skyporten.issuer + "/", s.skyporten.client_id,
                                              s.skyporten.scope), s.skyporten.token_endpoint, rt.signing_keys,
                                 verify=s.http.ca_bundle)
     with pytest.raises(MaskinportenError) as info:
@@ -123,7 +123,7 @@ def test_issuer_with_trailing_slash_is_refused_by_skyporten(make_runtime, stack)
 def test_scope_not_on_the_client_is_refused(make_runtime):
     rt = make_runtime(MASKINPORTEN_SCOPE="banenor:other.scope")
     with pytest.raises(MaskinportenError) as info:
-        rt.maskinporten.get_token()
+        rt.skyporten.get_token()
     assert info.value.code == "MP-200"
 
 
@@ -132,7 +132,7 @@ def test_organisation_not_granted_the_scope_is_refused(make_runtime, stack):
     try:
         rt = make_runtime()
         with pytest.raises(MaskinportenError) as info:
-            rt.maskinporten.get_token()
+            rt.skyporten.get_token()
     finally:
         stack.skyporten.options.granted_orgs = None
     assert info.value.code == "MP-250"
