@@ -152,7 +152,9 @@ def banenor_service_client(banenor: BanenorSettings, http: HttpSettings, credent
 
     The SDK keeps the base path (`<base>/<container>/<path>`); `audience` makes it ask its credential for
     `<storage audience>/.default`, which the gateway routes on (docs/protocol.md sections 2 and 6).
-    `single_put_limit` and `block_size` are SINGLE_PUT_LIMIT and BLOCK_SIZE (the relay's section).
+    `single_put_limit` and `block_size` are SINGLE_PUT_LIMIT and BLOCK_SIZE (the relay's section). A credential
+    that can be told a token was refused (`BaneNorCredential`) gets its `RefusedTokenPolicy` around the retries:
+    after a gateway 401 every request of this client is sent again with a token Entra issues anew.
     """
     from azure.storage.blob import BlobServiceClient
 
@@ -164,6 +166,10 @@ def banenor_service_client(banenor: BanenorSettings, http: HttpSettings, credent
         "max_block_size": block_size,
     }
     kwargs.update(overrides)
+    if hasattr(credential, "invalidate"):
+        from .banenor_credential import RefusedTokenPolicy
+
+        kwargs["retry_policy"] = RefusedTokenPolicy(kwargs["retry_policy"], credential)
     return BlobServiceClient(account_url=banenor.storage_url, credential=credential, **kwargs)
 
 
