@@ -1,6 +1,6 @@
-"""Issue 22: an answer from Bane NOR's side is read in one place (`gateway_answers.read_answer`; issue 29 made it the one reading on every path), whichever component
-meets it: the copier writing an export, the read-back, and the gateway probes (`storage.gateway_error`) give it
-the same verdict (transient or not) and the same hint."""
+"""Issues 22 and 29: an answer from Bane NOR's side is read in one place (`gateway_answers.read_answer`),
+whichever component meets it: the copier writing an export, the read-back, and the gateway probes
+(`storage.gateway_error`) give it the same verdict (transient, link) and the same hint."""
 
 from __future__ import annotations
 
