@@ -1,28 +1,24 @@
 """The copy engine: moves one export's bytes from the partner's blob into Bane NOR's storage.
 
-Owns the three ways to write (one Put Blob; staged blocks streamed through this process; staged blocks the
-destination pulls from a SAS URL), the single atomic commit, create-only conditions and the source-etag pin. Every
+`Copier` chooses one of three ways to write and runs it: one Put Blob or staged blocks streamed through this process
+(shared/stream_copy.py), or staged blocks the destination pulls from a SAS URL (shared/server_copy.py); the steps
+they share, the source-etag pin, create-only conditions and the one atomic commit are shared/copy_steps.py's. Every
 storage error it meets becomes a `DeliveryError` that carries no secret (shared/copy_errors.py).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
 
-from azure.core import MatchConditions
 from azure.core.exceptions import AzureError
-from azure.storage.blob import BlobClient, ContentSettings
+from azure.storage.blob import BlobClient
 
-from .copy_errors import ServerRefusal, is_server_refusal, translate
+from .copy_errors import ServerRefusal, translate
+from .copy_steps import SourceVersion, WriteCondition
 from .errors import (  # noqa: F401  (the CopyFailed family: shared/errors.py; importable from here as before)
     SERVER_COPY_CODES,
     CopyFailed,
@@ -34,6 +30,8 @@ from .errors import (  # noqa: F401  (the CopyFailed family: shared/errors.py; i
     link_of,
     scrub,
 )
+from .server_copy import server_blocks
+from .stream_copy import put_whole, stream_blocks
 
 log = logging.getLogger(__name__)
 
@@ -89,29 +87,6 @@ class CopyOptions:
 
 
 @dataclass(frozen=True)
-class SourceVersion:
-    """The source export as read once before copying; every later read is pinned to `etag`."""
-
-    name: str
-    etag: str
-    size: int
-    content_type: str | None
-    content_disposition: str | None
-    content_md5: bytes | None
-    last_modified: datetime
-
-    @classmethod
-    def from_properties(cls, props: Any) -> SourceVersion:
-        """From BlobProperties (Get Blob Properties' answer, or an item of the SDK's listing), or from a
-        `storage.ListedBlob` (the relay's own listing: the same fields, without `content_settings`)."""
-        settings = getattr(props, "content_settings", props)
-        md5 = settings.content_md5
-        return cls(name=props.name, etag=props.etag, size=props.size, content_type=settings.content_type,
-                   content_disposition=settings.content_disposition, content_md5=bytes(md5) if md5 else None,
-                   last_modified=props.last_modified)
-
-
-@dataclass(frozen=True)
 class CopyResult:
     """What was committed. `md5` is the whole file's MD5: computed from the bytes in stream mode (always
     known), the source's own Content-MD5 in server mode (None when the source has none: the bytes never
@@ -127,47 +102,7 @@ class CopyResult:
     single_put: bool
 
 
-# --- the copier -----------------------------------------------------------------------------------------
-
-
-class _Pieces:
-    """A write-only sink for StorageStreamDownloader.readinto that keeps the SDK's own bytes objects.
-
-    readall() copies every block twice more (into a BytesIO, then out of a slice); with one GET per
-    block this keeps the response's bytes as they are, which lowers peak memory per worker by ~2 blocks.
-    """
-
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-
-    def write(self, data: bytes) -> int:
-        self.parts.append(data if isinstance(data, bytes) else bytes(data))
-        return len(data)
-
-    def value(self) -> bytes:
-        return self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
-
-
-@dataclass(frozen=True)
-class _WriteCondition:
-    """How the destination's commit is conditioned: create-only (If-None-Match: *), replace whatever is there, or
-    replace only the version read before (If-Match: `etag`)."""
-
-    overwrite: bool
-    etag: str | None = None
-
-    def put_blob_kwargs(self) -> dict[str, Any]:
-        # overwrite=False makes the SDK send If-None-Match: * on Put Blob.
-        if self.etag:
-            return {"overwrite": True, "etag": self.etag, "match_condition": MatchConditions.IfNotModified}
-        return {"overwrite": self.overwrite}
-
-    def commit_kwargs(self) -> dict[str, Any]:
-        # Put Block List. Pass match_condition alone for create-only: azure-storage-blob 12.31 does not pop
-        # `etag` for IfMissing and hands it on to requests (TypeError).
-        if self.etag:
-            return {"etag": self.etag, "match_condition": MatchConditions.IfNotModified}
-        return {} if self.overwrite else {"match_condition": MatchConditions.IfMissing}
+# --- the copier ---------------------------------------------------------------------------------------
 
 
 class Copier:
@@ -256,11 +191,12 @@ class Copier:
                 side="destination",
             )
         mode = self._options.mode
-        condition = _WriteCondition(overwrite or replace_etag is not None, replace_etag)
+        condition = WriteCondition(overwrite or replace_etag is not None, replace_etag)
         one_put = self.single_put(size)
         md5: bytes | None
         if one_put:
-            md5, etag, blocks, used = self._single_put(source, source_version, dest, metadata, condition)
+            md5, etag = put_whole(source, source_version, dest, metadata, condition)
+            blocks, used = 1, "stream"
         elif self._server_enabled():
             try:
                 md5, etag, blocks = self._server_copy(source, source_version, dest, metadata, condition,
@@ -298,296 +234,23 @@ class Copier:
             self.server_disabled_reason = reason
         log.warning("server-side copy refused (%s): streaming this and every later copy", reason)
 
-    # -- shared pieces
+    def _stream_copy(self, source: BlobClient, version: SourceVersion, dest: BlobClient, metadata: dict[str, str],
+                     condition: WriteCondition, on_progress: Callable[[], None] | None) -> tuple[bytes, str, int]:
+        options = self._options
+        return stream_blocks(source, version, dest, metadata, condition, block_size=options.block_size,
+                             parallelism=options.parallelism, initializer=self._initializer(),
+                             on_progress=on_progress)
 
-    def _content_settings(self, version: SourceVersion, md5: bytes | None) -> ContentSettings:
-        return ContentSettings(
-            content_type=version.content_type,
-            content_disposition=version.content_disposition,
-            content_md5=bytearray(md5) if md5 else None,
-        )
-
-    def _block_ids(self, version: SourceVersion, dest: BlobClient, count: int) -> list[str]:
-        # Fixed width: every block of a blob must have an id of the same length (Put Block), 18 characters as
-        # always. The prefix is this version's own (source etag, destination, block size): a later attempt at the
-        # same version finds the blocks an earlier one staged, and an attempt at another version (or with another
-        # block size) can never commit them. The SDK base64-encodes the id on the wire.
-        seed = f"{version.name}\n{version.etag}\n{dest.url.split('?')[0]}\n{self._options.block_size}"
-        prefix = hashlib.sha256(seed.encode()).hexdigest()[:12]
-        return [f"{prefix}{i:06d}" for i in range(count)]
-
-    @staticmethod
-    def _staged(dest: BlobClient) -> dict[str, int]:
-        """The destination's uncommitted blocks (id -> size), from one Get Block List. Empty when there are none
-        or they cannot be listed: then every block is sent, as on a first attempt."""
-        try:
-            _committed, uncommitted = dest.get_block_list("uncommitted")
-        except AzureError:
-            return {}
-        return {block.id: block.size for block in uncommitted}
-
-    def _read_range(self, source: BlobClient, version: SourceVersion, offset: int, length: int) -> bytes:
-        try:
-            # Pinned to the etag (If-Match): a rewrite mid-copy answers 412 instead of mixing versions.
-            # Per-range MD5 (x-ms-range-get-content-md5) only when the source declares no Content-MD5:
-            # otherwise the whole-file MD5 checked before the commit covers every byte end to end, and the
-            # per-range check would cost 4 MiB GETs and a 3-4x slower read (bench/copy_memory.py).
-            downloader = source.download_blob(
-                offset,
-                length,
-                etag=version.etag,
-                match_condition=MatchConditions.IfNotModified,
-                validate_content=version.content_md5 is None,
-                max_concurrency=1,
-            )
-            sink = _Pieces()
-            downloader.readinto(sink)  # type: ignore[arg-type]  # a write-only sink is all readinto uses
-            data = sink.value()
-        except AzureError as err:
-            raise translate(err, blob=version.name, side="source", action="reading") from err
-        if len(data) != length:
-            raise VerificationError(
-                f"reading {version.name!r}: got {len(data)} bytes at offset {offset}, expected {length}",
-                blob=version.name,
-                side="source",
-            )
-        return data
-
-    def _check(self, version: SourceVersion, total: int, md5: bytes) -> None:
-        if total != version.size:
-            raise VerificationError(
-                f"{version.name!r}: read {total} bytes, the source declared {version.size}; "
-                "nothing committed",
-                blob=version.name,
-                side="source",
-            )
-        if version.content_md5 and version.content_md5 != md5:
-            raise VerificationError(
-                f"{version.name!r}: the bytes' MD5 differs from the source's Content-MD5; nothing committed",
-                hint="the export may be corrupt at the partner's side; the next run retries it",
-                blob=version.name,
-                side="source",
-            )
-
-    def _commit(
-        self,
-        dest: BlobClient,
-        version: SourceVersion,
-        ids: list[str],
-        md5: bytes | None,
-        metadata: dict[str, str],
-        condition: _WriteCondition,
-    ) -> str:
-        try:
-            # One Put Block List: readers never see a partial file (docs/protocol.md section 6).
-            response = dest.commit_block_list(
-                ids,  # type: ignore[arg-type]  # the SDK takes block ids as strings as well as BlobBlocks
-                content_settings=self._content_settings(version, md5),
-                metadata=metadata,
-                **condition.commit_kwargs(),
-            )
-        except AzureError as err:
-            error = translate(err, blob=version.name, side="destination", action="committing")
-            if isinstance(error, DestinationExistsError):
-                self._compare_existing(dest, error, version.size, md5)
-            raise error from err
-        return str(response["etag"])
-
-    @staticmethod
-    def _compare_existing(
-        dest: BlobClient, error: DestinationExistsError, size: int, md5: bytes | None
-    ) -> None:
-        # One HEAD, only after a refusal, so the caller can treat "already there, same bytes" as success.
-        if md5 is None:
-            return
-        try:
-            props = dest.get_blob_properties()
-        except AzureError:
-            return
-        existing = props.content_settings.content_md5
-        error.same_content = props.size == size and existing is not None and bytes(existing) == md5
-
-    # -- single Put Blob
-
-    def _single_put(
-        self,
-        source: BlobClient,
-        version: SourceVersion,
-        dest: BlobClient,
-        metadata: dict[str, str],
-        condition: _WriteCondition,
-    ) -> tuple[bytes, str, int, str]:
-        # An empty blob is never downloaded: its ranged GET answers 416 InvalidRange.
-        if version.size:
-            data = self._read_range(source, version, 0, version.size)
-        else:
-            # Nothing to read, but the copy must still be of this version: check its etag (412 if rewritten).
-            try:
-                source.get_blob_properties(etag=version.etag, match_condition=MatchConditions.IfNotModified)
-            except AzureError as err:
-                raise translate(err, blob=version.name, side="source", action="reading") from err
-            data = b""
-        md5 = hashlib.md5(data).digest()  # noqa: S324 - Content-MD5 is what storage speaks, not security
-        self._check(version, len(data), md5)
-        try:
-            response = dest.upload_blob(
-                data,
-                length=len(data),
-                **condition.put_blob_kwargs(),
-                content_settings=self._content_settings(version, md5),
-                metadata=metadata,
-                validate_content=True,
-                max_concurrency=1,
-            )
-        except AzureError as err:
-            error = translate(err, blob=version.name, side="destination", action="writing")
-            if isinstance(error, DestinationExistsError):
-                self._compare_existing(dest, error, version.size, md5)
-            raise error from err
-        return md5, str(response["etag"]), 1, "stream"
-
-    # -- stream mode
-
-    def _stream_copy(
-        self,
-        source: BlobClient,
-        version: SourceVersion,
-        dest: BlobClient,
-        metadata: dict[str, str],
-        condition: _WriteCondition,
-        on_progress: Callable[[], None] | None = None,
-    ) -> tuple[bytes, str, int]:
-        size, block = version.size, self._options.block_size
-        ranges = [(off, min(block, size - off)) for off in range(0, size, block)]
-        ids = self._block_ids(version, dest, len(ranges))
-        staged = self._staged(dest)
-        resumed = sum(1 for i, (_, length) in enumerate(ranges) if staged.get(ids[i]) == length)
-        if resumed:
-            log.info("resuming %s: %d of %d block(s) already staged", version.name, resumed, len(ranges))
-
-        def move(index: int) -> bytes:
-            offset, length = ranges[index]
-            # Every block is read (the whole file's MD5 covers every byte); one an earlier attempt staged for this
-            # version is not sent again.
-            data = self._read_range(source, version, offset, length)
-            if staged.get(ids[index]) == length:
-                return data
-            try:
-                dest.stage_block(ids[index], data, length=length, validate_content=True)
-            except AzureError as err:
-                raise translate(err, blob=version.name, side="destination", action="staging") from err
-            return data
-
-        md5 = hashlib.md5()  # noqa: S324 - Content-MD5, not security
-        total = 0
-        # A bounded window of blocks in flight: `parallelism` workers plus one finished block waiting for
-        # the hash, which needs them in order. Memory stays ~block_size x (parallelism + 1) plus the SDK's
-        # transient copies, whatever the file size (bench/copy_memory.py measures it).
-        window = self._options.parallelism + 1
-        pool = ThreadPoolExecutor(self._options.parallelism, thread_name_prefix="copier",
-                                  initializer=self._pool_initializer and self._pool_initializer())
-        pending: deque[Future[bytes]] = deque()
-        upcoming = iter(range(len(ranges)))
-        try:
-            for index in upcoming:
-                pending.append(pool.submit(move, index))
-                if len(pending) >= window:
-                    break
-            while pending:
-                data = pending.popleft().result()
-                md5.update(data)  # hashlib releases the GIL for large buffers: workers keep moving
-                total += len(data)
-                del data
-                if on_progress is not None:
-                    on_progress()
-                nxt = next(upcoming, None)
-                if nxt is not None:
-                    pending.append(pool.submit(move, nxt))
-        finally:
-            # On failure: drop blocks not yet started and wait for running ones. Staged blocks stay (uncommitted
-            # blocks are kept for a week): the next attempt at this version resumes from them.
-            pool.shutdown(wait=True, cancel_futures=True)
-        digest = md5.digest()
-        self._check(version, total, digest)
-        return digest, self._commit(dest, version, ids, digest, metadata, condition), len(ids)
-
-    # -- server mode
-
-    def _server_copy(
-        self,
-        source: BlobClient,
-        version: SourceVersion,
-        dest: BlobClient,
-        metadata: dict[str, str],
-        condition: _WriteCondition,
-        on_progress: Callable[[], None] | None = None,
-    ) -> tuple[bytes | None, str, int]:
+    def _server_copy(self, source: BlobClient, version: SourceVersion, dest: BlobClient, metadata: dict[str, str],
+                     condition: WriteCondition,
+                     on_progress: Callable[[], None] | None) -> tuple[bytes | None, str, int]:
         assert self._source_sas is not None
-        signer = _SourceUrl(self._source_sas, source, version, self._clock, self._sas_refresh)
-        signer.url()  # sign before any block: a refused user delegation key means streaming instead
-        size, block = version.size, self._options.block_size
-        ranges = [(off, min(block, size - off)) for off in range(0, size, block)]
-        ids = self._block_ids(version, dest, len(ranges))
-        staged = self._staged(dest)
+        options = self._options
+        return server_blocks(source, version, dest, metadata, condition, sign=self._source_sas, clock=self._clock,
+                             sas_refresh_seconds=self._sas_refresh, block_size=options.block_size,
+                             parallelism=options.parallelism, initializer=self._initializer(),
+                             on_progress=on_progress)
 
-        def pull(index: int) -> None:
-            offset, length = ranges[index]
-            if staged.get(ids[index]) == length:
-                return  # an earlier attempt at this version staged it
-            try:
-                # x-ms-source-if-match pins every block to the version read before the copy, so the staged
-                # blocks all come from one version and the commit can never mix two. The SDK's wrapper has
-                # no keyword for it but passes `headers` through to the request.
-                dest.stage_block_from_url(
-                    ids[index], signer.url(), offset, length, headers={"x-ms-source-if-match": version.etag}
-                )
-            except AzureError as err:
-                error = translate(err, blob=version.name, side="destination", action="pulling")
-                if is_server_refusal(error):
-                    label = f"{error.status} {error.error_code or ''}".strip()
-                    reason = f"destination cannot pull from the source URL: {label}"
-                    raise ServerRefusal(reason, error) from err
-                raise error from err
-
-        with ThreadPoolExecutor(self._options.parallelism, thread_name_prefix="copier-url",
-                                initializer=self._pool_initializer and self._pool_initializer()) as pool:
-            futures = [pool.submit(pull, i) for i in range(len(ranges))]
-            try:
-                for future in futures:
-                    future.result()
-                    if on_progress is not None:
-                        on_progress()
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
-        md5 = version.content_md5
-        return md5, self._commit(dest, version, ids, md5, metadata, condition), len(ids)
-
-
-class _SourceUrl:
-    """The source's SAS URL for one server copy, signed anew once it is `refresh` seconds old (thread-safe)."""
-
-    def __init__(self, sign: Callable[[BlobClient], str], source: BlobClient, version: SourceVersion,
-                 clock: Callable[[], float], refresh: float) -> None:
-        self._sign, self._source, self._version = sign, source, version
-        self._clock, self._refresh = clock, refresh
-        self._lock = threading.Lock()
-        self._url: str | None = None
-        self._signed_at = 0.0
-
-    def url(self) -> str:
-        with self._lock:
-            now = self._clock()
-            if self._url is None or now - self._signed_at >= self._refresh:
-                try:
-                    self._url = self._sign(self._source)
-                except AzureError as err:
-                    error = translate(err, blob=self._version.name, side="source", action="signing a SAS for")
-                    if error.status == 403:
-                        # The partner's identity may not get a user delegation key: stream instead.
-                        raise ServerRefusal(f"source SAS refused: {error.status} {error.error_code}",
-                                             error) from err
-                    raise error from err
-                self._signed_at = now
-            return self._url
+    def _initializer(self) -> Callable[[], None] | None:
+        """The block pool's thread initializer, made on the delivering thread (shared/invocation.py)."""
+        return self._pool_initializer() if self._pool_initializer is not None else None

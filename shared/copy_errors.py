@@ -1,6 +1,7 @@
 """What a storage error met while copying means: the one translation of an azure-core error into the CopyFailed
 family (shared/errors.py), scrubbed of every secret, for both sides of a copy (the partner's source, Bane NOR's
-destination, whose answers shared.storage.banenor_answer reads), and when a server-side copy is refused for good.
+destination, whose answers shared.gateway_answers.read_answer reads as on every other path), and when a
+server-side copy is refused for good.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ from .errors import (
     DestinationExistsError,
     ServerCopyRefusedError,
     SourceChangedError,
-    link_of,
     scrub,
 )
-from .storage import banenor_answer, request_method
+from .gateway_answers import answer_of, read_answer
 
 
 class ServerRefusal(Exception):
@@ -63,11 +63,6 @@ def scrub_in_place(err: BaseException) -> None:
         err.response = None  # type: ignore[attr-defined]
 
 
-def _code(err: HttpResponseError) -> str | None:
-    code = getattr(err, "error_code", None)  # absent when the answer is not a storage error (HTML, empty, JSON)
-    return None if code is None else str(getattr(code, "value", code))
-
-
 def _source_answer(status: int, code: str | None) -> tuple[bool, str | None]:
     """(transient, hint) for an error answer from the partner's storage while reading an export."""
     transient = (status >= 500 or status in (408, 429) or (code or "").startswith("Lease")
@@ -91,8 +86,8 @@ def translate(err: AzureError, *, blob: str, side: str, action: str) -> CopyFail
             blob=blob,
             side=side,
         )
-    status = err.status_code
-    code = _code(err)
+    status, code, method = answer_of(err)
+    assert status is not None  # an HttpResponseError with a status (checked above)
     detail = scrub((err.reason or "").strip() or str(err).splitlines()[0])
     label = f"{status} {code or ''}".strip()
     kwargs: dict[str, Any] = {"status": status, "error_code": code, "blob": blob, "side": side}
@@ -112,12 +107,15 @@ def translate(err: AzureError, *, blob: str, side: str, action: str) -> CopyFail
             hint="the export was delivered before; the relay looks at what is there",
             **kwargs,
         )
-    # Bane NOR's side is read in one place (shared.storage.banenor_answer), whichever component met the answer.
-    method = request_method(err)
-    transient, hint = (banenor_answer(status, code, has_body=method != "HEAD") if side == "destination"
-                       else _source_answer(status, code))
-    failed = CopyFailed(f"{action} {blob!r} failed: {label}: {detail}", hint=hint, transient=transient, **kwargs)
-    failed.link = link_of(status, code, side, method)
+    if side != "destination":
+        transient, source_hint = _source_answer(status, code)
+        return CopyFailed(f"{action} {blob!r} failed: {label}: {detail}", hint=source_hint, transient=transient,
+                          **kwargs)
+    # Bane NOR's side is read in one place (shared.gateway_answers.read_answer), whichever component met the answer.
+    answer = read_answer(status, code, method)
+    failed = CopyFailed(f"{action} {blob!r} failed: {label}: {detail}", hint=answer.hint,
+                        transient=answer.transient, **kwargs)
+    failed.link = answer.link
     return failed
 
 

@@ -33,16 +33,14 @@ class Context(Protocol):
 
     settings: Any
     exports: Any  # ContainerClient for EXPORT_CONTAINER
-    destination: Any  # ContainerClient for BANENOR_CONTAINER behind the gateway (replaced after a refused token)
+    destination: Any  # ContainerClient for BANENOR_CONTAINER behind the gateway
     ledger: Ledger
     copier: Any
     archive: Any
     source_url: Callable[[Any], str]
-    on_unauthorized: Callable[[BaseException], None] | None
     clock: Callable[[], float]
     owner: str
 
-UNAUTHORIZED_RETRIES = 2  # after a gateway 401: once with a new Entra token, once more after a new Skyporten token
 # A claim lasts CLAIM_TTL and is renewed every CLAIM_RENEW_SECONDS while its copy makes progress (block by block), so
 # a copy of any length keeps it, and an instance that died (killed at the function timeout, say) frees it after
 # at most CLAIM_TTL; the next attempt then resumes from the blocks already staged.
@@ -155,18 +153,16 @@ class Delivery:
         raise NotImplementedError
 
     def _copy_and_record(self, source: Any, version: SourceVersion, dest_path: str, failure: Any,
-                         on_progress: Callable[[], None] | None = None,
-                         unauthorized_retries: int = UNAUTHORIZED_RETRIES,
-                         metadata: dict[str, str] | None = None) -> Outcome | None:
+                         on_progress: Callable[[], None] | None = None) -> Outcome | None:
         """Copy, verify, write the receipt, then the after-delivery step. A failure is recorded in the ledger
-        (charged, unless the source changed); a gateway 401 drops the refused token and tries again at once, up
-        to `unauthorized_retries` times, as the same attempt; other trust-chain errors are raised. With `defer`
-        set, the evidence is left to the sync's batch: the delivery is handed over and None returned."""
+        (charged, unless the source changed); a refusal about a link is raised (a gateway 401 reaches here only
+        after Bane NOR's client sent the request again with new tokens: `banenor_credential.RefusedTokenPolicy`).
+        With `defer` set, the evidence is left to the sync's batch: the delivery is handed over and None
+        returned."""
         relay = self.relay
         name, etag = version.name, version.etag
         dest = relay.destination.get_blob_client(dest_path)
-        # a retry after a 401 is the same attempt: same attempt id
-        metadata = metadata or destination.relay_metadata(version, getattr(relay.exports, "account_name", "") or "",
+        metadata = destination.relay_metadata(version, getattr(relay.exports, "account_name", "") or "",
                                                           relay.settings.exports.container, relay.clock())
         first_attempt_at = relay.clock()
         attempts = failure.attempts if failure is not None else 0
@@ -189,14 +185,6 @@ class Delivery:
                 destination.verify(dest, version, size, md5, sent.attempt)
         except Exception as exc:
             if is_link_refusal(exc):
-                if getattr(exc, "status", None) == 401 and relay.on_unauthorized is not None:
-                    # A token refused before its expiry (revoked, say): drop it (once for every delivery in flight)
-                    # and try again at once with one Entra issued anew; the credential also fetches a new Skyporten
-                    # token when a fresh one is refused again. Only then does the delivery fail.
-                    relay.on_unauthorized(exc)
-                    if unauthorized_retries > 0:
-                        return self._copy_and_record(source, version, dest_path, failure, on_progress,
-                                                     unauthorized_retries - 1, metadata)
                 raise
             return self._record_failure(version, exc, dest_path)
 

@@ -6,7 +6,7 @@
     ├── TokenError             a token request was refused or failed
     │   ├── MaskinportenError  Skyporten (Maskinporten) refused the grant: OAuth error + MP-nnn code
     │   └── EntraError         Entra ID refused the exchange: AADSTS code
-    ├── GatewayError           Bane NOR's gateway or storage refused a request (401/403/400/413/404)
+    ├── GatewayError           Bane NOR's gateway or storage refused a request outside a copy (read-back, probe)
     ├── NameRejected           a source name or extension Bane NOR would refuse (recorded, never retried)
     ├── ListingError           a listing that does not end (a continuation marker that keeps coming)
     ├── LinkDown               every request to a link failed for a while: the link's state, not the files'
@@ -18,6 +18,10 @@
             └── ServerCopyRefusedError  COPY_MODE=server: Bane NOR's storage cannot pull from the source URL
 
     LinkFailure (not a RelayError: the command line's one message per broken link, shared/diagnosis.py makes it)
+
+An answer from Bane NOR's side is read once, by `gateway_answers.read_answer` (transient, hint, link), whichever
+path met it: the copy raises it as a `CopyFailed` (side "destination"), the read-back, listings and probes as a
+`GatewayError`; the same answer carries the same `transient`, `link`, `hint`, `status` and `error_code` in both.
 
 Every refusal is of one of three kinds, read from the error's own attributes (`kind_of`):
 - about a link (`link` is set: key_vault, key, skyporten, entra, gateway, exports; doctor's names): the link is

@@ -52,7 +52,6 @@ class Relay:
         archive: Any = None,  # ContainerClient for ARCHIVE_CONTAINER (AFTER_DELIVERY=archive)
         credential: Any = None,  # the Bane NOR credential, for the sync's preflight
         source_url: Callable[[Any], str] | None = None,  # read-only SAS URL of a source (archive copies)
-        on_unauthorized: Callable[[BaseException], None] | None = None,  # drop the refused token after a 401
         clock: Callable[[], float] = time.time,
         # Called where the sync's pool is made; returns its threads' initializer (shared/invocation.py).
         pool_initializer: Callable[[], Callable[[], None] | None] | None = None,
@@ -66,7 +65,6 @@ class Relay:
         self.archive = archive
         self.credential = credential
         self.source_url = source_url or (lambda blob: blob.url)
-        self.on_unauthorized = on_unauthorized
         self.clock = clock
         self.owner = f"relay-{uuid.uuid4()}"
         self.links = Links(ledger, clock)

@@ -42,7 +42,6 @@ class Runtime:
 
         bound_large_buffers()  # a copy's blocks go back to the system when freed, on every thread
         self._partner_credential = partner_credential
-        self._reset_lock = threading.Lock()
 
     # -- parts supplied from outside ----------------------------------------------------------------------
     @classmethod
@@ -169,21 +168,6 @@ class Runtime:
         return Copier(options, source_sas=self.source_sas if relay.copy_mode != "stream" else None,
                       pool_initializer=invocation.pool_initializer)
 
-    def reset_banenor_tokens(self, refused: BaseException | None = None) -> None:
-        """After a gateway 401: forget the refused storage token everywhere (our credential and the storage
-        client's bearer policy, by building a new client), so the next request gets one Entra issues anew.
-
-        `refused` is the error of the refused request: when its token was already replaced (another delivery's
-        401 came first), nothing is dropped, so concurrent deliveries share one new exchange.
-        """
-        with self._reset_lock:
-            if not self.banenor_credential.invalidate(refused_bearer_token(refused)):
-                return
-            for name in ("banenor_service", "destination"):
-                self.__dict__.pop(name, None)
-            if "relay" in self.__dict__:
-                self.relay.destination = self.destination
-
     @cached_property
     def source_sas(self) -> Any:
         """Signs a read-only SAS URL for a source export (server-side copy; `storage.SourceSas`)."""
@@ -197,21 +181,8 @@ class Runtime:
 
         return Relay(self.settings, exports=self.exports, destination=self.destination, ledger=self.ledger,
                      copier=self.copier, archive=self.archive, credential=self.banenor_credential,
-                     source_url=self.source_sas, on_unauthorized=self.reset_banenor_tokens, clock=self.clock,
+                     source_url=self.source_sas, clock=self.clock,
                      pool_initializer=invocation.pool_initializer)
-
-
-def refused_bearer_token(exc: BaseException | None) -> str | None:
-    """The bearer token a refused storage request carried, from the azure-core error in `exc`'s chain (the
-    request is kept on the error's response); None when it cannot be told. Compared, never logged."""
-    seen = 0
-    while exc is not None and seen < 10:
-        request = getattr(getattr(exc, "response", None), "request", None)
-        auth = getattr(request, "headers", {}).get("Authorization", "") if request is not None else ""
-        if isinstance(auth, str) and auth[:7].lower() == "bearer ":
-            return auth[7:].strip()
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
-    return None
 
 
 _runtime: Runtime | None = None

@@ -1,9 +1,9 @@
-"""The storage clients of both sides, and what Bane NOR's side answers when it refuses.
+"""The storage clients of both sides.
 
 Builds the partner's BlobServiceClient (connection string, or its own identity through DefaultAzureCredential) and
-Bane NOR's (the payload manager gateway: audience, API version, timeouts, retries), signs the source SAS for
-server-side copy, and holds the one table of hints for errors from Bane NOR's gateway and the storage behind it.
-Listing a container is shared/listing.py's (re-exported here).
+Bane NOR's (the payload manager gateway: audience, API version, timeouts, retries, the recovery after a refused
+token), and signs the source SAS for server-side copy. Listing a container is shared/listing.py's, what Bane NOR's
+side answers shared/gateway_answers.py's (both re-exported here).
 """
 
 from __future__ import annotations
@@ -15,7 +15,13 @@ from collections.abc import Callable
 from typing import Any
 
 from .config import DEFAULT_TRANSFER_SIZE, BanenorSettings, ExportSettings, HttpSettings
-from .errors import GatewayError, RelayError, banenor_link_refusal, first_line
+from .gateway_answers import (  # noqa: F401  (importable from here as before)
+    BANENOR_HINTS,
+    banenor_answer,
+    banenor_hint,
+    gateway_error,
+    request_method,
+)
 from .listing import ListedBlob, list_blob_pages, list_blobs  # noqa: F401  (importable from here as before)
 
 # -- connection options -----------------------------------------------------------------------------------
@@ -152,7 +158,9 @@ def banenor_service_client(banenor: BanenorSettings, http: HttpSettings, credent
 
     The SDK keeps the base path (`<base>/<container>/<path>`); `audience` makes it ask its credential for
     `<storage audience>/.default`, which the gateway routes on (docs/protocol.md sections 2 and 6).
-    `single_put_limit` and `block_size` are SINGLE_PUT_LIMIT and BLOCK_SIZE (the relay's section).
+    `single_put_limit` and `block_size` are SINGLE_PUT_LIMIT and BLOCK_SIZE (the relay's section). A credential
+    that can be told a token was refused (`BaneNorCredential`) gets its `RefusedTokenPolicy` around the retries:
+    after a gateway 401 every request of this client is sent again with a token Entra issues anew.
     """
     from azure.storage.blob import BlobServiceClient
 
@@ -164,87 +172,8 @@ def banenor_service_client(banenor: BanenorSettings, http: HttpSettings, credent
         "max_block_size": block_size,
     }
     kwargs.update(overrides)
+    if hasattr(credential, "invalidate"):
+        from .banenor_credential import RefusedTokenPolicy
+
+        kwargs["retry_policy"] = RefusedTokenPolicy(kwargs["retry_policy"], credential)
     return BlobServiceClient(account_url=banenor.storage_url, credential=credential, **kwargs)
-
-
-# -- what Bane NOR's side answers ---------------------------------------------------------------------------
-
-# The one table of hints for refusals from Bane NOR's gateway and the storage behind it, by storage error code
-# first, then by HTTP status. The copier (writing exports) and the gateway probes (doctor, the relay's checks)
-# both read it.
-BANENOR_HINTS: dict[int | str, str] = {
-    401: "the gateway refused the storage token: BANENOR_STORAGE_AUDIENCE must be Bane NOR's external account URL "
-         "for this environment, and BANENOR_ENVIRONMENT must match it; run `doctor` to check the trust chain",
-    "AuthorizationPermissionMismatch": "only Bane NOR can fix this: ask them to grant the identity RBAC "
-    "and ACL (-wx on the directory, --x on every parent) for this path",
-    403: "the managed identity lacks RBAC or ACL rights on this path: only Bane NOR can grant them; report "
-         "the container and directory shown (and check BANENOR_DIRECTORY)",
-    "ContainerNotFound": "the container does not exist: check BANENOR_CONTAINER with Bane NOR",
-    404: "the container does not exist: check BANENOR_CONTAINER with Bane NOR",
-    400: "Bane NOR's gateway or storage refused the request (name, extension or API version): see docs/gateway.md",
-    413: "a request was over the gateway's 100 MB limit: lower BLOCK_SIZE / SINGLE_PUT_LIMIT",
-    409: "the destination already exists",
-}
-# What the gateway itself answers without a storage error code (token, request size, policy); any other answer
-# without one is not from storage at all (a proxy's or a firewall's page).
-GATEWAY_OWN_STATUSES = (400, 401, 413)
-NOT_STORAGE_HINT = "the answer was not a storage error: check BANENOR_STORAGE_URL (Bane NOR's gateway)"
-
-
-def banenor_hint(status: int | None, code: str | None) -> str | None:
-    """The hint for a refusal from Bane NOR's side (None: the table has none)."""
-    return BANENOR_HINTS.get(code or "") or BANENOR_HINTS.get(status or 0)
-
-
-def banenor_answer(status: int, code: str | None, *, has_body: bool = True) -> tuple[bool, str]:
-    """(transient, hint) for an HTTP error answer from Bane NOR's gateway or the storage behind it: the one reading
-    of such answers, whichever component met it (the copier's writes, the read-back, `doctor`'s probes).
-
-    What may pass without anyone acting is transient: server trouble, throttling, a lease a reader holds for a
-    moment, and an answer that is not a storage error at all (a proxy's or a firewall's page). A storage error
-    with a meaning (403 ACL, 404 container, 400/413 policy) needs someone to act: terminal. Storage names its
-    error in every answer with a body; `has_body=False` (a HEAD) carries no code to tell a proxy's page by.
-    """
-    not_storage = has_body and code is None
-    transient = (status >= 500 or status in (408, 429) or (code or "").startswith("Lease")
-                 or (not_storage and status not in (400, 401, 403, 404, 409, 412, 413)))
-    if not_storage and status < 500 and status not in GATEWAY_OWN_STATUSES:
-        return transient, f"{NOT_STORAGE_HINT}; the next run retries it"
-    if transient:
-        return True, "transient: the next run retries it"
-    return False, banenor_hint(status, code) or (NOT_STORAGE_HINT if has_body else "retry later")
-
-
-def gateway_error(exc: Exception, blob: str | None) -> RelayError:
-    """Translate a storage SDK error from Bane NOR's side into a GatewayError (SAS and tokens never quoted)."""
-    from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
-
-    if isinstance(exc, RelayError):
-        return exc
-    if isinstance(exc, ServiceRequestError | ServiceResponseError):
-        return GatewayError(f"Bane NOR's gateway could not be reached writing {blob!r} ({type(exc).__name__}).",
-                            hint="check BANENOR_STORAGE_URL and outbound network access", blob=blob,
-                            transient=True)
-    status = getattr(exc, "status_code", None)
-    code = getattr(exc, "error_code", None)
-    if isinstance(exc, HttpResponseError) and status is not None:
-        text = f"Bane NOR's gateway answered HTTP {status}{f' {code}' if code else ''} for {blob!r}"
-        reason = first_line(getattr(exc, "reason", "") or "")
-        if reason:
-            text += f" ({reason})"
-        method = request_method(exc)
-        transient, hint = banenor_answer(status, _code_text(code), has_body=method != "HEAD")
-        return GatewayError(text + ".", hint=hint, status=status, error_code=code, blob=blob, transient=transient,
-                            trust_chain=banenor_link_refusal(status, _code_text(code), method))
-    return GatewayError(f"Writing {blob!r} to Bane NOR failed ({type(exc).__name__}).", hint="retry later",
-                        blob=blob, transient=True)
-
-
-def _code_text(code: Any) -> str | None:
-    return None if code is None else str(getattr(code, "value", code))
-
-
-def request_method(exc: Exception) -> str | None:
-    """The HTTP method of the request an azure-core error answers (None: not known)."""
-    request = getattr(getattr(exc, "response", None), "request", None)
-    return getattr(request, "method", None)

@@ -354,21 +354,23 @@ def test_a_file_delivered_from_another_container_is_never_overwritten(relay_env)
     assert relay_env.landed("shared.csv").download_blob().readall() == b"team b's file"
 
 
-def test_a_gateway_401_drops_the_cached_storage_token(relay_env, monkeypatch):
-    from shared.copier import CopyFailed
-
+def test_a_gateway_401_drops_the_cached_storage_token(relay_env):
+    # Issue 29: the token is dropped where it is used, in Bane NOR's client (banenor_credential.RefusedTokenPolicy),
+    # not by rebuilding the client from outside: the same client, and no refused token left in it.
     relay_env.put("denied.csv")
-    rt = relay_env.rt
+    rt, stack = relay_env.rt, relay_env.stack
     relay = rt.relay
     before = rt.destination
-
-    def refused(*args, **kwargs):
-        raise CopyFailed("writing 'denied.csv' failed (401)", status=401, side="destination", blob="denied.csv")
-
-    monkeypatch.setattr(rt.copier, "copy", refused)
-    assert relay.deliver("denied.csv").status == "held"  # the link's state, not the file's (issue 26)
-    assert relay.destination is not before  # a new client: its bearer policy holds no token
+    stack.gateway.revoke_tokens(also_next=10)  # every token refused, the ones issued anew too
+    try:
+        assert relay.deliver("denied.csv").status == "held"  # the link's state, not the file's (issue 26)
+    finally:
+        stack.gateway.revoke_tokens(also_next=0)
     assert rt.banenor_credential._issued == {}
+    refused = stack.gateway.rejections["invalid_token"]
+    assert relay.deliver("denied.csv").status == "delivered"
+    assert relay.destination is before
+    assert stack.gateway.rejections["invalid_token"] == refused  # its bearer policy held no refused token
 
 
 def test_a_401_from_the_partners_own_storage_is_charged_to_the_file_not_the_trust_chain():

@@ -103,3 +103,27 @@ def test_a_401_on_the_read_back_after_a_commit_is_still_this_attempts_delivery(s
         assert not runtime.exports.get_blob_client("read-back.csv").exists()
     finally:
         runtime.banenor_credential.close()
+
+
+# -- issue 29: the recovery lives in Bane NOR's client, for every request it sends, not in one delivery path --------
+
+def test_a_read_back_through_the_destination_client_heals_after_a_revocation(rt, stack):
+    put(rt, "seen.csv")
+    delivered = rt.relay.deliver("seen.csv")
+    stack.gateway.revoke_tokens()
+    counts = Counts(stack)
+    props = rt.destination.get_blob_client(delivered.destination).get_blob_properties()
+    assert props.size == len(b"seen.csv;1\n")
+    assert counts.new() == (1, 0)
+
+
+def test_the_relays_own_listing_heals_after_a_revocation(rt, stack):
+    from shared.listing import list_blobs
+
+    put(rt, "listed.csv")
+    delivered = rt.relay.deliver("listed.csv")
+    stack.gateway.revoke_tokens()
+    counts = Counts(stack)
+    listed = [blob.name for blob in list_blobs(rt.destination, delivered.destination, metadata=True)]
+    assert listed == [delivered.destination]
+    assert counts.new() == (1, 0)
