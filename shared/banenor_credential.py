@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import EntraError, MaskinportenError, RelayError, first_line
-from .skyporten_token import UNSPECIFIED_AUDIENCE, MaskinportenClient
+from .skyporten_token import UNSPECIFIED_AUDIENCE, SkyportenClient
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ class BaneNorCredential:
         self,
         tenant_id: str,
         client_id: str,
-        skyporten: MaskinportenClient,
+        skyporten: SkyportenClient,
         *,
         authority: str = "https://login.microsoftonline.com",
         federation_retry_seconds: float = 300.0,

@@ -373,8 +373,3 @@ def client_from_settings(skyporten: SkyportenSettings, keys: SigningKeyProvider,
         resource_form=skyporten.resource_form,
     )
     return SkyportenClient(request, skyporten.token_endpoint, keys, **kwargs)
-
-
-# The class's old name, for shared/banenor_credential.py only (its import and one annotation): that file is being
-# reworked on another branch this round. Delete this line and rename the two there once both have merged.
-MaskinportenClient = SkyportenClient
