@@ -21,7 +21,7 @@ from azure.core.pipeline.transport import HttpTransport, RequestsTransportRespon
 
 from shared.banenor_credential import BaneNorCredential
 from shared.config import Settings
-from shared.skyporten_token import GrantRequest, MaskinportenClient
+from shared.skyporten_token import GrantRequest, SkyportenClient
 from shared.storage import banenor_service_client
 from tests.fakes import ISSUER, SUB, FakeClock, FakeSession, key_provider, make_key, response
 
@@ -71,7 +71,7 @@ def credential():
         return response(200, {"access_token": token, "expires_in": 120, "scope": "s"})
 
     session = FakeSession(answer)
-    sky = MaskinportenClient(GrantRequest(ISSUER, "c", "banenor:payloadmanager.storage"), ISSUER + "/token",
+    sky = SkyportenClient(GrantRequest(ISSUER, "c", "banenor:payloadmanager.storage"), ISSUER + "/token",
                              key_provider(KEY), session=session, clock=clock, sleep=clock.sleep)
     cred = BaneNorCredential("tenant", "mi-client", sky, clock=clock, sleep=clock.sleep,
                              new_inner=lambda assertion: IssuingInner(assertion, clock))
