@@ -156,7 +156,7 @@ class Delivery:
                          on_progress: Callable[[], None] | None = None) -> Outcome | None:
         """Copy, verify, write the receipt, then the after-delivery step. A failure is recorded in the ledger
         (charged, unless the source changed); a refusal about a link is raised (a gateway 401 reaches here only
-        after Bane NOR's client sent the request again with new tokens: `banenor_credential.RefusedTokenPolicy`).
+        after Bane NOR's client sent the request again with new tokens: `refused_token.RefusedTokenPolicy`).
         With `defer` set, the evidence is left to the sync's batch: the delivery is handed over and None
         returned."""
         relay = self.relay

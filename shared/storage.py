@@ -173,7 +173,7 @@ def banenor_service_client(banenor: BanenorSettings, http: HttpSettings, credent
     }
     kwargs.update(overrides)
     if hasattr(credential, "invalidate"):
-        from .banenor_credential import RefusedTokenPolicy
+        from .refused_token import RefusedTokenPolicy
 
         kwargs["retry_policy"] = RefusedTokenPolicy(kwargs["retry_policy"], credential)
     return BlobServiceClient(account_url=banenor.storage_url, credential=credential, **kwargs)

@@ -355,7 +355,7 @@ def test_a_file_delivered_from_another_container_is_never_overwritten(relay_env)
 
 
 def test_a_gateway_401_drops_the_cached_storage_token(relay_env):
-    # Issue 29: the token is dropped where it is used, in Bane NOR's client (banenor_credential.RefusedTokenPolicy),
+    # Issue 29: the token is dropped where it is used, in Bane NOR's client (refused_token.RefusedTokenPolicy),
     # not by rebuilding the client from outside: the same client, and no refused token left in it.
     relay_env.put("denied.csv")
     rt, stack = relay_env.rt, relay_env.stack
