@@ -105,7 +105,7 @@ class Runtime:
     # -- storage ------------------------------------------------------------------------------------------
     @cached_property
     def banenor_service(self) -> Any:
-        from .storage import banenor_service_client, interactive_storage_options
+        from .storage import banenor_service_client, connection_pool_size, interactive_storage_options
 
         # The command line: the same connect timeout and retries as for the partner's storage, but the functions'
         # read timeout (an upload's answer through the gateway may take a while after its body is sent).
@@ -114,7 +114,7 @@ class Runtime:
         s = self.settings
         return banenor_service_client(s.banenor, s.http, self.banenor_credential,
                                       single_put_limit=s.relay.single_put_limit, block_size=s.relay.block_size,
-                                      **overrides)
+                                      pool_size=connection_pool_size(s.relay), **overrides)
 
     @cached_property
     def destination(self) -> Any:
@@ -122,9 +122,11 @@ class Runtime:
 
     @cached_property
     def export_service(self) -> Any:
-        from .storage import partner_service_client
+        from .storage import connection_pool_size, partner_service_client
 
-        return partner_service_client(self.settings.exports, self.settings.http, self.partner_credential)
+        s = self.settings
+        return partner_service_client(s.exports, s.http, self.partner_credential,
+                                      pool_size=connection_pool_size(s.relay))
 
     @cached_property
     def exports(self) -> Any:

@@ -15,6 +15,9 @@ DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
 DEFAULT_TRANSFER_SIZE = 8 * 1024 * 1024  # BLOCK_SIZE's and SINGLE_PUT_LIMIT's default
 MAX_REQUEST_BYTES = 100 * 1000 * 1000  # the gateway's limit is "100 MB per request" (docs/protocol.md, section 6)
 MIB = 1024 * 1024
+# What one sync may hold for its exports above SINGLE_PUT_LIMIT, at BLOCK_SIZE x (PARALLELISM + 1) each: 4 of them with
+# the defaults (RelaySettings.large_in_flight; docs/operations.md's memory figures).
+LARGE_SYNC_MEMORY = 160 * MIB
 
 
 class BanenorEnvironment(StrEnum):
@@ -182,3 +185,11 @@ class RelaySettings:
     sync_concurrency: int
     sync_prefix: str
     sync_suffix: str
+
+    @property
+    def large_in_flight(self) -> int:
+        """How many exports above SINGLE_PUT_LIMIT one sync copies at once: as many as LARGE_SYNC_MEMORY holds at
+        BLOCK_SIZE x (PARALLELISM + 1) each (4 with the defaults), at least 1, at most SYNC_CONCURRENCY. Small
+        exports use the whole pool; so a backlog of large ones does not multiply the memory by SYNC_CONCURRENCY."""
+        per_file = self.block_size * (self.parallelism + 1)
+        return max(1, min(self.sync_concurrency, LARGE_SYNC_MEMORY // per_file))

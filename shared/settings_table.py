@@ -255,7 +255,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BLOCK_SIZE", "relay.block_size", size(DEFAULT_TRANSFER_SIZE, 256 * 1024, MAX_REQUEST_BYTES)),
     Setting("PARALLELISM", "relay.parallelism", integer(4, 1, 32)),
     Setting("SINGLE_PUT_LIMIT", "relay.single_put_limit", size(DEFAULT_TRANSFER_SIZE, 0, MAX_REQUEST_BYTES)),
-    Setting("SYNC_CONCURRENCY", "relay.sync_concurrency", integer(16, 1, 64)),  # docs/settings.md: why 16
+    Setting("SYNC_CONCURRENCY", "relay.sync_concurrency", integer(32, 1, 64)),  # docs/settings.md: why 32
     Setting("SYNC_PREFIX", "relay.sync_prefix", text("")),
     Setting("SYNC_SUFFIX", "relay.sync_suffix", text("")),
     Setting("REQUESTS_CA_BUNDLE", "http.ca_bundle", text(), (_ca_bundle_exists,)),

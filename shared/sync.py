@@ -1,8 +1,9 @@
 """The batch: one pass over the export container, delivering what the ledger says is not done.
 
 Lists lazily, skips delivered, rejected, poisoned and not-yet-due versions from three ledger listings, and
-delivers the rest on SYNC_CONCURRENCY threads with a bounded number in flight; a broken trust chain stops the
-pass and charges no file. Owns SyncSummary.
+delivers the rest on SYNC_CONCURRENCY threads with a bounded number in flight, of which only a few exports above
+SINGLE_PUT_LIMIT at once (their blocks are the memory); a broken trust chain stops the pass and charges no file.
+Owns SyncSummary.
 """
 
 from __future__ import annotations
@@ -128,6 +129,9 @@ class _Pass:
         # Bounded: at most 2 x SYNC_CONCURRENCY deliveries submitted at a time, so a 100,000-blob container never
         # piles up work; each frees its slot as it ends.
         self.slots = threading.BoundedSemaphore(2 * self.limit)
+        # Exports above SINGLE_PUT_LIMIT each hold BLOCK_SIZE x (PARALLELISM + 1) while they copy: a few at a time
+        # (`large_in_flight`), taken on the worker, so the listing goes on and the small exports keep the pool.
+        self.large = threading.BoundedSemaphore(self.options.large_in_flight)
 
     # -- each delivery's end ---------------------------------------------------------------------------------
     def record(self, outcome: Outcome) -> None:
@@ -176,13 +180,20 @@ class _Pass:
             if self.error:
                 return
             result: Outcome | BaseException | None
-            try:
-                result = self.relay.deliver_listed(blob, failure, receipts)
-            except Exception as exc:
-                result = exc
+            if blob.size > self.options.single_put_limit:  # a block copy: waits for one of the large turns
+                with self.large:
+                    result = None if self.error else self._delivered(blob, failure, receipts)
+            else:
+                result = self._delivered(blob, failure, receipts)
             self.settled(blob.name, result)
         finally:
             self.slots.release()
+
+    def _delivered(self, blob: Any, failure: Any, receipts: ReceiptBuffer | None) -> Outcome | BaseException | None:
+        try:
+            return self.relay.deliver_listed(blob, failure, receipts)
+        except Exception as exc:
+            return exc
 
     # -- the listing -----------------------------------------------------------------------------------------
     def decide(self, blob: Any) -> tuple[bool, Any]:

@@ -155,6 +155,7 @@ class FaultProxy:
         self._listener: socket.socket | None = None
         self.port = 0
         self.requests: Counter[str] = Counter()  # by method, forwarded or not
+        self.connections = 0  # accepted from the client: how many it opened
         self.injected: Counter[str] = Counter()  # by action
 
     def __repr__(self) -> str:
@@ -219,6 +220,7 @@ class FaultProxy:
             self._chaos = None
             self.requests.clear()
             self.injected.clear()
+            self.connections = 0
 
     def _pick(self, req: Request) -> Fault | None:
         with self._lock:
@@ -247,6 +249,7 @@ class FaultProxy:
             raw.settimeout(30)
             thread = threading.Thread(target=self._serve, args=(raw,), daemon=True)
             with self._lock:
+                self.connections += 1
                 self._sockets.add(raw)
                 self._threads = [t for t in self._threads if t.is_alive()]
                 self._threads.append(thread)
