@@ -15,18 +15,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
 
-from azure.core import MatchConditions
-from azure.core.exceptions import (
-    HttpResponseError,
-    ResourceExistsError,
-    ResourceModifiedError,
-    ResourceNotFoundError,
-)
-from azure.storage.blob import BlobClient, ContainerClient, ContentSettings
+from azure.core.exceptions import HttpResponseError, ResourceExistsError
+from azure.storage.blob import BlobClient, ContainerClient
 
 from .errors import RelayError, scrub
+from .record_blobs import JSON_LINES, RecordBlobs
 from .records import (  # noqa: F401  (the records and `standing`: importable from here as before)
     SKIPPED,
     TO_DELIVER,
@@ -52,8 +46,6 @@ CLAIMS = "claims/"
 LINKS = "links/"  # one record per broken link (shared/links.py); none while every link works
 
 MAX_ERROR_CHARS = 500
-_JSON = ContentSettings(content_type="application/json")
-_JSON_LINES = ContentSettings(content_type="application/x-ndjson")
 _SAFE_ETAG = re.compile(r"[A-Za-z0-9]{1,64}")
 _CONFLICT_RETRIES = 50
 
@@ -74,6 +66,7 @@ class Ledger:
         backoff_max: float = 3600,
     ) -> None:
         self.container = container
+        self.blobs = RecordBlobs(container)  # the conditional writes, reads and listings
         self.clock = clock
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
@@ -95,56 +88,7 @@ class Ledger:
         return f"{digest}-{safe}"
 
     def _blob(self, prefix: str, key: str) -> BlobClient:
-        return self.container.get_blob_client(f"{prefix}{key}.json")
-
-    def _create(self, blob: BlobClient, body: str, metadata: dict[str, str],
-                content_settings: ContentSettings = _JSON) -> str | None:
-        """Create-only write (If-None-Match: *); the new blob's etag, or None when it already exists. Any other
-        409 (a full store, a lease) is raised: taken for "exists", it would pass for another instance's claim."""
-        try:
-            response = blob.upload_blob(body.encode(), overwrite=False, metadata=metadata,
-                                        content_settings=content_settings)
-        except ResourceExistsError as exc:
-            if getattr(exc, "error_code", None) not in ("BlobAlreadyExists", None):
-                raise
-            return None
-        return str(response.get("etag") or "*")
-
-    def _replace(self, blob: BlobClient, body: str, metadata: dict[str, str], etag: str) -> str | None:
-        """Overwrite only if unchanged since `etag` was read (If-Match); the new etag, or None if someone got
-        there first."""
-        try:
-            response = blob.upload_blob(
-                body.encode(),
-                overwrite=True,
-                metadata=metadata,
-                content_settings=_JSON,
-                etag=etag,
-                match_condition=MatchConditions.IfNotModified,
-            )
-        except (ResourceModifiedError, ResourceNotFoundError):
-            return None
-        return str(response.get("etag") or "*")
-
-    def _read(self, blob: BlobClient) -> bytes | None:
-        try:
-            return blob.download_blob().readall()  # a record is a few hundred bytes
-        except ResourceNotFoundError:
-            return None
-
-    def _properties(self, blob: BlobClient) -> tuple[dict[str, str], str] | None:
-        try:
-            props = blob.get_blob_properties()
-        except ResourceNotFoundError:
-            return None
-        return lower_keys(props.metadata), props.etag
-
-    def _list(self, prefix: str, metadata: bool = True) -> Iterator[Any]:
-        """The ledger's records under `prefix`, with their metadata (`storage.list_blobs`: the relay's own parse of
-        the listing, a tenth of the SDK's CPU; a timer run lists every receipt)."""
-        from .listing import list_blobs
-
-        return list_blobs(self.container, prefix, metadata=metadata)
+        return self.blobs.blob(f"{prefix}{key}.json")
 
     def ensure(self) -> None:
         """Create the ledger container if it is missing.
@@ -164,14 +108,14 @@ class Ledger:
     def receipt(self, name: str, etag: str) -> Receipt | None:
         """The receipt of a version: its own record, else one in a receipt batch a `sync` wrote."""
         key = self.key(name, etag)  # an etag from a listing has no quotes, one from Get Properties has
-        body = self._read(self._blob(RECEIPTS, key))
+        body = self.blobs.read(self._blob(RECEIPTS, key))
         if body is not None:
             return Receipt.from_json(body)
         for _ in range(_CONFLICT_RETRIES):
             batch = next((n for n, keys in self._batch_index().items() if key in keys), None)
             if batch is None:
                 return None
-            body = self._read(self.container.get_blob_client(batch))
+            body = self.blobs.read(self.blobs.blob(batch))
             if body is not None:
                 return next(r for r in parse_batch(body) if self.key(r.source_name, r.source_etag) == key)
             # merged by a compaction since the listing: look again
@@ -181,16 +125,16 @@ class Ledger:
         """Whether a version has a receipt: its own record (one GET), else the keys of the receipt batches (one
         listing; a batch is read only the first time this process sees it)."""
         key = self.key(name, etag)
-        if self._read(self._blob(RECEIPTS, key)) is not None:
+        if self.blobs.read(self._blob(RECEIPTS, key)) is not None:
             return True
         return any(key in keys for keys in self._batch_index().values())
 
     def record_receipt(self, receipt: Receipt) -> Receipt:
         """Write the receipt once; if one exists for this version already, return that one unchanged."""
         blob = self._blob(RECEIPTS, self.key(receipt.source_name, receipt.source_etag))
-        if self._create(blob, receipt.to_json(), {"source": b64(receipt.source_name)}):
+        if self.blobs.create(blob, receipt.to_json(), {"source": b64(receipt.source_name)}):
             return receipt
-        existing = self._read(blob)
+        existing = self.blobs.read(blob)
         if existing is None:  # deleted between the two calls: nobody deletes receipts, but be exact
             return self.record_receipt(receipt)
         return Receipt.from_json(existing)
@@ -199,10 +143,10 @@ class Ledger:
         """Write many receipts in one request: a blob of JSON lines under a unique name (create-only). A version may
         end up with two receipts (its own and one in a batch, after two deliverers raced): readers take the union."""
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.clock()))
-        blob = self.container.get_blob_client(f"{RECEIPT_BATCHES}{stamp}-{uuid.uuid4().hex}.jsonl")
+        blob = self.blobs.blob(f"{RECEIPT_BATCHES}{stamp}-{uuid.uuid4().hex}.jsonl")
         body = "".join(receipt.to_json() + "\n" for receipt in receipts)
         # None (409) can only mean our own write whose answer was lost and retried: the name is a fresh uuid4.
-        self._create(blob, body, {"count": str(len(receipts))}, _JSON_LINES)
+        self.blobs.create(blob, body, {"count": str(len(receipts))}, JSON_LINES)
 
     def compact_receipt_batches(self, max_batches: int = 100, full: int = 1000) -> int:
         """Keep the number of batch blobs (each one a GET per process) bounded: when there are more than
@@ -210,24 +154,20 @@ class Ledger:
         ones (only if unchanged). Readers that meet a deleted batch list again and find the merged one; a crash in
         between leaves receipts twice, which readers tolerate. Returns how many batches were merged (0: one
         listing)."""
-        every = list(self._list(RECEIPT_BATCHES))
+        every = list(self.blobs.list(RECEIPT_BATCHES))
         small = [b for b in every if int(lower_keys(b.metadata).get("count", "0")) < full]
         if len(every) <= max_batches or len(small) < 2:
             return 0
         merged: list[Receipt] = []
         sources = []
         for b in small:
-            body = self._read(self.container.get_blob_client(b.name))
+            body = self.blobs.read(self.blobs.blob(b.name))
             if body is not None:
                 merged.extend(parse_batch(body))
                 sources.append(b)
         self.record_receipt_batch(merged)
         for b in sources:
-            try:
-                self.container.get_blob_client(b.name).delete_blob(etag=b.etag,
-                                                                   match_condition=MatchConditions.IfNotModified)
-            except (ResourceModifiedError, ResourceNotFoundError):
-                pass
+            self.blobs.delete(self.blobs.blob(b.name), b.etag)  # unless changed since the listing
         return len(sources)
 
     def _batch_index(self) -> dict[str, frozenset[str]]:
@@ -240,10 +180,10 @@ class Ledger:
         for _ in range(_CONFLICT_RETRIES):
             index: dict[str, frozenset[str]] = {}
             complete = True
-            for b in self._list(RECEIPT_BATCHES, metadata=False):
+            for b in self.blobs.list(RECEIPT_BATCHES, metadata=False):
                 keys = self._batch_keys.get(b.name)
                 if keys is None:
-                    body = self._read(self.container.get_blob_client(b.name))
+                    body = self.blobs.read(self.blobs.blob(b.name))
                     if body is None:
                         complete = False
                         continue
@@ -257,14 +197,14 @@ class Ledger:
 
     def delivered_keys(self) -> set[str]:
         """Keys (see `key`) of every receipt: one listing of names, plus the receipt batches (`_batch_index`)."""
-        keys = {b.name[len(RECEIPTS) : -len(".json")] for b in self._list(RECEIPTS, metadata=False)}
+        keys = {b.name[len(RECEIPTS) : -len(".json")] for b in self.blobs.list(RECEIPTS, metadata=False)}
         for batch in self._batch_index().values():
             keys.update(batch)
         return keys
 
     # -- failures --------------------------------------------------------------------------
     def failure(self, name: str, etag: str) -> Failure | None:
-        found = self._properties(self._blob(FAILURES, self.key(name, etag)))
+        found = self.blobs.properties(self._blob(FAILURES, self.key(name, etag)))
         return Failure.from_metadata(found[0]) if found else None
 
     def backoff(self, attempts: int) -> float:
@@ -283,7 +223,7 @@ class Ledger:
         blob = self._blob(FAILURES, self.key(name, etag))
         for _ in range(_CONFLICT_RETRIES):
             now = self.clock()
-            found = self._properties(blob)
+            found = self.blobs.properties(blob)
             previous = Failure.from_metadata(found[0]) if found else None
             attempts = (previous.attempts if previous else 0) + 1
             failure = Failure(
@@ -297,19 +237,16 @@ class Ledger:
                 poisoned=terminal or attempts >= max_attempts,
             )
             if found is None:
-                written = self._create(blob, failure.to_json(), failure.to_metadata())
+                written = self.blobs.create(blob, failure.to_json(), failure.to_metadata())
             else:
-                written = self._replace(blob, failure.to_json(), failure.to_metadata(), found[1])
+                written = self.blobs.replace(blob, failure.to_json(), failure.to_metadata(), found[1])
             if written:
                 return failure
         raise RelayError(f"the ledger entry for {name!r} kept changing under concurrent writers")
 
     def clear_failure(self, name: str, etag: str) -> None:
         """Forget the failures of a version (after its receipt is written); nothing if there are none."""
-        try:
-            self._blob(FAILURES, self.key(name, etag)).delete_blob()
-        except ResourceNotFoundError:
-            pass
+        self.blobs.delete(self._blob(FAILURES, self.key(name, etag)))
 
     def failures(self, delivered: set[str] | None = None) -> Iterator[Failure]:
         """Every failure record of a version not delivered since, poisoned or not; listings (and the receipt
@@ -319,7 +256,7 @@ class Ledger:
         (`delivered`: the keys from `delivered_keys()`, when the caller has them already).
         """
         delivered = self.delivered_keys() if delivered is None else delivered
-        for b in self._list(FAILURES):
+        for b in self.blobs.list(FAILURES):
             if b.name[len(FAILURES) : -len(".json")] not in delivered:
                 yield Failure.from_metadata(lower_keys(b.metadata))
 
@@ -333,8 +270,8 @@ class Ledger:
     def _unpoison(self, match: Callable[[Failure], bool]) -> int:
         """Give each poisoned failure that `match`es a fresh attempt budget, due now."""
         count = 0
-        for b in self._list(FAILURES):
-            blob = self.container.get_blob_client(b.name)
+        for b in self.blobs.list(FAILURES):
+            blob = self.blobs.blob(b.name)
             md, etag = lower_keys(b.metadata), b.etag
             for _ in range(_CONFLICT_RETRIES):
                 f = Failure.from_metadata(md)
@@ -343,10 +280,10 @@ class Ledger:
                 # A manual retry means someone fixed the cause: reset the count so the usual backoff
                 # schedule applies again (first_failed_at and last_error stay as history).
                 fresh = dataclasses.replace(f, attempts=0, poisoned=False, next_retry_at=self.clock())
-                if self._replace(blob, fresh.to_json(), fresh.to_metadata(), etag):
+                if self.blobs.replace(blob, fresh.to_json(), fresh.to_metadata(), etag):
                     count += 1
                     break
-                found = self._properties(blob)
+                found = self.blobs.properties(blob)
                 if found is None:
                     break
                 md, etag = found
@@ -365,16 +302,16 @@ class Ledger:
         """Record that a version is refused for good; idempotent (the first record wins)."""
         rejection = Rejection(name, etag, reason[:MAX_ERROR_CHARS], self.clock())
         blob = self._blob(REJECTED, self.key(name, etag))
-        if self._create(blob, rejection.to_json(), rejection.to_metadata()):
+        if self.blobs.create(blob, rejection.to_json(), rejection.to_metadata()):
             return rejection
         return self.rejection(name, etag) or rejection
 
     def rejection(self, name: str, etag: str) -> Rejection | None:
-        found = self._properties(self._blob(REJECTED, self.key(name, etag)))
+        found = self.blobs.properties(self._blob(REJECTED, self.key(name, etag)))
         return Rejection.from_metadata(found[0]) if found else None
 
     def rejections(self) -> Iterator[Rejection]:
-        for b in self._list(REJECTED):
+        for b in self.blobs.list(REJECTED):
             yield Rejection.from_metadata(lower_keys(b.metadata))
 
     # -- claims ----------------------------------------------------------------------------
@@ -395,10 +332,10 @@ class Ledger:
             claim = {"source": name, "etag": etag, "owner": owner, "claimed_at": now, "expires_at": now + ttl}
             md = {"owner": b64(owner), "expiresat": repr(now + ttl)}
             body = json.dumps(claim, ensure_ascii=False)
-            created = self._create(blob, body, md)
+            created = self.blobs.create(blob, body, md)
             if created is not None:
                 return created
-            found = self._properties(blob)
+            found = self.blobs.properties(blob)
             if found is None:
                 continue  # released meanwhile: try to create again
             held, blob_etag = found
@@ -406,7 +343,7 @@ class Ledger:
                 return None
             # Ours to renew, or expired: take it over only if nobody changed it since we looked; if someone
             # did, look again (they may hold it now, or have released it).
-            replaced = self._replace(blob, body, md, blob_etag)
+            replaced = self.blobs.replace(blob, body, md, blob_etag)
             if replaced is not None:
                 return replaced
         return None
@@ -417,7 +354,7 @@ class Ledger:
         now = self.clock()
         body = json.dumps({"source": name, "etag": etag, "owner": owner, "claimed_at": now, "expires_at": now + ttl},
                           ensure_ascii=False)
-        return self._replace(self._blob(CLAIMS, self.key(name, etag)), body,
+        return self.blobs.replace(self._blob(CLAIMS, self.key(name, etag)), body,
                              {"owner": b64(owner), "expiresat": repr(now + ttl)}, claim_etag)
 
     def release_claim(self, name: str, etag: str, owner: str, claim_etag: str | None = None) -> None:
@@ -427,40 +364,29 @@ class Ledger:
         """
         blob = self._blob(CLAIMS, self.key(name, etag))
         if claim_etag and claim_etag != "*":
-            try:
-                blob.delete_blob(etag=claim_etag, match_condition=MatchConditions.IfNotModified)
-            except (ResourceModifiedError, ResourceNotFoundError):
-                pass
+            self.blobs.delete(blob, claim_etag)
             return
-        found = self._properties(blob)
-        if found is None or unb64(found[0]["owner"]) != owner:
-            return
-        try:
-            blob.delete_blob(etag=found[1], match_condition=MatchConditions.IfNotModified)
-        except (ResourceModifiedError, ResourceNotFoundError):
-            pass
+        found = self.blobs.properties(blob)
+        if found is not None and unb64(found[0]["owner"]) == owner:
+            self.blobs.delete(blob, found[1])
 
     # -- links -----------------------------------------------------------------------------
     def link_states(self) -> list[LinkState]:
         """The links recorded broken (one listing); empty while every link works."""
-        return [LinkState.from_metadata(lower_keys(b.metadata)) for b in self._list(LINKS)]
+        return [LinkState.from_metadata(lower_keys(b.metadata)) for b in self.blobs.list(LINKS)]
 
     def record_link(self, state: LinkState) -> LinkState:
         """Record `state` unless its link is recorded broken already (create-only: concurrent runs agree on one
         broken period). Returns the record that holds: `state` when it is new, else the earlier one."""
         blob = self._blob(LINKS, state.link)
-        if self._create(blob, state.to_json(), state.to_metadata()):
+        if self.blobs.create(blob, state.to_json(), state.to_metadata()):
             return state
-        found = self._properties(blob)
+        found = self.blobs.properties(blob)
         return LinkState.from_metadata(found[0]) if found else self.record_link(state)
 
     def clear_link(self, link: str) -> bool:
         """Forget that `link` was broken; True when this call removed the record (so one run logs its end)."""
-        try:
-            self._blob(LINKS, link).delete_blob()
-        except ResourceNotFoundError:
-            return False
-        return True
+        return self.blobs.delete(self._blob(LINKS, link))
 
     # -- overview --------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
@@ -469,7 +395,7 @@ class Ledger:
         counts = {"delivered": 0, "failed": 0, "poisoned": 0, "rejected": 0}
         delivered = self.delivered_keys()
         counts["delivered"] = len(delivered)
-        counts["rejected"] = sum(1 for _ in self._list(REJECTED, metadata=False))
+        counts["rejected"] = sum(1 for _ in self.blobs.list(REJECTED, metadata=False))
         for failure in self.failures(delivered=delivered):
             counts["poisoned" if failure.poisoned else "failed"] += 1
         return counts

@@ -86,11 +86,11 @@ class ScriptedInner:
     """Stands in for ClientAssertionCredential: answers from its cache until five minutes before expiry, else
     calls the assertion callback, then raises or answers."""
 
-    def __init__(self, assertion, outcomes, clock):
+    def __init__(self, assertion, outcomes, clock, presented=None):
         self.assertion = assertion
         self.outcomes = outcomes  # shared by the stand-ins built after each invalidate
         self.clock = clock
-        self.assertions = []
+        self.assertions = [] if presented is None else presented  # the assertions it presented to Entra
         self.cache = {}
 
     def get_token_info(self, *scopes, options=None):

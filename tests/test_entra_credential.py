@@ -28,7 +28,9 @@ from tests.fakes import (
 KEY = make_key()
 
 
-def make(outcomes, retry_window=300):
+def make(outcomes, retry_window=300, presented=None):
+    """The credential, its Skyporten session and clock; `presented` (a list) collects every assertion the
+    stand-ins for azure-identity present to Entra, across the stand-ins built after each invalidate."""
     clock = FakeClock()
 
     def answer(form):
@@ -43,7 +45,7 @@ def make(outcomes, retry_window=300):
     script = list(outcomes)
     cred = BaneNorCredential("tenant", "mi-client", sky, clock=clock, sleep=clock.sleep,
                              federation_retry_seconds=retry_window,
-                             new_inner=lambda assertion: ScriptedInner(assertion, script, clock))
+                             new_inner=lambda assertion: ScriptedInner(assertion, script, clock, presented))
     return cred, session, clock
 
 
@@ -128,10 +130,11 @@ def test_after_the_window_a_later_call_fails_at_once():
 
 
 def test_expired_assertion_refetches_the_skyporten_token_and_retries_once():
-    cred, session, _ = make([refusal(700024), None])
+    presented = []
+    cred, session, _ = make([refusal(700024), None], presented=presented)
     cred.get_token(SCOPE)
     assert len(session.forms) == 2  # the cached Skyporten token was dropped
-    first, second = cred._inner.assertions
+    first, second = presented
     assert first != second, "the retry must present a new Skyporten token"
 
 
@@ -158,10 +161,11 @@ def test_object_id_instead_of_client_id_is_explained():
 
 
 def test_credential_repr_and_errors_hold_no_token(caplog):
-    cred, session, _ = make([refusal(70021)] * 50, retry_window=0)
+    presented = []
+    cred, session, _ = make([refusal(70021)] * 50, retry_window=0, presented=presented)
     with pytest.raises(EntraError) as info:
         cred.get_token(SCOPE)
-    assertion = cred._inner.assertions[0]
+    assertion = presented[0]
     assert assertion not in str(info.value)
     assert assertion not in repr(cred)
     assert assertion not in caplog.text

@@ -43,7 +43,9 @@ def test_storage_client_urls_keep_the_gateway_base_path(make_runtime):
 def test_storage_client_asks_for_the_external_account_audience(make_runtime, stack):
     rt = make_runtime()
     write(rt, f"{rt.settings.banenor.directory}/aud.txt")
-    token = rt.banenor_credential._issued[(rt.settings.banenor.storage_audience + "/.default",)]
+    entra = stack.entra.token_requests
+    token = rt.banenor_credential.get_token(rt.settings.banenor.storage_audience + "/.default")
+    assert stack.entra.token_requests == entra, "the storage client's token for this scope is the cached one"
     from shared.skyporten_token import decode_unverified
 
     assert decode_unverified(token.token)["aud"] == "https://bnplmextnwestlocal.blob.core.windows.net"

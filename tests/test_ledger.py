@@ -148,8 +148,8 @@ def test_each_batch_is_read_once_per_ledger(ledger: Ledger, monkeypatch) -> None
     write_batch(ledger, versions(BATCH_MIN))
     ledger.delivered_keys()
     reads = []
-    real = ledger._read
-    monkeypatch.setattr(ledger, "_read", lambda blob: reads.append(blob.blob_name) or real(blob))
+    real = ledger.blobs.read
+    monkeypatch.setattr(ledger.blobs, "read", lambda blob: reads.append(blob.blob_name) or real(blob))
     assert len(ledger.delivered_keys()) == BATCH_MIN
     assert [r for r in reads if r.startswith(RECEIPT_BATCHES)] == []
 
@@ -160,14 +160,14 @@ def test_a_batch_merged_by_a_compaction_while_it_is_read_is_found_in_the_merged_
     for i in range(4):
         write_batch(ledger, versions(BATCH_MIN, prefix=f"b{i}"))
     expected = new_ledger(ledger, clock).delivered_keys()
-    real = ledger._read
+    real = ledger.blobs.read
 
     def compaction_strikes_after_the_listing(blob):
-        monkeypatch.setattr(ledger, "_read", real)  # once
+        monkeypatch.setattr(ledger.blobs, "read", real)  # once
         assert compact_as_an_earlier_version(new_ledger(ledger, clock)) == 4
         return real(blob)
 
-    monkeypatch.setattr(ledger, "_read", compaction_strikes_after_the_listing)
+    monkeypatch.setattr(ledger.blobs, "read", compaction_strikes_after_the_listing)
     assert ledger.delivered_keys() == expected
 
 

@@ -331,14 +331,21 @@ def test_missing_source_is_reported_not_failed(relay_env):
     assert relay_env.rt.relay.deliver("never-existed.csv").status == "missing"
 
 
-def test_an_older_empty_version_never_replaces_a_newer_delivery(relay_env):
+def test_an_older_empty_version_never_replaces_a_newer_delivery(relay_env, monkeypatch):
     relay_env.put("report.csv", b"")  # the partner's tool creates the blob empty ...
     rt = relay_env.rt
-    source = rt.exports.get_blob_client("report.csv")
-    empty_version = rt.copier.read_source(source)
-    relay_env.put("report.csv", b"the real content\n")  # ... then writes the content
-    assert rt.relay.deliver("report.csv").status == "delivered"
-    late = rt.relay._deliver_version(source, empty_version)  # a stale trigger for the empty version
+    read_source = rt.relay.copier.read_source
+
+    def content_written_and_delivered_meanwhile(source):
+        empty_version = read_source(source)  # a trigger for the empty version has read it ...
+        monkeypatch.setattr(rt.relay.copier, "read_source", read_source)  # (once)
+        relay_env.put("report.csv", b"the real content\n")  # ... then the tool writes the content
+        assert rt.relay.deliver("report.csv").status == "delivered"  # and a second trigger delivers it
+        return empty_version
+
+    monkeypatch.setattr(rt.relay.copier, "read_source", content_written_and_delivered_meanwhile)
+    late = rt.relay.deliver("report.csv")  # the stale trigger goes on with the empty version
+    assert late.source_etag != rt.exports.get_blob_client("report.csv").get_blob_properties().etag
     assert late.status != "delivered"
     assert relay_env.landed("report.csv").download_blob().readall() == b"the real content\n"
 
@@ -366,7 +373,9 @@ def test_a_gateway_401_drops_the_cached_storage_token(relay_env):
         assert relay.deliver("denied.csv").status == "held"  # the link's state, not the file's (issue 26)
     finally:
         stack.gateway.revoke_tokens(also_next=0)
-    assert rt.banenor_credential._issued == {}
+    entra = stack.entra.token_requests
+    rt.banenor_credential.get_token(rt.settings.banenor.storage_audience + "/.default")
+    assert stack.entra.token_requests == entra + 1, "no refused token is left in the credential's cache"
     refused = stack.gateway.rejections["invalid_token"]
     assert relay.deliver("denied.csv").status == "delivered"
     assert relay.destination is before
