@@ -2,7 +2,8 @@
 #   install     the Python venv (.venv) with the console command `skyporten-relay`, and the pinned Azurite
 #               (node_modules)
 #   demo        the main job end to end on the local stack, with a delivery report
-#   test        lint (ruff, and mypy over shared/) and the whole test suite (starts its own Azurite and simulators)
+#   test        lint (ruff, and mypy over shared/) and the whole test suite on TEST_WORKERS processes (2; each
+#               starts its own Azurite and simulators; TEST_WORKERS=0: one process)
 #   stack       start the local stack in the background; data on disk in .local/azurite (kept across restarts),
 #               settings in .local/settings.env and local.settings.json (STACK_ARGS=--in-memory: data in memory;
 #               STACK_AUDIENCE_MODE=scope|resource: how the Skyporten simulator sets the token's audience)
@@ -23,6 +24,7 @@ STAMP_PY := $(VENV)/.installed
 STAMP_NODE := node_modules/.installed
 
 STACK_ARGS ?=
+TEST_WORKERS ?= 2
 FUNC_ARGS ?=
 
 .PHONY: install demo test test-large stack stack-stop func bench lint-infra lint clean upgrade-pins
@@ -44,7 +46,7 @@ lint: $(STAMP_PY)
 	$(PY) -m mypy
 
 test: install lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS)
 
 demo: install
 	$(PY) -m sim.demo

@@ -1,4 +1,5 @@
-"""Shared fixtures: the local stack (Azurite + simulators), started once per test session, and what is built on it
+"""Shared fixtures: the local stack (Azurite + simulators), started once per test session (per pytest-xdist worker
+under `make test`: each worker has its own), and what is built on it
 (`relay_env`, the fault proxies, the command line); one Azurite for the copier's and the ledger's tests.
 Helpers that are not fixtures are in tests/helpers.py and tests/cli_runner.py.
 
