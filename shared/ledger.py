@@ -29,6 +29,7 @@ from .records import (  # noqa: F401  (the records and `standing`: importable fr
     Receipt,
     Rejection,
     b64,
+    batch_versions,
     lower_keys,
     parse_batch,
     standing,
@@ -187,7 +188,7 @@ class Ledger:
                     if body is None:
                         complete = False
                         continue
-                    keys = frozenset(self.key(r.source_name, r.source_etag) for r in parse_batch(body))
+                    keys = frozenset(self.key(name, etag) for name, etag in batch_versions(body))
                 index[b.name] = keys
             with self._batch_lock:
                 self._batch_keys = {**self._batch_keys, **index} if not complete else index
