@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -157,22 +158,32 @@ def _listing_error(response: Any) -> Exception:
 
 
 def _listed(blob: Any) -> ListedBlob:
-    props = blob.find("Properties")
-    if props is None:
-        props = ElementTree.Element("Properties")
-    md5 = props.findtext("Content-MD5")
-    modified = props.findtext("Last-Modified")
-    metadata = blob.find("Metadata")
+    """One `<Blob>` element: each child read in one pass (a sync parses every export's entry)."""
+    name, props, metadata = "", {}, None
+    for child in blob:
+        if child.tag == "Name":
+            name = child.text or ""
+        elif child.tag == "Properties":
+            props = {p.tag: p.text for p in child}
+        elif child.tag == "Metadata":
+            metadata = {m.tag: m.text or "" for m in child}
+    md5, modified = props.get("Content-MD5"), props.get("Last-Modified")
     return ListedBlob(
-        name=blob.findtext("Name") or "",
-        size=int(props.findtext("Content-Length") or 0),
+        name=name,
+        size=int(props.get("Content-Length") or 0),
         content_md5=base64.b64decode(md5) if md5 else None,
-        metadata={m.tag: m.text or "" for m in metadata} if metadata is not None else {},
-        etag=props.findtext("Etag") or "",
-        last_modified=parsedate_to_datetime(modified) if modified else None,
-        content_type=props.findtext("Content-Type") or None,
-        content_disposition=props.findtext("Content-Disposition") or None,
+        metadata=metadata if metadata is not None else {},
+        etag=props.get("Etag") or "",
+        last_modified=_http_date(modified) if modified else None,
+        content_type=props.get("Content-Type") or None,
+        content_disposition=props.get("Content-Disposition") or None,
     )
+
+
+@functools.lru_cache(maxsize=1024)
+def _http_date(text: str) -> dt.datetime:
+    """An RFC 1123 date (one second's resolution: exports written together share it, so each is parsed once)."""
+    return parsedate_to_datetime(text)
 
 
 def _sdk_pages(container: Any, prefix: str, page_size: int, metadata: bool) -> Iterator[list[ListedBlob]]:
