@@ -62,8 +62,10 @@ def test_a_page_is_never_held_whole_besides_its_entries(listed):
 
 
 def test_the_listing_reads_what_the_sdk_reads(listed):
-    ours = [(b.name, b.size, b.content_md5, b.metadata) for b in list_blobs(listed, metadata=True, page_size=400)]
-    sdk = [(b.name, b.size, bytes(b.content_settings.content_md5), b.metadata)
+    ours = [(b.name, b.size, b.content_md5, b.metadata, b.etag, b.last_modified, b.content_type,
+             b.content_disposition) for b in list_blobs(listed, metadata=True, page_size=400)]
+    sdk = [(b.name, b.size, bytes(b.content_settings.content_md5), b.metadata, b.etag, b.last_modified,
+            b.content_settings.content_type, b.content_settings.content_disposition)
            for b in listed.list_blobs(include=["metadata"])]
     assert ours == sdk
 
