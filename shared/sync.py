@@ -50,6 +50,9 @@ ATTENTION = ("rejected", "failed", "poisoned", "missing", "in_progress", "held",
 MAX_OUTCOMES = 1000
 # A window of transient failures on one link, none delivered in between, this long: the link is down for this run.
 TRANSIENT_TRIP = 5
+# Deliveries in flight until the first one gets through Bane NOR's gateway: a link that is broken when a run starts
+# costs at most this many refused writes, not one per thread (issue 26); then the run goes SYNC_CONCURRENCY wide.
+START_WINDOW = 4
 
 
 @dataclass
@@ -100,8 +103,8 @@ class SyncSummary:
 def run_sync(relay: Host, summary: SyncSummary, dry_run: bool,
              progress: Callable[[Outcome], None] | None, probe: bool = False) -> None:
     """One pass: fills `summary`; raises the first refusal about a link (RelayError with `link`), or LinkDown
-    when TRANSIENT_TRIP transient failures on one link came in a row. `probe`: a link was recorded broken, so
-    the first delivery runs alone, and the run goes wide only once it got through."""
+    when TRANSIENT_TRIP transient failures on one link came in a row. The run starts START_WINDOW deliveries wide
+    and goes wide once one got through; `probe`: a link was recorded broken, so it starts with one delivery."""
     _Pass(relay, summary, dry_run, progress).run(probe)
 
 
@@ -127,14 +130,16 @@ class _Pass:
         self.lock = threading.Lock()
         self.streak: dict[str, int] = {}  # transient failures in a row, by link
         # Bounded: at most 2 x SYNC_CONCURRENCY deliveries submitted at a time, so a 100,000-blob container never
-        # piles up work; each frees its slot as it ends.
-        self.slots = threading.BoundedSemaphore(2 * self.limit)
+        # piles up work; each frees its slot as it ends. Fewer until one delivery got through (`Window`).
+        self.slots = Window(START_WINDOW, 2 * self.limit)
         # Exports above SINGLE_PUT_LIMIT each hold BLOCK_SIZE x (PARALLELISM + 1) while they copy: a few at a time
         # (`large_in_flight`), taken on the worker, so the listing goes on and the small exports keep the pool.
         self.large = threading.BoundedSemaphore(self.options.large_in_flight)
 
     # -- each delivery's end ---------------------------------------------------------------------------------
     def record(self, outcome: Outcome) -> None:
+        if outcome.status in GOT_THROUGH:
+            self.slots.widen()
         with self.lock:
             self.summary.add(outcome)
             if outcome.status in ("delivered", "already_delivered"):
@@ -160,6 +165,7 @@ class _Pass:
     def settled(self, name: str, result: Outcome | BaseException | None) -> None:
         """One delivery's end: its outcome (None: handed to the receipt batches, settled later), or what it raised."""
         if result is None:
+            self.slots.widen()  # written; its evidence comes with its receipt batch
             return
         if isinstance(result, Outcome):
             self.record(result)
@@ -176,18 +182,21 @@ class _Pass:
 
     def deliver(self, blob: Any, failure: Any, receipts: ReceiptBuffer | None) -> None:
         """On a pool thread: one listed version's delivery, settled; frees its slot."""
+        large = blob.size > self.options.single_put_limit  # a block copy: waits for one of the large turns
         try:
             if self.error:
                 return
             result: Outcome | BaseException | None
-            if blob.size > self.options.single_put_limit:  # a block copy: waits for one of the large turns
+            if large:
                 with self.large:
-                    result = None if self.error else self._delivered(blob, failure, receipts)
+                    if self.error:
+                        return
+                    result = self._delivered(blob, failure, receipts)
             else:
                 result = self._delivered(blob, failure, receipts)
             self.settled(blob.name, result)
         finally:
-            self.slots.release()
+            self.slots.release(large)
 
     def _delivered(self, blob: Any, failure: Any, receipts: ReceiptBuffer | None) -> Outcome | BaseException | None:
         try:
@@ -218,6 +227,8 @@ class _Pass:
 
     def run(self, probe: bool) -> None:
         relay, options, limit = self.relay, self.options, self.limit
+        if probe:  # a link recorded broken: one delivery alone tells whether it answers again
+            self.slots = Window(1, 2 * limit)
         # The evidence of the small deliveries comes with their receipt batches: a listing of Bane NOR's directory.
         # Checked and written on a thread of their own, so no delivery worker waits for a listing and a write.
         initializer = relay.pool_initializer and relay.pool_initializer()  # the invocation id, on every thread
@@ -237,16 +248,14 @@ class _Pass:
                     deliver, failure = self.decide(blob)
                     if not deliver:
                         continue
-                    _take_slot(self.slots, receipts)
+                    large = blob.size > options.single_put_limit
+                    _take_slot(self.slots, receipts, large)
                     try:
                         pool.submit(self.deliver, blob, failure, receipts)
                     except BaseException:
-                        self.slots.release()
+                        self.slots.release(large)
                         raise
-                    if probe:  # the first delivery alone: does the link recorded broken answer again?
-                        _drain(self.slots, receipts, 2 * limit)
-                        probe = False
-                _drain(self.slots, receipts, 2 * limit)  # every slot back: every delivery has ended
+                _drain(self.slots, receipts)  # every slot back: every delivery has ended
         except BaseException as exc:
             interrupted = exc
             raise
@@ -291,17 +300,60 @@ def _close_superseded(ledger: Ledger, records: list[Any], etag: str, delivered: 
                 log.info("failure record of a superseded version not removed yet: %s", type(exc).__name__)
 
 
-def _drain(slots: threading.BoundedSemaphore, receipts: ReceiptBuffer | None, count: int) -> None:
-    """Wait until every delivery submitted has ended (all `count` slots back), then free the slots again."""
-    for _ in range(count):
-        _take_slot(slots, receipts)
-    for _ in range(count):
-        slots.release()
+# What shows that Bane NOR's side takes writes: a delivery's end with one of these, or handed to its receipt batch.
+GOT_THROUGH = ("delivered", "already_delivered", "superseded")
 
 
-def _take_slot(slots: threading.BoundedSemaphore, receipts: ReceiptBuffer | None) -> None:
+class Window:
+    """The deliveries a sync has submitted and not yet ended: at most `wide`, and at most `narrow` small ones until
+    `widen()` (a delivery got through). Large ones have their own bound (`large_in_flight`), and a copy that takes
+    minutes must not hold the small ones back. `acquire`/`release` as a semaphore's; `idle` waits until none is left."""
+
+    def __init__(self, narrow: int, wide: int) -> None:
+        self._changed = threading.Condition()
+        self._busy = 0
+        self._small = 0
+        self._narrow: int | None = min(narrow, wide)  # None once widened
+        self._wide = wide
+
+    def _free(self, large: bool) -> bool:
+        return self._busy < self._wide and (large or self._narrow is None or self._small < self._narrow)
+
+    def acquire(self, timeout: float | None = None, large: bool = False) -> bool:
+        with self._changed:
+            if not self._changed.wait_for(lambda: self._free(large), timeout):
+                return False
+            self._busy += 1
+            self._small += not large
+            return True
+
+    def release(self, large: bool = False) -> None:
+        with self._changed:
+            self._busy -= 1
+            self._small -= not large
+            self._changed.notify_all()
+
+    def widen(self) -> None:
+        with self._changed:
+            if self._narrow is not None:
+                self._narrow = None
+                self._changed.notify_all()
+
+    def idle(self, timeout: float | None = None) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: self._busy == 0, timeout)
+
+
+def _drain(slots: Window, receipts: ReceiptBuffer | None) -> None:
+    """Wait until every delivery submitted has ended; meanwhile check and write receipts that are due."""
+    while not slots.idle(timeout=receipts.max_age if receipts else None):
+        if receipts is not None:
+            receipts.flush_due()
+
+
+def _take_slot(slots: Window, receipts: ReceiptBuffer | None, large: bool = False) -> None:
     """Wait for a free delivery slot; meanwhile check and write receipts that are due (a long copy must not hold
     the batch of the small ones back)."""
-    while not slots.acquire(timeout=receipts.max_age if receipts else None):
+    while not slots.acquire(timeout=receipts.max_age if receipts else None, large=large):
         if receipts is not None:
             receipts.flush_due()

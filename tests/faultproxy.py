@@ -30,7 +30,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 ACTIONS = ("status", "page", "reset", "reset_response", "cut_request", "drop_answer", "stall", "fake_ok",
-           "endless_listing", "slow")
+           "endless_listing", "slow", "slow_status")
 # Hop-by-hop headers (RFC 9110 section 7.6.1) are the proxy's own business; it re-frames every body.
 _HOP = frozenset("connection keep-alive proxy-connection transfer-encoding te trailer upgrade".split())
 _STATUS_CODES = {403: "AuthorizationPermissionMismatch", 429: "TooManyRequests", 500: "InternalError",
@@ -74,7 +74,8 @@ class Fault:
     `fraction` of the body that gets through for "reset_response" and "cut_request"; `headers` for "fake_ok"
     (201 for a PUT, 200 otherwise, never forwarded); `code` the storage error code of "status" (default: the usual
     one for the status); "endless_listing" answers a List Blobs with an empty page and a NextMarker (legal in
-    Azure, endless here); "slow" holds the request `stall` seconds, then forwards it (a server that answers late)."""
+    Azure, endless here); "slow" holds the request `stall` seconds, then forwards it (a server that answers late);
+    "slow_status" holds it `stall` seconds, then answers as "status" (a refusal that takes its time)."""
 
     action: str
     when: Matcher = field(default=lambda req: True)
@@ -290,7 +291,9 @@ class FaultProxy:
                             fault.abandoned += 1
                     self._reset(conn)
                     return
-                if fault is not None and fault.action == "status":
+                if fault is not None and fault.action in ("status", "slow_status"):
+                    if fault.action == "slow_status":
+                        self._stopping.wait(fault.stall)
                     conn.sendall(_error_response(fault.status, fault.retry_after, method, fault.code))
                     continue
                 if fault is not None and fault.action == "endless_listing":

@@ -14,6 +14,7 @@ import os
 import pytest
 
 from shared.storage import list_blob_pages
+from shared.sync import START_WINDOW
 from tests.faultproxy import Fault, match
 from tests.helpers import dest_blobs, fast_runtime
 
@@ -104,6 +105,19 @@ def test_a_link_broken_for_whole_runs_costs_a_few_writes_and_one_alert_line(rela
     assert again.link == "gateway"
     assert refusal.fired - fired <= 2, "a run on a link known to be broken probes it with one write"
     assert len(_lines(caplog, "link broken")) == 1
+    assert rt.ledger.counts() == {"delivered": 0, "failed": 0, "poisoned": 0, "rejected": 0}
+
+
+def test_a_link_broken_when_a_wide_run_starts_costs_at_most_the_start_window(relay_env, faults):
+    # Each refusal takes its time, so every thread of a run that went wide at once would have sent its write before
+    # the first one was refused: SYNC_CONCURRENCY writes, not START_WINDOW.
+    _put_many(relay_env, 100, folder="wide", size=200)
+    rt = fast_runtime(relay_env, faults, SYNC_CONCURRENCY="32")
+    refusal = faults["BANENOR_STORAGE_URL"].add(Fault("slow_status", match("PUT"), status=403, stall=0.5,
+                                                      code="AuthorizationPermissionMismatch", times=None))
+    summary = rt.relay.sync()
+    assert summary.link == "gateway"
+    assert refusal.fired <= START_WINDOW, refusal.fired
     assert rt.ledger.counts() == {"delivered": 0, "failed": 0, "poisoned": 0, "rejected": 0}
 
 
