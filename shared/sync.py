@@ -228,7 +228,7 @@ class _Pass:
     def run(self, probe: bool) -> None:
         relay, options, limit = self.relay, self.options, self.limit
         if probe:  # a link recorded broken: one delivery alone tells whether it answers again
-            self.slots = Window(1, 2 * limit)
+            self.slots = Window(1, 2 * limit, large_too=True)
         # The evidence of the small deliveries comes with their receipt batches: a listing of Bane NOR's directory.
         # Checked and written on a thread of their own, so no delivery worker waits for a listing and a write.
         initializer = relay.pool_initializer and relay.pool_initializer()  # the invocation id, on every thread
@@ -307,30 +307,36 @@ GOT_THROUGH = ("delivered", "already_delivered", "superseded")
 class Window:
     """The deliveries a sync has submitted and not yet ended: at most `wide`, and at most `narrow` small ones until
     `widen()` (a delivery got through). Large ones have their own bound (`large_in_flight`), and a copy that takes
-    minutes must not hold the small ones back. `acquire`/`release` as a semaphore's; `idle` waits until none is left."""
+    minutes must not hold the small ones back; with `large_too` (a probe of a link recorded broken) they count
+    against `narrow` as well. `acquire`/`release` as a semaphore's; `idle` waits until none is left."""
 
-    def __init__(self, narrow: int, wide: int) -> None:
+    def __init__(self, narrow: int, wide: int, large_too: bool = False) -> None:
         self._changed = threading.Condition()
         self._busy = 0
-        self._small = 0
+        self._narrowed = 0  # in flight and counted against `narrow`
         self._narrow: int | None = min(narrow, wide)  # None once widened
         self._wide = wide
+        self._large_too = large_too
+
+    def _counts(self, large: bool) -> bool:
+        return self._large_too or not large
 
     def _free(self, large: bool) -> bool:
-        return self._busy < self._wide and (large or self._narrow is None or self._small < self._narrow)
+        return self._busy < self._wide and (self._narrow is None or not self._counts(large)
+                                            or self._narrowed < self._narrow)
 
     def acquire(self, timeout: float | None = None, large: bool = False) -> bool:
         with self._changed:
             if not self._changed.wait_for(lambda: self._free(large), timeout):
                 return False
             self._busy += 1
-            self._small += not large
+            self._narrowed += self._counts(large)
             return True
 
     def release(self, large: bool = False) -> None:
         with self._changed:
             self._busy -= 1
-            self._small -= not large
+            self._narrowed -= self._counts(large)
             self._changed.notify_all()
 
     def widen(self) -> None:

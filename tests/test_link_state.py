@@ -121,6 +121,20 @@ def test_a_link_broken_when_a_wide_run_starts_costs_at_most_the_start_window(rel
     assert rt.ledger.counts() == {"delivered": 0, "failed": 0, "poisoned": 0, "rejected": 0}
 
 
+def test_a_probe_of_a_link_recorded_broken_is_one_delivery_even_with_large_exports_first(relay_env, faults):
+    for i in range(3):  # listed first, and above SINGLE_PUT_LIMIT: block copies with a bound of their own
+        relay_env.put(f"probe/a-large-{i}.csv", b"x;y\n" * 512)
+    _put_many(relay_env, 20, folder="probe/b", size=200)
+    rt = fast_runtime(relay_env, faults, SINGLE_PUT_LIMIT="1024")
+    refusal = faults["BANENOR_STORAGE_URL"].add(Fault("slow_status", match("PUT"), status=403, stall=0.5,
+                                                      code="AuthorizationPermissionMismatch", times=None))
+    assert rt.relay.sync().link == "gateway"
+    fired = refusal.fired
+    relay_env.clock.offset += NEXT_RUN
+    assert rt.relay.sync().link == "gateway"
+    assert refusal.fired - fired == 1, "a run on a link known to be broken probes it with one write"
+
+
 def test_the_trigger_meeting_a_broken_link_returns_at_once_and_leaves_the_file_to_the_sync(relay_env, faults):
     relay_env.put("t/one.csv", b"a;b\n")
     rt = fast_runtime(relay_env, faults)
