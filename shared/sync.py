@@ -105,7 +105,7 @@ def run_sync(relay: Host, summary: SyncSummary, dry_run: bool,
     """One pass: fills `summary`; raises the first refusal about a link (RelayError with `link`), or LinkDown
     when TRANSIENT_TRIP transient failures on one link came in a row. The run starts START_WINDOW deliveries wide
     and goes wide once one got through; `probe`: a link was recorded broken, so it starts with one delivery."""
-    _Pass(relay, summary, dry_run, progress).run(probe)
+    _Pass(relay, summary, dry_run, progress, probe).run()
 
 
 class _Pass:
@@ -113,7 +113,7 @@ class _Pass:
     (`standing`), the rest delivered on SYNC_CONCURRENCY threads, each delivery's end settled here."""
 
     def __init__(self, relay: Host, summary: SyncSummary, dry_run: bool,
-                 progress: Callable[[Outcome], None] | None) -> None:
+                 progress: Callable[[Outcome], None] | None, probe: bool = False) -> None:
         self.relay, self.summary, self.dry_run, self.progress = relay, summary, dry_run, progress
         self.options, self.ledger = relay.settings.relay, relay.ledger  # concurrency, prefix, suffix
         ledger = self.ledger
@@ -131,7 +131,8 @@ class _Pass:
         self.streak: dict[str, int] = {}  # transient failures in a row, by link
         # Bounded: at most 2 x SYNC_CONCURRENCY deliveries submitted at a time, so a 100,000-blob container never
         # piles up work; each frees its slot as it ends. Fewer until one delivery got through (`Window`).
-        self.slots = Window(START_WINDOW, 2 * self.limit)
+        # A link recorded broken (`probe`): one delivery alone, large or small, tells whether it answers again.
+        self.slots = Window(1, 2 * self.limit, large_too=True) if probe else Window(START_WINDOW, 2 * self.limit)
         # Exports above SINGLE_PUT_LIMIT each hold BLOCK_SIZE x (PARALLELISM + 1) while they copy: a few at a time
         # (`large_in_flight`), taken on the worker, so the listing goes on and the small exports keep the pool.
         self.large = threading.BoundedSemaphore(self.options.large_in_flight)
@@ -225,10 +226,8 @@ class _Pass:
                 setattr(self.summary, step, getattr(self.summary, step) + 1)
         return step not in SKIPPED, failure
 
-    def run(self, probe: bool) -> None:
+    def run(self) -> None:
         relay, options, limit = self.relay, self.options, self.limit
-        if probe:  # a link recorded broken: one delivery alone tells whether it answers again
-            self.slots = Window(1, 2 * limit, large_too=True)
         # The evidence of the small deliveries comes with their receipt batches: a listing of Bane NOR's directory.
         # Checked and written on a thread of their own, so no delivery worker waits for a listing and a write.
         initializer = relay.pool_initializer and relay.pool_initializer()  # the invocation id, on every thread
