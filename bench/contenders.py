@@ -10,6 +10,7 @@ included, so TLS framing counts too) over the measured part.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import threading
@@ -351,16 +352,34 @@ def relay_sync(job: Job) -> dict[str, Any]:
             trace.append(vmrss_mib())
 
     sampler = threading.Thread(target=sample, daemon=True)
+    widths = _WidthLog()  # the widths the sync's pace chose (shared.pace), in order
+    sync_log = logging.getLogger("shared.sync")
+    sync_log.addHandler(widths)
+    sync_log.setLevel(logging.DEBUG)
     sampler.start()
     with Measure() as m:
         summary = relay.sync()
     done.set()
     sampler.join()
+    sync_log.removeHandler(widths)
     if summary.error or summary.delivered != p["count"] or summary.failed:
         raise RuntimeError(f"sync: delivered={summary.delivered} failed={summary.failed} error={summary.error}")
     return m.row(delivered=summary.delivered, count=summary.delivered, chain_seconds=chain,
                  concurrency=rt.settings.relay.sync_concurrency, exchanges=rt.banenor_credential.exchanges,
-                 outcomes_kept=len(summary.outcomes), rss_trace=[round(v, 1) for v in trace])
+                 outcomes_kept=len(summary.outcomes), rss_trace=[round(v, 1) for v in trace],
+                 widths=widths.widths, width=summary.width)
+
+
+class _WidthLog(logging.Handler):
+    """The sync's "N small deliveries in flight from now on" debug lines, as numbers."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.widths: list[int] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg.startswith("sync: %d small deliveries in flight"):
+            self.widths.append(int(record.args[0]))  # type: ignore[index]
 
 
 def copies_without_ledger(job: Job, evidence: str = "") -> dict[str, Any]:

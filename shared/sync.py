@@ -20,6 +20,7 @@ from .destination import ListingEvidence
 from .errors import LinkDown, RelayError, scrub
 from .ledger import SKIPPED, Ledger, standing
 from .listing import list_blobs
+from .pace import Pace
 from .receipts import ReceiptBuffer, compact_receipt_batches
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class SyncSummary:
     listed: int = 0
     error: str | None = None
     link: str | None = None  # the broken link that stopped the run (doctor's name), if one did
+    width: int = 0  # small deliveries in flight when the run ended (found while it ran: shared.pace)
     outcomes_left_out: int = 0  # outcomes needing attention past MAX_OUTCOMES (counted above, not kept)
     outcomes: list[Outcome] = field(default_factory=list, repr=False)
 
@@ -130,9 +132,12 @@ class _Pass:
         self.lock = threading.Lock()
         self.streak: dict[str, int] = {}  # transient failures in a row, by link
         # Bounded: at most 2 x SYNC_CONCURRENCY deliveries submitted at a time, so a 100,000-blob container never
-        # piles up work; each frees its slot as it ends. Fewer until one delivery got through (`Window`).
+        # piles up work; each frees its slot as it ends. Fewer until one delivery got through (`Window`), then as
+        # many small ones as deliver most per second (`Pace`: measured while the run goes).
         # A link recorded broken (`probe`): one delivery alone, large or small, tells whether it answers again.
-        self.slots = Window(1, 2 * self.limit, large_too=True) if probe else Window(START_WINDOW, 2 * self.limit)
+        pace = Pace(2 * self.limit)
+        self.slots = (Window(1, 2 * self.limit, large_too=True, pace=pace) if probe
+                      else Window(START_WINDOW, 2 * self.limit, pace=pace))
         # Exports above SINGLE_PUT_LIMIT each hold BLOCK_SIZE x (PARALLELISM + 1) while they copy: a few at a time
         # (`large_in_flight`), taken on the worker, so the listing goes on and the small exports keep the pool.
         self.large = threading.BoundedSemaphore(self.options.large_in_flight)
@@ -259,6 +264,7 @@ class _Pass:
             interrupted = exc
             raise
         finally:
+            self.summary.width = self.slots.width
             self._flush(receipts, writer, interrupted)
         if self.error:
             raise self.error[0]
@@ -305,44 +311,65 @@ GOT_THROUGH = ("delivered", "already_delivered", "superseded")
 
 class Window:
     """The deliveries a sync has submitted and not yet ended: at most `wide`, and at most `narrow` small ones until
-    `widen()` (a delivery got through). Large ones have their own bound (`large_in_flight`), and a copy that takes
-    minutes must not hold the small ones back; with `large_too` (a probe of a link recorded broken) they count
-    against `narrow` as well. `acquire`/`release` as a semaphore's; `idle` waits until none is left."""
+    `widen()` (a delivery got through); from then on as many small ones as `pace` finds best (`shared.pace`). Large
+    ones have their own bound (`large_in_flight`), and a copy that takes minutes must not hold the small ones back;
+    with `large_too` (a probe of a link recorded broken) they count against `narrow` as well, until it widens.
+    `acquire`/`release` as a semaphore's; `idle` waits until none is left."""
 
-    def __init__(self, narrow: int, wide: int, large_too: bool = False) -> None:
+    def __init__(self, narrow: int, wide: int, large_too: bool = False, pace: Pace | None = None) -> None:
         self._changed = threading.Condition()
         self._busy = 0
-        self._narrowed = 0  # in flight and counted against `narrow`
-        self._narrow: int | None = min(narrow, wide)  # None once widened
+        self._narrowed = 0  # in flight and counted against `_small`
+        self._large_counted = 0  # of those, large ones (`large_too`)
+        self._small = min(narrow, wide)
         self._wide = wide
         self._large_too = large_too
+        self._pace = pace
+        self._paced = False  # widened: `_small` is the pace's
 
     def _counts(self, large: bool) -> bool:
         return self._large_too or not large
 
     def _free(self, large: bool) -> bool:
-        return self._busy < self._wide and (self._narrow is None or not self._counts(large)
-                                            or self._narrowed < self._narrow)
+        return self._busy < self._wide and (not self._counts(large) or self._narrowed < self._small)
 
     def acquire(self, timeout: float | None = None, large: bool = False) -> bool:
         with self._changed:
             if not self._changed.wait_for(lambda: self._free(large), timeout):
                 return False
             self._busy += 1
-            self._narrowed += self._counts(large)
+            if self._counts(large):
+                self._narrowed += 1
+                self._large_counted += large
             return True
 
     def release(self, large: bool = False) -> None:
         with self._changed:
             self._busy -= 1
-            self._narrowed -= self._counts(large)
+            if not large:
+                self._narrowed -= 1
+            elif self._large_counted:  # large ones are alike: any that ends frees a counted one's place
+                self._large_counted -= 1
+                self._narrowed -= 1
+            if self._paced and not large and self._pace is not None:
+                width = self._pace.ended()
+                if width is not None:
+                    self._small = width
+                    log.debug("sync: %d small deliveries in flight from now on", width)
             self._changed.notify_all()
 
     def widen(self) -> None:
         with self._changed:
-            if self._narrow is not None:
-                self._narrow = None
+            if not self._paced:
+                self._paced = True
+                self._small = self._pace.width if self._pace is not None else self._wide
+                self._large_too = False  # large ones in flight stay counted until they end
                 self._changed.notify_all()
+
+    @property
+    def width(self) -> int:
+        """Small deliveries allowed in flight now."""
+        return self._small
 
     def idle(self, timeout: float | None = None) -> bool:
         with self._changed:

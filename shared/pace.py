@@ -1,0 +1,103 @@
+"""How many small deliveries a sync keeps in flight: found while it runs, not set by hand (issue 30).
+
+The best width depends on where the relay runs. On a loopback stack with 2 cores the CPU is the limit: 8 files in
+flight deliver as many per second as 32, and each file costs less CPU. In Azure every request crosses the network to
+the gateway and to storage, and more files in flight deliver more. So a sync measures: files delivered per second
+over an epoch of deliveries at one width, then at the next width of the ladder (4, 8, 16, ... up to the pool's bound,
+`SYNC_CONCURRENCY` x 2). It keeps a width that delivered more per second by more than MARGIN and goes on in that
+direction; otherwise it tries the other side once and settles. Settled, it looks again every RECHECK epochs, since a
+shared machine's load changes.
+
+Pure and single-threaded: a clock in, a width out (`shared.sync.Window` calls it under its lock).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+LADDER = (4, 8, 16, 32, 64)
+START = 8  # the first width measured, once a delivery got through (the start window is sync.START_WINDOW)
+MARGIN = 0.05  # a width must deliver this much more per second to be taken: noise does not move the width
+MIN_EPOCH = 64  # deliveries measured at one width, at least; 4 x the width when that is more
+RECHECK = 12  # epochs at a settled width before its neighbours are tried again
+
+
+class Pace:
+    """A hill climb over `LADDER` capped at `top`. `ended()` once per small delivery that ended; it answers the new
+    width when it changes. Each width first lets `width` deliveries end unmeasured (those started at the old width),
+    then measures `epoch` of them."""
+
+    def __init__(self, top: int, clock: Callable[[], float] = time.monotonic, start: int = START) -> None:
+        self.widths = sorted({min(w, top) for w in LADDER})
+        self.clock = clock
+        self.base = max((i for i, w in enumerate(self.widths) if w <= start), default=0)  # the width to beat
+        self.base_rate = 0.0
+        self.trying = self.base  # the width in force
+        self.step = 0  # +1 / -1 while a neighbour is tried, 0 while the base is measured
+        self.turned = False  # this climb tried the other side already, or knows it is worse
+        self.settled = 0  # epochs measured at the base since it was settled
+        self._begin()
+
+    @property
+    def width(self) -> int:
+        return self.widths[self.trying]
+
+    def _begin(self) -> None:
+        self._skip = self.width
+        self._count = 0
+        self._since = 0.0
+
+    def ended(self) -> int | None:
+        """One small delivery ended: the new width when it changed, else None."""
+        if self._skip:
+            self._skip -= 1
+            if not self._skip:
+                self._since = self.clock()
+            return None
+        self._count += 1
+        if self._count < max(MIN_EPOCH, 4 * self.width):
+            return None
+        elapsed = self.clock() - self._since
+        if elapsed <= 0:  # a clock that did not move tells nothing: measure again
+            self._count, self._since = 0, self.clock()
+            return None
+        old = self.trying
+        self._measured(self._count / elapsed)
+        self._begin()
+        return self.width if self.trying != old else None
+
+    def _measured(self, rate: float) -> None:
+        """An epoch's files per second at the width in force: the next width to measure."""
+        if self.step == 0:  # the base, measured (again)
+            self.base_rate = rate
+            if self.settled and self.settled < RECHECK:
+                self.settled += 1
+                return
+            self.settled, self.turned = 0, False
+            if not self._try(+1):
+                self._turn()
+            return
+        if rate > self.base_rate * (1 + MARGIN):  # better: the new base; the other side is worse, so on this way
+            self.base, self.base_rate, self.turned = self.trying, rate, True
+            if not self._try(self.step):
+                self._settle()
+        elif not self.turned:  # the first neighbour tried is not better: the other one
+            self._turn()
+        else:
+            self._settle()
+
+    def _turn(self) -> None:
+        self.turned = True
+        if not self._try(-1):
+            self._settle()
+
+    def _try(self, step: int) -> bool:
+        i = self.base + step
+        if not 0 <= i < len(self.widths):
+            return False
+        self.trying, self.step = i, step
+        return True
+
+    def _settle(self) -> None:
+        self.trying, self.step, self.settled = self.base, 0, 1

@@ -1,0 +1,95 @@
+"""The sync's width, found while it runs (shared.pace): a hill climb on files per second.
+
+A made-up machine stands in for the stack: each delivery that ends moves a fake clock on by 1 / (files per second
+at the width in force), so each test states how the machine answers and checks the width the pace settles at.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+from shared.pace import MARGIN, RECHECK, Pace
+
+# Files per second by width, as measured on this 2-core loopback stack (bench/RESULTS.md): best at 8.
+LOOPBACK = {4: 95.0, 8: 130.0, 16: 110.0, 32: 107.0, 64: 105.0}
+
+
+def network(width: int) -> float:
+    """Latency-bound, as in Azure: each delivery waits 40 ms on the network whatever else is in flight."""
+    return width / 0.040
+
+
+def drive(pace: Pace, clock: list[float], rate: Callable[[int], float], deliveries: int) -> list[int]:
+    """`deliveries` end at the machine's pace; the width in force for each."""
+    widths = []
+    for _ in range(deliveries):
+        widths.append(pace.width)
+        clock[0] += 1 / rate(pace.width)
+        pace.ended()
+    return widths
+
+
+def most(widths: list[int]) -> int:
+    """The width most deliveries ended at."""
+    return Counter(widths).most_common(1)[0][0]
+
+
+def fresh(top: int = 64) -> tuple[Pace, list[float]]:
+    clock = [100.0]
+    return Pace(top, clock=lambda: clock[0]), clock
+
+
+def test_a_machine_that_delivers_most_at_8_keeps_8():
+    pace, clock = fresh()
+    widths = drive(pace, clock, LOOPBACK.__getitem__, 1500)
+    assert most(widths) == 8 and widths[-1] == 8
+    assert set(widths) == {4, 8, 16}  # both neighbours tried, none kept
+
+
+def test_a_latency_bound_link_climbs_to_the_top():
+    pace, clock = fresh()
+    widths = drive(pace, clock, network, 2000)
+    assert list(dict.fromkeys(widths)) == [8, 16, 32, 64] and most(widths) == 64
+
+
+def test_the_top_is_twice_the_pool():
+    pace, clock = fresh(top=24)
+    assert pace.widths == [4, 8, 16, 24]
+    assert most(drive(pace, clock, network, 1000)) == 24
+
+
+def test_a_peak_at_16_settles_at_16():
+    curve = {4: 60.0, 8: 100.0, 16: 140.0, 32: 120.0, 64: 110.0}
+    pace, clock = fresh()
+    assert most(drive(pace, clock, curve.__getitem__, 2000)) == 16
+
+
+def test_a_machine_best_at_4_goes_down_to_4():
+    curve = {4: 150.0, 8: 120.0, 16: 110.0, 32: 100.0, 64: 90.0}
+    pace, clock = fresh()
+    assert most(drive(pace, clock, curve.__getitem__, 1000)) == 4
+
+
+def test_differences_within_the_margin_do_not_move_the_width():
+    pace, clock = fresh()
+    widths = drive(pace, clock, lambda w: 100.0 * (1 + MARGIN * 0.8) if w != 8 else 100.0, 3000)
+    assert most(widths) == 8 and set(widths) == {4, 8, 16}
+
+
+def test_a_settled_width_is_checked_again_and_follows_the_machine():
+    pace, clock = fresh()
+    assert most(drive(pace, clock, LOOPBACK.__getitem__, 800)) == 8
+    # The load goes away: wider pays now, and the next recheck finds it (one epoch of 64 deliveries at 8).
+    later = drive(pace, clock, network, (RECHECK + 1) * 64 + 2000)
+    assert later[-1] == 64 and most(later) == 64
+
+
+def test_a_single_width_never_changes():
+    pace, clock = fresh(top=2)
+    assert set(drive(pace, clock, network, 500)) == {2}
+
+
+def test_a_clock_that_does_not_move_changes_nothing():
+    pace, clock = fresh()
+    assert set(drive(pace, clock, lambda w: float("inf"), 2000)) == {8}
