@@ -353,7 +353,7 @@ def relay_sync(job: Job) -> dict[str, Any]:
 
     sampler = threading.Thread(target=sample, daemon=True)
     widths = _WidthLog()  # the widths the sync's pace chose (shared.pace), in order
-    sync_log = logging.getLogger("shared.sync")
+    sync_log = logging.getLogger("shared.pace")
     sync_log.addHandler(widths)
     sync_log.setLevel(logging.DEBUG)
     sampler.start()
@@ -367,19 +367,20 @@ def relay_sync(job: Job) -> dict[str, Any]:
     return m.row(delivered=summary.delivered, count=summary.delivered, chain_seconds=chain,
                  concurrency=rt.settings.relay.sync_concurrency, exchanges=rt.banenor_credential.exchanges,
                  outcomes_kept=len(summary.outcomes), rss_trace=[round(v, 1) for v in trace],
-                 widths=widths.widths, width=summary.width)
+                 paces=widths.paces, width=summary.width)
 
 
 class _WidthLog(logging.Handler):
-    """The sync's "N small deliveries in flight from now on" debug lines, as numbers."""
+    """The pace's "R files/s at W in flight" debug lines (one per epoch, shared.pace): [(W, R), ...]."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
-        self.widths: list[int] = []
+        self.paces: list[tuple[int, float]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.msg.startswith("sync: %d small deliveries in flight"):
-            self.widths.append(int(record.args[0]))  # type: ignore[index]
+        if record.msg.startswith("pace: "):
+            rate, width = record.args  # type: ignore[misc]
+            self.paces.append((int(width), round(float(rate), 1)))
 
 
 def copies_without_ledger(job: Job, evidence: str = "") -> dict[str, Any]:

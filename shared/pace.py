@@ -13,8 +13,11 @@ Pure and single-threaded: a clock in, a width out (`shared.sync.Window` calls it
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
+
+log = logging.getLogger(__name__)
 
 LADDER = (4, 8, 16, 32, 64)
 START = 8  # the first width measured, once a delivery got through (the start window is sync.START_WINDOW)
@@ -62,8 +65,9 @@ class Pace:
         if elapsed <= 0:  # a clock that did not move tells nothing: measure again
             self._count, self._since = 0, self.clock()
             return None
-        old = self.trying
-        self._measured(self._count / elapsed)
+        old, rate = self.trying, self._count / elapsed
+        log.debug("pace: %.1f files/s at %d in flight", rate, self.width)
+        self._measured(rate)
         self._begin()
         return self.width if self.trying != old else None
 

@@ -75,7 +75,9 @@ class Fault:
     (201 for a PUT, 200 otherwise, never forwarded); `code` the storage error code of "status" (default: the usual
     one for the status); "endless_listing" answers a List Blobs with an empty page and a NextMarker (legal in
     Azure, endless here); "slow" holds the request `stall` seconds, then forwards it (a server that answers late);
-    "slow_status" holds it `stall` seconds, then answers as "status" (a refusal that takes its time)."""
+    "slow_status" holds it `stall` seconds, then answers as "status" (a refusal that takes its time). For "slow",
+    `arrivals` has, for each request it holds, how many it was holding then (that one included): the client's
+    concurrency, request by request."""
 
     action: str
     when: Matcher = field(default=lambda req: True)
@@ -90,6 +92,8 @@ class Fault:
     seen: int = 0
     fired: int = 0
     abandoned: int = 0
+    holding: int = 0
+    arrivals: list[int] = field(default_factory=list, repr=False, compare=False)
     fired_once: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -306,7 +310,12 @@ class FaultProxy:
                     conn.sendall(_fake_success(method, fault.headers))
                     continue
                 if fault is not None and fault.action == "slow":
+                    with self._lock:
+                        fault.holding += 1
+                        fault.arrivals.append(fault.holding)
                     self._stopping.wait(fault.stall)
+                    with self._lock:
+                        fault.holding -= 1
                 if upstream is None:
                     upstream = http.client.HTTPSConnection(
                         self.upstream_host, self.upstream_port, context=self._client_context, timeout=60)
