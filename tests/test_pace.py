@@ -6,10 +6,11 @@ at the width in force), so each test states how the machine answers and checks t
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from collections.abc import Callable
 
-from shared.pace import MARGIN, RECHECK, Pace
+from shared.pace import MARGIN, MIN_EPOCH, RECHECK, Pace
 
 # Files per second by width, as measured on this 2-core loopback stack (bench/RESULTS.md): best at 8.
 LOOPBACK = {4: 95.0, 8: 130.0, 16: 110.0, 32: 107.0, 64: 105.0}
@@ -80,8 +81,8 @@ def test_differences_within_the_margin_do_not_move_the_width():
 def test_a_settled_width_is_checked_again_and_follows_the_machine():
     pace, clock = fresh()
     assert most(drive(pace, clock, LOOPBACK.__getitem__, 800)) == 8
-    # The load goes away: wider pays now, and the next recheck finds it (one epoch of 64 deliveries at 8).
-    later = drive(pace, clock, network, (RECHECK + 1) * 64 + 2000)
+    # The load goes away: wider pays now, and the next recheck finds it.
+    later = drive(pace, clock, network, (RECHECK + 1) * MIN_EPOCH + 2000)
     assert later[-1] == 64 and most(later) == 64
 
 
@@ -93,3 +94,21 @@ def test_a_single_width_never_changes():
 def test_a_clock_that_does_not_move_changes_nothing():
     pace, clock = fresh()
     assert set(drive(pace, clock, lambda w: float("inf"), 2000)) == {8}
+
+
+def test_on_a_noisy_machine_most_deliveries_go_at_the_best_width_or_next_to_it():
+    # The load changes every 50 deliveries by up to 25% either way (an epoch's files/s at one width varied 86-117 in
+    # a bench run); the margin keeps the pace from following it.
+    for seed in range(5):
+        rng = random.Random(seed)
+        noise = [rng.uniform(0.75, 1.25) for _ in range(20000 // 50)]
+        pace, clock = fresh()
+        count = [0]
+
+        def rate(width: int) -> float:
+            count[0] += 1
+            return LOOPBACK[width] * noise[(count[0] - 1) // 50]
+
+        widths = drive(pace, clock, rate, 20000)
+        near = sum(1 for w in widths if w in (8, 16)) / len(widths)
+        assert near >= 0.85, (seed, Counter(widths))
