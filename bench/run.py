@@ -609,7 +609,7 @@ def scaling_lines(r: dict[str, Any]) -> list[str]:
         for label, x in res["ratios"].items():
             lines.append(f"| {_label(label, default)} | {_ratio(x['vs_same'])} (plain {x['same'].split('-')[1]}) | "
                          f"{_ratio(x['vs_best'])} (plain {x['best'].split('-')[1]}) | {x['vs_best_medians']:.2f}x |")
-        lines.append("")
+        lines += ["", *_pace_lines(sc, count, default), ""]
     if "rss" in ss:
         x = ss["rss"]
         lines += [f"Peak RSS of the relay's sync (each run its own process, VmHWM), {x['small_count']:,} vs "
@@ -620,6 +620,34 @@ def scaling_lines(r: dict[str, Any]) -> list[str]:
     lines += ["Ratios are per round (the plain run's seconds / the relay run's seconds of the same round), their "
               "median and range; spread is a contender's slowest run over its fastest. Each run is a fresh process "
               "on a fresh ledger into its own destination folder.", ""]
+    return lines
+
+
+def _pace_lines(sc: dict[str, Any], count: str, default: Any) -> list[str]:
+    """The widths each relay run's pace measured, epoch by epoch (shared.pace), repeats folded: `8 x12`."""
+    runs = (sc.get("counts", {}).get(count) or sc.get("counts", {}).get(int(count)) or {}).get("runs", {})
+    lines = []
+    for label, rows in runs.items():
+        if not label.startswith("relay"):
+            continue
+        told = []
+        for row in rows:
+            if "paces" not in row:
+                continue
+            folded: list[list[int]] = []
+            for width, _rate in row["paces"]:
+                if folded and folded[-1][0] == width:
+                    folded[-1][1] += 1
+                else:
+                    folded.append([width, 1])
+            steps = ", ".join(f"{w}" if n == 1 else f"{w} x{n}" for w, n in folded) or "no full epoch"
+            told.append(f"{steps} (ended at {row.get('width', '?')})")
+        if told:
+            lines.append(f"- {_label(label, default)}, small deliveries in flight epoch by epoch (shared.pace), "
+                         f"each run: " + "; ".join(told) + ".")
+    if lines:
+        lines.insert(0, "The relay's pace: an epoch is at least 100 deliveries at one width; the width it settles "
+                        "at is tried against its neighbours again every 12 epochs.")
     return lines
 
 

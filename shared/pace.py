@@ -3,10 +3,12 @@
 The best width depends on where the relay runs. On a loopback stack with 2 cores the CPU is the limit: 8 files in
 flight deliver as many per second as 32, and each file costs less CPU. In Azure every request crosses the network to
 the gateway and to storage, and more files in flight deliver more. So a sync measures: files delivered per second
-over an epoch of deliveries at one width, then at the next width of the ladder (4, 8, 16, ... up to the pool's bound,
-`SYNC_CONCURRENCY` x 2). It keeps a width that delivered more per second by more than MARGIN and goes on in that
-direction; otherwise it tries the other side once and settles. Settled, it looks again every RECHECK epochs, since a
-shared machine's load changes.
+over an epoch of deliveries at one width, then at the next width of the ladder (8, 16, 32, 64, at most the pool's
+bound, `SYNC_CONCURRENCY` x 2). A wider width is kept when it delivered more per second by more than MARGIN (an
+epoch's noise does not widen the run), a narrower one when it delivered at least as much (fewer in flight cost less
+CPU and fewer connections); the climb goes on in the direction that paid, else it tries the other side once and
+settles. Settled, it looks again every RECHECK epochs, since a shared machine's load changes. Below 8 it never goes
+by itself: `SYNC_CONCURRENCY` under 4 is the way to send fewer (a small instance, a throttled account).
 
 Pure and single-threaded: a clock in, a width out (`shared.sync.Window` calls it under its lock).
 """
@@ -19,10 +21,10 @@ from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
-LADDER = (4, 8, 16, 32, 64)
+LADDER = (8, 16, 32, 64)
 START = 8  # the first width measured, once a delivery got through (the start window is sync.START_WINDOW)
-MARGIN = 0.10  # a width must deliver this much more per second to be taken: an epoch's noise (about 10% on a shared
-# 2-core machine, bench/README.md) rarely moves the width; a link where width pays gains far more per step
+MARGIN = 0.10  # a wider width must deliver this much more per second to be taken: an epoch's noise (about 10% on a
+# shared 2-core machine, bench/README.md) rarely widens the run; a link where width pays gains far more per step
 MIN_EPOCH = 100  # deliveries measured at one width, at least; 4 x the width when that is more
 RECHECK = 12  # epochs at a settled width before its neighbours are tried again
 
@@ -83,7 +85,7 @@ class Pace:
             if not self._try(+1):
                 self._turn()
             return
-        if rate > self.base_rate * (1 + MARGIN):  # better: the new base; the other side is worse, so on this way
+        if self._paid(rate):  # the new base; the other side is worse, so on this way
             self.base, self.base_rate, self.turned = self.trying, rate, True
             if not self._try(self.step):
                 self._settle()
@@ -91,6 +93,10 @@ class Pace:
             self._turn()
         else:
             self._settle()
+
+    def _paid(self, rate: float) -> bool:
+        """Whether the width tried beats the base: wider by more than MARGIN, narrower by being as fast."""
+        return rate > self.base_rate * (1 + MARGIN) if self.step > 0 else rate >= self.base_rate
 
     def _turn(self) -> None:
         self.turned = True

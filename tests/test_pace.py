@@ -13,7 +13,7 @@ from collections.abc import Callable
 from shared.pace import MARGIN, MIN_EPOCH, RECHECK, Pace
 
 # Files per second by width, as measured on this 2-core loopback stack (bench/RESULTS.md): best at 8.
-LOOPBACK = {4: 95.0, 8: 130.0, 16: 110.0, 32: 107.0, 64: 105.0}
+LOOPBACK = {8: 130.0, 16: 110.0, 32: 107.0, 64: 105.0}
 
 
 def network(width: int) -> float:
@@ -45,7 +45,7 @@ def test_a_machine_that_delivers_most_at_8_keeps_8():
     pace, clock = fresh()
     widths = drive(pace, clock, LOOPBACK.__getitem__, 1500)
     assert most(widths) == 8 and widths[-1] == 8
-    assert set(widths) == {4, 8, 16}  # both neighbours tried, none kept
+    assert set(widths) == {8, 16}  # the wider one tried, not kept
 
 
 def test_a_latency_bound_link_climbs_to_the_top():
@@ -56,26 +56,33 @@ def test_a_latency_bound_link_climbs_to_the_top():
 
 def test_the_top_is_twice_the_pool():
     pace, clock = fresh(top=24)
-    assert pace.widths == [4, 8, 16, 24]
+    assert pace.widths == [8, 16, 24]
     assert most(drive(pace, clock, network, 1000)) == 24
 
 
 def test_a_peak_at_16_settles_at_16():
-    curve = {4: 60.0, 8: 100.0, 16: 140.0, 32: 120.0, 64: 110.0}
+    curve = {8: 100.0, 16: 140.0, 32: 120.0, 64: 110.0}
     pace, clock = fresh()
     assert most(drive(pace, clock, curve.__getitem__, 2000)) == 16
 
 
-def test_a_machine_best_at_4_goes_down_to_4():
-    curve = {4: 150.0, 8: 120.0, 16: 110.0, 32: 100.0, 64: 90.0}
+def test_it_never_goes_below_8_by_itself():
+    curve = {8: 150.0, 16: 120.0, 32: 100.0, 64: 90.0}  # fewer would be faster still: SYNC_CONCURRENCY says so
     pace, clock = fresh()
-    assert most(drive(pace, clock, curve.__getitem__, 1000)) == 4
+    assert set(drive(pace, clock, curve.__getitem__, 3000)) == {8, 16}
+
+
+def test_a_narrower_width_as_fast_is_taken_from_a_wide_start():
+    clock = [0.0]
+    pace = Pace(64, clock=lambda: clock[0], start=32)
+    widths = drive(pace, clock, lambda w: 100.0, 2000)  # flat: more in flight buys nothing
+    assert widths[0] == 32 and most(widths) == 8 and widths[-1] == 8
 
 
 def test_differences_within_the_margin_do_not_move_the_width():
     pace, clock = fresh()
     widths = drive(pace, clock, lambda w: 100.0 * (1 + MARGIN * 0.8) if w != 8 else 100.0, 3000)
-    assert most(widths) == 8 and set(widths) == {4, 8, 16}
+    assert most(widths) == 8 and set(widths) == {8, 16}
 
 
 def test_a_settled_width_is_checked_again_and_follows_the_machine():
@@ -96,9 +103,9 @@ def test_a_clock_that_does_not_move_changes_nothing():
     assert set(drive(pace, clock, lambda w: float("inf"), 2000)) == {8}
 
 
-def test_on_a_noisy_machine_most_deliveries_go_at_the_best_width_or_next_to_it():
+def test_on_a_noisy_machine_most_deliveries_go_at_the_best_width():
     # The load changes every 50 deliveries by up to 25% either way (an epoch's files/s at one width varied 86-117 in
-    # a bench run); the margin keeps the pace from following it.
+    # a bench run); the margin keeps the pace from following it for long.
     for seed in range(5):
         rng = random.Random(seed)
         noise = [rng.uniform(0.75, 1.25) for _ in range(20000 // 50)]
@@ -110,5 +117,4 @@ def test_on_a_noisy_machine_most_deliveries_go_at_the_best_width_or_next_to_it()
             return LOOPBACK[width] * noise[(count[0] - 1) // 50]
 
         widths = drive(pace, clock, rate, 20000)
-        near = sum(1 for w in widths if w in (8, 16)) / len(widths)
-        assert near >= 0.85, (seed, Counter(widths))
+        assert Counter(widths)[8] / len(widths) >= 0.7, (seed, Counter(widths))
