@@ -106,7 +106,8 @@ def run_sync(relay: Host, summary: SyncSummary, dry_run: bool,
              progress: Callable[[Outcome], None] | None, probe: bool = False) -> None:
     """One pass: fills `summary`; raises the first refusal about a link (RelayError with `link`), or LinkDown
     when TRANSIENT_TRIP transient failures on one link came in a row. The run starts START_WINDOW deliveries wide
-    and goes wide once one got through; `probe`: a link was recorded broken, so it starts with one delivery."""
+    and, once one got through, keeps as many small ones in flight as deliver most per second (`Pace`); `probe`: a
+    link was recorded broken, so it starts with one delivery."""
     _Pass(relay, summary, dry_run, progress, probe).run()
 
 
