@@ -383,23 +383,6 @@ class _WidthLog(logging.Handler):
             self.paces.append((int(width), round(float(rate), 1)))
 
 
-def clear_run(job: Job) -> dict[str, Any]:
-    """Not timed: what one scaling run left, deleted (its folder at Bane NOR, straight on Azurite, and its ledger
-    container), so every run meets the stack as the first did. Azurite answers a listing with a prefix by filtering
-    its whole blob collection, so the copies of earlier runs would tax each later run's listings: the relay's
-    evidence listings most, which Azure answers from its index whatever the container holds."""
-    p = job.params
-    # Azurite finds each blob to delete by filtering its collection (10,000 deletes took minutes): the container
-    # goes whole and comes back empty (Bane NOR's directory ACLs live in the gateway simulator, not in Azurite).
-    direct = job.direct_service().get_container_client(job.settings["BANENOR_CONTAINER"])
-    count = sum(1 for _ in direct.list_blobs(name_starts_with=job.dest_path("")))
-    direct.delete_container()
-    direct.create_container()
-    if p.get("ledger"):
-        job.source_service().delete_container(p["ledger"])
-    return {"count": count}
-
-
 def copies_without_ledger(job: Job, evidence: str = "") -> dict[str, Any]:
     """The relay's own copy steps for every listed export, as `sync` runs them for small files (the version from
     the listing, `Copier.copy` create-only: one ranged GET pinned to the etag, one Put Blob with Content-MD5) on
@@ -558,7 +541,6 @@ CONTENDERS: dict[str, Callable[[Job], dict[str, Any]]] = {
     "relay-sync-large": relay_sync_large,
     "plain-copy": plain_copy,
     "relay-sync": relay_sync,
-    "clear-run": clear_run,
     "copies-without-ledger": copies_without_ledger,
     "copies-with-evidence": copies_with_evidence,
     "copies-with-readback": copies_with_readback,

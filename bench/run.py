@@ -388,9 +388,6 @@ def scaling(probe: Probe, settings: dict[str, str], counts: list[int], threads: 
                     raise RuntimeError(f"{label} copied {row['count']} files, not {count}")
                 row["round"] = round_index
                 runs[label].append(row)
-                # Not timed: the run's copies and ledger deleted, so the next run lists a stack like this one's.
-                probe.run("clear-run", settings, folder=common["folder"],
-                          ledger=None if label.startswith("plain") else f"bench-ledger-{run}")
         out["counts"][count] = {"setup": setup, "runs": runs, "rounds": count_rounds}
     return out
 
