@@ -32,7 +32,7 @@ RECHECK = 12  # epochs at a settled width before its neighbours are tried again
 class Pace:
     """A hill climb over `LADDER` capped at `top`. `ended()` once per small delivery that ended; it answers the new
     width when it changes. Each width first lets `width` deliveries end unmeasured (those started at the old width),
-    then measures `epoch` of them."""
+    then measures MIN_EPOCH of them (4 x the width when that is more)."""
 
     def __init__(self, top: int, clock: Callable[[], float] = time.monotonic, start: int = START) -> None:
         self.widths = sorted({min(w, top) for w in LADDER})
