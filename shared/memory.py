@@ -6,11 +6,10 @@ that copies on its pool threads (one arena each) ended at 172 MiB for a 300 MiB 
 fixed threshold sends every buffer of 1 MiB or more straight to mmap, so a freed block goes back to the system at
 once. Elsewhere (no glibc: macOS, Windows, musl) this does nothing.
 
-The same call caps glibc's malloc arenas at MALLOC_ARENAS. glibc gives a thread that finds the arenas busy one of
-its own, up to 8 per core, and each keeps what its threads freed: a sync's peak memory then grew with the widest
-width its pace reached (more pool threads, more arenas), not with the files delivered (issue 30: 66 MiB over 1,500
-exports at 8-16 in flight, 75 MiB over 10,000 after 32-64). The GIL lets one thread run Python at a time, so two
-arenas are contended little.
+The same call caps glibc's malloc arenas at MALLOC_ARENAS. glibc gives each new thread that allocates an arena of its
+own, up to 8 per core, and each keeps what its threads freed, so a sync's pool spread its memory over 16 of them.
+The GIL lets one thread run Python at a time, so two arenas are contended little. (A sync's peak memory still grows
+with the widest width its pace reached: its pool threads and their connections; issue 30, bench/README.md.)
 """
 
 from __future__ import annotations

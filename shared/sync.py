@@ -137,8 +137,8 @@ class _Pass:
         # many small ones as deliver most per second (`Pace`: measured while the run goes).
         # A link recorded broken (`probe`): one delivery alone, large or small, tells whether it answers again.
         pace = Pace(2 * self.limit)
-        self.slots = (Window(1, 2 * self.limit, large_too=True, pace=pace) if probe
-                      else Window(START_WINDOW, 2 * self.limit, pace=pace))
+        self.slots = (Window(1, 2 * self.limit, pace, large_too=True) if probe
+                      else Window(START_WINDOW, 2 * self.limit, pace))
         # Exports above SINGLE_PUT_LIMIT each hold BLOCK_SIZE x (PARALLELISM + 1) while they copy: a few at a time
         # (`large_in_flight`), taken on the worker, so the listing goes on and the small exports keep the pool.
         self.large = threading.BoundedSemaphore(self.options.large_in_flight)
@@ -317,7 +317,7 @@ class Window:
     with `large_too` (a probe of a link recorded broken) they count against `narrow` as well, until it widens.
     `acquire`/`release` as a semaphore's; `idle` waits until none is left."""
 
-    def __init__(self, narrow: int, wide: int, large_too: bool = False, pace: Pace | None = None) -> None:
+    def __init__(self, narrow: int, wide: int, pace: Pace, large_too: bool = False) -> None:
         self._changed = threading.Condition()
         self._busy = 0
         self._narrowed = 0  # in flight and counted against `_small`
@@ -352,7 +352,7 @@ class Window:
             elif self._large_counted:  # large ones are alike: any that ends frees a counted one's place
                 self._large_counted -= 1
                 self._narrowed -= 1
-            if self._paced and not large and self._pace is not None:
+            if self._paced and not large:
                 width = self._pace.ended()
                 if width is not None:
                     self._small = width
@@ -363,7 +363,7 @@ class Window:
         with self._changed:
             if not self._paced:
                 self._paced = True
-                self._small = self._pace.width if self._pace is not None else self._wide
+                self._small = self._pace.width
                 self._large_too = False  # large ones in flight stay counted until they end
                 self._changed.notify_all()
 
