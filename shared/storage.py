@@ -71,16 +71,18 @@ def pooled_transport(options: dict[str, Any], pool_size: int) -> Any:
     """azure-core's requests transport (its public `session=` argument) with a connection pool of `pool_size` per
     host, configured from the client's `options` as the SDK configures the transport it builds itself: timeouts,
     `connection_verify` (sent with each request), `use_env_settings` (the session's `trust_env`), and urllib3's
-    own retries off (the client's retry policy retries)."""
+    own retries off (the client's retry policy retries). Its HTTPS connections share one TLS context per trust
+    store (`shared.tls_trust`), not one per connection."""
     import requests
     from azure.core.pipeline.transport import RequestsTransport
-    from requests.adapters import HTTPAdapter
     from urllib3.util.retry import Retry
+
+    from .tls_trust import SharedTrustAdapter
 
     session = requests.Session()
     session.trust_env = options.get("use_env_settings", True)
-    adapter = HTTPAdapter(pool_maxsize=pool_size, max_retries=Retry(total=False, redirect=False,
-                                                                    raise_on_status=False))
+    retries = Retry(total=False, redirect=False, raise_on_status=False)
+    adapter = SharedTrustAdapter(pool_maxsize=pool_size, max_retries=retries)
     for scheme in ("https://", "http://"):
         session.mount(scheme, adapter)
     return RequestsTransport(session=session, session_owner=True,

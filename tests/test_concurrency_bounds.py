@@ -114,6 +114,35 @@ def test_a_sync_worth_of_concurrent_reads_opens_each_connection_once(relay_env, 
 
 
 @pytest.mark.stack
+def test_a_sync_worth_of_new_connections_reads_the_trust_store_once(relay_env, stack, monkeypatch):
+    import ssl
+
+    from shared.tls_trust import forget_contexts
+
+    relay_env.put("a.csv")
+    proxy, through_proxy = _proxy_in_front_of_exports(stack)
+    try:
+        rt = relay_env.make(EXPORT_STORAGE=through_proxy, SYNC_CONCURRENCY=str(THREADS))
+        blob = rt.exports.get_blob_client("a.csv")
+        forget_contexts()
+        reads: list[object] = []
+        original = ssl.SSLContext.load_verify_locations
+
+        def counted(self: ssl.SSLContext, *args: object, **kwargs: object) -> None:
+            reads.append(args or kwargs)
+            original(self, *args, **kwargs)
+
+        monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counted)  # a probe: the real call runs
+        _at_once(THREADS, blob.get_blob_properties)
+        assert proxy.connections >= 2  # several new connections at once...
+        # ...and one TLS context for them all: requests alone builds one per connection and reads the CA bundle
+        # into each (certifi's bundle in Azure: 0.7 MiB each, as long as the connection lives)
+        assert len(reads) == 1
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.stack
 def test_a_sync_worth_of_concurrent_gateway_requests_opens_each_connection_once(relay_env, stack):
     proxy = proxy_for(stack, "BANENOR_STORAGE_URL")
     try:
