@@ -11,9 +11,11 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import functools
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from types import MappingProxyType
 from typing import Any, cast
 from xml.etree import ElementTree
 
@@ -28,7 +30,7 @@ class ListedBlob:
     name: str
     size: int
     content_md5: bytes | None
-    metadata: dict[str, str]
+    metadata: Mapping[str, str]
     etag: str = ""
     last_modified: dt.datetime | None = None
     content_type: str | None = None
@@ -37,9 +39,13 @@ class ListedBlob:
 
 def list_blobs(container: Any, prefix: str | None = None, *, metadata: bool = False,
                page_size: int = 5000) -> Iterator[ListedBlob]:
-    """Every blob under `prefix`, in name order, lazily (`list_blob_pages`, flattened)."""
+    """Every blob under `prefix`, in name order, lazily (`list_blob_pages`, flattened). Each page is let go entry by
+    entry as it is read, so the next one is asked for and parsed with nothing of it held: a 5,000-entry page is about
+    2.3 MiB, and a sync over 10,000 exports held two at once, 4 MiB above one over 1,500 (issue 30)."""
     for page in list_blob_pages(container, prefix or "", page_size, metadata=metadata):
-        yield from page
+        page.reverse()
+        while page:
+            yield page.pop()
 
 
 def list_blob_pages(container: Any, prefix: str, page_size: int, *,
@@ -157,6 +163,15 @@ def _listing_error(response: Any) -> Exception:
     return error
 
 
+# What most entries of a page have alike is held once, not once an entry (a 5,000-entry page is 2.3 MiB): no
+# metadata (read-only, shared), and the same content type.
+NO_METADATA: Mapping[str, str] = MappingProxyType({})
+
+
+def _shared(text: str | None) -> str | None:
+    return sys.intern(text) if text else None
+
+
 def _listed(blob: Any) -> ListedBlob:
     """One `<Blob>` element: each child read in one pass (a sync parses every export's entry)."""
     name, props, metadata = "", {}, None
@@ -172,11 +187,11 @@ def _listed(blob: Any) -> ListedBlob:
         name=name,
         size=int(props.get("Content-Length") or 0),
         content_md5=base64.b64decode(md5) if md5 else None,
-        metadata=metadata if metadata is not None else {},
+        metadata=metadata if metadata else NO_METADATA,
         etag=props.get("Etag") or "",
         last_modified=_http_date(modified) if modified else None,
-        content_type=props.get("Content-Type") or None,
-        content_disposition=props.get("Content-Disposition") or None,
+        content_type=_shared(props.get("Content-Type")),
+        content_disposition=_shared(props.get("Content-Disposition")),
     )
 
 
