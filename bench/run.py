@@ -12,6 +12,7 @@ for the two cores while it runs. What each figure means: bench/README.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -24,7 +25,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -352,43 +353,51 @@ def spread(values: list[float]) -> dict[str, float]:
             "spread": max(values) / min(values) if min(values) > 0 else float("nan"), "n": len(values)}
 
 
-def scaling(probe: Probe, settings: dict[str, str], counts: list[int], threads: list[int], rounds: list[int],
+def scaling(fresh: Callable[[int], Any], counts: list[int], threads: list[int], rounds: list[int],
             relay_concurrency: list[int], file_size: int) -> dict[str, Any]:
     """Issue 30: the relay's `sync` at its defaults (and, for experiments, at other SYNC_CONCURRENCY values) against a
     plain azure-storage-blob copy on 8, 16, 32 and 64 threads, over `counts` small exports each. Rounds are
     interleaved, forward then backward (A B C D E, E D C B A, ...), so the machine's drift hits every contender;
     each contender's figure is the median of its runs, its spread max / min, and each ratio the median of the
     per-round ratios (relay run / plain run of the same round) with their range. The relay's runs also give its
-    peak RSS at each count, each run in a fresh process (VmHWM): whether memory grows with the files delivered."""
-    out: dict[str, Any] = {"threads": threads, "rounds": rounds, "counts": {}}
+    peak RSS at each count, each run in a fresh process (VmHWM): whether memory grows with the files delivered.
+
+    Every run has a stack of its own (`fresh(count)`: a context giving (Probe, settings)), the exports uploaded to it
+    untimed: Azurite lists by scanning every blob it holds, so a run after others (their copies, their ledgers) paid
+    for their leftovers in each listing, and the relay lists more than a plain copy (its ledger, its evidence): its
+    Azurite CPU per file rose 4.74 -> 6.81 ms between two runs over 10,000 on one stack."""
+    out: dict[str, Any] = {"threads": threads, "rounds": rounds, "counts": {}, "fresh_stack_per_run": True}
     contenders = [("relay", None)] + [(f"relay-{n}", n) for n in relay_concurrency] + \
         [(f"plain-{n}", n) for n in threads]
     for count, count_rounds in zip(counts, rounds, strict=True):
         tag = uuid.uuid4().hex[:8]
         container = f"bench-many-{tag}"
-        log(f"scaling: uploading {count:,} x {file_size // 1024} KiB exports")
-        setup = probe.run("setup-small", settings, container=container, count=count, size=file_size)
-        if setup["count"] != count:
-            raise RuntimeError(f"setup put {setup['count']} exports, not {count}")
         runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in contenders}
+        setups: list[float] = []
         for round_index in range(count_rounds):
             order = contenders if round_index % 2 == 0 else contenders[::-1]
             for label, n in order:
                 run = f"{tag}-{round_index}-{label}"
                 common = {"container": container, "count": count, "folder": f"m{run}"}
-                log(f"scaling {count:,}: {label} (round {round_index + 1} of {count_rounds}; load "
-                    f"{os.getloadavg()[0]:.2f})")
-                if label.startswith("plain"):
-                    row = probe.run("plain-threaded", settings, threads=n, **common)
-                else:
-                    overrides = {"SYNC_CONCURRENCY": str(n)} if n else {}
-                    row = probe.run("relay-sync", settings, ledger=f"bench-ledger-{run}", overrides=overrides,
-                                    **common)
+                with fresh(count) as (probe, settings):
+                    setup = probe.run("setup-small", settings, container=container, count=count, size=file_size)
+                    if setup["count"] != count:
+                        raise RuntimeError(f"setup put {setup['count']} exports, not {count}")
+                    setups.append(setup["seconds"])
+                    log(f"scaling {count:,}: {label} (round {round_index + 1} of {count_rounds}; load "
+                        f"{os.getloadavg()[0]:.2f})")
+                    if label.startswith("plain"):
+                        row = probe.run("plain-threaded", settings, threads=n, **common)
+                    else:
+                        overrides = {"SYNC_CONCURRENCY": str(n)} if n else {}
+                        row = probe.run("relay-sync", settings, ledger=f"bench-ledger-{run}", overrides=overrides,
+                                        **common)
                 if row["count"] != count:
                     raise RuntimeError(f"{label} copied {row['count']} files, not {count}")
                 row["round"] = round_index
                 runs[label].append(row)
-        out["counts"][count] = {"setup": setup, "runs": runs, "rounds": count_rounds}
+        out["counts"][count] = {"setup": {"seconds": median(setups), "count": count}, "runs": runs,
+                                "rounds": count_rounds}
     return out
 
 
@@ -431,10 +440,25 @@ def summarize_scaling(sc: dict[str, Any]) -> dict[str, Any]:
         result[count] = {"contenders": per, "best_plain": best_plain, "ratios": ratios}
     counts = sorted(int(c) for c in sc["counts"])
     if len(counts) >= 2 and "relay" in result[counts[0]]["contenders"]:
-        small, large = result[counts[0]]["contenders"]["relay"]["rss"], result[counts[-1]]["contenders"]["relay"]["rss"]
-        result["rss"] = {"small_count": counts[0], "large_count": counts[-1], "small": small, "large": large,
-                         "growth": large["median"] / small["median"]}
+        result["rss"] = _rss_growth(sc, result, counts, "relay")
+        result["rss_by"] = {label: _rss_growth(sc, result, counts, label)
+                            for label in result[counts[0]]["contenders"]
+                            if label.startswith("relay-") and label in result[counts[-1]]["contenders"]}
     return result
+
+
+def _rss_growth(sc: dict[str, Any], result: dict[str, Any], counts: list[int], label: str) -> dict[str, Any]:
+    """A relay contender's peak RSS over the largest count against the smallest, with the widest width each run
+    reached (the peak follows it: each small delivery in flight holds its connection, buffers and SDK objects)."""
+    small, large = (result[c]["contenders"][label]["rss"] for c in (counts[0], counts[-1]))
+
+    def widest(count: int) -> list[int]:
+        rows = sc["counts"].get(count) or sc["counts"].get(str(count)) or {"runs": {}}
+        return [max([w for w, _ in r.get("paces") or []] + [r.get("width") or 0]) for r in rows["runs"][label]]
+
+    return {"small_count": counts[0], "large_count": counts[-1], "small": small, "large": large,
+            "growth": large["median"] / small["median"], "widest": {"small": widest(counts[0]),
+                                                                  "large": widest(counts[-1])}}
 
 
 def idle_sync(probe: Probe, settings: dict[str, str], count: int, rounds: int = 3) -> dict[str, Any]:
@@ -532,7 +556,7 @@ def issue30_headline(r: dict[str, Any]) -> list[str]:
     rows: list[str] = []
     ss = r.get("scaling_summary") or {}
     for count, res in ss.items():
-        if count == "rss" or "relay" not in res["ratios"]:
+        if count in ("rss", "rss_by") or "relay" not in res["ratios"]:
             continue
         x = res["ratios"]["relay"]
         same, best = x["vs_same"], x["vs_best"]
@@ -549,6 +573,9 @@ def issue30_headline(r: dict[str, Any]) -> list[str]:
         rows.append(f"| peak RSS of a sync, {g['large_count']:,} vs {g['small_count']:,} exports (median of runs) | "
                     f"{g['growth']:.3f}x ({g['large']['median']:.0f} vs {g['small']['median']:.0f} MiB) | "
                     f"<= {TARGETS['rss_growth']:.2f}x | {verdict(g['growth'] <= TARGETS['rss_growth'])} |")
+    for label, y in (ss.get("rss_by") or {}).items():
+        rows.append(f"| the same at SYNC_CONCURRENCY={label.split('-', 1)[1]} (the pace has fewer widths to reach) | "
+                    f"{y['growth']:.3f}x ({y['large']['median']:.0f} vs {y['small']['median']:.0f} MiB) | - | |")
     for x in r.get("idle") or []:
         rows.append(f"| idle sync over {x['count']:,} delivered exports vs a bare listing of the exports and the "
                     f"ledger | {_ratio(x['ratio'])} | <= {TARGETS['idle_vs_listing']}x | "
@@ -587,7 +614,7 @@ def scaling_lines(r: dict[str, Any]) -> list[str]:
     lines = [f"### Many small files at scale: plain copy on {', '.join(map(str, sc['threads']))} threads vs the "
              f"relay's sync at its defaults (issue 30; interleaved rounds: {', '.join(map(str, sc['rounds']))})", ""]
     for count, res in ss.items():
-        if count == "rss":
+        if count in ("rss", "rss_by"):
             continue
         per = res["contenders"]
         default = per.get("relay", {}).get("concurrency")
@@ -616,11 +643,25 @@ def scaling_lines(r: dict[str, Any]) -> list[str]:
                   f"{x['large_count']:,} exports: {x['small']['median']:.0f} MiB ({x['small']['min']:.0f}-"
                   f"{x['small']['max']:.0f}) vs {x['large']['median']:.0f} MiB ({x['large']['min']:.0f}-"
                   f"{x['large']['max']:.0f}): {x['growth']:.3f}x (target <= 1.10x: "
-                  f"{verdict(x['growth'] <= 1.10)}).", ""]
+                  f"{verdict(x['growth'] <= 1.10)}).{_widest(x)}", ""]
+        for label, y in (ss.get("rss_by") or {}).items():
+            lines += [f"The same at {_label(label, None)}: {y['small']['median']:.0f} vs {y['large']['median']:.0f} "
+                      f"MiB, {y['growth']:.3f}x.{_widest(y)}", ""]
     lines += ["Ratios are per round (the plain run's seconds / the relay run's seconds of the same round), their "
               "median and range; spread is a contender's slowest run over its fastest. Each run is a fresh process "
-              "on a fresh ledger into its own destination folder.", ""]
+              "on a fresh ledger into its own destination folder" + (
+                  ", on a stack of its own (Azurite and the simulators started afresh, the exports uploaded untimed: "
+                  "Azurite's listings scan every blob it holds, so on a shared stack a run paid for the ones before "
+                  "it)." if sc.get("fresh_stack_per_run") else "."), ""]
     return lines
+
+
+def _widest(x: dict[str, Any]) -> str:
+    w = x.get("widest")
+    if not w:
+        return ""
+    return (f" The widest width each run reached (small deliveries in flight): {', '.join(map(str, w['small']))} "
+            f"over {x['small_count']:,}; {', '.join(map(str, w['large']))} over {x['large_count']:,}.")
 
 
 def _pace_lines(sc: dict[str, Any], count: str, default: Any) -> list[str]:
@@ -833,7 +874,7 @@ def _history30(r: dict[str, Any]) -> str:
     ss = r.get("scaling_summary") or {}
     parts = []
     for count, res in ss.items():
-        if count != "rss" and "relay" in res["ratios"]:
+        if count not in ("rss", "rss_by") and "relay" in res["ratios"]:
             x = res["ratios"]["relay"]
             same = x["vs_same"]["median"] if x["vs_same"] else float("nan")
             parts.append(f"{int(count):,}: {same:.2f}x / {x['vs_best']['median']:.2f}x")
@@ -888,8 +929,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--many", help="small-export counts of the scaling section, comma-separated (default "
                         "1500,10000; quick 300,1000)")
     parser.add_argument("--threads", default="8,16,32,64", help="plain copy thread counts of the scaling section")
-    parser.add_argument("--relay-concurrency", default="",
-                        help="extra relay-sync contenders with SYNC_CONCURRENCY set (experiments), comma-separated")
+    parser.add_argument("--relay-concurrency", default="4",
+                        help="extra relay-sync contenders with SYNC_CONCURRENCY set, comma-separated (default 4: 8 in "
+                        "flight whatever the run, so its peak RSS over 1,500 and 10,000 shows growth with files "
+                        "apart from the widths the pace reaches; '' for none)")
     parser.add_argument("--rounds", help="interleaved rounds of the scaling section, one number or one per count "
                         "(default 3,2: 3 over 1,500, 2 over 10,000, to stay within ~25 minutes; quick 2)")
     parser.add_argument("--sections", default=",".join(SECTIONS),
@@ -937,17 +980,22 @@ def main(argv: list[str] | None = None) -> int:
     # ledger). Each section therefore runs on a stack of its own, and the scaling section on one per export count.
     # Every contender's bytes stay in Azurite's memory until its GC (10 min): the large section holds the source,
     # 6 x repeat + 3 copies of it (naive, server, sync); the small ones their copies and ledgers.
-    def on_stack(label: str, extra_mib: int, work: Callable[[Probe, dict[str, str]], Any]) -> Any:
+    @contextlib.contextmanager
+    def stack_for(label: str, extra_mib: int, quiet: bool = False) -> Iterator[tuple[Probe, dict[str, str]]]:
         workdir = WORK / f"run-{uuid.uuid4().hex[:8]}"
-        log(f"{label}: starting the local stack (Azurite capped at {1024 + extra_mib} MiB)")
+        if not quiet:
+            log(f"{label}: starting the local stack (Azurite capped at {1024 + extra_mib} MiB)")
         stack = start_stack(workdir, 1024 + extra_mib)
         try:
-            result = work(Probe(stack), dict(stack.settings))
-            hwm[label] = process_hwm_mib(stack.azurite.process.pid)
-            return result
+            yield Probe(stack), dict(stack.settings)
+            hwm[label] = max(hwm.get(label, 0.0), process_hwm_mib(stack.azurite.process.pid))
         finally:
             stack.stop()
             shutil.rmtree(workdir, ignore_errors=True)
+
+    def on_stack(label: str, extra_mib: int, work: Callable[[Probe, dict[str, str]], Any]) -> Any:
+        with stack_for(label, extra_mib) as (probe, settings):
+            return work(probe, settings)
 
     hwm: dict[str, float] = {}
     if "large" in sections:
@@ -958,13 +1006,10 @@ def main(argv: list[str] | None = None) -> int:
                               lambda probe, settings: small_files(probe, settings, count, args.file_kib * 1024,
                                                                   args.small_rounds))
     if "scaling" in sections:
-        per_round = 1 + len(threads) + len(relay_concurrency)
-        parts = [on_stack(f"scaling {n:,}", n * (k * per_round + 1) * (args.file_kib + 2) // 1024,
-                          lambda probe, settings, n=n, k=k: scaling(probe, settings, [n], threads, [k],
-                                                                    relay_concurrency, args.file_kib * 1024))
-                 for n, k in zip(many, rounds, strict=True)]
-        r["scaling"] = {"threads": threads, "rounds": rounds,
-                        "counts": {n: part["counts"][n] for n, part in zip(many, parts, strict=True)}}
+        def fresh(n: int) -> Any:
+            return stack_for(f"scaling {n:,}", 2 * n * (args.file_kib + 2) // 1024, quiet=True)
+
+        r["scaling"] = scaling(fresh, many, threads, rounds, relay_concurrency, args.file_kib * 1024)
     if "idle" in sections and scales:
         r["idle"] = [on_stack(f"idle {n:,}", n // 200, lambda probe, settings, n=n: idle_sync(
             probe, settings, n, args.idle_rounds)) for n in scales]
