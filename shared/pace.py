@@ -23,8 +23,10 @@ log = logging.getLogger(__name__)
 
 LADDER = (8, 16, 32, 64)
 START = 8  # the first width measured, once a delivery got through (the start window is sync.START_WINDOW)
-MARGIN = 0.10  # a wider width must deliver this much more per second to be taken: an epoch's noise (about 10% on a
-# shared 2-core machine, bench/README.md) rarely widens the run; a link where width pays gains far more per step
+MARGIN = 0.20  # a wider width must deliver this much more per second to be taken. An epoch's files/s swings about 15%
+# with a shared machine's load, and a recheck compares two epochs: with 10% a swing took most long runs on a flat
+# machine to 32 or 64 (tests/test_pace.py), and each small delivery in flight holds about 0.3 MiB. A link where
+# width pays gains far more per step (latency-bound: twice the files per second for twice the width).
 MIN_EPOCH = 100  # deliveries measured at one width, at least; 4 x the width when that is more
 RECHECK = 12  # epochs at a settled width before its neighbours are tried again
 

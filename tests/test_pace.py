@@ -118,3 +118,23 @@ def test_on_a_noisy_machine_most_deliveries_go_at_the_best_width():
 
         widths = drive(pace, clock, rate, 20000)
         assert Counter(widths)[8] / len(widths) >= 0.7, (seed, Counter(widths))
+
+
+def test_a_flat_machine_whose_load_swings_rarely_goes_past_16():
+    # The 2-core stack delivers as much at 8 as at 64 (bench: plain's best thread count changed run to run), while
+    # an epoch's files/s swings about 15% with the load. Each recheck compares two epochs: with a 10% margin a swing
+    # took 16 of 20 such runs to 32 or 64 within 10,000 deliveries, and each small delivery in flight holds about
+    # 0.3 MiB (its connection, buffers and SDK objects), so the peak memory followed the rechecks' luck.
+    reached = []
+    for seed in range(20):
+        rng = random.Random(seed)
+        noise = [rng.uniform(0.85, 1.15) for _ in range(10000 // 60 + 1)]
+        pace, clock = fresh()
+        count = [0]
+
+        def rate(width: int) -> float:
+            count[0] += 1
+            return 110.0 * noise[(count[0] - 1) // 60]
+
+        reached.append(max(drive(pace, clock, rate, 10000)))
+    assert sum(1 for w in reached if w >= 32) <= 3, reached
