@@ -362,9 +362,14 @@ def relay_sync(job: Job) -> dict[str, Any]:
     done.set()
     sampler.join()
     sync_log.removeHandler(widths)
-    if summary.error or summary.delivered != p["count"] or summary.failed:
-        raise RuntimeError(f"sync: delivered={summary.delivered} failed={summary.failed} error={summary.error}")
-    return m.row(delivered=summary.delivered, count=summary.delivered, chain_seconds=chain,
+    # Every export landed by this run: delivered, or found already there when a retried write met its own first
+    # attempt (a timeout under load; the receipt is recorded all the same, bench/README.md).
+    if summary.error or summary.delivered + summary.already_delivered != p["count"] or summary.failed:
+        counts = {k: v for k, v in summary.counts().items() if v and k not in ("bytes", "seconds")}
+        kept = [(o.status, o.reason) for o in summary.outcomes[:5]]
+        raise RuntimeError(f"sync: not every export delivered: {counts}; first outcomes kept: {kept}")
+    return m.row(delivered=summary.delivered, already=summary.already_delivered,
+                 count=summary.delivered + summary.already_delivered, chain_seconds=chain,
                  concurrency=rt.settings.relay.sync_concurrency, exchanges=rt.banenor_credential.exchanges,
                  outcomes_kept=len(summary.outcomes), rss_trace=[round(v, 1) for v in trace],
                  paces=widths.paces, width=summary.width)
