@@ -23,10 +23,13 @@ log = logging.getLogger(__name__)
 
 LADDER = (8, 16, 32, 64)
 START = 8  # the first width measured, once a delivery got through (the start window is sync.START_WINDOW)
-MARGIN = 0.20  # a wider width must deliver this much more per second to be taken. An epoch's files/s swings about 15%
-# with a shared machine's load, and a recheck compares two epochs: with 10% a swing took most long runs on a flat
-# machine to 32 or 64 (tests/test_pace.py), and each small delivery in flight holds about 0.3 MiB. A link where
-# width pays gains far more per step (latency-bound: twice the files per second for twice the width).
+MARGIN = 0.10  # a wider width must deliver this much more per second to be taken on the first climb of a run
+RECHECK_MARGIN = 0.20  # and this much at a recheck once the run has settled. An epoch's files/s swings about 15% with
+# a shared machine's load, and each recheck compares two epochs: with 10% there, a swing took most long runs on a flat
+# machine to 32 or 64 by luck (tests/test_pace.py), and each small delivery in flight holds about 0.3 MiB, so a long
+# run's peak memory followed its rechecks' luck. The first climb keeps 10%: every run makes it, short or long, and a
+# wider width that pays 10-20% (plain's 16 threads over its 8 in one bench run) is taken. A link where width pays
+# (latency-bound: twice the files per second for twice the width) passes either.
 MIN_EPOCH = 100  # deliveries measured at one width, at least; 4 x the width when that is more
 RECHECK = 12  # epochs at a settled width before its neighbours are tried again
 
@@ -45,6 +48,7 @@ class Pace:
         self.step = 0  # +1 / -1 while a neighbour is tried, 0 while the base is measured
         self.turned = False  # this climb tried the other side already, or knows it is worse
         self.settled = 0  # epochs measured at the base since it was settled
+        self.rechecking = False  # settled once: a wider width must pay RECHECK_MARGIN from now on
         self._begin()
 
     @property
@@ -97,8 +101,10 @@ class Pace:
             self._settle()
 
     def _paid(self, rate: float) -> bool:
-        """Whether the width tried beats the base: wider by more than MARGIN, narrower by being as fast."""
-        return rate > self.base_rate * (1 + MARGIN) if self.step > 0 else rate >= self.base_rate
+        """Whether the width tried beats the base: wider by more than the margin (MARGIN on the first climb,
+        RECHECK_MARGIN after), narrower by being as fast."""
+        margin = RECHECK_MARGIN if self.rechecking else MARGIN
+        return rate > self.base_rate * (1 + margin) if self.step > 0 else rate >= self.base_rate
 
     def _turn(self) -> None:
         self.turned = True
@@ -113,4 +119,4 @@ class Pace:
         return True
 
     def _settle(self) -> None:
-        self.trying, self.step, self.settled = self.base, 0, 1
+        self.trying, self.step, self.settled, self.rechecking = self.base, 0, 1, True
