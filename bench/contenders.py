@@ -362,8 +362,8 @@ def relay_sync(job: Job) -> dict[str, Any]:
     done.set()
     sampler.join()
     sync_log.removeHandler(widths)
-    # Every export landed by this run: delivered, or found already there when a retried write met its own first
-    # attempt (a timeout under load; the receipt is recorded all the same, bench/README.md).
+    # Every export landed by this run: delivered, or found already at Bane NOR with the receipt recorded all the same
+    # (the outcome when a write meets an earlier attempt of its own version).
     if summary.error or summary.delivered + summary.already_delivered != p["count"] or summary.failed:
         counts = {k: v for k, v in summary.counts().items() if v and k not in ("bytes", "seconds")}
         kept = [(o.status, o.reason) for o in summary.outcomes[:5]]
