@@ -331,3 +331,22 @@ class LedgerClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def count_bundle_reads(monkeypatch: Any) -> list[object]:
+    """From now on, every CA bundle read into a TLS context (`ssl.SSLContext.load_verify_locations`, which still
+    runs: a probe), with the relay's shared contexts forgotten first; the list fills as reads happen."""
+    import ssl
+
+    from shared.tls_trust import forget_contexts
+
+    forget_contexts()
+    reads: list[object] = []
+    original = ssl.SSLContext.load_verify_locations
+
+    def counted(self: ssl.SSLContext, *args: object, **kwargs: object) -> None:
+        reads.append(args or kwargs)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counted)
+    return reads

@@ -19,7 +19,7 @@ import pytest
 from shared.config import MIB, Settings
 from shared.delivery import Outcome
 from tests.faultproxy import FaultProxy, proxy_for
-from tests.helpers import REPO
+from tests.helpers import REPO, count_bundle_reads
 from tests.test_config import base_env
 
 THREADS = 16  # a sync's workers (SYNC_CONCURRENCY below), all sending at once
@@ -115,24 +115,12 @@ def test_a_sync_worth_of_concurrent_reads_opens_each_connection_once(relay_env, 
 
 @pytest.mark.stack
 def test_a_sync_worth_of_new_connections_reads_the_trust_store_once(relay_env, stack, monkeypatch):
-    import ssl
-
-    from shared.tls_trust import forget_contexts
-
     relay_env.put("a.csv")
     proxy, through_proxy = _proxy_in_front_of_exports(stack)
     try:
         rt = relay_env.make(EXPORT_STORAGE=through_proxy, SYNC_CONCURRENCY=str(THREADS))
         blob = rt.exports.get_blob_client("a.csv")
-        forget_contexts()
-        reads: list[object] = []
-        original = ssl.SSLContext.load_verify_locations
-
-        def counted(self: ssl.SSLContext, *args: object, **kwargs: object) -> None:
-            reads.append(args or kwargs)
-            original(self, *args, **kwargs)
-
-        monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counted)  # a probe: the real call runs
+        reads = count_bundle_reads(monkeypatch)
         _at_once(THREADS, blob.get_blob_properties)
         assert proxy.connections >= 2  # several new connections at once...
         # ...and one TLS context for them all: requests alone builds one per connection and reads the CA bundle

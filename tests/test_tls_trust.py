@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from shared.tls_trust import SharedTrustAdapter, forget_contexts, trust_context
+from shared.tls_trust import SharedTrustAdapter, trust_context
 from sim.pki import cert_pem, issue_certificate, new_rsa_key, private_pem
+from tests.helpers import count_bundle_reads
 
 
 class _Ok(http.server.BaseHTTPRequestHandler):
@@ -87,15 +88,7 @@ def test_a_certificate_from_an_authority_the_bundle_does_not_hold_is_refused(tmp
 
 
 def test_every_connection_shares_one_context_and_reads_the_bundle_once(tmp_path, ours, monkeypatch):
-    forget_contexts()
-    reads: list[object] = []
-    original = ssl.SSLContext.load_verify_locations
-
-    def counted(self: ssl.SSLContext, *args: object, **kwargs: object) -> None:
-        reads.append(args or kwargs)
-        original(self, *args, **kwargs)
-
-    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counted)
+    reads = count_bundle_reads(monkeypatch)
     with _server(tmp_path, ours, ("127.0.0.1",)) as url:
         sessions = [_session() for _ in range(4)]  # a session each: a new connection each
         for session in sessions:
