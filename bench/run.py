@@ -401,6 +401,9 @@ def scaling(fresh: Callable[[int], Any], counts: list[int], threads: list[int], 
     return out
 
 
+NOT_COUNTS = ("rss", "rss_by")  # the scaling summary's keys that are not export counts
+
+
 def summarize_scaling(sc: dict[str, Any]) -> dict[str, Any]:
     """Per count: each contender's median files/s and spread; the relay's ratios to plain on its own thread count
     and to plain at its best thread count (by median), each as the median and range of per-round ratios."""
@@ -556,7 +559,7 @@ def issue30_headline(r: dict[str, Any]) -> list[str]:
     rows: list[str] = []
     ss = r.get("scaling_summary") or {}
     for count, res in ss.items():
-        if count in ("rss", "rss_by") or "relay" not in res["ratios"]:
+        if count in NOT_COUNTS or "relay" not in res["ratios"]:
             continue
         x = res["ratios"]["relay"]
         same, best = x["vs_same"], x["vs_best"]
@@ -614,7 +617,7 @@ def scaling_lines(r: dict[str, Any]) -> list[str]:
     lines = [f"### Many small files at scale: plain copy on {', '.join(map(str, sc['threads']))} threads vs the "
              f"relay's sync at its defaults (issue 30; interleaved rounds: {', '.join(map(str, sc['rounds']))})", ""]
     for count, res in ss.items():
-        if count in ("rss", "rss_by"):
+        if count in NOT_COUNTS:
             continue
         per = res["contenders"]
         default = per.get("relay", {}).get("concurrency")
@@ -874,7 +877,7 @@ def _history30(r: dict[str, Any]) -> str:
     ss = r.get("scaling_summary") or {}
     parts = []
     for count, res in ss.items():
-        if count not in ("rss", "rss_by") and "relay" in res["ratios"]:
+        if count not in NOT_COUNTS and "relay" in res["ratios"]:
             x = res["ratios"]["relay"]
             same = x["vs_same"]["median"] if x["vs_same"] else float("nan")
             parts.append(f"{int(count):,}: {same:.2f}x / {x['vs_best']['median']:.2f}x")

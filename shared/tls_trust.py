@@ -25,7 +25,11 @@ _lock = threading.Lock()  # a sync's threads open their first connections at onc
 
 def trust_context(where: str) -> ssl.SSLContext:
     """A client context that checks certificates against the bundle file (or directory of hashed certificates)
-    `where`, and the host name; built once per process, shared by every connection, never changed after."""
+    `where`, and the host name; built once per process and shared by every connection. Asked for on every request
+    (requests builds each request's pool key), so a context already built is returned without the lock."""
+    context = _contexts.get(where)
+    if context is not None:
+        return context
     with _lock:
         context = _contexts.get(where)
         if context is None:
