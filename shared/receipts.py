@@ -107,18 +107,20 @@ class ReceiptBuffer:
 
     def add(self, receipt: Receipt) -> Receipt:
         """Queue `receipt`; returns it (the delivery compares it with what was stored, as with `record_receipt`)."""
-        self._queue(self._pending, receipt)
+        self._queue(receipt, deferred=False)
         return receipt
 
     def defer(self, delivery: Unverified) -> None:
         """Queue a delivery whose evidence is still to come; it is settled when its batch is checked."""
-        self._queue(self._unverified, delivery)
+        self._queue(delivery, deferred=True)
 
-    def _queue(self, queue: list[Any], item: Any) -> None:
+    def _queue(self, item: Any, deferred: bool) -> None:
         with self._lock:
             if not self._pending and not self._unverified:
                 self._since = self.clock()
-            queue.append(item)
+            # The list is looked up under the lock: another thread may have just taken the one before (`_take`),
+            # and an item put into a taken list is never settled nor written.
+            (self._unverified if deferred else self._pending).append(item)
             if not self._due(full=True):
                 return
             batch, unverified = self._take()
@@ -172,8 +174,8 @@ class ReceiptBuffer:
             self._check_and_write(batch, unverified)
             return
         future = self.writer.submit(self._check_and_write, batch, unverified)
-        with self._lock:
-            self._background = [f for f in self._background if not f.done()] + [future]
+        with self._lock:  # what a done one raised stays for `flush` to raise
+            self._background = [f for f in self._background if not f.done() or f.exception() is not None] + [future]
 
     def flush(self) -> None:
         """Check and write everything queued, after the batches handed to the writer; raises RelayError (naming
