@@ -1,14 +1,19 @@
 """How many small deliveries a sync keeps in flight: found while it runs, not set by hand (issue 30).
 
-The best width depends on where the relay runs. On a loopback stack with 2 cores the CPU is the limit: 8 files in
-flight deliver as many per second as 32, and each file costs less CPU. In Azure every request crosses the network to
-the gateway and to storage, and more files in flight deliver more. So a sync measures: files delivered per second
-over an epoch of deliveries at one width, then at the next width of the ladder (8, 16, 32, 64, at most the pool's
-bound, `SYNC_CONCURRENCY` x 2). A wider width is kept when it delivered more per second by more than MARGIN (an
-epoch's noise does not widen the run), a narrower one when it delivered at least as much (fewer in flight cost less
-CPU and fewer connections); the climb goes on in the direction that paid, else it tries the other side once and
-settles. Settled, it looks again every RECHECK epochs, since a shared machine's load changes. Below 8 it never goes
-by itself: `SYNC_CONCURRENCY` under 4 is the way to send fewer (a small instance, a throttled account).
+The best width depends on where the relay runs. On a loopback stack with 2 cores the CPU is the limit, and which
+width delivers most changes from run to run (plain's best thread count was 8, 16 or 32 in four bench runs; 16 was
+within 10% of the best in each, 8 and 32 not). In Azure every request crosses the network to the gateway and to
+storage, and more files in flight deliver more. So a sync measures: files delivered per second over an epoch of
+deliveries at one width, then at the next width of the ladder (8, 16, 32, 64, at most the pool's bound,
+`SYNC_CONCURRENCY` x 2). It starts at 16, in the middle, so one step either way reaches the best of those runs. A
+wider width is kept when it delivered more per second by more than MARGIN (an epoch's noise does not widen the run),
+a narrower one when it delivered at least as much (fewer in flight cost less memory and fewer connections); the
+climb goes on in the direction that paid, else it tries the other side once and settles. Settled, it looks again
+every RECHECK epochs, since a shared machine's load changes. Below 8 it never goes by itself: `SYNC_CONCURRENCY`
+under 4 is the way to send fewer (a small instance, a throttled account).
+
+After a change of width the deliveries started before it end unmeasured: going narrower, those beyond the new width
+end with nothing started behind them, and counting them made the narrower width look faster than it is.
 
 Pure and single-threaded: a clock in, a width out (`shared.sync.Window` calls it under its lock).
 """
@@ -22,7 +27,9 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 LADDER = (8, 16, 32, 64)
-START = 8  # the first width measured, once a delivery got through (the start window is sync.START_WINDOW)
+START = 16  # the first width measured, once a delivery got through (the start window is sync.START_WINDOW). Was 8
+# until the fourth session of 12-07: where plain's best was 32, each step up paid about 10%, within an epoch's noise,
+# and the climb from 8 rarely saw both (0.85x plain at its best over 10,000; tests/test_pace.py).
 MARGIN = 0.10  # a wider width must deliver this much more per second to be taken on the first climb of a run
 RECHECK_MARGIN = 0.20  # and this much at a recheck once the run has settled. An epoch's files/s swings about 15% with
 # a shared machine's load, and each recheck compares two epochs: with 10% there, a swing took most long runs on a flat
@@ -36,8 +43,8 @@ RECHECK = 12  # epochs at a settled width before its neighbours are tried again
 
 class Pace:
     """A hill climb over `LADDER` capped at `top`. `ended()` once per small delivery that ended; it answers the new
-    width when it changes. Each width first lets `width` deliveries end unmeasured (those started at the old width),
-    then measures MIN_EPOCH of them (4 x the width when that is more)."""
+    width when it changes. Each epoch first lets the larger of the old and the new width end unmeasured (those started
+    before), then measures MIN_EPOCH of them (4 x the width when that is more)."""
 
     def __init__(self, top: int, clock: Callable[[], float] = time.monotonic, start: int = START) -> None:
         self.widths = sorted({min(w, top) for w in LADDER})
@@ -49,14 +56,17 @@ class Pace:
         self.turned = False  # this climb tried the other side already, or knows it is worse
         self.settled = 0  # epochs measured at the base since it was settled
         self.rechecking = False  # settled once: a wider width must pay RECHECK_MARGIN from now on
-        self._begin()
+        self._begin(self.width)
 
     @property
     def width(self) -> int:
         return self.widths[self.trying]
 
-    def _begin(self) -> None:
-        self._skip = self.width
+    def _begin(self, before: int) -> None:
+        # The deliveries started at the width `before` end first, unmeasured: going narrower, those still in flight
+        # end with none started behind them (an epoch counting them would find the narrower width faster than it
+        # is); going wider, the new ones fill the pipeline.
+        self._skip = max(before, self.width)
         self._count = 0
         self._since = 0.0
 
@@ -74,10 +84,10 @@ class Pace:
         if elapsed <= 0:  # a clock that did not move tells nothing: measure again
             self._count, self._since = 0, self.clock()
             return None
-        old, rate = self.trying, self._count / elapsed
-        log.debug("pace: %.1f files/s at %d in flight", rate, self.width)
+        old, before, rate = self.trying, self.width, self._count / elapsed
+        log.debug("pace: %.1f files/s at %d in flight", rate, before)
         self._measured(rate)
-        self._begin()
+        self._begin(before)
         return self.width if self.trying != old else None
 
     def _measured(self, rate: float) -> None:
