@@ -338,8 +338,13 @@ def plain_copy(job: Job) -> dict[str, Any]:
 
 
 def relay_sync(job: Job) -> dict[str, Any]:
-    """The product: one `Relay.sync` over the export container (fresh ledger), warm token."""
+    """The product: one `Relay.sync` over the export container (fresh ledger), warm token. With `width` (bench only)
+    the pace is held at that many small deliveries in flight: its ladder has that one width."""
     p = job.params
+    if p.get("width"):
+        import shared.pace
+
+        shared.pace.LADDER = (int(p["width"]),)
     rt = job.runtime(EXPORT_CONTAINER=p["container"], LEDGER_CONTAINER=p["ledger"],
                      DESTINATION_TEMPLATE=p["folder"] + "/{path}", **p.get("overrides", {}))
     relay = rt.relay
@@ -372,7 +377,7 @@ def relay_sync(job: Job) -> dict[str, Any]:
                  count=summary.delivered + summary.already_delivered, chain_seconds=chain,
                  concurrency=rt.settings.relay.sync_concurrency, exchanges=rt.banenor_credential.exchanges,
                  outcomes_kept=len(summary.outcomes), rss_trace=[round(v, 1) for v in trace],
-                 paces=widths.paces, width=summary.width)
+                 paces=widths.paces, width=summary.width, held=p.get("width"))
 
 
 class _WidthLog(logging.Handler):

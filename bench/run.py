@@ -354,8 +354,9 @@ def spread(values: list[float]) -> dict[str, float]:
 
 
 def scaling(fresh: Callable[[int], Any], counts: list[int], threads: list[int], rounds: list[int],
-            relay_concurrency: list[int], file_size: int) -> dict[str, Any]:
-    """Issue 30: the relay's `sync` at its defaults (and, for experiments, at other SYNC_CONCURRENCY values) against a
+            relay_concurrency: list[int], file_size: int, relay_widths: tuple[int, ...] = ()) -> dict[str, Any]:
+    """Issue 30: the relay's `sync` at its defaults (and, for experiments, at other SYNC_CONCURRENCY values, or held at
+    one width of small deliveries in flight: `relay_widths`, the pace's ladder patched in the contender) against a
     plain azure-storage-blob copy on 8, 16, 32 and 64 threads, over `counts` small exports each. Rounds are
     interleaved, forward then backward (A B C D E, E D C B A, ...), so the machine's drift hits every contender;
     each contender's figure is the median of its runs, its spread max / min, and each ratio the median of the
@@ -368,7 +369,7 @@ def scaling(fresh: Callable[[int], Any], counts: list[int], threads: list[int], 
     Azurite CPU per file rose 4.74 -> 6.81 ms between two runs over 10,000 on one stack."""
     out: dict[str, Any] = {"threads": threads, "rounds": rounds, "counts": {}, "fresh_stack_per_run": True}
     contenders = [("relay", None)] + [(f"relay-{n}", n) for n in relay_concurrency] + \
-        [(f"plain-{n}", n) for n in threads]
+        [(f"relay-w{n}", n) for n in relay_widths] + [(f"plain-{n}", n) for n in threads]
     for count, count_rounds in zip(counts, rounds, strict=True):
         tag = uuid.uuid4().hex[:8]
         container = f"bench-many-{tag}"
@@ -388,6 +389,8 @@ def scaling(fresh: Callable[[int], Any], counts: list[int], threads: list[int], 
                         f"{os.getloadavg()[0]:.2f})")
                     if label.startswith("plain"):
                         row = probe.run("plain-threaded", settings, threads=n, **common)
+                    elif label.startswith("relay-w"):
+                        row = probe.run("relay-sync", settings, ledger=f"bench-ledger-{run}", width=n, **common)
                     else:
                         overrides = {"SYNC_CONCURRENCY": str(n)} if n else {}
                         row = probe.run("relay-sync", settings, ledger=f"bench-ledger-{run}", overrides=overrides,
@@ -422,14 +425,14 @@ def summarize_scaling(sc: dict[str, Any]) -> dict[str, Any]:
                           "cpu": median([r["cpu"] for r in rows]),
                           "sim_cpu": median([r["sim_cpu"] for r in rows]),
                           "azurite_cpu": median([r["azurite_cpu"] for r in rows]),
-                          "concurrency": rows[0].get("concurrency")}
+                          "concurrency": rows[0].get("concurrency"), "held": rows[0].get("held")}
         plains = {label: v for label, v in per.items() if label.startswith("plain-")}
         best_plain = max(plains, key=lambda label: plains[label]["files_s"]["median"])
         ratios: dict[str, Any] = {}
         for label, v in per.items():
             if not label.startswith("relay"):
                 continue
-            same = f"plain-{v['concurrency']}"
+            same = f"plain-{v['held'] or v['concurrency']}"  # held at a width: plain on as many threads
 
             def per_round(base: str, relay_label: str = label, runs: dict[str, Any] = runs) -> dict[str, float] | None:
                 if base not in runs:
@@ -599,6 +602,8 @@ def _idle_sync_row(scale: dict[str, Any] | None) -> list[str]:
 def _label(label: str, default_concurrency: Any) -> str:
     if label == "relay":
         return f"relay sync, defaults (SYNC_CONCURRENCY={default_concurrency})"
+    if label.startswith("relay-w"):
+        return f"relay sync, held at {label[len('relay-w'):]} in flight (bench only)"
     if label.startswith("relay-"):
         return f"relay sync, SYNC_CONCURRENCY={label.split('-', 1)[1]}"
     return f"plain SDK copy, {label.split('-', 1)[1]} threads"
@@ -936,6 +941,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="extra relay-sync contenders with SYNC_CONCURRENCY set, comma-separated (default 4: 8 in "
                         "flight whatever the run, so its peak RSS over 1,500 and 10,000 shows growth with files "
                         "apart from the widths the pace reaches; '' for none)")
+    parser.add_argument("--relay-width", default="",
+                        help="extra relay-sync contenders held at these widths of small deliveries in flight "
+                             "(comma-separated; the pace's ladder patched in the contender: what the relay delivers "
+                             "at one width, against plain on as many threads; default none)")
     parser.add_argument("--rounds", help="interleaved rounds of the scaling section, one number or one per count "
                         "(default 3,2: 3 over 1,500, 2 over 10,000, to stay within ~25 minutes; quick 2)")
     parser.add_argument("--sections", default=",".join(SECTIONS),
@@ -1012,7 +1021,8 @@ def main(argv: list[str] | None = None) -> int:
         def fresh(n: int) -> Any:
             return stack_for(f"scaling {n:,}", 2 * n * (args.file_kib + 2) // 1024, quiet=True)
 
-        r["scaling"] = scaling(fresh, many, threads, rounds, relay_concurrency, args.file_kib * 1024)
+        r["scaling"] = scaling(fresh, many, threads, rounds, relay_concurrency, args.file_kib * 1024,
+                               tuple(int(v) for v in args.relay_width.split(",") if v))
     if "idle" in sections and scales:
         r["idle"] = [on_stack(f"idle {n:,}", n // 200, lambda probe, settings, n=n: idle_sync(
             probe, settings, n, args.idle_rounds)) for n in scales]
