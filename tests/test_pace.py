@@ -10,7 +10,7 @@ import random
 from collections import Counter
 from collections.abc import Callable
 
-from shared.pace import MARGIN, MIN_EPOCH, RECHECK, RECHECK_MARGIN, START, Pace
+from shared.pace import LADDER, MARGIN, MIN_EPOCH, RECHECK, RECHECK_MARGIN, START, Pace
 
 # Files per second by width, as measured on this 2-core loopback stack (bench/RESULTS.md): best at 8.
 LOOPBACK = {8: 130.0, 16: 110.0, 32: 107.0, 64: 105.0}
@@ -178,7 +178,7 @@ def drive_in_flight(pace: Pace, clock: list[float], rate: Callable[[int], float]
     the machine (with n in flight each goes at rate(n) / n, rate interpolated between the ladder's widths), each a
     different size; a narrower width starts nothing new until enough of those under way have ended."""
     rng = random.Random(1)
-    ladder = sorted(LOOPBACK)
+    ladder = sorted(LADDER)
 
     def total(n: int) -> float:
         if n <= ladder[0]:
