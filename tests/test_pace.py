@@ -41,6 +41,23 @@ def fresh(top: int = 64) -> tuple[Pace, list[float]]:
     return Pace(top, clock=lambda: clock[0]), clock
 
 
+def swinging_load(seed: int, deliveries: int, low: float, high: float, every: int) -> list[float]:
+    """A shared machine's load: a factor on files per second, drawn from [low, high] every `every` deliveries."""
+    rng = random.Random(seed)
+    return [rng.uniform(low, high) for _ in range(deliveries // every + 1)]
+
+
+def under(load: list[float], every: int, rate: Callable[[int], float]) -> Callable[[int], float]:
+    """`rate` under `load`: each call is the next delivery's files per second."""
+    count = [0]
+
+    def loaded(width: int) -> float:
+        count[0] += 1
+        return rate(width) * load[(count[0] - 1) // every]
+
+    return loaded
+
+
 def test_a_machine_that_delivers_most_at_8_keeps_8():
     pace, clock = fresh()
     widths = drive(pace, clock, LOOPBACK.__getitem__, 1500)
@@ -108,15 +125,8 @@ def test_on_a_noisy_machine_most_deliveries_go_at_the_best_width():
     # The load changes every 50 deliveries by up to 25% either way (an epoch's files/s at one width varied 86-117 in
     # a bench run); the margin keeps the pace from following it for long.
     for seed in range(5):
-        rng = random.Random(seed)
-        noise = [rng.uniform(0.75, 1.25) for _ in range(20000 // 50)]
         pace, clock = fresh()
-        count = [0]
-
-        def rate(width: int) -> float:
-            count[0] += 1
-            return LOOPBACK[width] * noise[(count[0] - 1) // 50]
-
+        rate = under(swinging_load(seed, 20000, 0.75, 1.25, 50), 50, LOOPBACK.__getitem__)
         widths = drive(pace, clock, rate, 20000)
         assert Counter(widths)[8] / len(widths) >= 0.7, (seed, Counter(widths))
 
@@ -128,16 +138,8 @@ def test_a_flat_machine_whose_load_swings_rarely_goes_wide_for_long():
     # delivery in flight holds about 0.3 MiB (its connection, buffers and SDK objects), so the peak memory followed
     # the rechecks' luck. The start's wider neighbour is tried in every run; past it none goes, nor stays long.
     for seed in range(20):
-        rng = random.Random(seed)
-        noise = [rng.uniform(0.85, 1.15) for _ in range(10000 // 60 + 1)]
         pace, clock = fresh()
-        count = [0]
-
-        def rate(width: int) -> float:
-            count[0] += 1
-            return 110.0 * noise[(count[0] - 1) // 60]
-
-        widths = drive(pace, clock, rate, 10000)
+        widths = drive(pace, clock, under(swinging_load(seed, 10000, 0.85, 1.15, 60), 60, lambda w: 110.0), 10000)
         assert max(widths) <= 2 * START, (seed, Counter(widths))
         assert sum(1 for w in widths if w > START) <= 0.15 * len(widths), (seed, Counter(widths))
 
@@ -158,17 +160,11 @@ def test_where_each_doubling_pays_a_little_a_noisy_run_delivers_near_the_best_wi
     for deliveries in (1500, 10000):
         ratios = []
         for seed in range(20):
-            rng = random.Random(seed)
-            noise = [rng.uniform(0.85, 1.15) for _ in range(deliveries // 60 + 1)]
+            load = swinging_load(seed, deliveries, 0.85, 1.15, 60)
             pace, clock = fresh()
-            start, count = clock[0], [0]
-
-            def rate(width: int) -> float:
-                count[0] += 1
-                return curve[width] * noise[(count[0] - 1) // 60]
-
-            drive(pace, clock, rate, deliveries)
-            at_best = sum(1 / (140.0 * noise[i // 60]) for i in range(deliveries))  # the same load, all at 32
+            start = clock[0]
+            drive(pace, clock, under(load, 60, curve.__getitem__), deliveries)
+            at_best = sum(1 / (140.0 * load[i // 60]) for i in range(deliveries))  # the same load, all at 32
             ratios.append(at_best / (clock[0] - start))
         assert sum(ratios) / len(ratios) >= 0.92, (deliveries, sorted(round(r, 2) for r in ratios))
 
